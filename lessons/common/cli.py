@@ -1,0 +1,106 @@
+"""The shape every lesson's `main.py` shares: logging, a lesson's identity, checks.
+
+A `main.py` ends by *checking* its lesson's guarantee. `Checks` collects those
+checks, prints each one as it is made, and decides the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from psycopg_pool import ConnectionPool
+
+from lessons.common.database import DatabaseUnavailable, create_pool, reset_schema
+
+EXIT_GUARANTEE_BROKEN = 1
+EXIT_NO_DATABASE = 2
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """A lesson directory such as `lessons/lesson02_simple_task_queue/`."""
+
+    directory: Path
+
+    @classmethod
+    def of(cls, main_file: str) -> Lesson:
+        """The lesson that `main_file` (a main.py's `__file__`) belongs to."""
+        return cls(Path(main_file).resolve().parent)
+
+    @property
+    def number(self) -> str:
+        return self.directory.name.removeprefix("lesson")[:2]
+
+    @property
+    def schema(self) -> str:
+        """Each lesson lives in its own Postgres schema, so lessons never see each other."""
+        return f"lesson_{self.number}"
+
+    @property
+    def schema_sql(self) -> Path:
+        return self.directory / "sql" / "schema.sql"
+
+    def reset(self) -> None:
+        reset_schema(self.schema, self.schema_sql)
+
+    def pool(self, *, max_size: int = 4) -> ConnectionPool:
+        return create_pool(self.schema, max_size=max_size)
+
+
+@dataclass
+class Checks:
+    """The guarantees a lesson checks at the end of its demonstration."""
+
+    failures: list[str] = field(default_factory=list)
+
+    def check(self, holds: bool, claim: str, detail: str = "") -> bool:
+        if holds:
+            print(f"  ok    {claim}")
+        else:
+            print(f"  FAIL  {claim}" + (f": {detail}" if detail else ""))
+            self.failures.append(claim)
+        return holds
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
+    return parser
+
+
+def run_lesson(demonstrate: Callable[[], bool]) -> NoReturn:
+    """Run a lesson's demonstration and exit 0 only if its guarantee held.
+
+    A missing database is not a bug in the lesson: it gets one readable line and
+    its own exit code instead of a traceback.
+    """
+    try:
+        held = demonstrate()
+    except DatabaseUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_NO_DATABASE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if held:
+        print("\nThe lesson's guarantee held.")
+        sys.exit(0)
+    print("\nThe lesson's guarantee did NOT hold; see FAIL above.", file=sys.stderr)
+    sys.exit(EXIT_GUARANTEE_BROKEN)
