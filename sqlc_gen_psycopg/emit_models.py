@@ -1,0 +1,97 @@
+"""models.py: one enum class per PostgreSQL enum, one class per table."""
+
+from sqlc_gen_psycopg.layout import INDENT
+from sqlc_gen_psycopg.options import Options
+from sqlc_gen_psycopg.plan import EnumClass, ModelClass, Plan
+from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
+from sqlc_gen_psycopg.typemap import Import
+
+_INET_ALIAS = [
+    "# psycopg loads inet as an address, or as an interface when it has a netmask.",
+    "Inet: TypeAlias = (",
+    "    ipaddress.IPv4Address",
+    "    | ipaddress.IPv6Address",
+    "    | ipaddress.IPv4Interface",
+    "    | ipaddress.IPv6Interface",
+    ")",
+]
+
+_EXEC_RESULT = ModelClass(
+    name="ExecResult",
+    fields=(),
+    comment="What an :execresult query reports: rows affected and the command's status.",
+    in_models=True,
+)
+
+
+def emit_models(plan: Plan, options: Options, sqlc_version: str) -> str:
+    writer = ModuleWriter(sqlc_version)
+    if plan.uses_inet:
+        writer.use(Import("ipaddress"), Import("typing", "TypeAlias"))
+        writer.add(_INET_ALIAS, spaced=False)
+    for enum_class in plan.enums:
+        writer.use(Import("enum"))
+        writer.add(_enum_lines(enum_class, options), spaced=True)
+    for model in plan.models:
+        writer.add(class_lines(model, options, writer, in_models=True), spaced=True)
+    if plan.uses_exec_result:
+        writer.add(_exec_result_lines(options, writer), spaced=True)
+    return writer.text()
+
+
+def _enum_lines(enum_class: EnumClass, options: Options) -> list[str]:
+    # StrEnum members are str, so they compare and format as their label.
+    base = "enum.StrEnum" if options.emit_str_enum else "str, enum.Enum"
+    lines = [f"class {enum_class.name}({base}):"]
+    doc = docstring(enum_class.comment.splitlines(), INDENT)
+    if doc:
+        lines += [*doc, ""]
+    lines += [f"{INDENT}{member} = {_string(label)}" for member, label in enum_class.members]
+    return lines
+
+
+def _string(value: str) -> str:
+    """A one-line string literal in ruff's preferred (double) quotes."""
+    if "\n" in value or "\\" in value:
+        return string_literal(value)
+    if '"' in value and "'" not in value:
+        return f"'{value}'"
+    return '"' + value.replace('"', '\\"') + '"'
+
+
+def class_header(name: str, options: Options, writer: ModuleWriter) -> list[str]:
+    """A dataclass with slots and keyword-only fields, or a pydantic model."""
+    if options.emit_pydantic_models:
+        writer.use(Import("pydantic"))
+        return [f"class {name}(pydantic.BaseModel):"]
+    writer.use(Import("dataclasses"))
+    return ["@dataclasses.dataclass(slots=True, kw_only=True)", f"class {name}:"]
+
+
+def class_lines(model: ModelClass, options: Options, writer: ModuleWriter, *,
+                in_models: bool) -> list[str]:
+    lines = class_header(model.name, options, writer)
+    preamble = docstring(model.comment.splitlines(), INDENT)
+    if options.emit_pydantic_models and any(
+        f.type and not f.type.base.pydantic_native for f in model.fields
+    ):
+        # Psycopg's Range and overridden types are not types pydantic validates.
+        preamble.append(f"{INDENT}model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)")
+    if preamble:
+        lines += [*preamble, ""]
+    for field in model.fields:
+        if field.comment:
+            lines += [f"{INDENT}# {line}".rstrip() for line in field.comment.splitlines()]
+        if field.embed is not None:
+            annotation = field.embed.name if in_models else f"models.{field.embed.name}"
+        else:
+            assert field.type is not None
+            annotation = field.type.annotation(in_models=in_models, param=False)
+            writer.use(*field.type.imports(param=False))
+        lines.append(f"{INDENT}{field.name}: {annotation}")
+    return lines
+
+
+def _exec_result_lines(options: Options, writer: ModuleWriter) -> list[str]:
+    lines = class_lines(_EXEC_RESULT, options, writer, in_models=True)
+    return [*lines, f"{INDENT}rowcount: int", f"{INDENT}statusmessage: str | None"]

@@ -1,0 +1,340 @@
+"""One module per queries file: SQL constants, Row/Params classes, the queriers.
+
+Queries run on a psycopg raw cursor: it sends sqlc's SQL exactly as sqlc wrote
+it, `$1..$n` placeholders included, so nothing in the SQL needs rewriting or
+escaping (`%` signs, `$1` inside string literals, a parameter used twice).
+"""
+
+from dataclasses import dataclass, field
+
+from sqlc_gen_psycopg.emit_models import class_lines
+from sqlc_gen_psycopg.naming import snake_case
+from sqlc_gen_psycopg.layout import INDENT, Group, flat, render
+from sqlc_gen_psycopg.options import Options
+from sqlc_gen_psycopg.plan import ModelClass, Param, QueryPlan
+from sqlc_gen_psycopg.source import ModuleWriter, docstring, indented, string_literal
+from sqlc_gen_psycopg.typemap import ColumnType, Import, Kind
+
+_HELPER_OPTIONAL = """\
+def _optional(convert: Callable[[Any], _T], value: Any) -> _T | None:
+    \"\"\"Convert a value unless it is NULL.\"\"\"
+    return None if value is None else convert(value)"""
+
+_HELPER_ARRAY = """\
+def _array(
+    value: Sequence[Any] | None, wrap: Callable[[Any], Any] | None = None, dims: int = 1
+) -> list[Any] | None:
+    \"\"\"Copy a sequence into the nested lists psycopg sends as an array.\"\"\"
+    if value is None:
+        return None
+    if dims > 1:
+        return [_array(item, wrap, dims - 1) for item in value]
+    return [item if wrap is None or item is None else wrap(item) for item in value]"""
+
+_TEXT_ARRAY = """\
+# psycopg does not know the OIDs of the schema's enums, so it returns an enum
+# array in PostgreSQL's text form, such as '{queued,running}'.
+_TEXT_ARRAY = Transformer().get_loader(postgres.types["text"].array_oid, pq.Format.TEXT)"""
+
+_HELPER_ENUM_ARRAY = """\
+def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
+    \"\"\"Parse an enum array into (nested) lists of members.\"\"\"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _TEXT_ARRAY.load(value.encode())
+    return [
+        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
+    ]"""
+
+_JSON_WRAPPERS = {Kind.JSON: "Json", Kind.JSONB: "Jsonb"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Flavor:
+    """What differs between the sync and the async querier."""
+
+    name: str
+    connection: str
+    cursor: str
+    is_async: bool
+
+    @property
+    def def_(self) -> str:
+        return "async def" if self.is_async else "def"
+
+    @property
+    def with_(self) -> str:
+        return "async with" if self.is_async else "with"
+
+    @property
+    def await_(self) -> str:
+        return "await " if self.is_async else ""
+
+
+_SYNC = _Flavor("Querier", "psycopg.Connection[Any]", "psycopg.RawCursor", is_async=False)
+_ASYNC = _Flavor("AsyncQuerier", "psycopg.AsyncConnection[Any]", "psycopg.AsyncRawCursor",
+                 is_async=True)
+
+
+@dataclass(slots=True)
+class _QueryModule:
+    writer: ModuleWriter
+    options: Options
+    source: str
+    helpers: set[str] = field(default_factory=set)
+    # Row converters to emit, in order of first use.
+    converters: dict[str, ModelClass] = field(default_factory=dict)
+
+    def build(self, queries: tuple[QueryPlan, ...]) -> str:
+        for query in queries:
+            self._add_query_definitions(query)
+        for flavor, wanted in ((_SYNC, self.options.emit_sync_querier),
+                               (_ASYNC, self.options.emit_async_querier)):
+            if wanted:
+                self.writer.add(self._querier(flavor, queries), spaced=True)
+        self._add_converters()
+        self._add_helpers()
+        if any("models." in line for block in self.writer.blocks for line in block.lines):
+            self.writer.use(Import(self.options.package or ".", "models"))
+        return self.writer.text()
+
+    def _add_query_definitions(self, query: QueryPlan) -> None:
+        header = f"-- name: {query.name} {query.cmd}\n"
+        self.writer.add([f"{query.constant} = {string_literal(header + query.sql + chr(10))}"],
+                        spaced=False)
+        for model in (query.params_class, query.result):
+            if model is not None and not model.in_models:
+                self.writer.add(class_lines(model, self.options, self.writer, in_models=False),
+                                spaced=True)
+
+    # -- the querier classes ------------------------------------------------------------
+
+    def _querier(self, flavor: _Flavor, queries: tuple[QueryPlan, ...]) -> list[str]:
+        self.writer.use(Import("psycopg"), Import("psycopg.rows", "tuple_row"),
+                        Import("typing", "Any"))
+        lines = [
+            f"class {flavor.name}:",
+            f'{INDENT}"""The queries of {self.source}, run in the connection\'s current '
+            'transaction."""',
+            "",
+            f"{INDENT}def __init__(self, conn: {flavor.connection}) -> None:",
+            f"{INDENT * 2}self._conn = conn",
+            "",
+            f"{INDENT}def _cursor(self) -> {flavor.cursor}[tuple[Any, ...]]:",
+            f"{INDENT * 2}# A raw cursor takes the $1..$n placeholders as sqlc wrote them; tuple",
+            f"{INDENT * 2}# rows keep results independent of the connection's row factory.",
+            f"{INDENT * 2}return {flavor.cursor}(self._conn, row_factory=tuple_row)",
+        ]
+        for query in queries:
+            lines += ["", *indented(self._method(flavor, query))]
+        return lines
+
+    def _method(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
+        lines = render(Group(f"{flavor.def_} {query.method}(", self._signature(query),
+                             f") -> {self._return_annotation(query)}:"), "")
+        lines += docstring(list(query.comments), INDENT)
+        lines += indented(self._body(flavor, query))
+        return lines
+
+    def _signature(self, query: QueryPlan) -> tuple[str, ...]:
+        if query.params_class is None:
+            params = tuple(f"{p.name}: {self._param_annotation(p.type)}" for p in query.params)
+            return ("self", "*", *params) if params else ("self",)
+        if query.cmd.startswith(":batch") or query.cmd == ":copyfrom":
+            self.writer.use(Import("collections.abc", "Iterable"))
+            return ("self", f"params: Iterable[{query.params_class.name}]")
+        return ("self", f"arg: {query.params_class.name}")
+
+    def _param_annotation(self, column_type: ColumnType) -> str:
+        self.writer.use(*column_type.imports(param=True))
+        return column_type.annotation(in_models=False, param=True)
+
+    def _return_annotation(self, query: QueryPlan) -> str:
+        row = self._row_class(query.result) if query.result else ""
+        return {
+            ":one": f"{row} | None",
+            ":many": f"list[{row}]",
+            ":exec": "None",
+            ":execrows": "int",
+            ":execresult": "models.ExecResult",
+            ":copyfrom": "int",
+            ":batchexec": "None",
+            ":batchone": f"list[{row} | None]",
+            ":batchmany": f"list[list[{row}]]",
+        }[query.cmd]
+
+    @staticmethod
+    def _row_class(model: ModelClass) -> str:
+        return f"models.{model.name}" if model.in_models else model.name
+
+    def _body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
+        if query.cmd == ":copyfrom":
+            return self._copy_body(flavor, query)
+        if query.cmd.startswith(":batch"):
+            return self._batch_body(flavor, query)
+        execute = self._execute(flavor, query)
+        aw = flavor.await_
+        cursor = [f"{flavor.with_} self._cursor() as cur:"]
+        if query.cmd == ":one":
+            assert query.result is not None
+            convert = self._converter(query.result)
+            return [*cursor, *execute, f"{INDENT}row = {aw}cur.fetchone()",
+                    *render(f"return None if row is None else {convert}(row)", "")]
+        if query.cmd == ":many":
+            assert query.result is not None
+            convert = self._converter(query.result)
+            return [*cursor, *execute, *render(
+                Group("return [", (f"{convert}(row) for row in {aw}cur.fetchall()",), "]",
+                      trailing_comma=False), INDENT)]
+        if query.cmd == ":execrows":
+            return [*cursor, *execute, f"{INDENT}return cur.rowcount"]
+        if query.cmd == ":execresult":
+            return [*cursor, *execute, *render(
+                Group("return models.ExecResult(",
+                      ("rowcount=cur.rowcount", "statusmessage=cur.statusmessage"), ")"), INDENT)]
+        return [*cursor, *execute]
+
+    def _execute(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
+        args = self._args(query, "arg." if query.params_class else "")
+        items = (query.constant, args) if query.params else (query.constant,)
+        return render(Group(f"{flavor.await_}cur.execute(", items, ")"), INDENT)
+
+    def _args(self, query: QueryPlan, prefix: str) -> Group:
+        values = tuple(self._param_value(p, f"{prefix}{p.name}") for p in query.params)
+        return Group("(", values, ")", is_tuple=True)
+
+    def _copy_body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
+        write = Group(f"{flavor.await_}copy.write_row(", (self._args(query, "p."),), ")")
+        return [
+            f"{flavor.with_} self._cursor() as cur:",
+            *render(f"{flavor.with_} cur.copy({query.constant}) as copy:", INDENT),
+            f"{INDENT * 2}for p in params:",
+            *render(write, INDENT * 3),
+            # rowcount is only known while the cursor is open.
+            f"{INDENT}return cur.rowcount",
+        ]
+
+    def _batch_body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
+        aw = flavor.await_
+        lines = render(Group("args = [", (f"{flat(self._args(query, 'p.'))} for p in params",),
+                             "]", trailing_comma=False), "")
+        returning = query.cmd != ":batchexec"
+        execute = Group(f"{aw}cur.executemany(",
+                        (query.constant, "args", *(["returning=True"] if returning else [])), ")")
+        if not returning:
+            return [*lines, f"{flavor.with_} self._cursor() as cur:", *render(execute, INDENT)]
+        assert query.result is not None
+        convert = self._converter(query.result)
+        row = self._row_class(query.result)
+        if query.cmd == ":batchone":
+            result_type = f"list[{row} | None]"
+            collect = [f"row = {aw}cur.fetchone()",
+                       *render(f"results.append(None if row is None else {convert}(row))", "")]
+        else:
+            result_type = f"list[list[{row}]]"
+            collect = render(Group("results.append(", (Group(
+                "[", (f"{convert}(row) for row in {aw}cur.fetchall()",), "]",
+                trailing_comma=False),), ")"), "")
+        return [
+            *lines,
+            f"results: {result_type} = []",
+            "if not args:",
+            f"{INDENT}return results",
+            f"{flavor.with_} self._cursor() as cur:",
+            *render(execute, INDENT),
+            f"{INDENT}# executemany(returning=True) leaves one result set per parameter set.",
+            f"{INDENT}while True:",
+            *indented(collect, 2),
+            f"{INDENT * 2}if not cur.nextset():",
+            f"{INDENT * 3}return results",
+        ]
+
+    # -- values in and out --------------------------------------------------------------
+
+    def _param_value(self, param: Param, value: str) -> str:
+        kind = param.type.base.kind
+        wrapper = _JSON_WRAPPERS.get(kind)
+        if wrapper:
+            self.writer.use(Import("psycopg.types.json", wrapper))
+        if param.type.dims:
+            self._need("array")
+            extra = [wrapper] if wrapper else []
+            if param.type.dims > 1:
+                extra.append(f"dims={param.type.dims}")
+            return f"_array({', '.join([value, *extra])})"
+        if wrapper and param.type.nullable:
+            self._need("optional")
+            return f"_optional({wrapper}, {value})"
+        if wrapper:
+            return f"{wrapper}({value})"
+        return value
+
+    def _converter(self, model: ModelClass) -> str:
+        self.converters.setdefault(model.name, model)
+        for f in model.fields:
+            if f.embed is not None:
+                self._converter(f.embed)
+        return _converter_name(model)
+
+    def _add_converters(self) -> None:
+        for model in self.converters.values():
+            self.writer.use(Import("typing", "Any"))
+            values: list[str] = []
+            index = 0
+            for f in model.fields:
+                if f.embed is not None:
+                    end = index + f.width
+                    values.append(f"{f.name}={_converter_name(f.embed)}(row[{index}:{end}])")
+                else:
+                    assert f.type is not None
+                    values.append(f"{f.name}={self._result_value(f.type, f'row[{index}]')}")
+                index += f.width
+            returned = self._row_class(model)
+            self.writer.add([
+                f"def {_converter_name(model)}(row: tuple[Any, ...]) -> {returned}:",
+                *render(Group(f"return {returned}(", tuple(values), ")", exploded=True), INDENT),
+            ], spaced=True)
+
+    def _result_value(self, column_type: ColumnType, value: str) -> str:
+        if column_type.base.kind is not Kind.ENUM:
+            return value
+        enum_class = f"models.{column_type.base.expr}"
+        if column_type.dims:
+            self._need("enum_array")
+            return f"_enum_array({enum_class}, {value})"
+        if column_type.nullable:
+            self._need("optional")
+            return f"_optional({enum_class}, {value})"
+        return f"{enum_class}({value})"
+
+    def _need(self, helper: str) -> None:
+        self.helpers.add(helper)
+        if helper == "enum_array":
+            self.helpers.add("optional")
+
+    def _add_helpers(self) -> None:
+        if self.helpers:
+            self.writer.use(Import("typing", "Any"), Import("collections.abc", "Callable"))
+        if "optional" in self.helpers:
+            self.writer.use(Import("typing", "TypeVar"))
+            self.writer.add(['_T = TypeVar("_T")'], spaced=False)
+            self.writer.add(_HELPER_OPTIONAL.splitlines(), spaced=True)
+        if "array" in self.helpers:
+            self.writer.use(Import("collections.abc", "Sequence"))
+            self.writer.add(_HELPER_ARRAY.splitlines(), spaced=True)
+        if "enum_array" in self.helpers:
+            self.writer.use(Import("psycopg", "postgres"), Import("psycopg", "pq"),
+                            Import("psycopg.adapt", "Transformer"))
+            self.writer.add(_TEXT_ARRAY.splitlines(), spaced=True)
+            self.writer.add(_HELPER_ENUM_ARRAY.splitlines(), spaced=True)
+
+
+def _converter_name(model: ModelClass) -> str:
+    return f"_{snake_case(model.name)}_from_row"
+
+
+def emit_queries(queries: tuple[QueryPlan, ...], options: Options, sqlc_version: str,
+                 source: str) -> str:
+    writer = ModuleWriter(sqlc_version, source=source, package=options.package)
+    return _QueryModule(writer, options, source).build(queries)

@@ -1,0 +1,374 @@
+"""From sqlc's request to a plan of what to emit: enums, models, queries.
+
+Everything about names, types and shapes is decided here, so the emitters only
+lay out text.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlc_gen_psycopg import naming
+from sqlc_gen_psycopg.errors import GenerationError
+from sqlc_gen_psycopg.options import Options, Override
+from sqlc_gen_psycopg.request import SYSTEM_SCHEMAS, Column, Identifier, Query, Request
+from sqlc_gen_psycopg.typemap import (
+    ANY,
+    BUILTIN_TYPES,
+    INET,
+    BaseType,
+    ColumnType,
+    Import,
+    Kind,
+    canonical_type_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EnumClass:
+    name: str
+    # (member name, PostgreSQL label)
+    members: tuple[tuple[str, str], ...]
+    comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    comment: str = ""
+    type: ColumnType | None = None
+    # A sqlc.embed(table) field holds that table's model, built from `width` columns.
+    embed: "ModelClass | None" = None
+
+    @property
+    def width(self) -> int:
+        return len(self.embed.fields) if self.embed else 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelClass:
+    """A table model (in models.py) or a query's Row or Params class."""
+
+    name: str
+    fields: tuple[Field, ...]
+    comment: str = ""
+    in_models: bool = False
+    # For table models: the table, its schema spelled out.
+    table: Identifier | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One $n placeholder: its Python name (argument or Params field) and type."""
+
+    name: str
+    type: ColumnType
+    # For :copyfrom, the column the value goes to.
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPlan:
+    name: str
+    cmd: str
+    method: str
+    constant: str
+    sql: str
+    comments: tuple[str, ...]
+    # $1..$n in order.
+    params: tuple[Param, ...]
+    # Set when the parameters come in one object (bundled, or one per batch item).
+    params_class: ModelClass | None
+    # The class of a result row (a table model or the query's Row class).
+    result: ModelClass | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    enums: tuple[EnumClass, ...]
+    models: tuple[ModelClass, ...]
+    # Queries grouped by output module name, in the order sqlc sent them.
+    modules: dict[str, tuple[QueryPlan, ...]]
+    uses_inet: bool
+    uses_exec_result: bool
+
+
+SUPPORTED_COMMANDS = frozenset(
+    {":one", ":many", ":exec", ":execrows", ":execresult", ":copyfrom",
+     ":batchexec", ":batchone", ":batchmany"}
+)
+# Commands that return rows, and so need result columns.
+ROW_COMMANDS = frozenset({":one", ":many", ":batchone", ":batchmany"})
+# Commands that take a sequence of parameter sets, each one a Params object.
+MULTI_COMMANDS = frozenset({":copyfrom", ":batchexec", ":batchone", ":batchmany"})
+
+
+class _TypeResolver:
+    """Resolves a column's type: overrides first, then PostgreSQL types, then enums."""
+
+    def __init__(self, request: Request, options: Options, enums: dict[tuple[str, str], str]):
+        self._default_schema = request.default_schema
+        self._options = options
+        self._enums = enums
+        self.uses_inet = False
+
+    def resolve(self, column: Column, where: str) -> ColumnType:
+        base = self._override(column) or self._builtin_or_enum(column, where)
+        if base is INET:
+            self.uses_inet = True
+        return ColumnType(base=base, dims=column.dims, nullable=not column.not_null)
+
+    def _override(self, column: Column) -> BaseType | None:
+        schema, name = canonical_type_name(column.type_schema, column.type_name)
+        for override in self._options.overrides:
+            if override.column and self._matches_column(override, column):
+                return _override_type(override)
+            if override.db_type and canonical_type_name("", override.db_type) == (schema, name):
+                return _override_type(override)
+        return None
+
+    def _matches_column(self, override: Override, column: Column) -> bool:
+        *table_path, column_name = override.column.split(".")
+        if column.table is None or column_name != column.name:
+            return False
+        table_schema = column.table.schema or self._default_schema
+        if len(table_path) == 2:
+            return table_path == [table_schema, column.table.name]
+        return table_path[0] == column.table.name
+
+    def _builtin_or_enum(self, column: Column, where: str) -> BaseType:
+        schema, name = canonical_type_name(column.type_schema, column.type_name)
+        if not schema and name in BUILTIN_TYPES:
+            return BUILTIN_TYPES[name]
+        enum = self._enums.get((schema or self._default_schema, name))
+        if enum is None and not schema:
+            # Unqualified: any schema on the search path could hold it.
+            matches = sorted(e for (_, n), e in self._enums.items() if n == name)
+            enum = matches[0] if len(matches) == 1 else None
+        if enum is not None:
+            return BaseType(enum, (), Kind.ENUM, in_models=True)
+        if self._options.strict_types:
+            spelled = f"{schema}.{name}" if schema else name
+            raise GenerationError(
+                f"{where}: unknown PostgreSQL type `{spelled}` (strict_types is on); "
+                "add an override for it or turn strict_types off to get `Any`"
+            )
+        return ANY
+
+
+def _override_type(override: Override) -> BaseType:
+    """`py_type: uuid.UUID, py_import: uuid` imports the module; `py_type: MyType,
+    py_import: app.types` imports the name from it."""
+    if not override.py_import:
+        return BaseType(override.py_type, pydantic_native=False)
+    module = override.py_import
+    if override.py_type.startswith(f"{module}."):
+        return BaseType(override.py_type, (Import(module),), pydantic_native=False)
+    name = override.py_type.split("[", 1)[0].split(".", 1)[0].strip()
+    return BaseType(override.py_type, (Import(module, name),), pydantic_native=False)
+
+
+def _qualified_name(schema: str, name: str, default_schema: str) -> str:
+    """Objects outside the default schema are prefixed with it, as in sqlc-gen-python."""
+    return name if schema in ("", default_schema) else f"{schema}_{name}"
+
+
+def build_plan(request: Request, options: Options) -> Plan:
+    enums, enum_index = _build_enums(request)
+    resolver = _TypeResolver(request, options, enum_index)
+    models = _build_models(request, options, resolver)
+    modules: dict[str, list[QueryPlan]] = {}
+    for query in request.queries:
+        if not query.name or not query.cmd:
+            continue
+        plan = _build_query(query, request, options, resolver, models)
+        modules.setdefault(_module_name(query.filename), []).append(plan)
+    uses_exec_result = any(q.cmd == ":execresult" for qs in modules.values() for q in qs)
+    _check_model_names(enums, models, resolver.uses_inet, uses_exec_result)
+    return Plan(
+        enums=enums,
+        models=models,
+        modules={name: tuple(queries) for name, queries in modules.items()},
+        uses_inet=resolver.uses_inet,
+        uses_exec_result=uses_exec_result,
+    )
+
+
+def _build_enums(request: Request) -> tuple[tuple[EnumClass, ...], dict[tuple[str, str], str]]:
+    classes = []
+    index = {}
+    for schema in request.schemas:
+        if schema.name in SYSTEM_SCHEMAS:
+            continue
+        for enum in schema.enums:
+            name = naming.camel_case(_qualified_name(schema.name, enum.name,
+                                                     request.default_schema))
+            members = naming.unique(naming.enum_member(label) for label in enum.values)
+            classes.append(EnumClass(name, tuple(zip(members, enum.values, strict=True)),
+                                     enum.comment))
+            index[(schema.name, enum.name)] = name
+    return tuple(sorted(classes, key=lambda e: e.name)), index
+
+
+def _build_models(request: Request, options: Options,
+                  resolver: _TypeResolver) -> tuple[ModelClass, ...]:
+    models = []
+    for schema in request.schemas:
+        if schema.name in SYSTEM_SCHEMAS:
+            continue
+        for table in schema.tables:
+            name = _qualified_name(schema.name, table.rel.name, request.default_schema)
+            if not options.emit_exact_table_names:
+                name = naming.singular(name, options.inflection_exclude_table_names)
+            where = f"table {table.rel.name}"
+            fields = _fields(table.columns, lambda c, w=where: resolver.resolve(c, f"{w}.{c.name}"))
+            models.append(ModelClass(
+                name=naming.camel_case(name),
+                fields=tuple(Field(f.name, c.comment, f.type) for f, c in
+                             zip(fields, table.columns, strict=True)),
+                comment=table.comment,
+                in_models=True,
+                table=Identifier(schema.name, table.rel.name),
+            ))
+    return tuple(sorted(models, key=lambda m: m.name))
+
+
+def _fields(columns: tuple[Column, ...], resolve: Callable[[Column], ColumnType]) -> list[Field]:
+    names = naming.unique(
+        naming.field_name(naming.identifier(c.name, "column") if c.name else f"column_{i + 1}")
+        for i, c in enumerate(columns)
+    )
+    return [Field(name, "", resolve(column)) for name, column in zip(names, columns, strict=True)]
+
+
+def _build_query(query: Query, request: Request, options: Options, resolver: _TypeResolver,
+                 models: tuple[ModelClass, ...]) -> QueryPlan:
+    where = f"query {query.name} ({query.filename})"
+    if query.cmd == ":execlastid":
+        raise GenerationError(
+            f"{where}: :execlastid is not supported; PostgreSQL has no last insert id. "
+            "Add `RETURNING id` and use :one instead"
+        )
+    if query.cmd not in SUPPORTED_COMMANDS:
+        raise GenerationError(f"{where}: unknown command {query.cmd}; supported: "
+                              + ", ".join(sorted(SUPPORTED_COMMANDS)))
+    if query.cmd in ROW_COMMANDS and not query.columns:
+        raise GenerationError(f"{where}: {query.cmd} needs a query that returns columns; "
+                              "use :exec or add RETURNING")
+    params = _params(query, resolver, where)
+    bundled = query.cmd in MULTI_COMMANDS or options.bundles_params(len(params))
+    if query.cmd in MULTI_COMMANDS and not params:
+        raise GenerationError(f"{where}: {query.cmd} needs at least one parameter")
+    method = naming.snake_case(query.name)
+    return QueryPlan(
+        name=query.name,
+        cmd=query.cmd,
+        method=method,
+        constant=method.upper(),
+        sql=_copy_statement(query, params, where) if query.cmd == ":copyfrom" else query.text,
+        comments=query.comments,
+        params=params,
+        params_class=ModelClass(
+            f"{query.name}Params", tuple(Field(p.name, type=p.type) for p in params)
+        ) if bundled else None,
+        result=_result_class(query, request, resolver, models, where)
+        if query.cmd in ROW_COMMANDS else None,
+    )
+
+
+def _params(query: Query, resolver: _TypeResolver, where: str) -> tuple[Param, ...]:
+    ordered = sorted(query.params, key=lambda p: p.number)
+    if [p.number for p in ordered] != list(range(1, len(ordered) + 1)):
+        raise GenerationError(f"{where}: parameters must be numbered $1..$n without gaps")
+    raw = [naming.identifier(p.column.name, "param") if p.column.name else f"dollar_{p.number}"
+           for p in ordered]
+    names = naming.unique(naming.parameter_name(name) for name in raw)
+    return tuple(
+        Param(name, resolver.resolve(p.column, f"{where}, parameter ${p.number}"), p.column.name)
+        for name, p in zip(names, ordered, strict=True)
+    )
+
+
+def _copy_statement(query: Query, params: tuple[Param, ...], where: str) -> str:
+    """:copyfrom sends rows with COPY, to the table and columns of the INSERT."""
+    table = query.insert_into_table
+    if table is None or not all(p.column for p in params):
+        raise GenerationError(f"{where}: :copyfrom needs `INSERT INTO table (columns) "
+                              "VALUES ($1, ...)` with one plain parameter per column")
+    target = ".".join(_quote(part) for part in (table.schema, table.name) if part)
+    columns = ", ".join(_quote(p.column) for p in params)
+    return f"COPY {target} ({columns}) FROM STDIN"
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _result_class(query: Query, request: Request, resolver: _TypeResolver,
+                  models: tuple[ModelClass, ...], where: str) -> ModelClass:
+    """The table's model when the columns are exactly its columns, else a Row class."""
+    if not any(c.embed_table for c in query.columns):
+        fields = _fields(query.columns,
+                         lambda c: resolver.resolve(c, f"{where}, column {c.name or '?'}"))
+        for model in models:
+            if _is_model_row(model, fields, query.columns, request.default_schema):
+                return model
+        return ModelClass(f"{query.name}Row", tuple(fields))
+    return ModelClass(f"{query.name}Row", tuple(_row_fields(query, request, resolver, models,
+                                                            where)))
+
+
+def _is_model_row(model: ModelClass, fields: list[Field], columns: tuple[Column, ...],
+                  default_schema: str) -> bool:
+    if len(model.fields) != len(fields) or model.table is None:
+        return False
+    for model_field, field, column in zip(model.fields, fields, columns, strict=True):
+        if column.table is None or model_field.name != field.name:
+            return False
+        same_table = ((column.table.schema or default_schema, column.table.name)
+                      == (model.table.schema, model.table.name))
+        if not same_table or model_field.type != field.type:
+            return False
+    return True
+
+
+def _row_fields(query: Query, request: Request, resolver: _TypeResolver,
+                models: tuple[ModelClass, ...], where: str) -> list[Field]:
+    """Fields of a Row with sqlc.embed(): an embedded table becomes its model."""
+    by_table = {(m.table.schema, m.table.name): m for m in models if m.table}
+    names = []
+    fields = []
+    for index, column in enumerate(query.columns):
+        embed = column.embed_table
+        if embed is not None:
+            model = by_table.get((embed.schema or request.default_schema, embed.name))
+            if model is None:
+                raise GenerationError(f"{where}: sqlc.embed({embed.name}) names no known table")
+            names.append(naming.snake_case(model.name))
+            fields.append(Field("", embed=model))
+        else:
+            name = naming.identifier(column.name, "column") if column.name else f"column_{index + 1}"
+            names.append(naming.field_name(name))
+            fields.append(Field("", type=resolver.resolve(column, f"{where}, column {name}")))
+    return [Field(name, embed=f.embed, type=f.type)
+            for name, f in zip(naming.unique(names), fields, strict=True)]
+
+
+def _module_name(filename: str) -> str:
+    """`queries.sql` -> `queries`; anything else made an importable module name."""
+    stem = filename.rsplit("/", 1)[-1].removesuffix(".sql")
+    name = naming.identifier(stem, "queries")
+    if name in ("models", "__init__") or not name.isidentifier():
+        raise GenerationError(f"queries file {filename} would overwrite {name}.py; rename it")
+    return naming.field_name(name)
+
+
+def _check_model_names(enums: tuple[EnumClass, ...], models: tuple[ModelClass, ...],
+                       uses_inet: bool, uses_exec_result: bool) -> None:
+    seen: set[str] = set()
+    names = [e.name for e in enums] + [m.name for m in models]
+    names += ["Inet"] * uses_inet + ["ExecResult"] * uses_exec_result
+    for name in names:
+        if name in seen:
+            raise GenerationError(f"two objects would both be named {name} in models.py; "
+                                  "rename one, or set emit_exact_table_names")
+        seen.add(name)
