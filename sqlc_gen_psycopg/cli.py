@@ -20,8 +20,9 @@ _METHOD = "/plugin.CodegenService/Generate"
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] != _METHOD:
-        print(f"sqlc-gen-psycopg: unknown method {args[0]!r}; sqlc calls {_METHOD}",
-              file=sys.stderr)
+        print(
+            f"sqlc-gen-psycopg: unknown method {args[0]!r}; sqlc calls {_METHOD}", file=sys.stderr
+        )
         return 2
     try:
         files = generate(parse_request(sys.stdin.buffer.read()))

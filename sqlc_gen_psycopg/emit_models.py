@@ -31,6 +31,9 @@ def emit_models(plan: Plan, options: Options, sqlc_version: str) -> str:
         writer.add(_INET_ALIAS, spaced=False)
     for enum_class in plan.enums:
         writer.use(Import("enum"))
+        if not options.emit_str_enum:
+            # sqlc-gen-python's (str, enum.Enum), which ruff would turn into StrEnum.
+            writer.noqa.add("UP042")
         writer.add(_enum_lines(enum_class, options), spaced=True)
     for model in plan.models:
         writer.add(class_lines(model, options, writer, in_models=True), spaced=True)
@@ -68,17 +71,19 @@ def class_header(name: str, options: Options, writer: ModuleWriter) -> list[str]
     return ["@dataclasses.dataclass(slots=True, kw_only=True)", f"class {name}:"]
 
 
-def class_lines(model: ModelClass, options: Options, writer: ModuleWriter, *,
-                in_models: bool) -> list[str]:
+def class_lines(
+    model: ModelClass, options: Options, writer: ModuleWriter, *, in_models: bool
+) -> list[str]:
     lines = class_header(model.name, options, writer)
-    preamble = docstring(model.comment.splitlines(), INDENT)
+    doc = docstring(model.comment.splitlines(), INDENT)
+    if doc:
+        lines += [*doc, ""]
     if options.emit_pydantic_models and any(
         f.type and not f.type.base.pydantic_native for f in model.fields
     ):
         # Psycopg's Range and overridden types are not types pydantic validates.
-        preamble.append(f"{INDENT}model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)")
-    if preamble:
-        lines += [*preamble, ""]
+        config = "model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)"
+        lines += [f"{INDENT}{config}", ""]
     for field in model.fields:
         if field.comment:
             lines += [f"{INDENT}# {line}".rstrip() for line in field.comment.splitlines()]
@@ -86,8 +91,8 @@ def class_lines(model: ModelClass, options: Options, writer: ModuleWriter, *,
             annotation = field.embed.name if in_models else f"models.{field.embed.name}"
         else:
             assert field.type is not None
-            annotation = field.type.annotation(in_models=in_models, param=False)
-            writer.use(*field.type.imports(param=False))
+            annotation = field.type.annotation(in_models=in_models, param=model.is_params)
+            writer.use(*field.type.imports(param=model.is_params))
         lines.append(f"{INDENT}{field.name}: {annotation}")
     return lines
 

@@ -8,11 +8,11 @@ escaping (`%` signs, `$1` inside string literals, a parameter used twice).
 from dataclasses import dataclass, field
 
 from sqlc_gen_psycopg.emit_models import class_lines
+from sqlc_gen_psycopg.layout import INDENT, Group, flat, prefixed, render
 from sqlc_gen_psycopg.naming import snake_case
-from sqlc_gen_psycopg.layout import INDENT, Group, flat, render
 from sqlc_gen_psycopg.options import Options
-from sqlc_gen_psycopg.plan import ModelClass, Param, QueryPlan
-from sqlc_gen_psycopg.source import ModuleWriter, docstring, indented, string_literal
+from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryPlan
+from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import ColumnType, Import, Kind
 
 _HELPER_OPTIONAL = """\
@@ -47,6 +47,11 @@ def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
         _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
     ]"""
 
+# Indentation of a method, its body, and a block inside the body.
+_METHOD = INDENT
+_BODY = INDENT * 2
+_BLOCK = INDENT * 3
+
 _JSON_WRAPPERS = {Kind.JSON: "Json", Kind.JSONB: "Jsonb"}
 
 
@@ -73,8 +78,9 @@ class _Flavor:
 
 
 _SYNC = _Flavor("Querier", "psycopg.Connection[Any]", "psycopg.RawCursor", is_async=False)
-_ASYNC = _Flavor("AsyncQuerier", "psycopg.AsyncConnection[Any]", "psycopg.AsyncRawCursor",
-                 is_async=True)
+_ASYNC = _Flavor(
+    "AsyncQuerier", "psycopg.AsyncConnection[Any]", "psycopg.AsyncRawCursor", is_async=True
+)
 
 
 @dataclass(slots=True)
@@ -89,8 +95,10 @@ class _QueryModule:
     def build(self, queries: tuple[QueryPlan, ...]) -> str:
         for query in queries:
             self._add_query_definitions(query)
-        for flavor, wanted in ((_SYNC, self.options.emit_sync_querier),
-                               (_ASYNC, self.options.emit_async_querier)):
+        for flavor, wanted in (
+            (_SYNC, self.options.emit_sync_querier),
+            (_ASYNC, self.options.emit_async_querier),
+        ):
             if wanted:
                 self.writer.add(self._querier(flavor, queries), spaced=True)
         self._add_converters()
@@ -101,47 +109,57 @@ class _QueryModule:
 
     def _add_query_definitions(self, query: QueryPlan) -> None:
         header = f"-- name: {query.name} {query.cmd}\n"
-        self.writer.add([f"{query.constant} = {string_literal(header + query.sql + chr(10))}"],
-                        spaced=False)
+        self.writer.add(
+            [f"{query.constant} = {string_literal(header + query.sql + chr(10))}"], spaced=False
+        )
         for model in (query.params_class, query.result):
             if model is not None and not model.in_models:
-                self.writer.add(class_lines(model, self.options, self.writer, in_models=False),
-                                spaced=True)
+                self.writer.add(
+                    class_lines(model, self.options, self.writer, in_models=False), spaced=True
+                )
 
     # -- the querier classes ------------------------------------------------------------
 
     def _querier(self, flavor: _Flavor, queries: tuple[QueryPlan, ...]) -> list[str]:
-        self.writer.use(Import("psycopg"), Import("psycopg.rows", "tuple_row"),
-                        Import("typing", "Any"))
+        self.writer.use(
+            Import("psycopg"), Import("psycopg.rows", "tuple_row"), Import("typing", "Any")
+        )
         lines = [
             f"class {flavor.name}:",
-            f'{INDENT}"""The queries of {self.source}, run in the connection\'s current '
+            f'{_METHOD}"""The queries of {self.source}, run in the connection\'s current '
             'transaction."""',
             "",
-            f"{INDENT}def __init__(self, conn: {flavor.connection}) -> None:",
-            f"{INDENT * 2}self._conn = conn",
+            f"{_METHOD}def __init__(self, conn: {flavor.connection}) -> None:",
+            f"{_BODY}self._conn = conn",
             "",
-            f"{INDENT}def _cursor(self) -> {flavor.cursor}[tuple[Any, ...]]:",
-            f"{INDENT * 2}# A raw cursor takes the $1..$n placeholders as sqlc wrote them; tuple",
-            f"{INDENT * 2}# rows keep results independent of the connection's row factory.",
-            f"{INDENT * 2}return {flavor.cursor}(self._conn, row_factory=tuple_row)",
+            f"{_METHOD}def _cursor(self) -> {flavor.cursor}[tuple[Any, ...]]:",
+            f"{_BODY}# A raw cursor takes the $1..$n placeholders as sqlc wrote them; tuple",
+            f"{_BODY}# rows keep results independent of the connection's row factory.",
+            f"{_BODY}return {flavor.cursor}(self._conn, row_factory=tuple_row)",
         ]
         for query in queries:
-            lines += ["", *indented(self._method(flavor, query))]
+            lines += ["", *self._method(flavor, query)]
         return lines
 
     def _method(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
-        lines = render(Group(f"{flavor.def_} {query.method}(", self._signature(query),
-                             f") -> {self._return_annotation(query)}:"), "")
-        lines += docstring(list(query.comments), INDENT)
-        lines += indented(self._body(flavor, query))
-        return lines
+        signature = Group(
+            f"{flavor.def_} {query.method}(",
+            self._signature(query),
+            f") -> {self._return_annotation(query)}:",
+        )
+        lines = render(signature, _METHOD)
+        lines += docstring(list(query.comments), _BODY)
+        if query.cmd == ":copyfrom":
+            return lines + self._copy_body(flavor, query)
+        if query.cmd.startswith(":batch"):
+            return lines + self._batch_body(flavor, query)
+        return lines + self._body(flavor, query)
 
     def _signature(self, query: QueryPlan) -> tuple[str, ...]:
         if query.params_class is None:
             params = tuple(f"{p.name}: {self._param_annotation(p.type)}" for p in query.params)
             return ("self", "*", *params) if params else ("self",)
-        if query.cmd.startswith(":batch") or query.cmd == ":copyfrom":
+        if query.cmd in MULTI_COMMANDS:
             self.writer.use(Import("collections.abc", "Iterable"))
             return ("self", f"params: Iterable[{query.params_class.name}]")
         return ("self", f"arg: {query.params_class.name}")
@@ -169,85 +187,97 @@ class _QueryModule:
         return f"models.{model.name}" if model.in_models else model.name
 
     def _body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
-        if query.cmd == ":copyfrom":
-            return self._copy_body(flavor, query)
-        if query.cmd.startswith(":batch"):
-            return self._batch_body(flavor, query)
-        execute = self._execute(flavor, query)
+        """:one, :many, :exec, :execrows, :execresult: one execute on a fresh cursor."""
         aw = flavor.await_
-        cursor = [f"{flavor.with_} self._cursor() as cur:"]
+        items = (query.constant, self._args(query)) if query.params else (query.constant,)
+        lines = [
+            f"{_BODY}{flavor.with_} self._cursor() as cur:",
+            *render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
+        ]
         if query.cmd == ":one":
             assert query.result is not None
             convert = self._converter(query.result)
-            return [*cursor, *execute, f"{INDENT}row = {aw}cur.fetchone()",
-                    *render(f"return None if row is None else {convert}(row)", "")]
+            return [
+                *lines,
+                f"{_BLOCK}row = {aw}cur.fetchone()",
+                f"{_BODY}return None if row is None else {convert}(row)",
+            ]
         if query.cmd == ":many":
             assert query.result is not None
-            convert = self._converter(query.result)
-            return [*cursor, *execute, *render(
-                Group("return [", (f"{convert}(row) for row in {aw}cur.fetchall()",), "]",
-                      trailing_comma=False), INDENT)]
+            rows = _comprehension(f"{self._converter(query.result)}(row)", f"{aw}cur.fetchall()")
+            return lines + render(prefixed("return ", rows), _BLOCK)
         if query.cmd == ":execrows":
-            return [*cursor, *execute, f"{INDENT}return cur.rowcount"]
+            return [*lines, f"{_BLOCK}return cur.rowcount"]
         if query.cmd == ":execresult":
-            return [*cursor, *execute, *render(
-                Group("return models.ExecResult(",
-                      ("rowcount=cur.rowcount", "statusmessage=cur.statusmessage"), ")"), INDENT)]
-        return [*cursor, *execute]
+            result = Group(
+                "return models.ExecResult(",
+                ("rowcount=cur.rowcount", "statusmessage=cur.statusmessage"),
+                ")",
+            )
+            return lines + render(result, _BLOCK)
+        return lines
 
-    def _execute(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
-        args = self._args(query, "arg." if query.params_class else "")
-        items = (query.constant, args) if query.params else (query.constant,)
-        return render(Group(f"{flavor.await_}cur.execute(", items, ")"), INDENT)
-
-    def _args(self, query: QueryPlan, prefix: str) -> Group:
+    def _args(self, query: QueryPlan, prefix: str = "") -> Group:
+        """The tuple of values for $1..$n."""
+        if not prefix and query.params_class is not None:
+            prefix = "arg."
         values = tuple(self._param_value(p, f"{prefix}{p.name}") for p in query.params)
         return Group("(", values, ")", is_tuple=True)
 
     def _copy_body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
         write = Group(f"{flavor.await_}copy.write_row(", (self._args(query, "p."),), ")")
         return [
-            f"{flavor.with_} self._cursor() as cur:",
-            *render(f"{flavor.with_} cur.copy({query.constant}) as copy:", INDENT),
-            f"{INDENT * 2}for p in params:",
-            *render(write, INDENT * 3),
-            # rowcount is only known while the cursor is open.
-            f"{INDENT}return cur.rowcount",
+            f"{_BODY}{flavor.with_} self._cursor() as cur:",
+            f"{_BLOCK}{flavor.with_} cur.copy({query.constant}) as copy:",
+            f"{_BLOCK}{INDENT}for p in params:",
+            *render(write, _BLOCK + INDENT * 2),
+            # Read while the cursor is open: closing it forgets the count.
+            f"{_BLOCK}return cur.rowcount",
         ]
 
     def _batch_body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
+        """executemany() runs the statement once per parameter set, pipelined."""
         aw = flavor.await_
-        lines = render(Group("args = [", (f"{flat(self._args(query, 'p.'))} for p in params",),
-                             "]", trailing_comma=False), "")
+        args = _comprehension(flat(self._args(query, "p.")), "params", target="p")
+        lines = render(prefixed("args = ", args), _BODY)
         returning = query.cmd != ":batchexec"
-        execute = Group(f"{aw}cur.executemany(",
-                        (query.constant, "args", *(["returning=True"] if returning else [])), ")")
+        execute = Group(
+            f"{aw}cur.executemany(",
+            (query.constant, "args", *(["returning=True"] if returning else [])),
+            ")",
+        )
         if not returning:
-            return [*lines, f"{flavor.with_} self._cursor() as cur:", *render(execute, INDENT)]
+            return [
+                *lines,
+                f"{_BODY}{flavor.with_} self._cursor() as cur:",
+                *render(execute, _BLOCK),
+            ]
         assert query.result is not None
         convert = self._converter(query.result)
         row = self._row_class(query.result)
+        inner = _BLOCK + INDENT
         if query.cmd == ":batchone":
             result_type = f"list[{row} | None]"
-            collect = [f"row = {aw}cur.fetchone()",
-                       *render(f"results.append(None if row is None else {convert}(row))", "")]
+            collect = [
+                f"{inner}row = {aw}cur.fetchone()",
+                f"{inner}results.append(None if row is None else {convert}(row))",
+            ]
         else:
             result_type = f"list[list[{row}]]"
-            collect = render(Group("results.append(", (Group(
-                "[", (f"{convert}(row) for row in {aw}cur.fetchall()",), "]",
-                trailing_comma=False),), ")"), "")
+            rows = _comprehension(f"{convert}(row)", f"{aw}cur.fetchall()")
+            collect = render(Group("results.append(", (rows,), ")"), inner)
         return [
             *lines,
-            f"results: {result_type} = []",
-            "if not args:",
-            f"{INDENT}return results",
-            f"{flavor.with_} self._cursor() as cur:",
-            *render(execute, INDENT),
-            f"{INDENT}# executemany(returning=True) leaves one result set per parameter set.",
-            f"{INDENT}while True:",
-            *indented(collect, 2),
-            f"{INDENT * 2}if not cur.nextset():",
-            f"{INDENT * 3}return results",
+            f"{_BODY}results: {result_type} = []",
+            f"{_BODY}if not args:",
+            f"{_BLOCK}return results",
+            f"{_BODY}{flavor.with_} self._cursor() as cur:",
+            *render(execute, _BLOCK),
+            f"{_BLOCK}# executemany(returning=True) leaves one result set per parameter set.",
+            f"{_BLOCK}while True:",
+            *collect,
+            f"{inner}if not cur.nextset():",
+            f"{inner}{INDENT}return results",
         ]
 
     # -- values in and out --------------------------------------------------------------
@@ -291,10 +321,15 @@ class _QueryModule:
                     values.append(f"{f.name}={self._result_value(f.type, f'row[{index}]')}")
                 index += f.width
             returned = self._row_class(model)
-            self.writer.add([
-                f"def {_converter_name(model)}(row: tuple[Any, ...]) -> {returned}:",
-                *render(Group(f"return {returned}(", tuple(values), ")", exploded=True), INDENT),
-            ], spaced=True)
+            self.writer.add(
+                [
+                    f"def {_converter_name(model)}(row: tuple[Any, ...]) -> {returned}:",
+                    *render(
+                        Group(f"return {returned}(", tuple(values), ")", exploded=True), INDENT
+                    ),
+                ],
+                spaced=True,
+            )
 
     def _result_value(self, column_type: ColumnType, value: str) -> str:
         if column_type.base.kind is not Kind.ENUM:
@@ -324,17 +359,26 @@ class _QueryModule:
             self.writer.use(Import("collections.abc", "Sequence"))
             self.writer.add(_HELPER_ARRAY.splitlines(), spaced=True)
         if "enum_array" in self.helpers:
-            self.writer.use(Import("psycopg", "postgres"), Import("psycopg", "pq"),
-                            Import("psycopg.adapt", "Transformer"))
+            self.writer.use(
+                Import("psycopg", "postgres"),
+                Import("psycopg", "pq"),
+                Import("psycopg.adapt", "Transformer"),
+            )
             self.writer.add(_TEXT_ARRAY.splitlines(), spaced=True)
             self.writer.add(_HELPER_ENUM_ARRAY.splitlines(), spaced=True)
+
+
+def _comprehension(element: str, iterable: str, target: str = "row") -> Group:
+    """`[element for target in iterable]`, split inside the brackets when too long."""
+    return Group("[", (f"{element} for {target} in {iterable}",), "]", trailing_comma=False)
 
 
 def _converter_name(model: ModelClass) -> str:
     return f"_{snake_case(model.name)}_from_row"
 
 
-def emit_queries(queries: tuple[QueryPlan, ...], options: Options, sqlc_version: str,
-                 source: str) -> str:
+def emit_queries(
+    queries: tuple[QueryPlan, ...], options: Options, sqlc_version: str, source: str
+) -> str:
     writer = ModuleWriter(sqlc_version, source=source, package=options.package)
     return _QueryModule(writer, options, source).build(queries)

@@ -5,7 +5,7 @@ on one line if that fits; else its contents go on one indented line; else one
 item per line with a trailing comma. A magic trailing comma forces the last form.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LINE_LENGTH = 100
 INDENT = "    "
@@ -58,3 +58,8 @@ def render(item: Item, indent: str, suffix: str = "") -> list[str]:
 
 def _fits(line: str) -> bool:
     return len(line) <= LINE_LENGTH
+
+
+def prefixed(prefix: str, group: Group) -> Group:
+    """`group` after some code on its first line, such as `return ` or `x = `."""
+    return replace(group, open=prefix + group.open)

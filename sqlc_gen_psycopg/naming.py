@@ -5,20 +5,14 @@ the singular CamelCase of the table, methods the snake_case of the query name,
 enum members the UPPER_SNAKE of the label.
 """
 
+import builtins
 import keyword
 import re
 from collections.abc import Iterable
 
-# Lower-case names of Python's builtins, fixed here rather than read from
-# `builtins` so the generated code does not depend on the Python running sqlc.
-_BUILTINS = frozenset(
-    "abs aiter all anext any ascii bin bool breakpoint bytearray bytes callable chr "
-    "classmethod compile complex copyright credits delattr dict dir divmod enumerate eval "
-    "exec exit filter float format frozenset getattr globals hasattr hash help hex id input "
-    "int isinstance issubclass iter len license list locals map max memoryview min next "
-    "object oct open ord pow print property quit range repr reversed round set setattr "
-    "slice sorted staticmethod str sum super tuple type vars zip".split()
-)
+# Builtins a parameter could shadow: the public lower-case names (functions,
+# types, and the site helpers such as exit); the same in every Python 3.11+.
+_BUILTINS = frozenset(name for name in dir(builtins) if name.islower() and not name.startswith("_"))
 
 # `id` is by far the most common column name, and a generated method never calls
 # id(), so shadowing it is harmless; escaping it would make every signature worse.
@@ -27,9 +21,13 @@ _UNESCAPED_BUILTINS = frozenset({"id"})
 # Names a generated method body or its module refers to; a parameter with one of
 # these names would shadow it.
 _GENERATED_NAMES = frozenset(
-    "self cur row rows copy params arg results models psycopg tuple_row dataclasses datetime "
-    "decimal enum ipaddress uuid pydantic Any Iterable Sequence Callable Json Jsonb Range "
-    "Multirange Transformer TypeAlias TypeVar".split()
+    {
+        *("self", "cur", "row", "copy", "params", "arg", "args", "results", "models"),
+        *("psycopg", "tuple_row", "postgres", "pq", "Transformer", "Json", "Jsonb"),
+        *("dataclasses", "datetime", "decimal", "enum", "ipaddress", "uuid", "pydantic"),
+        *("Any", "Callable", "Iterable", "Sequence", "TypeAlias", "TypeVar"),
+        *("Range", "Multirange"),
+    }
 )
 
 _NON_IDENTIFIER = re.compile(r"\W+", re.ASCII)
@@ -109,10 +107,19 @@ def enum_member(label: str) -> str:
 # Singular forms, as in the inflection library sqlc uses (from Rails). Checked in
 # order; the first rule that matches the end of the name wins.
 _UNCOUNTABLE = frozenset(
-    "equipment information rice money species series fish sheep jeans police meta campus".split()
+    {
+        *("equipment", "information", "rice", "money", "species", "series", "fish", "sheep"),
+        *("jeans", "police", "meta", "campus"),
+    }
 )
-_IRREGULAR = (("people", "person"), ("men", "man"), ("children", "child"),
-              ("sexes", "sex"), ("moves", "move"), ("zombies", "zombie"))
+_IRREGULAR = (
+    ("people", "person"),
+    ("men", "man"),
+    ("children", "child"),
+    ("sexes", "sex"),
+    ("moves", "move"),
+    ("zombies", "zombie"),
+)
 _SINGULAR_RULES = tuple(
     (re.compile(pattern, re.IGNORECASE), replacement)
     for pattern, replacement in (

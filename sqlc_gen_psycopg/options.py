@@ -66,10 +66,12 @@ def _integer(name: str, value: Any) -> int:
 def _package(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _wrong_type(name, "a dotted Python package name", value)
-    if value and not all(part.isidentifier() and not keyword.iskeyword(part)
-                         for part in value.split(".")):
-        raise GenerationError(f"option `{name}` must be a dotted Python package name, "
-                              f"got {value!r}")
+    if value and not all(
+        part.isidentifier() and not keyword.iskeyword(part) for part in value.split(".")
+    ):
+        raise GenerationError(
+            f"option `{name}` must be a dotted Python package name, got {value!r}"
+        )
     return value
 
 
@@ -90,8 +92,10 @@ def _override(where: str, item: Any) -> Override:
         raise _wrong_type(where, "a mapping", item)
     unknown = sorted(set(item) - {"db_type", "column", "py_type", "py_import"})
     if unknown:
-        raise GenerationError(f"unknown key `{unknown[0]}` in option `{where}`; "
-                              "expected db_type or column, py_type and optionally py_import")
+        raise GenerationError(
+            f"unknown key `{unknown[0]}` in option `{where}`; "
+            "expected db_type or column, py_type and optionally py_import"
+        )
     fields = {}
     for key in ("db_type", "column", "py_type", "py_import"):
         field = item.get(key, "")
@@ -103,8 +107,10 @@ def _override(where: str, item: Any) -> Override:
     if not fields["py_type"]:
         raise GenerationError(f"option `{where}` needs `py_type`, the Python type to use")
     if fields["column"] and fields["column"].count(".") not in (1, 2):
-        raise GenerationError(f"option `{where}.column` must be `table.column` or "
-                              f"`schema.table.column`, got {fields['column']!r}")
+        raise GenerationError(
+            f"option `{where}.column` must be `table.column` or "
+            f"`schema.table.column`, got {fields['column']!r}"
+        )
     return Override(**fields)
 
 
@@ -131,7 +137,8 @@ def parse_options(raw: dict[str, Any]) -> Options:
     unknown = sorted(set(raw) - set(_PARSERS))
     if unknown:
         known = ", ".join(sorted(_PARSERS))
-        raise GenerationError(f"unknown option `{unknown[0]}` for sqlc-gen-psycopg; "
-                              f"known options: {known}")
+        raise GenerationError(
+            f"unknown option `{unknown[0]}` for sqlc-gen-psycopg; known options: {known}"
+        )
     values = {name: _PARSERS[name](name, value) for name, value in raw.items()}
     return Options(**values)

@@ -4,7 +4,6 @@ Everything about names, types and shapes is decided here, so the emitters only
 lay out text.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlc_gen_psycopg import naming
@@ -54,6 +53,8 @@ class ModelClass:
     in_models: bool = False
     # For table models: the table, its schema spelled out.
     table: Identifier | None = None
+    # A Params class: its fields are typed like method parameters.
+    is_params: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +94,17 @@ class Plan:
 
 
 SUPPORTED_COMMANDS = frozenset(
-    {":one", ":many", ":exec", ":execrows", ":execresult", ":copyfrom",
-     ":batchexec", ":batchone", ":batchmany"}
+    {
+        ":one",
+        ":many",
+        ":exec",
+        ":execrows",
+        ":execresult",
+        ":copyfrom",
+        ":batchexec",
+        ":batchone",
+        ":batchmany",
+    }
 )
 # Commands that return rows, and so need result columns.
 ROW_COMMANDS = frozenset({":one", ":many", ":batchone", ":batchmany"})
@@ -200,17 +210,20 @@ def _build_enums(request: Request) -> tuple[tuple[EnumClass, ...], dict[tuple[st
         if schema.name in SYSTEM_SCHEMAS:
             continue
         for enum in schema.enums:
-            name = naming.camel_case(_qualified_name(schema.name, enum.name,
-                                                     request.default_schema))
+            name = naming.camel_case(
+                _qualified_name(schema.name, enum.name, request.default_schema)
+            )
             members = naming.unique(naming.enum_member(label) for label in enum.values)
-            classes.append(EnumClass(name, tuple(zip(members, enum.values, strict=True)),
-                                     enum.comment))
+            classes.append(
+                EnumClass(name, tuple(zip(members, enum.values, strict=True)), enum.comment)
+            )
             index[(schema.name, enum.name)] = name
     return tuple(sorted(classes, key=lambda e: e.name)), index
 
 
-def _build_models(request: Request, options: Options,
-                  resolver: _TypeResolver) -> tuple[ModelClass, ...]:
+def _build_models(
+    request: Request, options: Options, resolver: _TypeResolver
+) -> tuple[ModelClass, ...]:
     models = []
     for schema in request.schemas:
         if schema.name in SYSTEM_SCHEMAS:
@@ -219,29 +232,41 @@ def _build_models(request: Request, options: Options,
             name = _qualified_name(schema.name, table.rel.name, request.default_schema)
             if not options.emit_exact_table_names:
                 name = naming.singular(name, options.inflection_exclude_table_names)
-            where = f"table {table.rel.name}"
-            fields = _fields(table.columns, lambda c, w=where: resolver.resolve(c, f"{w}.{c.name}"))
-            models.append(ModelClass(
-                name=naming.camel_case(name),
-                fields=tuple(Field(f.name, c.comment, f.type) for f, c in
-                             zip(fields, table.columns, strict=True)),
-                comment=table.comment,
-                in_models=True,
-                table=Identifier(schema.name, table.rel.name),
-            ))
+            fields = _fields(table.columns, resolver, f"table {table.rel.name}")
+            models.append(
+                ModelClass(
+                    name=naming.camel_case(name),
+                    fields=tuple(
+                        Field(f.name, c.comment, f.type)
+                        for f, c in zip(fields, table.columns, strict=True)
+                    ),
+                    comment=table.comment,
+                    in_models=True,
+                    table=Identifier(schema.name, table.rel.name),
+                )
+            )
     return tuple(sorted(models, key=lambda m: m.name))
 
 
-def _fields(columns: tuple[Column, ...], resolve: Callable[[Column], ColumnType]) -> list[Field]:
+def _fields(columns: tuple[Column, ...], resolver: _TypeResolver, where: str) -> list[Field]:
+    """Fields named after the columns (`column_N` when unnamed), made unique."""
     names = naming.unique(
         naming.field_name(naming.identifier(c.name, "column") if c.name else f"column_{i + 1}")
         for i, c in enumerate(columns)
     )
-    return [Field(name, "", resolve(column)) for name, column in zip(names, columns, strict=True)]
+    return [
+        Field(name, type=resolver.resolve(column, f"{where}, column {name}"))
+        for name, column in zip(names, columns, strict=True)
+    ]
 
 
-def _build_query(query: Query, request: Request, options: Options, resolver: _TypeResolver,
-                 models: tuple[ModelClass, ...]) -> QueryPlan:
+def _build_query(
+    query: Query,
+    request: Request,
+    options: Options,
+    resolver: _TypeResolver,
+    models: tuple[ModelClass, ...],
+) -> QueryPlan:
     where = f"query {query.name} ({query.filename})"
     if query.cmd == ":execlastid":
         raise GenerationError(
@@ -249,11 +274,14 @@ def _build_query(query: Query, request: Request, options: Options, resolver: _Ty
             "Add `RETURNING id` and use :one instead"
         )
     if query.cmd not in SUPPORTED_COMMANDS:
-        raise GenerationError(f"{where}: unknown command {query.cmd}; supported: "
-                              + ", ".join(sorted(SUPPORTED_COMMANDS)))
+        raise GenerationError(
+            f"{where}: unknown command {query.cmd}; supported: "
+            + ", ".join(sorted(SUPPORTED_COMMANDS))
+        )
     if query.cmd in ROW_COMMANDS and not query.columns:
-        raise GenerationError(f"{where}: {query.cmd} needs a query that returns columns; "
-                              "use :exec or add RETURNING")
+        raise GenerationError(
+            f"{where}: {query.cmd} needs a query that returns columns; use :exec or add RETURNING"
+        )
     params = _params(query, resolver, where)
     bundled = query.cmd in MULTI_COMMANDS or options.bundles_params(len(params))
     if query.cmd in MULTI_COMMANDS and not params:
@@ -268,10 +296,15 @@ def _build_query(query: Query, request: Request, options: Options, resolver: _Ty
         comments=query.comments,
         params=params,
         params_class=ModelClass(
-            f"{query.name}Params", tuple(Field(p.name, type=p.type) for p in params)
-        ) if bundled else None,
+            f"{query.name}Params",
+            tuple(Field(p.name, type=p.type) for p in params),
+            is_params=True,
+        )
+        if bundled
+        else None,
         result=_result_class(query, request, resolver, models, where)
-        if query.cmd in ROW_COMMANDS else None,
+        if query.cmd in ROW_COMMANDS
+        else None,
     )
 
 
@@ -279,8 +312,10 @@ def _params(query: Query, resolver: _TypeResolver, where: str) -> tuple[Param, .
     ordered = sorted(query.params, key=lambda p: p.number)
     if [p.number for p in ordered] != list(range(1, len(ordered) + 1)):
         raise GenerationError(f"{where}: parameters must be numbered $1..$n without gaps")
-    raw = [naming.identifier(p.column.name, "param") if p.column.name else f"dollar_{p.number}"
-           for p in ordered]
+    raw = [
+        naming.identifier(p.column.name, "param") if p.column.name else f"dollar_{p.number}"
+        for p in ordered
+    ]
     names = naming.unique(naming.parameter_name(name) for name in raw)
     return tuple(
         Param(name, resolver.resolve(p.column, f"{where}, parameter ${p.number}"), p.column.name)
@@ -292,8 +327,10 @@ def _copy_statement(query: Query, params: tuple[Param, ...], where: str) -> str:
     """:copyfrom sends rows with COPY, to the table and columns of the INSERT."""
     table = query.insert_into_table
     if table is None or not all(p.column for p in params):
-        raise GenerationError(f"{where}: :copyfrom needs `INSERT INTO table (columns) "
-                              "VALUES ($1, ...)` with one plain parameter per column")
+        raise GenerationError(
+            f"{where}: :copyfrom needs `INSERT INTO table (columns) "
+            "VALUES ($1, ...)` with one plain parameter per column"
+        )
     target = ".".join(_quote(part) for part in (table.schema, table.name) if part)
     columns = ", ".join(_quote(p.column) for p in params)
     return f"COPY {target} ({columns}) FROM STDIN"
@@ -303,36 +340,49 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _result_class(query: Query, request: Request, resolver: _TypeResolver,
-                  models: tuple[ModelClass, ...], where: str) -> ModelClass:
+def _result_class(
+    query: Query,
+    request: Request,
+    resolver: _TypeResolver,
+    models: tuple[ModelClass, ...],
+    where: str,
+) -> ModelClass:
     """The table's model when the columns are exactly its columns, else a Row class."""
     if not any(c.embed_table for c in query.columns):
-        fields = _fields(query.columns,
-                         lambda c: resolver.resolve(c, f"{where}, column {c.name or '?'}"))
+        fields = _fields(query.columns, resolver, where)
         for model in models:
             if _is_model_row(model, fields, query.columns, request.default_schema):
                 return model
         return ModelClass(f"{query.name}Row", tuple(fields))
-    return ModelClass(f"{query.name}Row", tuple(_row_fields(query, request, resolver, models,
-                                                            where)))
+    return ModelClass(
+        f"{query.name}Row", tuple(_row_fields(query, request, resolver, models, where))
+    )
 
 
-def _is_model_row(model: ModelClass, fields: list[Field], columns: tuple[Column, ...],
-                  default_schema: str) -> bool:
+def _is_model_row(
+    model: ModelClass, fields: list[Field], columns: tuple[Column, ...], default_schema: str
+) -> bool:
     if len(model.fields) != len(fields) or model.table is None:
         return False
     for model_field, field, column in zip(model.fields, fields, columns, strict=True):
         if column.table is None or model_field.name != field.name:
             return False
-        same_table = ((column.table.schema or default_schema, column.table.name)
-                      == (model.table.schema, model.table.name))
+        same_table = (column.table.schema or default_schema, column.table.name) == (
+            model.table.schema,
+            model.table.name,
+        )
         if not same_table or model_field.type != field.type:
             return False
     return True
 
 
-def _row_fields(query: Query, request: Request, resolver: _TypeResolver,
-                models: tuple[ModelClass, ...], where: str) -> list[Field]:
+def _row_fields(
+    query: Query,
+    request: Request,
+    resolver: _TypeResolver,
+    models: tuple[ModelClass, ...],
+    where: str,
+) -> list[Field]:
     """Fields of a Row with sqlc.embed(): an embedded table becomes its model."""
     by_table = {(m.table.schema, m.table.name): m for m in models if m.table}
     names = []
@@ -346,11 +396,15 @@ def _row_fields(query: Query, request: Request, resolver: _TypeResolver,
             names.append(naming.snake_case(model.name))
             fields.append(Field("", embed=model))
         else:
-            name = naming.identifier(column.name, "column") if column.name else f"column_{index + 1}"
+            name = (
+                naming.identifier(column.name, "column") if column.name else f"column_{index + 1}"
+            )
             names.append(naming.field_name(name))
             fields.append(Field("", type=resolver.resolve(column, f"{where}, column {name}")))
-    return [Field(name, embed=f.embed, type=f.type)
-            for name, f in zip(naming.unique(names), fields, strict=True)]
+    return [
+        Field(name, embed=f.embed, type=f.type)
+        for name, f in zip(naming.unique(names), fields, strict=True)
+    ]
 
 
 def _module_name(filename: str) -> str:
@@ -362,13 +416,19 @@ def _module_name(filename: str) -> str:
     return naming.field_name(name)
 
 
-def _check_model_names(enums: tuple[EnumClass, ...], models: tuple[ModelClass, ...],
-                       uses_inet: bool, uses_exec_result: bool) -> None:
+def _check_model_names(
+    enums: tuple[EnumClass, ...],
+    models: tuple[ModelClass, ...],
+    uses_inet: bool,
+    uses_exec_result: bool,
+) -> None:
     seen: set[str] = set()
     names = [e.name for e in enums] + [m.name for m in models]
     names += ["Inet"] * uses_inet + ["ExecResult"] * uses_exec_result
     for name in names:
         if name in seen:
-            raise GenerationError(f"two objects would both be named {name} in models.py; "
-                                  "rename one, or set emit_exact_table_names")
+            raise GenerationError(
+                f"two objects would both be named {name} in models.py; "
+                "rename one, or set emit_exact_table_names"
+            )
         seen.add(name)

@@ -121,8 +121,10 @@ def parse_request(raw: bytes) -> Request:
     try:
         data = json.loads(raw)
     except ValueError as error:
-        raise GenerationError(f"sqlc sent a request that is not JSON ({error}); "
-                              "set `format: json` on the plugin in sqlc.yaml") from error
+        raise GenerationError(
+            f"sqlc sent a request that is not JSON ({error}); "
+            "set `format: json` on the plugin in sqlc.yaml"
+        ) from error
     catalog = data.get("catalog") or {}
     return Request(
         sqlc_version=data.get("sqlc_version", ""),

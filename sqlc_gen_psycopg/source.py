@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from sqlc_gen_psycopg import __version__
-from sqlc_gen_psycopg.layout import INDENT, LINE_LENGTH, Group, render
+from sqlc_gen_psycopg.layout import LINE_LENGTH, Group, render
 from sqlc_gen_psycopg.typemap import Import
 
 # Modules the generated code may import that are not in the standard library.
@@ -26,6 +26,8 @@ class ModuleWriter:
     package: str = ""
     imports: set[Import] = field(default_factory=set)
     blocks: list[Block] = field(default_factory=list)
+    # ruff rules the module knowingly breaks, silenced for the whole file.
+    noqa: set[str] = field(default_factory=set)
 
     def use(self, *imports: Import) -> None:
         self.imports.update(imports)
@@ -47,7 +49,7 @@ class ModuleWriter:
             lines += ["", *imports]
         if self.blocks:
             lines += [""] * (2 if self.blocks[0].spaced else 1) + body
-        return _with_noqa("\n".join(lines) + "\n")
+        return _with_noqa("\n".join(lines) + "\n", self.noqa)
 
     def _header(self) -> list[str]:
         lines = [
@@ -93,8 +95,11 @@ def _section_lines(imports: list[Import]) -> list[str]:
         ordered = sorted(names[module], key=_isort_name_key)
         group = Group(f"from {module} import (", tuple(ordered), ")")
         line = f"from {module} import {', '.join(ordered)}"
-        lines += [line] if len(line) <= LINE_LENGTH else render(
-            Group(group.open, group.items, group.close, exploded=True), "")
+        lines += (
+            [line]
+            if len(line) <= LINE_LENGTH
+            else render(Group(group.open, group.items, group.close, exploded=True), "")
+        )
     return lines
 
 
@@ -107,14 +112,14 @@ def _isort_name_key(name: str) -> tuple[int, str]:
     return (2, name.lower())
 
 
-def _with_noqa(text: str) -> str:
+def _with_noqa(text: str, extra: set[str]) -> str:
     """Silence the line-length and whitespace rules for text we must not change.
 
     SQL and comments are copied verbatim into strings and docstrings; sqlc writes
     `SELECT *` as one long line of columns.
     """
     lines = text.split("\n")
-    codes = []
+    codes = sorted(extra)
     if any(len(line) > LINE_LENGTH for line in lines):
         codes.append("E501")
     if any(line != line.rstrip() and line.strip() for line in lines):
@@ -123,7 +128,7 @@ def _with_noqa(text: str) -> str:
         codes.append("W293")
     if not codes:
         return text
-    return f"# ruff: noqa: {', '.join(codes)}\n{text}"
+    return f"# ruff: noqa: {', '.join(sorted(codes))}\n{text}"
 
 
 def string_literal(text: str) -> str:
@@ -149,9 +154,8 @@ def docstring(lines: list[str], indent: str) -> list[str]:
         text[-1] += " "
     if len(text) == 1:
         return [f'{indent}"""{text[0]}"""']
-    return ([f'{indent}"""{text[0]}'] + [f"{indent}{line}" if line else "" for line in text[1:]]
-            + [f'{indent}"""'])
-
-
-def indented(lines: list[str], depth: int = 1) -> list[str]:
-    return [f"{INDENT * depth}{line}" if line else "" for line in lines]
+    return (
+        [f'{indent}"""{text[0]}']
+        + [f"{indent}{line}" if line else "" for line in text[1:]]
+        + [f'{indent}"""']
+    )

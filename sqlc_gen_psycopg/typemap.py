@@ -45,7 +45,9 @@ class ColumnType:
 
     def annotation(self, *, in_models: bool, param: bool) -> str:
         """The annotation of a field (param=False) or of a method parameter."""
-        expr = f"models.{self.base.expr}" if self.base.in_models and not in_models else self.base.expr
+        expr = (
+            f"models.{self.base.expr}" if self.base.in_models and not in_models else self.base.expr
+        )
         if param and self.base.kind is Kind.ENUM:
             # psycopg sends a str subclass as text, so a plain label works as well.
             expr = f"{expr} | str"
@@ -78,8 +80,7 @@ INET = BaseType("Inet", (), Kind.PLAIN, in_models=True)
 
 def _range(kind: str, element: BaseType) -> BaseType:
     imported = _MULTIRANGE if kind == "Multirange" else _RANGE
-    return BaseType(f"{kind}[{element.expr}]", (*element.imports, imported),
-                    pydantic_native=False)
+    return BaseType(f"{kind}[{element.expr}]", (*element.imports, imported), pydantic_native=False)
 
 
 # Keyed by canonical name (see canonical_type_name).
@@ -90,9 +91,28 @@ BUILTIN_TYPES: dict[str, BaseType] = {
     "bool": BaseType("bool"),
     # psycopg has no loader for these and returns PostgreSQL's text form.
     **dict.fromkeys(
-        ("text", "varchar", "bpchar", "name", "citext", "xml", "money", "macaddr", "macaddr8",
-         "bit", "varbit", "tsvector", "tsquery", "point", "line", "lseg", "box", "path",
-         "polygon", "circle"),
+        (
+            "text",
+            "varchar",
+            "bpchar",
+            "name",
+            "citext",
+            "xml",
+            "money",
+            "macaddr",
+            "macaddr8",
+            "bit",
+            "varbit",
+            "tsvector",
+            "tsquery",
+            "point",
+            "line",
+            "lseg",
+            "box",
+            "path",
+            "polygon",
+            "circle",
+        ),
         _STR,
     ),
     "bytea": BaseType("bytes"),
@@ -107,24 +127,43 @@ BUILTIN_TYPES: dict[str, BaseType] = {
     "jsonb": BaseType("Any", (Import("typing", "Any"),), Kind.JSONB),
     **{
         f"{name}{suffix}": _range(kind, element)
-        for name, element in (("int4", _INT), ("int8", _INT), ("num", _DECIMAL),
-                              ("date", _DATE), ("ts", _DATETIME), ("tstz", _DATETIME))
+        for name, element in (
+            ("int4", _INT),
+            ("int8", _INT),
+            ("num", _DECIMAL),
+            ("date", _DATE),
+            ("ts", _DATETIME),
+            ("tstz", _DATETIME),
+        )
         for suffix, kind in (("range", "Range"), ("multirange", "Multirange"))
     },
 }
 
 # Other spellings sqlc passes through from the schema, to the canonical name.
 _ALIASES = {
-    "smallint": "int2", "smallserial": "int2", "serial2": "int2",
-    "integer": "int4", "int": "int4", "serial": "int4", "serial4": "int4",
-    "bigint": "int8", "bigserial": "int8", "serial8": "int8",
-    "real": "float4", "float": "float8", "double precision": "float8",
+    "smallint": "int2",
+    "smallserial": "int2",
+    "serial2": "int2",
+    "integer": "int4",
+    "int": "int4",
+    "serial": "int4",
+    "serial4": "int4",
+    "bigint": "int8",
+    "bigserial": "int8",
+    "serial8": "int8",
+    "real": "float4",
+    "float": "float8",
+    "double precision": "float8",
     "decimal": "numeric",
     "boolean": "bool",
-    "character varying": "varchar", "char": "bpchar", "character": "bpchar",
+    "character varying": "varchar",
+    "char": "bpchar",
+    "character": "bpchar",
     "bit varying": "varbit",
-    "time without time zone": "time", "time with time zone": "timetz",
-    "timestamp without time zone": "timestamp", "timestamp with time zone": "timestamptz",
+    "time without time zone": "time",
+    "time with time zone": "timetz",
+    "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz",
 }
 
 
