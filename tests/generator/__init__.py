@@ -1,0 +1,1 @@
+"""Tests of sqlc-gen-psycopg, the repository's sqlc plugin."""
