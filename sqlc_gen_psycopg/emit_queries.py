@@ -11,7 +11,7 @@ from sqlc_gen_psycopg.emit_models import class_lines
 from sqlc_gen_psycopg.layout import INDENT, Group, flat, prefixed, render
 from sqlc_gen_psycopg.naming import snake_case
 from sqlc_gen_psycopg.options import Options
-from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryPlan
+from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryModule, QueryPlan
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import ColumnType, Import, Kind
 
@@ -377,8 +377,6 @@ def _converter_name(model: ModelClass) -> str:
     return f"_{snake_case(model.name)}_from_row"
 
 
-def emit_queries(
-    queries: tuple[QueryPlan, ...], options: Options, sqlc_version: str, source: str
-) -> str:
-    writer = ModuleWriter(sqlc_version, source=source, package=options.package)
-    return _QueryModule(writer, options, source).build(queries)
+def emit_queries(module: QueryModule, options: Options, sqlc_version: str) -> str:
+    writer = ModuleWriter(sqlc_version, source=module.source, package=options.package)
+    return _QueryModule(writer, options, module.source).build(module.queries)

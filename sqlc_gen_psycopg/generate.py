@@ -16,12 +16,6 @@ def generate(request: Request) -> dict[str, str]:
         "__init__.py": ModuleWriter(request.sqlc_version).text(),
         "models.py": emit_models(plan, options, request.sqlc_version),
     }
-    sources = {q.filename for q in request.queries}
-    for module, queries in sorted(plan.modules.items()):
-        source = next(s for s in sorted(sources) if _stem(s) == module) if sources else ""
-        files[f"{module}.py"] = emit_queries(queries, options, request.sqlc_version, source)
+    for module in plan.modules:
+        files[f"{module.name}.py"] = emit_queries(module, options, request.sqlc_version)
     return files
-
-
-def _stem(filename: str) -> str:
-    return filename.rsplit("/", 1)[-1].removesuffix(".sql")

@@ -84,11 +84,20 @@ class QueryPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryModule:
+    """The Python module generated from one queries file."""
+
+    name: str
+    source: str
+    # In the order sqlc sent them, which is their order in the file.
+    queries: tuple[QueryPlan, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     enums: tuple[EnumClass, ...]
     models: tuple[ModelClass, ...]
-    # Queries grouped by output module name, in the order sqlc sent them.
-    modules: dict[str, tuple[QueryPlan, ...]]
+    modules: tuple[QueryModule, ...]
     uses_inet: bool
     uses_exec_result: bool
 
@@ -116,7 +125,7 @@ class _TypeResolver:
     """Resolves a column's type: overrides first, then PostgreSQL types, then enums."""
 
     def __init__(self, request: Request, options: Options, enums: dict[tuple[str, str], str]):
-        self._default_schema = request.default_schema
+        self.default_schema = request.default_schema
         self._options = options
         self._enums = enums
         self.uses_inet = False
@@ -140,7 +149,7 @@ class _TypeResolver:
         *table_path, column_name = override.column.split(".")
         if column.table is None or column_name != column.name:
             return False
-        table_schema = column.table.schema or self._default_schema
+        table_schema = column.table.schema or self.default_schema
         if len(table_path) == 2:
             return table_path == [table_schema, column.table.name]
         return table_path[0] == column.table.name
@@ -149,7 +158,7 @@ class _TypeResolver:
         schema, name = canonical_type_name(column.type_schema, column.type_name)
         if not schema and name in BUILTIN_TYPES:
             return BUILTIN_TYPES[name]
-        enum = self._enums.get((schema or self._default_schema, name))
+        enum = self._enums.get((schema or self.default_schema, name))
         if enum is None and not schema:
             # Unqualified: any schema on the search path could hold it.
             matches = sorted(e for (_, n), e in self._enums.items() if n == name)
@@ -186,18 +195,18 @@ def build_plan(request: Request, options: Options) -> Plan:
     enums, enum_index = _build_enums(request)
     resolver = _TypeResolver(request, options, enum_index)
     models = _build_models(request, options, resolver)
-    modules: dict[str, list[QueryPlan]] = {}
+    by_file: dict[str, list[QueryPlan]] = {}
     for query in request.queries:
-        if not query.name or not query.cmd:
-            continue
-        plan = _build_query(query, request, options, resolver, models)
-        modules.setdefault(_module_name(query.filename), []).append(plan)
-    uses_exec_result = any(q.cmd == ":execresult" for qs in modules.values() for q in qs)
+        if query.name and query.cmd:
+            plan = _build_query(query, request, options, resolver, models)
+            by_file.setdefault(query.filename, []).append(plan)
+    modules = _modules(by_file)
+    uses_exec_result = any(q.cmd == ":execresult" for m in modules for q in m.queries)
     _check_model_names(enums, models, resolver.uses_inet, uses_exec_result)
     return Plan(
         enums=enums,
         models=models,
-        modules={name: tuple(queries) for name, queries in modules.items()},
+        modules=modules,
         uses_inet=resolver.uses_inet,
         uses_exec_result=uses_exec_result,
     )
@@ -236,10 +245,7 @@ def _build_models(
             models.append(
                 ModelClass(
                     name=naming.camel_case(name),
-                    fields=tuple(
-                        Field(f.name, c.comment, f.type)
-                        for f, c in zip(fields, table.columns, strict=True)
-                    ),
+                    fields=tuple(fields),
                     comment=table.comment,
                     in_models=True,
                     table=Identifier(schema.name, table.rel.name),
@@ -248,15 +254,35 @@ def _build_models(
     return tuple(sorted(models, key=lambda m: m.name))
 
 
-def _fields(columns: tuple[Column, ...], resolver: _TypeResolver, where: str) -> list[Field]:
-    """Fields named after the columns (`column_N` when unnamed), made unique."""
-    names = naming.unique(
-        naming.field_name(naming.identifier(c.name, "column") if c.name else f"column_{i + 1}")
-        for i, c in enumerate(columns)
-    )
+def _fields(
+    columns: tuple[Column, ...],
+    resolver: _TypeResolver,
+    where: str,
+    embeds: dict[tuple[str, str], ModelClass] | None = None,
+) -> list[Field]:
+    """Fields named after the columns (`column_N` when unnamed), made unique.
+
+    A sqlc.embed(table) column becomes a field named after the table's model
+    (`task`) holding that model, found in `embeds` by (schema, table).
+    """
+    names = []
+    fields = []
+    for index, column in enumerate(columns):
+        if column.embed_table is not None:
+            table = column.embed_table
+            model = (embeds or {}).get((table.schema or resolver.default_schema, table.name))
+            if model is None:
+                raise GenerationError(f"{where}: sqlc.embed({table.name}) names no known table")
+            names.append(naming.snake_case(model.name))
+            fields.append(Field("", embed=model))
+        else:
+            name = naming.identifier(column.name, "column") if column.name else ""
+            name = naming.field_name(name or f"column_{index + 1}")
+            names.append(name)
+            fields.append(Field("", type=resolver.resolve(column, f"{where}, column {name}")))
     return [
-        Field(name, type=resolver.resolve(column, f"{where}, column {name}"))
-        for name, column in zip(names, columns, strict=True)
+        Field(name, comment=column.comment, type=field.type, embed=field.embed)
+        for name, field, column in zip(naming.unique(names), fields, columns, strict=True)
     ]
 
 
@@ -348,15 +374,12 @@ def _result_class(
     where: str,
 ) -> ModelClass:
     """The table's model when the columns are exactly its columns, else a Row class."""
-    if not any(c.embed_table for c in query.columns):
-        fields = _fields(query.columns, resolver, where)
-        for model in models:
-            if _is_model_row(model, fields, query.columns, request.default_schema):
-                return model
-        return ModelClass(f"{query.name}Row", tuple(fields))
-    return ModelClass(
-        f"{query.name}Row", tuple(_row_fields(query, request, resolver, models, where))
-    )
+    embeds = {(m.table.schema, m.table.name): m for m in models if m.table}
+    fields = _fields(query.columns, resolver, where, embeds)
+    for model in models:
+        if _is_model_row(model, fields, query.columns, request.default_schema):
+            return model
+    return ModelClass(f"{query.name}Row", tuple(fields))
 
 
 def _is_model_row(
@@ -367,53 +390,27 @@ def _is_model_row(
     for model_field, field, column in zip(model.fields, fields, columns, strict=True):
         if column.table is None or model_field.name != field.name:
             return False
-        same_table = (column.table.schema or default_schema, column.table.name) == (
-            model.table.schema,
-            model.table.name,
-        )
-        if not same_table or model_field.type != field.type:
+        table = (column.table.schema or default_schema, column.table.name)
+        if table != (model.table.schema, model.table.name) or model_field.type != field.type:
             return False
     return True
 
 
-def _row_fields(
-    query: Query,
-    request: Request,
-    resolver: _TypeResolver,
-    models: tuple[ModelClass, ...],
-    where: str,
-) -> list[Field]:
-    """Fields of a Row with sqlc.embed(): an embedded table becomes its model."""
-    by_table = {(m.table.schema, m.table.name): m for m in models if m.table}
-    names = []
-    fields = []
-    for index, column in enumerate(query.columns):
-        embed = column.embed_table
-        if embed is not None:
-            model = by_table.get((embed.schema or request.default_schema, embed.name))
-            if model is None:
-                raise GenerationError(f"{where}: sqlc.embed({embed.name}) names no known table")
-            names.append(naming.snake_case(model.name))
-            fields.append(Field("", embed=model))
-        else:
-            name = (
-                naming.identifier(column.name, "column") if column.name else f"column_{index + 1}"
+def _modules(by_file: dict[str, list[QueryPlan]]) -> tuple[QueryModule, ...]:
+    """One module per queries file, named after it: `queries.sql` -> `queries.py`."""
+    modules: dict[str, QueryModule] = {}
+    for source, queries in sorted(by_file.items()):
+        stem = source.rsplit("/", 1)[-1].removesuffix(".sql")
+        name = naming.field_name(naming.identifier(stem, "queries"))
+        if name in ("models", "__init__"):
+            raise GenerationError(f"queries file {source} would overwrite {name}.py; rename it")
+        if name in modules:
+            raise GenerationError(
+                f"queries files {modules[name].source} and {source} would both be {name}.py; "
+                "rename one of them"
             )
-            names.append(naming.field_name(name))
-            fields.append(Field("", type=resolver.resolve(column, f"{where}, column {name}")))
-    return [
-        Field(name, embed=f.embed, type=f.type)
-        for name, f in zip(naming.unique(names), fields, strict=True)
-    ]
-
-
-def _module_name(filename: str) -> str:
-    """`queries.sql` -> `queries`; anything else made an importable module name."""
-    stem = filename.rsplit("/", 1)[-1].removesuffix(".sql")
-    name = naming.identifier(stem, "queries")
-    if name in ("models", "__init__") or not name.isidentifier():
-        raise GenerationError(f"queries file {filename} would overwrite {name}.py; rename it")
-    return naming.field_name(name)
+        modules[name] = QueryModule(name, source, tuple(queries))
+    return tuple(modules.values())
 
 
 def _check_model_names(

@@ -112,7 +112,7 @@ def test_bad_options_fail_naming_the_option(options: dict[str, Any], message: st
         (query("Batch", ":batchexec"), "query Batch (queries.sql): :batchexec needs at least one"),
         (
             query("Models", ":exec", filename="models.sql"),
-            "queries file models.sql would overwrite models.py",
+            "queries file models.sql would overwrite models.py; rename it",
         ),
     ],
 )
@@ -120,6 +120,16 @@ def test_unsupported_queries_fail_naming_the_query(bad_query: dict[str, Any], me
     status, _, err = generate({}, bad_query)
     assert status == 1
     assert message in err
+
+
+def test_two_queries_files_with_one_module_name_fail() -> None:
+    status, _, err = generate(
+        {},
+        query("A", ":exec", filename="tasks.sql"),
+        query("B", ":exec", filename="tasks!.sql"),
+    )
+    assert status == 1
+    assert "queries files tasks!.sql and tasks.sql would both be tasks.py" in err
 
 
 def test_strict_types_rejects_an_unknown_type() -> None:
