@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -39,7 +40,9 @@ def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def fixture_schema_connection(database_url: str, fresh_schema: str) -> Iterator[psycopg.Connection]:
+def fixture_schema_connection(
+    database_url: str, fresh_schema: str
+) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection whose search_path is a fresh schema holding the fixture's tables."""
     with psycopg.connect(
         database_url, autocommit=True, options=f"-c search_path={fresh_schema}"

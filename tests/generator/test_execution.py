@@ -88,7 +88,9 @@ class Blocking:
 
 @pytest.fixture(params=["sync", "async"])
 def querier(
-    request: pytest.FixtureRequest, fixture_schema_connection: psycopg.Connection, database_url: str
+    request: pytest.FixtureRequest,
+    fixture_schema_connection: psycopg.Connection[Any],
+    database_url: str,
 ) -> Iterator[Any]:
     if request.param == "sync":
         yield Querier(fixture_schema_connection)
@@ -229,9 +231,9 @@ def test_placeholders_in_literals_are_left_alone(querier: Any) -> None:
 
 
 def test_methods_run_in_the_callers_transaction(
-    fixture_schema_connection: psycopg.Connection,
+    fixture_schema_connection: psycopg.Connection[Any],
 ) -> None:
-    querier = Querier(fixture_schema_connection)
+    querier: Any = Querier(fixture_schema_connection)
     with pytest.raises(RuntimeError), fixture_schema_connection.transaction():
         querier.insert_sample(NOTHING)
         assert querier.count_samples().total == 1
@@ -240,13 +242,25 @@ def test_methods_run_in_the_callers_transaction(
 
 
 def test_results_ignore_the_connections_row_factory(
-    fixture_schema_connection: psycopg.Connection,
+    fixture_schema_connection: psycopg.Connection[Any],
 ) -> None:
-    fixture_schema_connection.row_factory = dict_row  # type: ignore[assignment]
-    querier = Querier(fixture_schema_connection)
+    fixture_schema_connection.row_factory = dict_row
+    querier: Any = Querier(fixture_schema_connection)
     inserted = querier.insert_sample(EVERYTHING)
     assert querier.get_sample(id=inserted.id) == inserted
 
 
 def vars_of(instance: Any) -> dict[str, Any]:
     return {field: getattr(instance, field) for field in instance.__dataclass_fields__}
+
+
+def test_pydantic_models_round_trip(fixture_schema_connection: psycopg.Connection[Any]) -> None:
+    pytest.importorskip("pydantic")
+    from tests.generator.golden.pydantic_models import models as pydantic_models
+    from tests.generator.golden.pydantic_models.queries import Querier as PydanticQuerier
+
+    querier = PydanticQuerier(fixture_schema_connection)
+    sample = querier.insert_sample(**vars_of(EVERYTHING))
+    assert isinstance(sample, pydantic_models.Sample)
+    assert sample.feeling is pydantic_models.Mood.VERY_HAPPY
+    assert querier.get_sample(id=sample.id) == sample

@@ -16,7 +16,7 @@ import pytest
 from sqlc_gen_psycopg import cli
 from tests.generator.conftest import run_sqlc
 
-TASKS = {
+TASKS: dict[str, Any] = {
     "rel": {"name": "tasks"},
     "columns": [
         {"name": "id", "not_null": True, "type": {"name": "int8"}, "table": {"name": "tasks"}},
