@@ -137,8 +137,6 @@ def parse_options(raw: dict[str, Any]) -> Options:
     unknown = sorted(set(raw) - set(_PARSERS))
     if unknown:
         known = ", ".join(sorted(_PARSERS))
-        raise GenerationError(
-            f"unknown option `{unknown[0]}` for sqlc-gen-psycopg; known options: {known}"
-        )
+        raise GenerationError(f"unknown option `{unknown[0]}`; known options: {known}")
     values = {name: _PARSERS[name](name, value) for name, value in raw.items()}
     return Options(**values)

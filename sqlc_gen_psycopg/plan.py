@@ -137,11 +137,14 @@ class _TypeResolver:
         return ColumnType(base=base, dims=column.dims, nullable=not column.not_null)
 
     def _override(self, column: Column) -> BaseType | None:
-        schema, name = canonical_type_name(column.type_schema, column.type_name)
-        for override in self._options.overrides:
+        """The first override for this very column, else the first for its type."""
+        overrides = self._options.overrides
+        for override in overrides:
             if override.column and self._matches_column(override, column):
                 return _override_type(override)
-            if override.db_type and canonical_type_name("", override.db_type) == (schema, name):
+        db_type = canonical_type_name(column.type_schema, column.type_name)
+        for override in overrides:
+            if override.db_type and canonical_type_name("", override.db_type) == db_type:
                 return _override_type(override)
         return None
 
