@@ -1,6 +1,6 @@
 """models.py: one enum class per PostgreSQL enum, one class per table."""
 
-from sqlc_gen_psycopg.layout import INDENT
+from sqlc_gen_psycopg.layout import INDENT, Group, expression, render
 from sqlc_gen_psycopg.options import Options
 from sqlc_gen_psycopg.plan import EnumClass, ModelClass, Plan
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
@@ -93,7 +93,9 @@ def class_lines(
             assert field.type is not None
             annotation = field.type.annotation(in_models=in_models, param=model.is_params)
             writer.use(*field.type.imports(param=model.is_params))
-        lines.append(f"{INDENT}{field.name}: {annotation}")
+        # A long annotation is wrapped in brackets, as ruff does.
+        wrapped = Group(f"{field.name}: (", (expression(annotation),), ")", optional_brackets=True)
+        lines += render(wrapped, INDENT)
     return lines
 
 

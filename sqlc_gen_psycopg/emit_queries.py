@@ -5,10 +5,20 @@ it, `$1..$n` placeholders included, so nothing in the SQL needs rewriting or
 escaping (`%` signs, `$1` inside string literals, a parameter used twice).
 """
 
-from dataclasses import dataclass, field
+import ast
+from dataclasses import dataclass, field, replace
 
 from sqlc_gen_psycopg.emit_models import class_lines
-from sqlc_gen_psycopg.layout import INDENT, Group, flat, prefixed, render
+from sqlc_gen_psycopg.layout import (
+    INDENT,
+    Group,
+    Item,
+    call,
+    expression,
+    prefixed,
+    render,
+    with_prefix,
+)
 from sqlc_gen_psycopg.naming import snake_case
 from sqlc_gen_psycopg.options import Options
 from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryModule, QueryPlan
@@ -103,7 +113,7 @@ class _QueryModule:
                 self.writer.add(self._querier(flavor, queries), spaced=True)
         self._add_converters()
         self._add_helpers()
-        if any("models." in line for block in self.writer.blocks for line in block.lines):
+        if _refers_to_models(self.writer.text()):
             self.writer.use(Import(self.options.package or ".", "models"))
         return self.writer.text()
 
@@ -142,10 +152,8 @@ class _QueryModule:
         return lines
 
     def _method(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
-        signature = Group(
-            f"{flavor.def_} {query.method}(",
-            self._signature(query),
-            f") -> {self._return_annotation(query)}:",
+        signature = _def(
+            f"{flavor.def_} {query.method}", self._signature(query), self._return_annotation(query)
         )
         lines = render(signature, _METHOD)
         lines += docstring(list(query.comments), _BODY)
@@ -155,9 +163,12 @@ class _QueryModule:
             return lines + self._batch_body(flavor, query)
         return lines + self._body(flavor, query)
 
-    def _signature(self, query: QueryPlan) -> tuple[str, ...]:
+    def _signature(self, query: QueryPlan) -> tuple[Item, ...]:
         if query.params_class is None:
-            params = tuple(f"{p.name}: {self._param_annotation(p.type)}" for p in query.params)
+            params = tuple(
+                with_prefix(f"{p.name}: ", expression(self._param_annotation(p.type)))
+                for p in query.params
+            )
             return ("self", "*", *params) if params else ("self",)
         if query.cmd in MULTI_COMMANDS:
             self.writer.use(Import("collections.abc", "Iterable"))
@@ -197,14 +208,13 @@ class _QueryModule:
         if query.cmd == ":one":
             assert query.result is not None
             convert = self._converter(query.result)
-            return [
-                *lines,
-                f"{_BLOCK}row = {aw}cur.fetchone()",
-                f"{_BODY}return None if row is None else {convert}(row)",
-            ]
+            returned = replace(
+                _none_or(convert), open="return (", close=")", optional_brackets=True
+            )
+            return [*lines, f"{_BLOCK}row = {aw}cur.fetchone()", *render(returned, _BODY)]
         if query.cmd == ":many":
             assert query.result is not None
-            rows = _comprehension(f"{self._converter(query.result)}(row)", f"{aw}cur.fetchall()")
+            rows = _comprehension(call(self._converter(query.result), "row"), f"{aw}cur.fetchall()")
             return lines + render(prefixed("return ", rows), _BLOCK)
         if query.cmd == ":execrows":
             return [*lines, f"{_BLOCK}return cur.rowcount"]
@@ -228,7 +238,7 @@ class _QueryModule:
         write = Group(f"{flavor.await_}copy.write_row(", (self._args(query, "p."),), ")")
         return [
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            f"{_BLOCK}{flavor.with_} cur.copy({query.constant}) as copy:",
+            *render(Group(f"{flavor.with_} cur.copy(", (query.constant,), ") as copy:"), _BLOCK),
             f"{_BLOCK}{INDENT}for p in params:",
             *render(write, _BLOCK + INDENT * 2),
             # Read while the cursor is open: closing it forgets the count.
@@ -238,7 +248,7 @@ class _QueryModule:
     def _batch_body(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
         """executemany() runs the statement once per parameter set, pipelined."""
         aw = flavor.await_
-        args = _comprehension(flat(self._args(query, "p.")), "params", target="p")
+        args = _comprehension(self._args(query, "p."), "params", target="p")
         lines = render(prefixed("args = ", args), _BODY)
         returning = query.cmd != ":batchexec"
         execute = Group(
@@ -260,11 +270,11 @@ class _QueryModule:
             result_type = f"list[{row} | None]"
             collect = [
                 f"{inner}row = {aw}cur.fetchone()",
-                f"{inner}results.append(None if row is None else {convert}(row))",
+                *render(Group("results.append(", (_none_or(convert),), ")"), inner),
             ]
         else:
             result_type = f"list[list[{row}]]"
-            rows = _comprehension(f"{convert}(row)", f"{aw}cur.fetchall()")
+            rows = _comprehension(call(convert, "row"), f"{aw}cur.fetchall()")
             collect = render(Group("results.append(", (rows,), ")"), inner)
         return [
             *lines,
@@ -282,7 +292,8 @@ class _QueryModule:
 
     # -- values in and out --------------------------------------------------------------
 
-    def _param_value(self, param: Param, value: str) -> str:
+    def _param_value(self, param: Param, value: str) -> Item:
+        """What the driver gets for a parameter: JSON wrapped, sequences made lists."""
         kind = param.type.base.kind
         wrapper = _JSON_WRAPPERS.get(kind)
         if wrapper:
@@ -292,12 +303,12 @@ class _QueryModule:
             extra = [wrapper] if wrapper else []
             if param.type.dims > 1:
                 extra.append(f"dims={param.type.dims}")
-            return f"_array({', '.join([value, *extra])})"
+            return call("_array", value, *extra)
         if wrapper and param.type.nullable:
             self._need("optional")
-            return f"_optional({wrapper}, {value})"
+            return call("_optional", wrapper, value)
         if wrapper:
-            return f"{wrapper}({value})"
+            return call(wrapper, value)
         return value
 
     def _converter(self, model: ModelClass) -> str:
@@ -310,38 +321,33 @@ class _QueryModule:
     def _add_converters(self) -> None:
         for model in self.converters.values():
             self.writer.use(Import("typing", "Any"))
-            values: list[str] = []
+            values: list[Item] = []
             index = 0
             for f in model.fields:
                 if f.embed is not None:
-                    end = index + f.width
-                    values.append(f"{f.name}={_converter_name(f.embed)}(row[{index}:{end}])")
+                    value: Item = call(_converter_name(f.embed), f"row[{index}:{index + f.width}]")
                 else:
                     assert f.type is not None
-                    values.append(f"{f.name}={self._result_value(f.type, f'row[{index}]')}")
+                    value = self._result_value(f.type, f"row[{index}]")
+                values.append(with_prefix(f"{f.name}=", value))
                 index += f.width
             returned = self._row_class(model)
-            self.writer.add(
-                [
-                    f"def {_converter_name(model)}(row: tuple[Any, ...]) -> {returned}:",
-                    *render(
-                        Group(f"return {returned}(", tuple(values), ")", exploded=True), INDENT
-                    ),
-                ],
-                spaced=True,
-            )
+            signature = _def(f"def {_converter_name(model)}", ("row: tuple[Any, ...]",), returned)
+            constructor = Group(f"return {returned}(", tuple(values), ")", exploded=True)
+            self.writer.add([*render(signature, ""), *render(constructor, INDENT)], spaced=True)
 
-    def _result_value(self, column_type: ColumnType, value: str) -> str:
+    def _result_value(self, column_type: ColumnType, value: str) -> Item:
+        """A field's value from psycopg's: enums become members, the rest is as loaded."""
         if column_type.base.kind is not Kind.ENUM:
             return value
         enum_class = f"models.{column_type.base.expr}"
         if column_type.dims:
             self._need("enum_array")
-            return f"_enum_array({enum_class}, {value})"
+            return call("_enum_array", enum_class, value)
         if column_type.nullable:
             self._need("optional")
-            return f"_optional({enum_class}, {value})"
-        return f"{enum_class}({value})"
+            return call("_optional", enum_class, value)
+        return call(enum_class, value)
 
     def _need(self, helper: str) -> None:
         self.helpers.add(helper)
@@ -368,9 +374,30 @@ class _QueryModule:
             self.writer.add(_HELPER_ENUM_ARRAY.splitlines(), spaced=True)
 
 
-def _comprehension(element: str, iterable: str, target: str = "row") -> Group:
-    """`[element for target in iterable]`, split inside the brackets when too long."""
-    return Group("[", (f"{element} for {target} in {iterable}",), "]", trailing_comma=False)
+def _refers_to_models(code: str) -> bool:
+    """Whether code uses the name `models` (text in SQL or docstrings does not count)."""
+    return any(
+        isinstance(node, ast.Name) and node.id == "models" for node in ast.walk(ast.parse(code))
+    )
+
+
+def _comprehension(element: Item, iterable: str, target: str = "row") -> Group:
+    """`[element for target in iterable]`."""
+    return Group("[", (element, f"for {target} in {iterable}"), "]", separator=" ")
+
+
+def _def(head: str, parameters: tuple[Item, ...], returns: str) -> Group:
+    """A function signature: `head(parameters) -> returns:`."""
+    return Group(
+        f"{head}(", parameters, f") -> {returns}:", explode_when_split=len(parameters) == 1
+    )
+
+
+def _none_or(convert: str) -> Group:
+    """`None if row is None else convert(row)`, without brackets of its own."""
+    return Group(
+        "", ("None", "if row is None", prefixed("else ", call(convert, "row"))), "", separator=" "
+    )
 
 
 def _converter_name(model: ModelClass) -> str:

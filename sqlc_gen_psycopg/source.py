@@ -92,14 +92,13 @@ def _section_lines(imports: list[Import]) -> list[str]:
         if imp.name:
             names.setdefault(imp.module, set()).add(imp.name)
     for module in sorted(names, key=lambda m: (m.lstrip(".") == "", m.lower())):
-        ordered = sorted(names[module], key=_isort_name_key)
-        group = Group(f"from {module} import (", tuple(ordered), ")")
+        ordered = tuple(sorted(names[module], key=_isort_name_key))
         line = f"from {module} import {', '.join(ordered)}"
-        lines += (
-            [line]
-            if len(line) <= LINE_LENGTH
-            else render(Group(group.open, group.items, group.close, exploded=True), "")
-        )
+        if len(line) <= LINE_LENGTH:
+            lines.append(line)
+        else:
+            # ruff's isort wraps a long import one name per line.
+            lines += render(Group(f"from {module} import (", ordered, ")", exploded=True), "")
     return lines
 
 

@@ -4,7 +4,7 @@ import enum
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class Import:
     """`import module`, or `from module import name` when name is set."""
 
@@ -74,7 +74,7 @@ _DATETIME = BaseType("datetime.datetime", (Import("datetime"),))
 _RANGE = Import("psycopg.types.range", "Range")
 _MULTIRANGE = Import("psycopg.types.multirange", "Multirange")
 
-# The Inet alias lives in models.py; see INET_ALIAS.
+# An alias defined in models.py (see emit_models): four ipaddress types are too long to repeat.
 INET = BaseType("Inet", (), Kind.PLAIN, in_models=True)
 
 
