@@ -52,12 +52,15 @@ def parameter_name(name: str) -> str:
     """A keyword-only method parameter.
 
     Escaped with a trailing underscore when it is a Python keyword (`from_`), a
-    builtin (`input_`, `type_`; except `id`), or a name the generated method uses.
+    builtin (`input_`, `type_`; except `id`), a name the generated method uses
+    (`cur_`), or private like the module's helpers (`_array_`).
     """
     if (
         keyword.iskeyword(name)
         or (name in _BUILTINS and name not in _UNESCAPED_BUILTINS)
         or name in _GENERATED_NAMES
+        # The generated module's private helpers (_array, _task_from_row...).
+        or name.startswith("_")
     ):
         return f"{name}_"
     return name

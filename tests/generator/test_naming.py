@@ -59,6 +59,7 @@ def test_methods_are_the_snake_case_of_the_query(query: str, method: str) -> Non
         ("self", "self_"),
         ("cur", "cur_"),
         ("models", "models_"),
+        ("_array", "_array_"),
         ("task_id", "task_id"),
         ("match", "match"),
     ],
