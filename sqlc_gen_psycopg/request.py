@@ -173,7 +173,10 @@ def _decode_options(encoded: str) -> JsonObject:
     """plugin_options holds the codegen `options:` mapping as base64-encoded JSON."""
     if not encoded:
         return {}
-    options = json.loads(base64.b64decode(encoded))
+    try:
+        options = json.loads(base64.b64decode(encoded))
+    except ValueError as error:
+        raise GenerationError(f"`options:` could not be decoded: {error}") from error
     if not isinstance(options, dict):
         raise GenerationError("`options:` must be a mapping of option names to values")
     return options

@@ -153,6 +153,12 @@ def test_a_request_that_is_not_json_fails() -> None:
     assert "set `format: json`" in err
 
 
+def test_undecodable_options_fail() -> None:
+    status, _, err = run_main(json.dumps({"plugin_options": "bm90IGpzb24="}).encode())
+    assert status == 1
+    assert "`options:` could not be decoded" in err
+
+
 def test_an_unknown_method_fails() -> None:
     status, _, err = run_main(b"{}", ["/plugin.CodegenService/Other"])
     assert status == 2
