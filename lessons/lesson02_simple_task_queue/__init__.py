@@ -1,0 +1,1 @@
+"""Lesson 02: a simple task queue on PostgreSQL."""

@@ -1,0 +1,1 @@
+"""Lesson 04: retries, priorities, timeouts, heartbeats and reassignment."""
