@@ -1,0 +1,89 @@
+"""Durable functions for lesson 05's tests (`--functions tests.lesson05.functions`).
+
+Every step records its own account of each run in the test schema's `executions`
+table (named by `input["schema"]`), keyed by task id, with the attempt and the
+process that ran it, so the tests count what really ran, not what the engine says.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from lessons.lesson05_durable_event_log.durable import DurableContext, DurableFunction
+from lessons.lesson05_durable_event_log.worker import NonRetryableError, TaskFunction, current_task
+from tests.recording import record, wait_for_gate
+
+STEPS = ["one", "two", "three"]
+
+
+def counted_step(input: dict[str, Any]) -> dict[str, Any]:
+    """Record that this step ran; on the task's first attempt, stall at the gate or
+    fail when told to. Returns a fresh random value, so a step that ran twice
+    would show two different values."""
+    task = current_task()
+    record(input["schema"], task.id, f"ran {input['step']}", attempt=task.attempt)
+    if task.attempt == 1 and input["stall"]:
+        wait_for_gate(input["gate"])
+    if task.attempt == 1 and input["fail"]:
+        raise ConnectionError(f"step {input['step']} failed on attempt 1")
+    return {"step": input["step"], "nonce": uuid.uuid4().hex}
+
+
+def three_steps(ctx: DurableContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Steps one, two and three. `input["stall_in"]` names a step that blocks at
+    `input["gate"]` on attempt 1; `input["fail_in"]` one that raises on attempt 1."""
+    outputs = {}
+    for step in STEPS:
+        step_input = {
+            "schema": input["schema"],
+            "gate": input.get("gate"),
+            "step": step,
+            "stall": input.get("stall_in") == step,
+            "fail": input.get("fail_in") == step,
+        }
+        outputs[step] = ctx.run_step(step, counted_step, step_input)["nonce"]
+    return outputs
+
+
+def return_a_tuple_and_none(ctx: DurableContext, input: Any) -> Any:
+    """Steps whose outputs change shape on the way through JSON; fail attempt 1 after them."""
+    pair = ctx.run_step("pair", lambda _: (1, 2), None)
+    nothing = ctx.run_step("nothing", lambda _: None, None)
+    if ctx.attempt == 1:
+        raise ConnectionError("fail after the steps, so that attempt 2 replays them")
+    return {"pair": pair, "nothing": nothing}
+
+
+def return_a_set(ctx: DurableContext, input: Any) -> Any:
+    return ctx.run_step("a_set", lambda _: {1, 2}, None)
+
+
+def pass_a_set(ctx: DurableContext, input: Any) -> Any:
+    return ctx.run_step("given_a_set", lambda value: value, {3, 4})
+
+
+class OutOfStock(NonRetryableError):
+    pass
+
+
+def step_out_of_stock(ctx: DurableContext, input: Any) -> Any:
+    def reserve(_: Any) -> Any:
+        raise OutOfStock("no teapots left")
+
+    return ctx.run_step("reserve", reserve, None)
+
+
+def plain(input: Any) -> Any:
+    return input
+
+
+FUNCTIONS: dict[str, TaskFunction] = {"plain": plain}
+
+DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
+    "three_steps": three_steps,
+    "return_a_tuple_and_none": return_a_tuple_and_none,
+    "return_a_set": return_a_set,
+    "pass_a_set": pass_a_set,
+    "step_out_of_stock": step_out_of_stock,
+}
