@@ -1,0 +1,98 @@
+"""Task functions for lesson 04's workers (`--functions tests.lesson04.functions`).
+
+Each records its own account of every attempt in the test schema's `executions`
+table (named by `input["schema"]`), keyed by task id, with the attempt number
+and the process that ran it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lessons.lesson04_queue_improvements.worker import (
+    NonRetryableError,
+    TaskFunction,
+    current_task,
+)
+from tests.recording import record, wait_for_gate
+
+
+def _record(input: dict[str, Any], event: str, detail: dict[str, Any] | None = None) -> None:
+    task = current_task()
+    record(input["schema"], task.id, event, attempt=task.attempt, detail=detail)
+
+
+def stall_on_first_attempt(input: dict[str, Any]) -> dict[str, Any]:
+    """Attempt 1 blocks until the test opens `input["gate"]`, paying no attention
+    to its cancellation flag; later attempts return at once. Returns the process
+    and attempt that produced the result."""
+    _record(input, "started")
+    if current_task().attempt == 1:
+        wait_for_gate(input["gate"])
+    _record(input, "finished")
+    return {"pid": os.getpid(), "attempt": current_task().attempt}
+
+
+def always_fail(input: dict[str, Any]) -> None:
+    """Fail every attempt with an ordinary, retryable error."""
+    _record(input, "started")
+    raise ConnectionError(f"the service is unavailable (attempt {current_task().attempt})")
+
+
+class CardDeclined(NonRetryableError):
+    pass
+
+
+def decline_card(input: dict[str, Any]) -> None:
+    """Fail with a NonRetryableError: trying again cannot help."""
+    _record(input, "started")
+    raise CardDeclined(f"card {input['card']} was declined")
+
+
+def wait_for_cancellation(input: dict[str, Any]) -> dict[str, Any]:
+    """Wait up to `input["seconds"]` for the attempt's cancellation flag, record
+    whether it was raised, and return that (a result that comes too late)."""
+    _record(input, "started")
+    cancelled = current_task().cancelled.wait(input["seconds"])
+    _record(input, "finished", {"cancelled": cancelled})
+    return {"cancelled": cancelled}
+
+
+def hold_slot(input: dict[str, Any]) -> dict[str, Any]:
+    """Occupy the worker's slot until the test opens `input["gate"]`."""
+    _record(input, "started")
+    wait_for_gate(input["gate"])
+    return {}
+
+
+def note_start(input: dict[str, Any]) -> dict[str, Any]:
+    """Record that the task started (with its label), and return at once."""
+    _record(input, "started", {"label": input.get("label")})
+    return {"label": input.get("label")}
+
+
+def return_at_gate(input: dict[str, Any]) -> Any:
+    """Wait for `input["gate"]`, then return a result of the kind `input["kind"]`
+    names: one JSON cannot express, one jsonb cannot store, or a good one."""
+    _record(input, "started")
+    wait_for_gate(input["gate"])
+    kind = input["kind"]
+    if kind == "set":
+        return {"tags": {"a", "b"}}
+    if kind == "nan":
+        return {"ratio": float("nan")}
+    if kind == "nul":
+        return {"text": "a\x00b"}
+    return {"good": input["n"]}
+
+
+FUNCTIONS: dict[str, TaskFunction] = {
+    "stall_on_first_attempt": stall_on_first_attempt,
+    "always_fail": always_fail,
+    "decline_card": decline_card,
+    "wait_for_cancellation": wait_for_cancellation,
+    "hold_slot": hold_slot,
+    "note_start": note_start,
+    "return_at_gate": return_at_gate,
+}
