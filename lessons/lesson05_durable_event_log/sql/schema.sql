@@ -74,7 +74,7 @@ CREATE INDEX tasks_running_idx ON tasks (worker_id, id) WHERE status = 'running'
 CREATE INDEX tasks_schedule_deadline_idx ON tasks (schedule_deadline)
     WHERE status = 'queued' AND schedule_deadline IS NOT NULL;
 
--- What a durable operation is. Lesson 05 has one kind, a step: a function the
+-- What a durable operation is. So far there is one kind, a step: a function the
 -- durable function ran, with its input and the output it returned.
 CREATE TYPE event_kind AS ENUM ('step');
 
