@@ -100,15 +100,7 @@ class LessonWorkerProcess:
         return self.process.wait(timeout)
 
     def has_taken_signal(self, signum: int) -> bool:
-        """Whether a signal sent to the child is no longer pending, i.e. the child
-        has taken it (the worker processes block their stop signals and take them
-        with sigwait(), so until then the signal shows in /proc as pending)."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        pending = 0
-        for line in status.splitlines():
-            if line.startswith(("ShdPnd:", "SigPnd:")):
-                pending |= int(line.split()[1], 16)
-        return not pending & (1 << (signum - 1))
+        return has_taken_signal(self.pid, signum)
 
     def log(self) -> str:
         """What the child wrote to stderr so far."""
@@ -132,6 +124,17 @@ class LessonWorkerProcess:
             if self._process.stdout is not None:
                 self._process.stdout.close()
         self._log.close()
+
+
+def has_taken_signal(pid: int, signum: int) -> bool:
+    """Whether a signal sent to process `pid` is no longer pending, i.e. the process
+    has taken it. (The worker processes block their stop signals and take them
+    with sigwait(): until then the signal shows in /proc as pending.)"""
+    pending = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("ShdPnd:", "SigPnd:")):
+            pending |= int(line.split()[1], 16)
+    return not pending & (1 << (signum - 1))
 
 
 def wait_ready(workers: list[LessonWorkerProcess], timeout: float = 30.0) -> None:

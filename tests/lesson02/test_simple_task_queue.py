@@ -5,6 +5,7 @@ no task running."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +124,30 @@ def test_a_raising_function_ends_failed_with_the_exception_type_and_message(
     assert task.status == TaskStatus.FAILED
     assert task.output == {
         "error": {"type": "PaymentRefused", "message": "card 42 refused: insufficient funds"}
+    }
+
+
+def import_report(input: dict[str, Any]) -> None:
+    # A file name that is not UTF-8 (as os.listdir() returns it) holds a lone
+    # surrogate, and so does a message that names the file.
+    name = os.fsdecode(b"report-\xff.csv")
+    raise ValueError(f"cannot import {name}: a NUL (\x00) in its header")
+
+
+def test_an_error_message_jsonb_cannot_hold_is_still_recorded_readably(
+    lesson_database: Callable[..., LessonDatabase],
+) -> None:
+    """An exception whose message jsonb cannot hold as is (a lone surrogate, from a
+    file name that is not UTF-8, and a NUL character) still ends its task failed,
+    with those characters spelled out, instead of leaving the task running."""
+    pool = lesson_database(LESSON).pool
+    task = run_one_task(pool, {"import_report": import_report}, "import_report", {})
+    assert task.status == TaskStatus.FAILED
+    assert task.output == {
+        "error": {
+            "type": "ValueError",
+            "message": "cannot import report-\\udcff.csv: a NUL (\\x00) in its header",
+        }
     }
 
 

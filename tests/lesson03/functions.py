@@ -25,4 +25,15 @@ def wait_at_gate(input: dict[str, Any]) -> dict[str, Any]:
     return {"n": input["n"]}
 
 
-FUNCTIONS: dict[str, TaskFunction] = {"timed_sleep": timed_sleep, "wait_at_gate": wait_at_gate}
+def import_report(input: dict[str, Any]) -> None:
+    """Fail with a message naming a file whose name is not UTF-8 (as os.listdir()
+    returns it): the message holds a lone surrogate, which jsonb cannot hold."""
+    name = os.fsdecode(b"report-\xff.csv")
+    raise ValueError(f"cannot import {name}: no header line")
+
+
+FUNCTIONS: dict[str, TaskFunction] = {
+    "timed_sleep": timed_sleep,
+    "wait_at_gate": wait_at_gate,
+    "import_report": import_report,
+}

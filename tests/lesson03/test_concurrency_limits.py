@@ -11,7 +11,8 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson03_concurrency_limits.client import enqueue
+from lessons.lesson03_concurrency_limits.client import enqueue, wait_for_task
+from lessons.lesson03_concurrency_limits.db.models import TaskStatus
 from lessons.lesson03_concurrency_limits.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson03.functions import FUNCTIONS
@@ -228,3 +229,25 @@ def test_a_worker_with_every_slot_busy_leaves_the_rest_of_the_queue_to_another_w
         wait_until(lambda: count_by_status(pool) == {"completed": 6})
         assert first.terminate() == 0, first.log()
         assert second.terminate() == 0, second.log()
+
+
+def test_an_error_message_jsonb_cannot_hold_fails_the_task_and_frees_its_slot(
+    lesson_database: Callable[..., LessonDatabase],
+) -> None:
+    """An exception whose message holds a lone surrogate (a file name that is not
+    UTF-8) fails its task with the character spelled out, and the worker's only
+    slot is free again for the next task."""
+    pool = lesson_database(LESSON).pool
+    with Worker(pool, FUNCTIONS, poll_interval=POLL_INTERVAL, slots=1):
+        with pool.connection() as conn:
+            failing = enqueue(conn, "import_report", {})
+            after = enqueue(conn, "timed_sleep", {"seconds": 0})
+        task = wait_for_task(pool, failing, timeout=20)
+        assert wait_for_task(pool, after, timeout=20).status == TaskStatus.COMPLETED
+    assert task.status == TaskStatus.FAILED
+    assert task.output == {
+        "error": {
+            "type": "ValueError",
+            "message": "cannot import report-\\udcff.csv: no header line",
+        }
+    }

@@ -87,6 +87,14 @@ def return_at_gate(input: dict[str, Any]) -> Any:
     return {"good": input["n"]}
 
 
+def import_report(input: dict[str, Any]) -> None:
+    """Fail with a message naming a file whose name is not UTF-8 (as os.listdir()
+    returns it): the message holds a lone surrogate, which jsonb cannot hold."""
+    _record(input, "started")
+    name = os.fsdecode(b"report-\xff.csv")
+    raise ValueError(f"cannot import {name}: no header line")
+
+
 FUNCTIONS: dict[str, TaskFunction] = {
     "stall_on_first_attempt": stall_on_first_attempt,
     "always_fail": always_fail,
@@ -95,4 +103,5 @@ FUNCTIONS: dict[str, TaskFunction] = {
     "hold_slot": hold_slot,
     "note_start": note_start,
     "return_at_gate": return_at_gate,
+    "import_report": import_report,
 }

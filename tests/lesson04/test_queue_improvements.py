@@ -8,6 +8,8 @@ worker silent for 1 s is presumed dead.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tests.conftest import LessonDatabase
 from tests.lesson04.functions import FUNCTIONS
 from tests.recording import create_executions_table, open_gate
 from tests.waiting import wait_until
+from tests.worker_processes import has_taken_signal
 
 LESSON = "lesson04_queue_improvements"
 FUNCTIONS_MODULE = "tests.lesson04.functions"
@@ -188,6 +191,47 @@ def test_a_frozen_worker_that_wakes_up_cannot_overwrite_the_result_of_the_worker
         assert after.output == {"pid": second.pid, "attempt": 2}
         assert first.stop() == 0, first.log()
         assert second.stop() == 0, second.log()
+
+
+def test_sigterm_lets_the_running_tasks_finish_and_leaves_none_running(
+    lesson_database: Callable[..., LessonDatabase], tmp_path: Path
+) -> None:
+    """SIGTERM to a worker process while its tasks run is a graceful stop: the
+    functions finish, their results are recorded as this worker's (its heartbeat
+    outlives them, so nobody takes them away), and the worker marks itself stopped."""
+    database = lesson_schema(lesson_database)
+    pool = database.pool
+    gate = tmp_path / "gate"
+    with WorkerProcess(
+        schema=database.schema,
+        functions=FUNCTIONS_MODULE,
+        slots=2,
+        poll_interval=POLL_INTERVAL,
+        heartbeat_interval=HEARTBEAT_INTERVAL,
+        inactivity_threshold=INACTIVITY_THRESHOLD,
+        verbose=True,
+    ) as worker:
+        worker.start()
+        with pool.connection() as conn:
+            ids = [
+                enqueue(conn, "hold_slot", {"schema": database.schema, "gate": str(gate)})
+                for _ in range(2)
+            ]
+        wait_until(lambda: all(started(pool, task_id) for task_id in ids))
+
+        os.kill(worker.pid, signal.SIGTERM)
+        wait_until(lambda: has_taken_signal(worker.pid, signal.SIGTERM))
+        # The worker is stopping, with both tasks held mid-run: let them finish.
+        open_gate(gate)
+        assert worker.stop() == 0, worker.log()
+
+    for task_id in ids:
+        task = get_task(pool, task_id)
+        assert (task.status, task.attempt, task.worker_id) == (TaskStatus.COMPLETED, 1, worker.id)
+    with pool.connection() as conn:
+        running = conn.execute("SELECT id FROM tasks WHERE status = 'running'").fetchall()
+    assert running == []
+    assert stopped_at_is_set(pool, worker.id)
 
 
 def test_retries_stop_at_the_maximum_after_max_retries_plus_one_executions(
@@ -398,3 +442,29 @@ def test_results_that_cannot_be_stored_fail_their_own_tasks_only_and_are_not_ret
             assert task.output is not None
             assert task.output["error"]["type"] == "InvalidResult"
             assert task.output["error"]["message"].startswith(reasons[kind]), task.output
+
+
+def test_an_error_message_holding_a_lone_surrogate_is_recorded_and_blocks_no_other_result(
+    lesson_database: Callable[..., LessonDatabase],
+) -> None:
+    """An exception whose message jsonb cannot hold as is (a lone surrogate, from a
+    file name that is not UTF-8) is retried and then fails its task with the
+    character spelled out; the worker goes on recording other tasks' results."""
+    database = lesson_schema(lesson_database)
+    pool = database.pool
+    with local_worker(database):
+        with pool.connection() as conn:
+            failing = enqueue(conn, "import_report", {"schema": database.schema}, max_retries=1)
+            after = enqueue(conn, "note_start", {"schema": database.schema, "label": "after"})
+        task = wait_for_task(pool, failing, timeout=20)
+        assert wait_for_task(pool, after, timeout=20).status == TaskStatus.COMPLETED
+
+    assert task.status == TaskStatus.FAILED
+    assert task.attempt == 2
+    assert task.output == {
+        "error": {
+            "type": "ValueError",
+            "message": "cannot import report-\\udcff.csv: no header line",
+        }
+    }
+    assert [attempt for attempt, _ in started(pool, failing)] == [1, 2]
