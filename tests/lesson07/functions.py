@@ -1,0 +1,81 @@
+"""Task functions for lesson 07's tests (`--functions tests.lesson07.functions`),
+next to the lesson's own: process_order and its children come from the lesson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lessons.lesson07_durable_tasks.durable import DurableContext, DurableFunction
+from lessons.lesson07_durable_tasks.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
+from lessons.lesson07_durable_tasks.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson07_durable_tasks.worker import NonRetryableError, TaskFunction, current_task
+
+# Children of the functions below run on this queue. `scripted_children` sends
+# its children to a queue no worker serves: only its history matters.
+CHILDREN_QUEUE = "children"
+UNSERVED_QUEUE = "unserved"
+
+
+def echo(input: Any) -> Any:
+    return input
+
+
+class Declined(NonRetryableError):
+    pass
+
+
+def decline(input: Any) -> Any:
+    raise Declined("no")
+
+
+def succeed_on_attempt_3(input: Any) -> Any:
+    attempt = current_task().attempt
+    if attempt < 3:
+        raise ConnectionError(f"not yet (attempt {attempt})")
+    return {"attempt": attempt}
+
+
+def scripted_children(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Spawn the children `input["calls"]` lists for this attempt, as [task name, input]
+    pairs (`"1"` for attempt 1, `"2"` for later ones), without waiting for them;
+    attempt 1 then fails, so that attempt 2 replays its history."""
+    calls = input["calls"]["1" if ctx.attempt == 1 else "2"]
+    children = [
+        ctx.spawn_child(name, child_input, queue=UNSERVED_QUEUE) for name, child_input in calls
+    ]
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 fails after spawning its children")
+    return [child.id for child in children]
+
+
+def call_then_fail_on_attempt_1(ctx: DurableContext, input: Any) -> Any:
+    """Call echo, and fail attempt 1 after the child has completed."""
+    output = ctx.call("echo", {"n": 1}, queue=CHILDREN_QUEUE)
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 fails after its child completed")
+    return output
+
+
+def call_a_declining_child(ctx: DurableContext, input: Any) -> Any:
+    """Call a child that fails for good, and do not catch ChildTaskFailed."""
+    return ctx.call("decline", {"card": "4000-0000-0000-0002"}, queue=CHILDREN_QUEUE)
+
+
+def call_a_flaky_child(ctx: DurableContext, input: Any) -> Any:
+    return ctx.call("succeed_on_attempt_3", {}, queue=CHILDREN_QUEUE, max_retries=2)
+
+
+FUNCTIONS: dict[str, TaskFunction] = {
+    **LESSON_FUNCTIONS,
+    "echo": echo,
+    "decline": decline,
+    "succeed_on_attempt_3": succeed_on_attempt_3,
+}
+
+DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
+    **LESSON_DURABLE_FUNCTIONS,
+    "scripted_children": scripted_children,
+    "call_then_fail_on_attempt_1": call_then_fail_on_attempt_1,
+    "call_a_declining_child": call_a_declining_child,
+    "call_a_flaky_child": call_a_flaky_child,
+}
