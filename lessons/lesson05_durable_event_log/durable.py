@@ -28,10 +28,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from .db.models import EventKind, Task, TaskEvent
 from .db.queries import Querier
+from .result_writer import first_line
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +127,23 @@ class DurableContext:
         self, event_number: int, kind: EventKind, name: str, input: Any, output: Any
     ) -> TaskEvent:
         """Write one event, fenced: only while this worker still owns the attempt."""
-        with self.pool.connection() as conn:
-            event = Querier(conn).append_event(
-                task_id=self.task_id,
-                event_number=event_number,
-                kind=kind,
-                name=name,
-                input_=input,
-                output=output,
-                attempt=self.attempt,
-                worker_id=self.worker_id,
-            )
+        try:
+            with self.pool.connection() as conn:
+                event = Querier(conn).append_event(
+                    task_id=self.task_id,
+                    event_number=event_number,
+                    kind=kind,
+                    name=name,
+                    input_=input,
+                    output=output,
+                    attempt=self.attempt,
+                    worker_id=self.worker_id,
+                )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(
+                f"event {event_number} ({kind} {name}) cannot be stored: {first_line(error)}"
+            ) from error
         if event is None:
             raise LostOwnership(
                 f"task {self.task_id} attempt {self.attempt}: event {event_number} ({kind} "
@@ -149,6 +157,14 @@ def check_json(what: str, value: Any) -> None:
     """Refuse a value the history could not hold, with a message that says whose it is."""
     try:
         # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise InvalidStepData(f"{what} is not JSON: {error}") from error
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        # A lone surrogate: what bytes that are not UTF-8 decode to, with
+        # errors="surrogateescape" (file names, for one). It is not text.
+        raise InvalidStepData(
+            f"{what} holds a string that is not valid Unicode: {error}"
+        ) from error

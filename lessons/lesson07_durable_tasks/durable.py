@@ -55,6 +55,7 @@ from psycopg_pool import ConnectionPool
 from .crash_points import crash_point
 from .db.models import EventKind, Task, TaskEvent, TaskStatus
 from .db.queries import Querier
+from .result_writer import first_line
 
 log = logging.getLogger(__name__)
 
@@ -232,19 +233,7 @@ class DurableContext:
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
         with self.pool.connection() as conn, conn.transaction():
-            child = Querier(conn).create_task(
-                queue=queue or self.queue,
-                task_name=task_name,
-                display_name=task_name,
-                input_=input,
-                priority=0,
-                max_retries=max_retries,
-                execution_timeout_seconds=None,
-                schedule_timeout_seconds=None,
-                durable=False,
-            )
-            if child is None:  # INSERT ... RETURNING always returns the row
-                raise RuntimeError(f"creating child task {task_name} returned no row")
+            child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
             # Refused when this attempt is no longer ours: the exception leaves the
             # transaction, which rolls back, so the child is never created either.
             self._append(
@@ -301,6 +290,36 @@ class DurableContext:
         if missing is not None:
             raise self._mismatch(missing, "none (the function returned)")
 
+    def _create_child(
+        self,
+        conn: psycopg.Connection[Any],
+        task_name: str,
+        input: Any,
+        queue: str,
+        max_retries: int,
+    ) -> Task:
+        """Insert the child's row: an ordinary task, queued, no timeouts."""
+        try:
+            child = Querier(conn).create_task(
+                queue=queue,
+                task_name=task_name,
+                display_name=task_name,
+                input_=input,
+                priority=0,
+                max_retries=max_retries,
+                execution_timeout_seconds=None,
+                schedule_timeout_seconds=None,
+                durable=False,
+            )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(
+                f"the input of child task {task_name} cannot be stored: {first_line(error)}"
+            ) from error
+        if child is None:  # INSERT ... RETURNING always returns the row
+            raise RuntimeError(f"creating child task {task_name} returned no row")
+        return child
+
     def _finished(self, child: ChildTask) -> Task | None:
         """The child's row once it is completed or failed; None while it is not."""
         with self.pool.connection() as conn:
@@ -353,18 +372,24 @@ class DurableContext:
         child_task_id: int | None = None,
     ) -> TaskEvent:
         """Write one event, fenced: only while this worker still owns the attempt."""
-        event = Querier(conn).append_event(
-            task_id=self.task_id,
-            event_number=event_number,
-            kind=kind,
-            name=name,
-            input_=input,
-            key=event_key(kind, name, input),
-            output=output,
-            child_task_id=child_task_id,
-            attempt=self.attempt,
-            worker_id=self.worker_id,
-        )
+        try:
+            event = Querier(conn).append_event(
+                task_id=self.task_id,
+                event_number=event_number,
+                kind=kind,
+                name=name,
+                input_=input,
+                key=event_key(kind, name, input),
+                output=output,
+                child_task_id=child_task_id,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(
+                f"event {event_number} ({kind} {name}) cannot be stored: {first_line(error)}"
+            ) from error
         if event is None:
             raise LostOwnership(
                 f"task {self.task_id} attempt {self.attempt}: event {event_number} ({kind} "
@@ -398,6 +423,14 @@ def check_json(what: str, value: Any) -> None:
     """Refuse a value the history could not hold, with a message that says whose it is."""
     try:
         # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise InvalidStepData(f"{what} is not JSON: {error}") from error
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        # A lone surrogate: what bytes that are not UTF-8 decode to, with
+        # errors="surrogateescape" (file names, for one). It is not text.
+        raise InvalidStepData(
+            f"{what} holds a string that is not valid Unicode: {error}"
+        ) from error

@@ -225,8 +225,10 @@ class ResultWriter:
 
 def error_document(kind: str, message: str) -> dict[str, Any]:
     """What a failed task's output holds: the kind of error and a readable message."""
-    # jsonb cannot hold the character U+0000: spell it out rather than lose the failure.
-    return {"error": {"type": kind, "message": message.replace("\x00", "\\x00")}}
+    # jsonb cannot hold the character U+0000, nor a lone surrogate (what a file name
+    # that is not UTF-8 decodes to): spell them out rather than lose the failure.
+    storable = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+    return {"error": {"type": kind, "message": storable}}
 
 
 def first_line(error: BaseException) -> str:

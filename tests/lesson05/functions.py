@@ -63,6 +63,16 @@ def pass_a_set(ctx: DurableContext, input: Any) -> Any:
     return ctx.run_step("given_a_set", lambda value: value, {3, 4})
 
 
+def return_a_nul(ctx: DurableContext, input: Any) -> Any:
+    """JSON, but jsonb cannot hold the character U+0000."""
+    return ctx.run_step("nul", lambda _: "a\x00b", None)
+
+
+def return_a_lone_surrogate(ctx: DurableContext, input: Any) -> Any:
+    """What the bytes of a file name that is not UTF-8 decode to."""
+    return ctx.run_step("surrogate", lambda _: b"caf\xe9".decode(errors="surrogateescape"), None)
+
+
 class OutOfStock(NonRetryableError):
     pass
 
@@ -85,5 +95,7 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "return_a_tuple_and_none": return_a_tuple_and_none,
     "return_a_set": return_a_set,
     "pass_a_set": pass_a_set,
+    "return_a_nul": return_a_nul,
+    "return_a_lone_surrogate": return_a_lone_surrogate,
     "step_out_of_stock": step_out_of_stock,
 }

@@ -295,9 +295,14 @@ def test_a_sweep_skips_a_task_whose_event_is_being_appended(database: LessonData
     [
         ("return_a_set", "the output of step a_set is not JSON: Object of type set"),
         ("pass_a_set", "the input of step given_a_set is not JSON: Object of type set"),
+        ("return_a_nul", "event 1 (step nul) cannot be stored: "),
+        (
+            "return_a_lone_surrogate",
+            "the output of step surrogate holds a string that is not valid Unicode: ",
+        ),
     ],
 )
-def test_a_step_whose_input_or_output_is_not_json_fails_the_task_at_once(
+def test_a_step_whose_input_or_output_cannot_be_recorded_fails_the_task_at_once(
     database: LessonDatabase, task_name: str, message: str
 ) -> None:
     pool = database.pool

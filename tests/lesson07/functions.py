@@ -65,6 +65,11 @@ def call_a_flaky_child(ctx: DurableContext, input: Any) -> Any:
     return ctx.call("succeed_on_attempt_3", {}, queue=CHILDREN_QUEUE, max_retries=2)
 
 
+def spawn_a_child_with_a_nul(ctx: DurableContext, input: Any) -> Any:
+    """A child input jsonb cannot hold: the spawn is refused, and nothing is created."""
+    return ctx.spawn_child("echo", {"note": "a\x00b"}, queue=CHILDREN_QUEUE).id
+
+
 FUNCTIONS: dict[str, TaskFunction] = {
     **LESSON_FUNCTIONS,
     "echo": echo,
@@ -78,4 +83,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "call_then_fail_on_attempt_1": call_then_fail_on_attempt_1,
     "call_a_declining_child": call_a_declining_child,
     "call_a_flaky_child": call_a_flaky_child,
+    "spawn_a_child_with_a_nul": spawn_a_child_with_a_nul,
 }

@@ -162,6 +162,18 @@ def test_a_child_gets_its_own_retries(database: LessonDatabase) -> None:
     assert task.output == {"attempt": 3}
 
 
+def test_a_child_input_the_database_cannot_hold_fails_the_parent_and_creates_nothing(
+    database: LessonDatabase,
+) -> None:
+    task = run(database, "spawn_a_child_with_a_nul", None, max_retries=3)
+    assert task.status == TaskStatus.FAILED and task.attempt == 1, task
+    kind, message = error_of(task)
+    assert kind == "InvalidStepData"
+    assert message.startswith("the input of child task echo cannot be stored: "), message
+    assert [t.id for t in all_tasks(database.pool)] == [task.id]
+    assert history(database.pool, task.id) == []
+
+
 def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
     database: LessonDatabase,
 ) -> None:
