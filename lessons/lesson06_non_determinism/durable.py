@@ -71,7 +71,10 @@ class NonDeterminismError(Exception):
 
 
 class InvalidStepData(Exception):
-    """A step's input or output is not JSON, so it cannot be recorded.
+    """A step's input or output is not JSON the database can store.
+
+    Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
+    or a lone surrogate), so the history cannot record it.
 
     Trying again cannot help, so the worker fails the task at once.
     """
