@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # sqlc finds its process plugin (sqlc-gen-psycopg) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo lesson test generate check bench
+.PHONY: install demo lesson test generate check bench bench-peers
 
 install: $(INSTALLED)
 
@@ -38,5 +38,15 @@ check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/sqlc diff
 
+## Lesson 04's worker: burn-down, the pgbench ceiling of its SQL, latency, memory (a few minutes).
 bench: install
 	$(PYTHON) -m benchmarks.queue_burn_down
+
+## Lesson 04 against PgQueuer and Procrastinate on the same server (about ten minutes).
+## Installs the `bench` extra (the peers and matplotlib) into .venv first.
+bench-peers: $(VENV)/.installed-bench
+	$(PYTHON) -m benchmarks.compare
+
+$(VENV)/.installed-bench: pyproject.toml $(INSTALLED)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $@

@@ -1,0 +1,83 @@
+"""The comparison as a picture: throughput per vacuum pass, and latency (matplotlib, PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+from .report import Row
+from .vacuum import Vacuum
+
+COLOURS = ("#1f77b4", "#ff7f0e", "#ffbb78", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b")
+
+
+def draw_chart(rows: Sequence[Row], path: Path) -> None:
+    passes = list(dict.fromkeys(row.vacuum for row in rows if row.kind == "burn-down"))
+    latency_rows = [row for row in rows if row.kind == "latency" and row.vacuum is Vacuum.STOCK]
+    panels = len(passes) + (1 if latency_rows else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.5), squeeze=False)
+    for axis, vacuum in zip(axes[0], passes, strict=False):
+        _throughput(axis, [row for row in rows if row.vacuum is vacuum], vacuum)
+    if latency_rows:
+        _latency(axes[0][-1], latency_rows)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
+    """Grouped bars: one group per batch size, one bar per system; log scale."""
+    measured = [row for row in rows if row.kind in ("burn-down", "ceiling") and row.rate]
+    batches = sorted({row.batch for row in measured if row.batch and row.kind == "ceiling"})
+    systems = list(dict.fromkeys(row.system for row in measured if row.batch in batches))
+    cases = [row.case for row in measured]
+    usual_case = max(set(cases), key=cases.count) if cases else ""
+    width = 0.8 / max(1, len(systems))
+    for index, system in enumerate(systems):
+        positions, heights = [], []
+        for group, batch in enumerate(batches):
+            for row in measured:
+                if row.system == system and row.batch == batch and row.rate:
+                    positions.append(group + index * width)
+                    heights.append(row.rate)
+        odd = [row for row in measured if row.system == system and row.case != usual_case]
+        label = f"{system} ({odd[0].settings}, {odd[0].case})" if odd else system
+        bars = axis.bar(positions, heights, width, label=label, color=COLOURS[index % len(COLOURS)])
+        axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7, rotation=90)
+    others = [row for row in measured if row.batch not in batches]
+    for offset, row in enumerate(others):
+        position = len(batches) + offset
+        bars = axis.bar([position], [row.rate], width * 2, color="#d62728", label=row.system)
+        axis.bar_label(bars, labels=[f"{row.rate:,.0f}"], fontsize=7, rotation=90)
+    ticks = [group + 0.4 - width / 2 for group in range(len(batches))]
+    labels = [f"batch {batch}" for batch in batches]
+    ticks += [len(batches) + offset for offset in range(len(others))]
+    labels += [f"{row.system}\n{row.settings.split(', ')[-1]}" for row in others]
+    axis.set_xticks(ticks, labels)
+    axis.set_yscale("log")
+    axis.set_ylabel("no-op tasks per second (log scale)")
+    axis.set_title(f"Burn-down, {vacuum.value} autovacuum")
+    axis.legend(fontsize=7, loc="upper left")
+
+
+def _latency(axis: Any, rows: Sequence[Row]) -> None:
+    """p50 and p99 per system and rate; log scale, milliseconds."""
+    labels = [f"{row.system}\n{row.case.removeprefix('latency at ')}" for row in rows]
+    positions = list(range(len(rows)))
+    p50 = [(row.p50 or 0) * 1000 for row in rows]
+    p99 = [(row.p99 or 0) * 1000 for row in rows]
+    axis.bar([p - 0.2 for p in positions], p50, 0.4, label="p50", color=COLOURS[0])
+    axis.bar([p + 0.2 for p in positions], p99, 0.4, label="p99", color=COLOURS[1])
+    axis.set_xticks(positions, labels, fontsize=8)
+    axis.set_yscale("log")
+    axis.set_ylabel("enqueue to start, ms (log scale)")
+    axis.set_title("Latency at a steady rate, stock autovacuum")
+    axis.legend(fontsize=8)

@@ -1,0 +1,172 @@
+"""The course's engine side by side with PgQueuer and Procrastinate, in one run on one server.
+
+    python -m benchmarks.compare        (make bench-peers installs the peers first)
+
+Cases, each `--runs` times (median), under stock autovacuum and then aggressive
+autovacuum on every system's queue tables:
+
+1. burn-down of 20,000 pre-enqueued no-op tasks at batch 10 and batch 100: lesson 04's
+   worker and PgQueuer (psycopg driver, drain mode) with the same number of consumers,
+   one per process, and the same batch; PgQueuer again in the layout of its own
+   benchmark (5 consumers in one process); Procrastinate at concurrency 10; and the
+   pgbench ceiling of lesson 04's SQL at the same batch sizes;
+2. enqueue-to-start latency at a steady 50 and 500 tasks/s from a separate producer
+   process: lesson 04 (polling) against PgQueuer (LISTEN/NOTIFY);
+3. the workers' peak memory over a 100,000-task burn-down (stock pass only).
+
+It prints a table, writes it as Markdown with the curriculum's targets stated as met
+or not to benchmarks/results/compare.md, and draws benchmarks/results/compare.png.
+
+Hooks for what comes later: lesson 08's worker is one more `QueueSystem` in
+`course_systems()`, and joins the burn-down and latency cases; the durable cases
+(lesson 07 and 09 orders against DBOS workflows) are a list of cases returned by
+`durable_cases()`, run in the same passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lessons.common.database import DatabaseUnavailable
+
+from .context import describe_context, write_markdown
+from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
+from .report import Row, text_table
+from .systems import Layout, Lesson04, QueueSystem
+from .targets import compare_rows, targets_section
+from .vacuum import Vacuum
+
+RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
+LIBRARIES = ("psycopg", "psycopg-pool", "pgqueuer", "procrastinate", "dbos", "matplotlib")
+# PgQueuer's own benchmark runs its consumers as tasks of one process; the curriculum's
+# PgQueuer figures were measured that way, with five.
+PGQUEUER_REFERENCE_CONSUMERS = 5
+
+
+def course_systems() -> list[QueueSystem]:
+    """The course's workers under test. Lesson 08's (LISTEN/NOTIFY) joins here."""
+    return [Lesson04()]
+
+
+def durable_cases() -> list[Case]:
+    """Lesson 07 and 09 orders against DBOS two-step workflows: added with those lessons."""
+    return []
+
+
+def build_cases(options: argparse.Namespace) -> list[Case]:
+    from .peers.pgqueuer_case import PgQueuerSystem
+    from .peers.procrastinate_case import ProcrastinateSystem
+
+    pgqueuer = PgQueuerSystem()
+    pgqueuer_reference = PgQueuerSystem(consumers_per_process=PGQUEUER_REFERENCE_CONSUMERS)
+    cases: list[Case] = []
+    for batch in options.batches:
+        same_layout = Layout(options.processes, batch)
+        for system in course_systems():
+            cases.append(BurnDownCase(system, options.tasks, same_layout))
+        cases.append(BurnDownCase(pgqueuer, options.tasks, same_layout))
+        cases.append(BurnDownCase(pgqueuer_reference, options.tasks, Layout(1, batch)))
+        cases.append(CeilingCase(batch=batch, clients=options.clients, rows=options.tasks))
+    cases.append(
+        BurnDownCase(
+            ProcrastinateSystem(),
+            options.procrastinate_tasks,
+            Layout(1, options.procrastinate_concurrency),
+        )
+    )
+    latency_layout = Layout(1, options.batches[0])
+    for rate in options.latency_rates:
+        for system in [*course_systems(), pgqueuer]:
+            cases.append(LatencyCase(system, rate, options.latency_seconds, latency_layout))
+    if options.memory_tasks:
+        memory_layout = Layout(1, options.batches[-1])
+        for system in [*course_systems(), pgqueuer]:
+            cases.append(
+                BurnDownCase(
+                    system,
+                    options.memory_tasks,
+                    memory_layout,
+                    label="memory",
+                    passes=frozenset({Vacuum.STOCK}),
+                )
+            )
+    cases.extend(durable_cases())
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks per burn-down")
+    parser.add_argument("--batches", type=int, nargs="+", default=[10, 100])
+    parser.add_argument(
+        "--processes", type=int, default=2, help="consumer processes, one consumer each"
+    )
+    parser.add_argument(
+        "--procrastinate-tasks",
+        type=int,
+        default=5_000,
+        help="Procrastinate's burn-down (its per-job fetch slows with the backlog; see README)",
+    )
+    parser.add_argument("--procrastinate-concurrency", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
+    parser.add_argument("--latency-rates", type=float, nargs="*", default=[50, 500])
+    parser.add_argument("--latency-seconds", type=float, default=6.0)
+    parser.add_argument("--memory-tasks", type=int, default=100_000, help="0 to skip")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each case (median)")
+    parser.add_argument("--vacuum", choices=["stock", "aggressive", "both"], default="both")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIRECTORY / "compare.md")
+    parser.add_argument("--chart", type=Path, default=RESULTS_DIRECTORY / "compare.png")
+    options = parser.parse_args(argv)
+    try:
+        import pgqueuer  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+        import procrastinate  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError as error:
+        print(f"error: {error}. Run `make bench-peers`, which installs them.", file=sys.stderr)
+        return 2
+    passes = (
+        [Vacuum.STOCK, Vacuum.AGGRESSIVE] if options.vacuum == "both" else [Vacuum(options.vacuum)]
+    )
+    try:
+        outcome = run_plan(build_cases(options), passes=passes, runs=options.runs)
+    except DatabaseUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    compare_rows(outcome.rows)
+    context = describe_context(outcome, libraries=LIBRARIES)
+    targets = targets_section(outcome.rows)
+    print()
+    print(context.text)
+    print()
+    print(text_table(outcome.rows))
+    print()
+    print(targets)
+    write_markdown(
+        options.output,
+        "Lesson 04 side by side with PgQueuer and Procrastinate",
+        context,
+        outcome.rows,
+        sections=[("Targets", targets)],
+    )
+    print(f"\nwritten to {options.output}")
+    if draw(outcome.rows, options.chart):
+        print(f"chart written to {options.chart}")
+    return 0
+
+
+def draw(rows: Sequence[Row], path: Path) -> bool:
+    try:
+        from .chart import draw_chart
+    except ImportError as error:
+        print(f"no chart: {error}", file=sys.stderr)
+        return False
+    draw_chart(rows, path)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

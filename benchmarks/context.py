@@ -1,0 +1,79 @@
+"""What every report says before its figures: machine, server, settings, libraries, method."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lessons.common.database import connect
+
+from .machine import library_versions, this_machine, this_server
+from .measure import POLL_INTERVAL
+from .plan import Outcome
+from .report import Row, markdown_table
+from .vacuum import Vacuum
+
+METHOD = (
+    f"Rates run from the first task's start, as the queue records it, to the moment a poll "
+    f"(every {POLL_INTERVAL * 1000:g} ms) finds nothing left to finish, both on the database's "
+    "clock. Every system starts from a fresh schema on the same server, with its tasks already "
+    "enqueued and its consumers connected. Latency is the queue's own start time minus its own "
+    "enqueue time, for tasks enqueued one per transaction by a separate producer process. "
+    "Peak RSS is the largest consumer process's; growth compares the peak of the last quarter "
+    "of the run with the peak of the first. Runs of all cases alternate (round-robin), and "
+    "each figure is the median of its runs."
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    lines: list[tuple[str, str]]
+
+    @property
+    def text(self) -> str:
+        width = max(len(label) for label, _ in self.lines)
+        return "\n".join(f"{label.ljust(width)}  {value}" for label, value in self.lines)
+
+    @property
+    def markdown(self) -> str:
+        return "\n".join(f"- **{label}**: {value}" for label, value in self.lines)
+
+
+def describe_context(outcome: Outcome, *, libraries: Sequence[str]) -> Context:
+    with connect() as conn:
+        server = this_server(conn)
+    versions = library_versions(*libraries)
+    lines = [
+        ("Date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        ("Machine", this_machine().describe()),
+        ("Server", server.describe()),
+        ("Server settings", server.describe_settings()),
+        ("Libraries", ", ".join(f"{name} {version}" for name, version in versions.items())),
+    ]
+    for vacuum, note in outcome.vacuum_notes.items():
+        lines.append((f"Vacuum, {vacuum.value}", f"{vacuum.describe()}; {note}"))
+    lines.append(("Method", METHOD))
+    lines.append(("Duration", f"{outcome.seconds:.0f} s for the whole run"))
+    return Context(lines)
+
+
+def write_markdown(
+    path: Path,
+    title: str,
+    context: Context,
+    rows: Sequence[Row],
+    *,
+    sections: Sequence[tuple[str, str]] = (),
+) -> None:
+    """The report as Markdown: the context, the table, then any further sections."""
+    parts = [f"# {title}", "", context.markdown, "", markdown_table(rows), ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body, ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+
+
+def passes_of(rows: Sequence[Row]) -> list[Vacuum]:
+    return list(dict.fromkeys(row.vacuum for row in rows))

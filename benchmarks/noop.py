@@ -1,0 +1,17 @@
+"""The task the queue benchmarks run: it does nothing, so what is measured is the queue.
+
+`worker_process --functions benchmarks.noop` loads `FUNCTIONS` from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TASK_NAME = "noop"
+
+
+def noop(input: Any) -> None:
+    return None
+
+
+FUNCTIONS = {TASK_NAME: noop}

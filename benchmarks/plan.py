@@ -1,0 +1,152 @@
+"""A benchmark plan: cases, run round-robin, several times, under each vacuum setting.
+
+Every run of every case in a pass happens before the next run of any case, so a
+noisy minute on the machine hurts all systems alike instead of one of them: the
+ratios between systems are what the benchmarks are for.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .cases import burn_down, latency
+from .naptime import vacuum_pass
+from .pgbench import run_ceiling
+from .report import Row
+from .systems import Layout, QueueSystem
+from .vacuum import Vacuum
+
+ALL_PASSES = frozenset(Vacuum)
+
+
+class Case(Protocol):
+    @property
+    def passes(self) -> frozenset[Vacuum]:
+        """The vacuum passes this case runs in."""
+        ...
+
+    def row(self, vacuum: Vacuum) -> Row: ...
+
+    def measure(self, vacuum: Vacuum, row: Row) -> str:
+        """Run once, add the result to `row`, and return it in a few words."""
+        ...
+
+
+@dataclass(frozen=True)
+class BurnDownCase:
+    system: QueueSystem
+    tasks: int
+    layout: Layout
+    label: str = "burn-down"
+    passes: frozenset[Vacuum] = ALL_PASSES
+
+    def row(self, vacuum: Vacuum) -> Row:
+        return Row(
+            system=self.system.name,
+            case=f"{self.label} {self.tasks:,}",
+            settings=self.system.settings(self.layout),
+            vacuum=vacuum,
+            kind=self.label,
+            batch=self.layout.batch,
+        )
+
+    def measure(self, vacuum: Vacuum, row: Row) -> str:
+        result = burn_down(self.system, tasks=self.tasks, layout=self.layout, vacuum=vacuum)
+        row.rates.append(result.rate)
+        row.peaks.append(result.memory.peak_bytes)
+        row.growths.append(result.memory.growth_bytes())
+        return f"{result.rate:,.0f} tasks/s"
+
+
+@dataclass(frozen=True)
+class CeilingCase:
+    """pgbench's claim + finish rate. Being cheap, it runs `repeats` times per run."""
+
+    batch: int
+    clients: int
+    rows: int
+    repeats: int = 3
+    passes: frozenset[Vacuum] = ALL_PASSES
+
+    def row(self, vacuum: Vacuum) -> Row:
+        return Row(
+            system="pgbench ceiling",
+            case=f"claim + finish {self.rows:,}",
+            settings=f"{self.clients} clients, batch {self.batch}, lesson 04 SQL",
+            vacuum=vacuum,
+            kind="ceiling",
+            batch=self.batch,
+        )
+
+    def measure(self, vacuum: Vacuum, row: Row) -> str:
+        rates = [
+            run_ceiling(
+                batch=self.batch, clients=self.clients, rows=self.rows, vacuum=vacuum
+            ).rows_per_second
+            for _ in range(self.repeats)
+        ]
+        row.rates.extend(rates)
+        return " / ".join(f"{rate:,.0f}" for rate in rates) + " rows/s"
+
+
+@dataclass(frozen=True)
+class LatencyCase:
+    system: QueueSystem
+    rate: float
+    seconds: float
+    layout: Layout
+    passes: frozenset[Vacuum] = ALL_PASSES
+
+    def row(self, vacuum: Vacuum) -> Row:
+        return Row(
+            system=self.system.name,
+            case=f"latency at {self.rate:g}/s",
+            settings=self.system.settings(self.layout),
+            vacuum=vacuum,
+            kind="latency",
+            batch=self.layout.batch,
+        )
+
+    def measure(self, vacuum: Vacuum, row: Row) -> str:
+        result = latency(
+            self.system, rate=self.rate, seconds=self.seconds, layout=self.layout, vacuum=vacuum
+        )
+        row.p50s.append(result.p50)
+        row.p99s.append(result.p99)
+        return (
+            f"p50 {result.p50 * 1000:.1f} ms, p99 {result.p99 * 1000:.1f} ms ({result.tasks} tasks)"
+        )
+
+
+@dataclass
+class Outcome:
+    rows: list[Row]
+    # What the server-wide part of each vacuum setting was, in words.
+    vacuum_notes: dict[Vacuum, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_plan(cases: Sequence[Case], *, passes: Sequence[Vacuum], runs: int) -> Outcome:
+    started = time.monotonic()
+    outcome = Outcome(rows=[])
+    for vacuum in passes:
+        with vacuum_pass(vacuum) as note:
+            outcome.vacuum_notes[vacuum] = note
+            _say(f"-- {vacuum.value} pass: {vacuum.describe()}; {note}")
+            selected = [case for case in cases if vacuum in case.passes]
+            rows = [case.row(vacuum) for case in selected]
+            for run in range(1, runs + 1):
+                for case, row in zip(selected, rows, strict=True):
+                    said = case.measure(vacuum, row)
+                    _say(f"   run {run}/{runs}  {row.system}, {row.case}, {row.settings}: {said}")
+            outcome.rows.extend(rows)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
