@@ -38,8 +38,9 @@ def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
     measured = [row for row in rows if row.kind in ("burn-down", "ceiling") and row.rate]
     batches = sorted({row.batch for row in measured if row.batch and row.kind == "ceiling"})
     systems = list(dict.fromkeys(row.system for row in measured if row.batch in batches))
-    cases = [row.case for row in measured]
-    usual_case = max(set(cases), key=cases.count) if cases else ""
+    # The task count of most cases; a system measured on another count says so.
+    counts = [row.case.split()[-1] for row in measured]
+    usual_count = max(set(counts), key=counts.count) if counts else ""
     width = 0.8 / max(1, len(systems))
     for index, system in enumerate(systems):
         positions, heights = [], []
@@ -48,7 +49,9 @@ def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
                 if row.system == system and row.batch == batch and row.rate:
                     positions.append(group + index * width)
                     heights.append(row.rate)
-        odd = [row for row in measured if row.system == system and row.case != usual_case]
+        odd = [
+            row for row in measured if row.system == system and row.case.split()[-1] != usual_count
+        ]
         label = f"{system} ({odd[0].settings}, {odd[0].case})" if odd else system
         bars = axis.bar(positions, heights, width, label=label, color=COLOURS[index % len(COLOURS)])
         axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7, rotation=90)
