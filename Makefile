@@ -42,7 +42,8 @@ check: install
 bench: install
 	$(PYTHON) -m benchmarks.queue_burn_down
 
-## Lesson 04 against PgQueuer and Procrastinate on the same server (about ten minutes).
+## Lesson 04 against PgQueuer and Procrastinate, lesson 07's durable orders against DBOS
+## workflows, on the same server (under ten minutes).
 ## Installs the `bench` extra (the peers and matplotlib) into .venv first.
 bench-peers: $(VENV)/.installed-bench
 	$(PYTHON) -m benchmarks.compare

@@ -1,4 +1,4 @@
-"""The comparison as a picture: throughput per vacuum pass, and latency (matplotlib, PNG)."""
+"""The comparison as a picture: throughput per vacuum pass, latency, durable work (PNG)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ COLOURS = ("#1f77b4", "#ff7f0e", "#ffbb78", "#2ca02c", "#7f7f7f", "#9467bd", "#8
 def draw_chart(rows: Sequence[Row], path: Path) -> None:
     passes = list(dict.fromkeys(row.vacuum for row in rows if row.kind == "burn-down"))
     latency_rows = [row for row in rows if row.kind == "latency" and row.vacuum is Vacuum.STOCK]
-    panels = len(passes) + (1 if latency_rows else 0)
+    durable_rows = [row for row in rows if row.kind == "durable" and row.rate]
+    panels = len(passes) + (1 if latency_rows else 0) + (1 if durable_rows else 0)
     figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.5), squeeze=False)
     for axis, vacuum in zip(axes[0], passes, strict=False):
         _throughput(axis, [row for row in rows if row.vacuum is vacuum], vacuum)
     if latency_rows:
-        _latency(axes[0][-1], latency_rows)
+        _latency(axes[0][len(passes)], latency_rows)
+    if durable_rows:
+        _durable(axes[0][-1], durable_rows)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -84,3 +87,34 @@ def _latency(axis: Any, rows: Sequence[Row]) -> None:
     axis.set_ylabel("enqueue to start, ms (log scale)")
     axis.set_title("Latency at a steady rate, stock autovacuum")
     axis.legend(fontsize=8)
+
+
+def _durable(axis: Any, rows: Sequence[Row]) -> None:
+    """Orders (DBOS: workflows) per second: one group per vacuum pass, one bar per system."""
+    passes = list(dict.fromkeys(row.vacuum for row in rows))
+    systems = list(dict.fromkeys(row.system for row in rows))
+    width = 0.8 / max(1, len(systems))
+    for index, system in enumerate(systems):
+        positions, heights = [], []
+        for group, vacuum in enumerate(passes):
+            for row in rows:
+                if row.system == system and row.vacuum is vacuum and row.rate:
+                    positions.append(group + index * width)
+                    heights.append(row.rate)
+        settings = next(row.settings for row in rows if row.system == system)
+        bars = axis.bar(
+            positions,
+            heights,
+            width,
+            label=f"{system} ({settings})",
+            color=COLOURS[index % len(COLOURS)],
+        )
+        axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7)
+    axis.set_xticks(
+        [group + 0.4 - width / 2 for group in range(len(passes))],
+        [f"{vacuum.value} autovacuum" for vacuum in passes],
+    )
+    axis.set_ylabel("orders (DBOS: two-step workflows) per second")
+    axis.set_title(f"Durable work, {rows[0].case.split()[-1]} each")
+    axis.set_ylim(0, max(row.rate or 0 for row in rows) * 1.6)
+    axis.legend(fontsize=6, loc="upper left")

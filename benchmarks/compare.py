@@ -1,4 +1,4 @@
-"""The course's engine side by side with PgQueuer and Procrastinate, in one run on one server.
+"""The course's engine side by side with PgQueuer, Procrastinate and DBOS, in one run on one server.
 
     python -m benchmarks.compare        (make bench-peers installs the peers first)
 
@@ -12,15 +12,18 @@ autovacuum on every system's queue tables:
    pgbench ceiling of lesson 04's SQL at the same batch sizes;
 2. enqueue-to-start latency at a steady 50 and 500 tasks/s from a separate producer
    process: lesson 04 (polling) against PgQueuer (LISTEN/NOTIFY);
-3. the workers' peak memory over a 100,000-task burn-down (stock pass only).
+3. durable work: 2,000 orders (lesson 07's `process_order`, a durable task with two
+   child tasks) against 2,000 DBOS workflows of two no-op steps, enqueued on DBOS's
+   queue and started directly, on as many worker processes running as many at once;
+4. the workers' peak memory over a 100,000-task burn-down (stock pass only).
 
 It prints a table, writes it as Markdown with the curriculum's targets stated as met
 or not to benchmarks/results/compare.md, and draws benchmarks/results/compare.png.
 
 Hooks for what comes later: lesson 08's worker is one more `QueueSystem` in
-`course_systems()`, and joins the burn-down and latency cases; the durable cases
-(lesson 07 and 09 orders against DBOS workflows) are a list of cases returned by
-`durable_cases()`, run in the same passes.
+`course_systems()`, and joins the burn-down and latency cases (its latency is the one
+the p50 < 2 ms / p99 < 10 ms target is about); lesson 09's workers are one more
+`DurableSystem` in `course_durable_systems()`, and join the durable case.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from lessons.common.database import DatabaseUnavailable
 
 from .context import describe_context, write_markdown
+from .durable import DurableCase, DurableLayout, DurableSystem, Lesson07Orders
 from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
 from .report import Row, text_table
 from .systems import Layout, Lesson04, QueueSystem
@@ -40,7 +44,15 @@ from .targets import compare_rows, targets_section
 from .vacuum import Vacuum
 
 RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
-LIBRARIES = ("psycopg", "psycopg-pool", "pgqueuer", "procrastinate", "dbos", "matplotlib")
+LIBRARIES = (
+    "psycopg",
+    "psycopg-pool",
+    "pgqueuer",
+    "procrastinate",
+    "dbos",
+    "sqlalchemy",
+    "matplotlib",
+)
 # PgQueuer's own benchmark runs its consumers as tasks of one process; the curriculum's
 # PgQueuer figures were measured that way, with five.
 PGQUEUER_REFERENCE_CONSUMERS = 5
@@ -51,9 +63,26 @@ def course_systems() -> list[QueueSystem]:
     return [Lesson04()]
 
 
-def durable_cases() -> list[Case]:
-    """Lesson 07 and 09 orders against DBOS two-step workflows: added with those lessons."""
-    return []
+def course_durable_systems() -> list[DurableSystem]:
+    """The course's durable workers under test. Lesson 09's (parents give their slot back
+    while they wait) joins here: a `DurableSystem` (benchmarks/durable.py) running
+    lesson 09's `process_order` on its own worker processes."""
+    return [Lesson07Orders()]
+
+
+def durable_cases(options: argparse.Namespace) -> list[Case]:
+    """Case 3: the course's durable orders against DBOS two-step workflows, same layout."""
+    if not options.orders:
+        return []
+    from .peers.dbos_case import DIRECT_MODE, QUEUE_MODE, DBOSWorkflows
+
+    layout = DurableLayout(
+        processes=options.durable_processes,
+        concurrency=options.durable_concurrency,
+        poll_interval=options.durable_poll_interval,
+    )
+    systems = [*course_durable_systems(), DBOSWorkflows(QUEUE_MODE), DBOSWorkflows(DIRECT_MODE)]
+    return [DurableCase(system, options.orders, layout) for system in systems]
 
 
 def build_cases(options: argparse.Namespace) -> list[Case]:
@@ -93,7 +122,7 @@ def build_cases(options: argparse.Namespace) -> list[Case]:
                     passes=frozenset({Vacuum.STOCK}),
                 )
             )
-    cases.extend(durable_cases())
+    cases.extend(durable_cases(options))
     return cases
 
 
@@ -117,12 +146,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-rates", type=float, nargs="*", default=[50, 500])
     parser.add_argument("--latency-seconds", type=float, default=6.0)
     parser.add_argument("--memory-tasks", type=int, default=100_000, help="0 to skip")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=2_000,
+        help="orders (DBOS: workflows) per durable run, 0 to skip",
+    )
+    parser.add_argument("--durable-processes", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--durable-concurrency",
+        type=int,
+        default=20,
+        help="orders at once per process: slots per queue; DBOS worker_concurrency, threads",
+    )
+    parser.add_argument(
+        "--durable-poll-interval",
+        type=float,
+        default=0.01,
+        help="seconds; lesson 07's poll interval and DBOS's queue polling interval",
+    )
     parser.add_argument("--runs", type=int, default=2, help="runs of each case (median)")
     parser.add_argument("--vacuum", choices=["stock", "aggressive", "both"], default="both")
     parser.add_argument("--output", type=Path, default=RESULTS_DIRECTORY / "compare.md")
     parser.add_argument("--chart", type=Path, default=RESULTS_DIRECTORY / "compare.png")
     options = parser.parse_args(argv)
     try:
+        import dbos  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
         import pgqueuer  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
         import procrastinate  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
     except ImportError as error:
@@ -147,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(targets)
     write_markdown(
         options.output,
-        "Lesson 04 side by side with PgQueuer and Procrastinate",
+        "The course's engine side by side with PgQueuer, Procrastinate and DBOS",
         context,
         outcome.rows,
         sections=[("Targets", targets)],

@@ -8,7 +8,6 @@ of `benchmarks.noop` registered.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
 from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
 
 from .noop import TASK_NAME
+from .processes import start_together
 from .vacuum import Vacuum, apply_vacuum
 
 LESSON_DIRECTORY = Path(lesson04.__file__).resolve().parent
@@ -81,28 +81,9 @@ def worker_processes(schema: str, *, processes: int, slots: int) -> Iterator[lis
             )
             for _ in range(processes)
         ]
-        _start_all(workers)
+        start_together([worker.start for worker in workers])
         try:
             yield workers
         finally:
             for worker in workers:
                 worker.stop()
-
-
-def _start_all(workers: list[WorkerProcess]) -> None:
-    """Start every worker at once: each takes about half a second to import and connect."""
-    errors: list[BaseException] = []
-
-    def start(worker: WorkerProcess) -> None:
-        try:
-            worker.start()
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=start, args=(worker,)) for worker in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]

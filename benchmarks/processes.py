@@ -12,6 +12,8 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from lessons.common.database import REPOSITORY_ROOT
@@ -113,3 +115,26 @@ def wait_for_go() -> None:
     line = sys.stdin.readline()
     if line.strip() != GO:
         raise SystemExit(f"expected {GO!r} from the parent, got {line!r}")
+
+
+def start_together(starts: Sequence[Callable[[], object]]) -> None:
+    """Call every `start` at once, each in a thread; raise the first error, if any.
+
+    A worker process takes about half a second to import and connect: started one
+    after the other, the first would be polling long before the last.
+    """
+    errors: list[BaseException] = []
+
+    def start(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(call,)) for call in starts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]

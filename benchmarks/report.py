@@ -18,11 +18,11 @@ class Row:
     case: str
     settings: str
     vacuum: Vacuum
-    # "burn-down", "ceiling", "latency" or "memory": what the comparisons match on.
+    # "burn-down", "ceiling", "latency", "memory" or "durable": what the comparisons match on.
     kind: str = "burn-down"
     # Tasks claimed at once: the worker's slots, the dequeue batch, pgbench's batch.
     batch: int | None = None
-    # Tasks per second of each run (burn-downs and the ceiling).
+    # Tasks (durable: orders, workflows) per second of each run.
     rates: list[float] = field(default_factory=list)
     # Enqueue-to-start latency of each run, seconds (latency cases).
     p50s: list[float] = field(default_factory=list)
@@ -63,7 +63,7 @@ HEADERS = (
     "Case",
     "Settings",
     "Vacuum",
-    "Tasks/s (median)",
+    "Per second (median)",
     "Runs (rates)",
     "p50",
     "p99",
@@ -104,7 +104,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
     def line(values: Sequence[str]) -> str:
         return "| " + " | ".join(value.replace("|", "\\|") for value in values) + " |"
 
-    numeric = {"Tasks/s (median)", "Runs (rates)", "p50", "p99", "Peak RSS (growth)"}
+    numeric = {"Per second (median)", "Runs (rates)", "p50", "p99", "Peak RSS (growth)"}
     separator = ["---:" if header in numeric else "---" for header in HEADERS]
     return "\n".join([line(HEADERS), line(separator), *(line(cells(row)) for row in rows)])
 
