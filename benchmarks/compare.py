@@ -36,10 +36,10 @@ from pathlib import Path
 from lessons.common.database import DatabaseUnavailable
 
 from .context import describe_context, write_markdown
-from .durable import DurableCase, DurableLayout, DurableSystem, Lesson07Orders
+from .durable import DurableCase, DurableLayout, DurableSystem, Lesson07Orders, Lesson08Orders
 from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
 from .report import Row, text_table
-from .systems import Layout, Lesson04, QueueSystem
+from .systems import Layout, Lesson04, Lesson08, QueueSystem
 from .targets import compare_rows, targets_section
 from .vacuum import Vacuum
 
@@ -59,15 +59,15 @@ PGQUEUER_REFERENCE_CONSUMERS = 5
 
 
 def course_systems() -> list[QueueSystem]:
-    """The course's workers under test. Lesson 08's (LISTEN/NOTIFY) joins here."""
-    return [Lesson04()]
+    """The course's queue workers under test: polling (04), woken by notifications (08)."""
+    return [Lesson04(), Lesson08()]
 
 
 def course_durable_systems() -> list[DurableSystem]:
     """The course's durable workers under test. Lesson 09's (parents give their slot back
     while they wait) joins here: a `DurableSystem` (benchmarks/durable.py) running
     lesson 09's `process_order` on its own worker processes."""
-    return [Lesson07Orders()]
+    return [Lesson07Orders(), Lesson08Orders()]
 
 
 def durable_cases(options: argparse.Namespace) -> list[Case]:

@@ -12,24 +12,30 @@ directly, are started by the workers themselves; the rate runs from the first
 order's start, as the system records it, to the moment a poll finds all N done,
 both on the database's clock (`measure.watch_burn_down`).
 
-Lesson 09's workers (a parent waiting for its child gives its slot back) become one
-more `DurableSystem` here, listed in `compare.course_durable_systems()`.
+Lessons 07 and 08 are `LessonOrders` here; lesson 09's workers (a parent waiting for
+its child gives its slot back) become one more, listed in
+`compare.course_durable_systems()`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from lessons.common.database import connect
+from lessons.common.database import connect, reset_schema
+from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
 
-from . import durable_orders, lesson04
+from . import durable_orders, lesson04, lesson08
 from .measure import BurnDown, watch_burn_down
 from .plan import ALL_PASSES
 from .report import Row
 from .vacuum import Vacuum, apply_vacuum
 
 KIND = "durable"
+# Lesson 08's own process_order, charge_payment and send_confirmation_email.
+LESSON08_TASKS = "lessons.lesson08_listen_notify.tasks"
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,12 @@ class DurableCase:
         return f"{result.rate:,.0f} {self.system.unit}/s"
 
 
-class Lesson07Orders:
-    """Lesson 07's workers, unchanged: `worker_process --queue orders --queue order_steps`."""
+class LessonOrders:
+    """A lesson's own workers running its own `process_order`; subclasses start them."""
 
-    name = "lesson 07"
+    name: str
     unit = "orders"
-    schema = "bench_durable"
+    schema: str
     # The tables every order writes and updates: its tasks, and the parents' histories.
     queue_tables = ("tasks", "task_events")
     # Nothing queued or running is left: a parent runs until both its children are done.
@@ -99,36 +105,95 @@ class Lesson07Orders:
     first_start_sql = "SELECT min(started_at) FROM tasks WHERE task_name = 'process_order'"
 
     def settings(self, layout: DurableLayout) -> str:
-        plural = "es" if layout.processes > 1 else ""
-        return (
-            f"{layout.processes} worker process{plural} x {layout.concurrency} slots per queue "
-            f"(orders, order_steps), poll {layout.poll_interval * 1000:g} ms"
-        )
+        raise NotImplementedError
+
+    def reset_schema(self) -> None:
+        raise NotImplementedError
+
+    def workers(self, layout: DurableLayout) -> AbstractContextManager[list[int]]:
+        """Worker processes serving the orders and order_steps queues; yields their pids."""
+        raise NotImplementedError
 
     def run(self, orders: int, layout: DurableLayout, vacuum: Vacuum) -> BurnDown:
-        durable_orders.reset_orders_schema(self.schema)
+        self.reset_schema()
         with connect(schema=self.schema) as conn:
             apply_vacuum(conn, self.queue_tables, vacuum)
-        with (
-            durable_orders.worker_processes(
-                layout.processes,
-                slots=layout.concurrency,
-                poll_interval=layout.poll_interval,
-                schema=self.schema,
-                reset=False,
-            ) as workers,
-            connect(schema=self.schema) as conn,
-        ):
+        with self.workers(layout) as pids, connect(schema=self.schema) as conn:
             durable_orders.enqueue_orders(conn, orders)
             result = watch_burn_down(
                 conn,
                 tasks=orders,
                 unfinished_sql=self.unfinished_sql,
                 first_start_sql=self.first_start_sql,
-                consumer_pids=[worker.pid for worker in workers],
+                consumer_pids=pids,
             )
             durable_orders.check_each_order_charged_and_emailed_once(conn, orders)
             completed = durable_orders.completed_count(conn, "process_order")
             if completed != orders:
                 raise AssertionError(f"{completed} of {orders} orders completed")
         return result
+
+
+class Lesson07Orders(LessonOrders):
+    """Lesson 07's workers, unchanged: `worker_process --queue orders --queue order_steps`.
+
+    Idle workers, and parents waiting for a child, poll every `poll_interval`.
+    """
+
+    name = "lesson 07"
+    schema = "bench_durable"
+
+    def settings(self, layout: DurableLayout) -> str:
+        return (
+            f"{_processes(layout)} x {layout.concurrency} slots per queue "
+            f"(orders, order_steps), poll {layout.poll_interval * 1000:g} ms"
+        )
+
+    def reset_schema(self) -> None:
+        durable_orders.reset_orders_schema(self.schema)
+
+    @contextmanager
+    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
+        with durable_orders.worker_processes(
+            layout.processes,
+            slots=layout.concurrency,
+            poll_interval=layout.poll_interval,
+            schema=self.schema,
+            reset=False,
+        ) as workers:
+            yield [worker.pid for worker in workers]
+
+
+class Lesson08Orders(LessonOrders):
+    """Lesson 08's workers, unchanged: new tasks and finished children wake them by NOTIFY.
+
+    They poll only as a fallback, at the lesson's default interval (5 s), whatever
+    the layout's poll interval (which is lesson 07's and DBOS's).
+    """
+
+    name = "lesson 08"
+    schema = "bench_durable_notify"
+
+    def settings(self, layout: DurableLayout) -> str:
+        return (
+            f"{_processes(layout)} x {layout.concurrency} slots per queue "
+            f"(orders, order_steps), LISTEN/NOTIFY, fallback poll {lesson08.POLL_INTERVAL:g} s"
+        )
+
+    def reset_schema(self) -> None:
+        reset_schema(self.schema, lesson08.SCHEMA_SQL)
+
+    @contextmanager
+    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
+        with lesson08.worker_processes(
+            self.schema,
+            queues=[ORDERS_QUEUE, ORDER_STEPS_QUEUE],
+            functions=LESSON08_TASKS,
+            processes=layout.processes,
+            slots=layout.concurrency,
+        ) as workers:
+            yield [worker.pid for worker in workers]
+
+
+def _processes(layout: DurableLayout) -> str:
+    return f"{layout.processes} worker process{'es' if layout.processes > 1 else ''}"

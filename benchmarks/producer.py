@@ -3,8 +3,8 @@
     python -m benchmarks.producer --system lesson04 --schema bench_queue --rate 500 --seconds 8
 
 It enqueues the way an application would: each task in its own call and its own
-transaction, through the system's client API (lesson 04's `enqueue()`, PgQueuer's
-`Queries.enqueue`). Task i is due at start + i / rate; a producer that falls behind
+transaction, through the system's client API (lessons 04's and 08's `enqueue()`,
+PgQueuer's `Queries.enqueue`). Task i is due at start + i / rate; a producer that falls behind
 catches up without sleeping, so the rate holds on average. It prints the rate it
 achieved as its last line.
 """
@@ -29,6 +29,14 @@ def run_lesson04(schema: str, rate: float, seconds: float) -> float:
         return steady(rate, seconds, lambda: enqueue(conn, TASK_NAME, {}, queue=lesson04.QUEUE))
 
 
+def run_lesson08(schema: str, rate: float, seconds: float) -> float:
+    from lessons.lesson08_listen_notify.client import enqueue as enqueue08
+
+    with connect(schema=schema) as conn:
+        wait_for_go()
+        return steady(rate, seconds, lambda: enqueue08(conn, TASK_NAME, {}, queue=lesson04.QUEUE))
+
+
 def steady(rate: float, seconds: float, enqueue_one: Callable[[], object]) -> float:
     """Call `enqueue_one` `rate` times a second for `seconds`; return the rate achieved."""
     count = round(rate * seconds)
@@ -43,13 +51,15 @@ def steady(rate: float, seconds: float, enqueue_one: Callable[[], object]) -> fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--system", choices=["lesson04", "pgqueuer"], required=True)
+    parser.add_argument("--system", choices=["lesson04", "lesson08", "pgqueuer"], required=True)
     parser.add_argument("--schema", required=True)
     parser.add_argument("--rate", type=float, required=True, help="tasks per second")
     parser.add_argument("--seconds", type=float, required=True)
     options = parser.parse_args(argv)
     if options.system == "lesson04":
         achieved = run_lesson04(options.schema, options.rate, options.seconds)
+    elif options.system == "lesson08":
+        achieved = run_lesson08(options.schema, options.rate, options.seconds)
     else:
         from .peers.pgqueuer_case import produce
 

@@ -6,9 +6,8 @@ fresh schema; start consumers on a queue that is already full; start consumers a
 leave them waiting for work; and, in SQL, "is anything left?", "when did the first
 task start?" and "how long did each task wait?".
 
-Lesson 08's worker (LISTEN/NOTIFY) will be one more `QueueSystem` here, and the
-durable cases (lesson 07 and 09 orders against DBOS workflows) another kind of case
-next to the queue cases in `compare.py`.
+Lesson 08's worker (LISTEN/NOTIFY) is the second of them; the durable cases (orders
+against DBOS workflows) are another kind of case, in `durable.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Protocol
 
 from lessons.common.database import connect
 
-from . import lesson04
+from . import lesson04, lesson08
 from .vacuum import Vacuum
 
 
@@ -139,5 +138,51 @@ class Lesson04:
     def serving(self, layout: Layout) -> Iterator[list[int]]:
         with lesson04.worker_processes(
             self.schema, processes=layout.processes, slots=layout.batch
+        ) as workers:
+            yield [worker.pid for worker in workers]
+
+
+class Lesson08:
+    """Lesson 08's worker, unchanged: woken by NOTIFY, polling every 5 s as its fallback."""
+
+    name = "lesson 08"
+    schema = "bench_notify_queue"
+    queue_tables = lesson08.QUEUE_TABLES
+    unfinished_sql = lesson04.UNFINISHED_SQL
+    first_start_sql = Lesson04.first_start_sql
+    latency_sql = Lesson04.latency_sql
+    producer = "lesson08"
+
+    def settings(self, layout: Layout) -> str:
+        plural = "es" if layout.processes > 1 else ""
+        return (
+            f"{layout.processes} worker process{plural} x {layout.batch} slots, "
+            f"LISTEN/NOTIFY, fallback poll {lesson08.POLL_INTERVAL:g} s"
+        )
+
+    def prepare(self, vacuum: Vacuum) -> None:
+        lesson08.prepare_schema(self.schema, vacuum)
+
+    @contextmanager
+    def draining(self, tasks: int, layout: Layout) -> Iterator[list[int]]:
+        # No need to freeze the workers: the INSERT's one notification, sent at its
+        # commit, wakes every idle worker at once on a queue that is already full.
+        with self._workers(layout) as pids, connect(schema=self.schema) as conn:
+            lesson04.enqueue_many(conn, tasks)
+            yield pids
+
+    @contextmanager
+    def serving(self, layout: Layout) -> Iterator[list[int]]:
+        with self._workers(layout) as pids:
+            yield pids
+
+    @contextmanager
+    def _workers(self, layout: Layout) -> Iterator[list[int]]:
+        with lesson08.worker_processes(
+            self.schema,
+            queues=[lesson04.QUEUE],
+            functions="benchmarks.noop",
+            processes=layout.processes,
+            slots=layout.batch,
         ) as workers:
             yield [worker.pid for worker in workers]

@@ -40,9 +40,14 @@ def compare_rows(rows: Sequence[Row]) -> None:
         if row.kind == "memory":
             row.comparison = f"memory {memory_verdict(row)}"
         elif row.kind == "latency" and not is_course(row):
-            ours = _find(rows, OURS, "latency", row.vacuum, case=row.case)
-            if ours is not None:
-                row.comparison = f"{OURS} p50 is {ratio(ours.p50, row.p50)} this"
+            row.comparison = "; ".join(
+                f"{ours.system} p50 is {ratio(ours.p50, row.p50)} this"
+                for ours in rows
+                if ours.kind == "latency"
+                and is_course(ours)
+                and ours.vacuum == row.vacuum
+                and ours.case == row.case
+            )
         elif row.kind == "ceiling":
             ours = _find(rows, OURS, "burn-down", row.vacuum, batch=row.batch)
             if ours is not None:
