@@ -163,7 +163,9 @@ class Worker:
             output = function(task.input)
         except BaseException as error:  # even SystemExit: a task is never left running
             log.info("task %d (%s) raised %r", task.id, task.display_name, error)
-            self.record_failure(task, error_document(type(error).__name__, str(error)))
+            self.record_failure(
+                task, error_document(type(error).__name__, exception_message(error))
+            )
             return
         problem = json_problem(output)
         if problem is not None:
@@ -214,6 +216,14 @@ def json_problem(value: Any) -> str | None:
     except (TypeError, ValueError) as error:
         return str(error)
     return None
+
+
+def exception_message(error: BaseException) -> str:
+    """`str(error)`, which runs the exception's own code and so can itself raise."""
+    try:
+        return str(error)
+    except Exception:
+        return f"(the message of this {type(error).__name__} could not be read)"
 
 
 def first_line(error: BaseException) -> str:

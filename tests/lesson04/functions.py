@@ -95,6 +95,19 @@ def import_report(input: dict[str, Any]) -> None:
     raise ValueError(f"cannot import {name}: no header line")
 
 
+class UnprintableError(Exception):
+    """An exception whose message cannot be read: its __str__ itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this message cannot be rendered")
+
+
+def raise_unprintable(input: dict[str, Any]) -> None:
+    """Fail with an exception whose str() raises."""
+    _record(input, "started")
+    raise UnprintableError()
+
+
 FUNCTIONS: dict[str, TaskFunction] = {
     "stall_on_first_attempt": stall_on_first_attempt,
     "always_fail": always_fail,
@@ -104,4 +117,5 @@ FUNCTIONS: dict[str, TaskFunction] = {
     "note_start": note_start,
     "return_at_gate": return_at_gate,
     "import_report": import_report,
+    "raise_unprintable": raise_unprintable,
 }

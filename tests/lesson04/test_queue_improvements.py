@@ -468,3 +468,24 @@ def test_an_error_message_holding_a_lone_surrogate_is_recorded_and_blocks_no_oth
         }
     }
     assert [attempt for attempt, _ in started(pool, failing)] == [1, 2]
+
+
+def test_an_exception_whose_message_cannot_be_read_still_fails_its_task_readably(
+    lesson_database: Callable[..., LessonDatabase],
+) -> None:
+    """str() of an exception runs the exception's own code, which can raise; the
+    attempt still ends in a recorded failure naming the exception's type."""
+    database = lesson_schema(lesson_database)
+    pool = database.pool
+    with local_worker(database):
+        with pool.connection() as conn:
+            task_id = enqueue(conn, "raise_unprintable", {"schema": database.schema}, max_retries=0)
+        task = wait_for_task(pool, task_id, timeout=20)
+
+    assert task.status == TaskStatus.FAILED
+    assert task.output == {
+        "error": {
+            "type": "UnprintableError",
+            "message": "(the message of this UnprintableError could not be read)",
+        }
+    }
