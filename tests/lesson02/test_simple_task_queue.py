@@ -209,6 +209,25 @@ def test_an_input_that_is_not_json_is_refused_at_enqueue_and_nothing_is_written(
     assert count_by_status(pool) == {}
 
 
+@pytest.mark.parametrize(
+    "input",
+    [
+        pytest.param({"text": "a\x00b"}, id="nul-character"),
+        pytest.param({"file": os.fsdecode(b"report-\xff.csv")}, id="lone-surrogate"),
+    ],
+)
+def test_json_that_jsonb_cannot_store_is_refused_at_enqueue_and_nothing_is_written(
+    lesson_database: Callable[..., LessonDatabase], input: Any
+) -> None:
+    """Valid JSON that jsonb refuses (U+0000, a lone surrogate) is refused by enqueue()
+    with the same kind of error as any bad input, a ValueError naming the task."""
+    pool = lesson_database(LESSON).pool
+    with pool.connection() as conn, pytest.raises(ValueError) as refused:
+        enqueue(conn, "make_report", input)
+    assert str(refused.value).startswith("the input of make_report cannot be stored: ")
+    assert count_by_status(pool) == {}
+
+
 def test_after_sigterm_the_worker_process_finishes_its_running_tasks_and_leaves_none_running(
     lesson_database: Callable[..., LessonDatabase], tmp_path: Path
 ) -> None:
