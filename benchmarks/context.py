@@ -55,6 +55,15 @@ def describe_context(outcome: Outcome, *, libraries: Sequence[str]) -> Context:
     for vacuum, note in outcome.vacuum_notes.items():
         lines.append((f"Vacuum, {vacuum.value}", f"{vacuum.describe()}; {note}"))
     lines.append(("Method", METHOD))
+    if outcome.repeated:
+        lines.append(
+            (
+                "Repeated runs",
+                "the server restarted (another process stopped it) during "
+                + "; ".join(outcome.repeated)
+                + ": each of those runs was run again once it was back",
+            )
+        )
     lines.append(("Duration", f"{outcome.seconds:.0f} s for the whole run"))
     return Context(lines)
 

@@ -3,6 +3,11 @@
 Every run of every case in a pass happens before the next run of any case, so a
 noisy minute on the machine hurts all systems alike instead of one of them: the
 ratios between systems are what the benchmarks are for.
+
+The embedded server is shared with the course's tests, and one of them (lesson 09's)
+stops and starts it. A run that fails because the server restarted under it is run
+again once the server is back (up to `RESTART_RETRIES` times), and the report says
+how many were; any other failure stops the benchmark.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
+
+from lessons.common.database import connect
 
 from .cases import burn_down, latency
 from .naptime import vacuum_pass
@@ -21,6 +29,8 @@ from .systems import Layout, QueueSystem
 from .vacuum import Vacuum
 
 ALL_PASSES = frozenset(Vacuum)
+RESTART_RETRIES = 2
+SERVER_WAIT = 120.0  # seconds
 
 
 class Case(Protocol):
@@ -128,6 +138,8 @@ class Outcome:
     # What the server-wide part of each vacuum setting was, in words.
     vacuum_notes: dict[Vacuum, str] = field(default_factory=dict)
     seconds: float = 0.0
+    # Runs that failed because the server restarted under them, and were run again.
+    repeated: list[str] = field(default_factory=list)
 
 
 def run_plan(cases: Sequence[Case], *, passes: Sequence[Vacuum], runs: int) -> Outcome:
@@ -141,11 +153,46 @@ def run_plan(cases: Sequence[Case], *, passes: Sequence[Vacuum], runs: int) -> O
             rows = [case.row(vacuum) for case in selected]
             for run in range(1, runs + 1):
                 for case, row in zip(selected, rows, strict=True):
-                    said = case.measure(vacuum, row)
+                    said = _measure(case, vacuum, row, outcome)
                     _say(f"   run {run}/{runs}  {row.system}, {row.case}, {row.settings}: {said}")
             outcome.rows.extend(rows)
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def _measure(case: Case, vacuum: Vacuum, row: Row, outcome: Outcome) -> str:
+    """`case.measure`, run again if the server restarted under it."""
+    for attempt in range(RESTART_RETRIES + 1):
+        started = _server_start_time()
+        try:
+            return case.measure(vacuum, row)
+        except Exception as error:
+            if attempt == RESTART_RETRIES or _wait_for_server() == started:
+                raise
+            what = f"{row.system}, {row.case}, {vacuum.value}"
+            _say(f"   the server restarted during {what} ({type(error).__name__}): again")
+            outcome.repeated.append(what)
+    raise AssertionError("unreachable")
+
+
+def _server_start_time() -> datetime | None:
+    try:
+        with connect() as conn:
+            row = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+    except Exception:
+        return None
+    return row[0] if row else None
+
+
+def _wait_for_server() -> datetime | None:
+    """Wait until the server accepts connections again; its start time (None: gave up)."""
+    deadline = time.monotonic() + SERVER_WAIT
+    while time.monotonic() < deadline:
+        started = _server_start_time()
+        if started is not None:
+            return started
+        time.sleep(1)
+    return None
 
 
 def _say(line: str) -> None:

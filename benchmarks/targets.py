@@ -135,12 +135,12 @@ def targets_section(rows: Sequence[Row]) -> str:
                 f"{ours.rate:,.0f} of {ceiling.rate:,.0f} tasks/s = {fraction:.0%}"
             )
     lines.append("")
-    lines.append("Lesson 04's worker memory stays flat over a 100,000-task burn-down:")
+    lines.append("The worker's memory stays flat over a 100,000-task burn-down:")
     for row in rows:
-        if row.kind == "memory" and row.system == OURS:
+        if row.kind == "memory" and is_course(row):
             flat = memory_verdict(row).startswith("flat")
             lines.append(
-                f"- {_verdict(flat)}: {row.case}, {row.settings}: peak "
+                f"- {_verdict(flat)}: {row.system}, {row.case}, {row.settings}: peak "
                 f"{(row.peak or 0) / 2**20:.1f} MiB, grew {(row.growth or 0) / 2**20:+.1f} MiB "
                 "from the first to the last quarter"
             )
