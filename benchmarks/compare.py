@@ -14,7 +14,7 @@ autovacuum on every system's queue tables:
    process: lesson 04 (polling), lesson 08 (LISTEN/NOTIFY) and PgQueuer (LISTEN/NOTIFY),
    stock pass only (a queue that holds a handful of tasks gives vacuum nothing to do,
    and the run stays under ten minutes);
-3. durable work: 2,000 orders (`process_order` of lessons 07 and 08, a durable task
+3. durable work: 2,000 orders (`process_order` of lessons 07-09, a durable task
    with two child tasks) against 2,000 DBOS workflows of two no-op steps, enqueued on
    DBOS's queue and started directly, on as many worker processes running as many at
    once;
@@ -37,7 +37,14 @@ from pathlib import Path
 from lessons.common.database import DatabaseUnavailable
 
 from .context import describe_context, write_markdown
-from .durable import DurableCase, DurableLayout, DurableSystem, Lesson07Orders, Lesson08Orders
+from .durable import (
+    DurableCase,
+    DurableLayout,
+    DurableSystem,
+    Lesson07Orders,
+    Lesson08Orders,
+    Lesson09Orders,
+)
 from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
 from .report import Row, text_table
 from .systems import Layout, Lesson04, Lesson08, QueueSystem
@@ -65,10 +72,9 @@ def course_systems() -> list[QueueSystem]:
 
 
 def course_durable_systems() -> list[DurableSystem]:
-    """The course's durable workers under test. Lesson 09's (parents give their slot back
-    while they wait) joins here: a `DurableSystem` (benchmarks/durable.py) running
-    lesson 09's `process_order` on its own worker processes."""
-    return [Lesson07Orders(), Lesson08Orders()]
+    """The course's durable workers under test: polling (07), woken by notifications (08),
+    and parents suspended while they wait, their slot given back (09)."""
+    return [Lesson07Orders(), Lesson08Orders(), Lesson09Orders()]
 
 
 def durable_cases(options: argparse.Namespace) -> list[Case]:

@@ -12,30 +12,36 @@ directly, are started by the workers themselves; the rate runs from the first
 order's start, as the system records it, to the moment a poll finds all N done,
 both on the database's clock (`measure.watch_burn_down`).
 
-Lessons 07 and 08 are `LessonOrders` here; lesson 09's workers (a parent waiting for
-its child gives its slot back) become one more, listed in
-`compare.course_durable_systems()`.
+Lessons 07, 08 and 09 are `LessonOrders` here, listed in
+`compare.course_durable_systems()`; a later lesson's workers join the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+import lessons.lesson09_durable_sleep as lesson09
 from lessons.common.database import connect, reset_schema
 from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson09_durable_sleep.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
+from lessons.lesson09_durable_sleep.worker_process import WorkerProcess as Lesson09WorkerProcess
 
 from . import durable_orders, lesson04, lesson08
 from .measure import BurnDown, watch_burn_down
 from .plan import ALL_PASSES
+from .processes import start_together
 from .report import Row
 from .vacuum import Vacuum, apply_vacuum
 
 KIND = "durable"
-# Lesson 08's own process_order, charge_payment and send_confirmation_email.
+# Each lesson's own process_order, charge_payment and send_confirmation_email.
 LESSON08_TASKS = "lessons.lesson08_listen_notify.tasks"
+LESSON09_TASKS = "lessons.lesson09_durable_sleep.tasks"
+LESSON09_DIRECTORY = Path(lesson09.__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,56 @@ class Lesson08Orders(LessonOrders):
             slots=layout.concurrency,
         ) as workers:
             yield [worker.pid for worker in workers]
+
+
+class Lesson09Orders(LessonOrders):
+    """Lesson 09's workers, unchanged: a parent waiting for its child is suspended.
+
+    It gives its slot back while it waits, and the child's end makes it runnable
+    again; so parents and children share one queue, `orders`, and each worker
+    process has `concurrency` slots in all (lessons 07 and 08 have that many per
+    queue, for parents and for children). Woken by NOTIFY, polling every 5 s as the
+    fallback, as in lesson 08.
+    """
+
+    name = "lesson 09"
+    schema = "bench_durable_suspend"
+    # A parent waiting for its child, or woken and not yet claimed again, is suspended.
+    unfinished_sql = (
+        f"{lesson04.UNFINISHED_SQL} OR EXISTS (SELECT FROM tasks WHERE status = 'suspended')"
+    )
+
+    def settings(self, layout: DurableLayout) -> str:
+        return (
+            f"{_processes(layout)} x {layout.concurrency} slots (one queue; a waiting parent "
+            f"is suspended), LISTEN/NOTIFY, fallback poll {lesson08.POLL_INTERVAL:g} s"
+        )
+
+    def reset_schema(self) -> None:
+        reset_schema(self.schema, LESSON09_DIRECTORY / "sql" / "schema.sql")
+
+    @contextmanager
+    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
+        with ExitStack() as stack:
+            workers = [
+                stack.enter_context(
+                    Lesson09WorkerProcess(
+                        schema=self.schema,
+                        queues=[LESSON09_ORDERS_QUEUE],
+                        functions=LESSON09_TASKS,
+                        slots=layout.concurrency,
+                        poll_interval=lesson08.POLL_INTERVAL,
+                        listen=True,
+                    )
+                )
+                for _ in range(layout.processes)
+            ]
+            start_together([worker.start for worker in workers])
+            try:
+                yield [worker.pid for worker in workers]
+            finally:
+                for worker in workers:
+                    worker.stop()
 
 
 def _processes(layout: DurableLayout) -> str:
