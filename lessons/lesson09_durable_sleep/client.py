@@ -54,18 +54,22 @@ def enqueue(
         json.dumps(input, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValueError(f"the input of {task_name} is not JSON: {error}") from error
-    task = Querier(conn).create_task(
-        queue=queue,
-        task_name=task_name,
-        display_name=display_name or task_name,
-        input_=input,
-        priority=priority,
-        max_retries=max_retries,
-        execution_timeout_seconds=execution_timeout,
-        schedule_timeout_seconds=schedule_timeout,
-        durable=durable,
-        parent_id=None,  # only a durable task's context spawns children
-    )
+    try:
+        task = Querier(conn).create_task(
+            queue=queue,
+            task_name=task_name,
+            display_name=display_name or task_name,
+            input_=input,
+            priority=priority,
+            max_retries=max_retries,
+            execution_timeout_seconds=execution_timeout,
+            schedule_timeout_seconds=schedule_timeout,
+            durable=durable,
+            parent_id=None,  # only a durable task's context spawns children
+        )
+    except psycopg.DataError as error:
+        # JSON that jsonb still refuses: a string holding U+0000 or a lone surrogate.
+        raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
     if task is None:  # INSERT ... RETURNING always returns the row
         raise RuntimeError(f"enqueueing {task_name} returned no row")
     return task.id

@@ -264,5 +264,13 @@ def error_document(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": storable}}
 
 
+def exception_message(error: BaseException) -> str:
+    """`str(error)`, which runs the exception's own code and so can itself raise."""
+    try:
+        return str(error)
+    except Exception:
+        return f"(the message of this {type(error).__name__} could not be read)"
+
+
 def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

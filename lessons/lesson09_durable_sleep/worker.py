@@ -70,7 +70,13 @@ from .durable import (
     TaskSuspended,
 )
 from .listener import Listener
-from .result_writer import AttemptOutcome, ResultWriter, error_document, wake_parents
+from .result_writer import (
+    AttemptOutcome,
+    ResultWriter,
+    error_document,
+    exception_message,
+    wake_parents,
+)
 
 log = logging.getLogger(__name__)
 
@@ -456,13 +462,17 @@ class Worker:
             ) as error:
                 log.info("task %d (%s) failed for good: %r", task.id, task.display_name, error)
                 self.record_failure(
-                    task, error_document(type(error).__name__, str(error)), retryable=False
+                    task,
+                    error_document(type(error).__name__, exception_message(error)),
+                    retryable=False,
                 )
                 return
             except BaseException as error:  # even SystemExit: a task is never left running
                 log.info("task %d (%s) raised %r", task.id, task.display_name, error)
                 self.record_failure(
-                    task, error_document(type(error).__name__, str(error)), retryable=True
+                    task,
+                    error_document(type(error).__name__, exception_message(error)),
+                    retryable=True,
                 )
                 return
         crash_point(f"task_returned:{task.task_name}")
