@@ -15,7 +15,29 @@ import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 from .report import Row
 from .vacuum import Vacuum
 
-COLOURS = ("#1f77b4", "#ff7f0e", "#ffbb78", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b")
+# One colour per system, the same in every panel: the course's lessons in blues and
+# greens, the peers in warm colours, the ceiling in grey.
+SYSTEM_COLOURS = {
+    "lesson 04": "#1f77b4",
+    "lesson 07": "#17becf",
+    "lesson 08": "#2ca02c",
+    "lesson 09": "#98df8a",
+    "PgQueuer": "#ff7f0e",
+    "PgQueuer (5 consumers in 1 process)": "#ffbb78",
+    "Procrastinate": "#9467bd",
+    "DBOS (queue)": "#d62728",
+    "DBOS (started directly)": "#ff9896",
+    "pgbench ceiling": "#7f7f7f",
+}
+OTHER_COLOURS = ("#8c564b", "#e377c2", "#bcbd22", "#c49c94")
+# Log-scale panels leave this much room above the tallest bar for the legend.
+LEGEND_ROOM = 12
+
+
+def colour(system: str) -> str:
+    if system in SYSTEM_COLOURS:
+        return SYSTEM_COLOURS[system]
+    return OTHER_COLOURS[sum(map(ord, system)) % len(OTHER_COLOURS)]
 
 
 def draw_chart(rows: Sequence[Row], path: Path) -> None:
@@ -23,13 +45,21 @@ def draw_chart(rows: Sequence[Row], path: Path) -> None:
     latency_rows = [row for row in rows if row.kind == "latency" and row.vacuum is Vacuum.STOCK]
     durable_rows = [row for row in rows if row.kind == "durable" and row.rate]
     panels = len(passes) + (1 if latency_rows else 0) + (1 if durable_rows else 0)
-    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5.5), squeeze=False)
-    for axis, vacuum in zip(axes[0], passes, strict=False):
+    columns = min(2, panels)
+    lines = -(-panels // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(7.5 * columns, 6 * lines), squeeze=False)
+    cells = [axis for line in axes for axis in line]
+    for axis, vacuum in zip(cells, passes, strict=False):
         _throughput(axis, [row for row in rows if row.vacuum is vacuum], vacuum)
+    next_cell = len(passes)
     if latency_rows:
-        _latency(axes[0][len(passes)], latency_rows)
+        _latency(cells[next_cell], latency_rows)
+        next_cell += 1
     if durable_rows:
-        _durable(axes[0][-1], durable_rows)
+        _durable(cells[next_cell], durable_rows)
+        next_cell += 1
+    for axis in cells[next_cell:]:
+        axis.set_visible(False)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -56,12 +86,14 @@ def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
             row for row in measured if row.system == system and row.case.split()[-1] != usual_count
         ]
         label = f"{system} ({odd[0].settings}, {odd[0].case})" if odd else system
-        bars = axis.bar(positions, heights, width, label=label, color=COLOURS[index % len(COLOURS)])
+        bars = axis.bar(positions, heights, width, label=label, color=colour(system))
         axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7, rotation=90)
     others = [row for row in measured if row.batch not in batches]
     for offset, row in enumerate(others):
         position = len(batches) + offset
-        bars = axis.bar([position], [row.rate], width * 2, color="#d62728", label=row.system)
+        bars = axis.bar(
+            [position], [row.rate], width * 2, color=colour(row.system), label=row.system
+        )
         axis.bar_label(bars, labels=[f"{row.rate:,.0f}"], fontsize=7, rotation=90)
     ticks = [group + 0.4 - width / 2 for group in range(len(batches))]
     labels = [f"batch {batch}" for batch in batches]
@@ -69,6 +101,7 @@ def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
     labels += [f"{row.system}\n{row.settings.split(', ')[-1]}" for row in others]
     axis.set_xticks(ticks, labels)
     axis.set_yscale("log")
+    axis.set_ylim(top=max(row.rate or 0 for row in measured) * LEGEND_ROOM)
     axis.set_ylabel("no-op tasks per second (log scale)")
     axis.set_title(f"Burn-down, {vacuum.value} autovacuum")
     axis.legend(fontsize=7, loc="upper left")
@@ -80,8 +113,14 @@ def _latency(axis: Any, rows: Sequence[Row]) -> None:
     positions = list(range(len(rows)))
     p50 = [(row.p50 or 0) * 1000 for row in rows]
     p99 = [(row.p99 or 0) * 1000 for row in rows]
-    axis.bar([p - 0.2 for p in positions], p50, 0.4, label="p50", color=COLOURS[0])
-    axis.bar([p + 0.2 for p in positions], p99, 0.4, label="p99", color=COLOURS[1])
+    axis.bar([p - 0.2 for p in positions], p50, 0.4, label="p50", color="#1f77b4")
+    axis.bar([p + 0.2 for p in positions], p99, 0.4, label="p99", color="#ff7f0e")
+    for position, low, high in zip(positions, p50, p99, strict=True):
+        axis.annotate(f"{low:.1f}", (position - 0.2, low), ha="center", va="bottom", fontsize=7)
+        axis.annotate(f"{high:.1f}", (position + 0.2, high), ha="center", va="bottom", fontsize=7)
+    # Lesson 08's targets.
+    axis.axhline(2, color="#1f77b4", linestyle="--", linewidth=0.8, label="p50 target, 2 ms")
+    axis.axhline(10, color="#ff7f0e", linestyle="--", linewidth=0.8, label="p99 target, 10 ms")
     axis.set_xticks(positions, labels, fontsize=8)
     axis.set_yscale("log")
     axis.set_ylabel("enqueue to start, ms (log scale)")
@@ -107,7 +146,7 @@ def _durable(axis: Any, rows: Sequence[Row]) -> None:
             heights,
             width,
             label=f"{system} ({settings})",
-            color=COLOURS[index % len(COLOURS)],
+            color=colour(system),
         )
         axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7)
     axis.set_xticks(

@@ -14,8 +14,8 @@ autovacuum on every system's queue tables:
    process: lesson 04 (polling), lesson 08 (LISTEN/NOTIFY) and PgQueuer (LISTEN/NOTIFY),
    stock pass only (a queue that holds a handful of tasks gives vacuum nothing to do,
    and the run stays under ten minutes);
-3. durable work: 2,000 orders (`process_order` of lessons 07-09, a durable task
-   with two child tasks) against 2,000 DBOS workflows of two no-op steps, enqueued on
+3. durable work: 1,500 orders (`process_order` of lessons 07-09, a durable task
+   with two child tasks) against 1,500 DBOS workflows of two no-op steps, enqueued on
    DBOS's queue and started directly, on as many worker processes running as many at
    once;
 4. the workers' peak memory over a 100,000-task burn-down (stock pass only).
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--orders",
         type=int,
-        default=2_000,
+        default=1_500,
         help="orders (DBOS: workflows) per durable run, 0 to skip",
     )
     parser.add_argument("--durable-processes", type=int, default=2, help="worker processes")

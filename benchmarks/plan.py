@@ -153,8 +153,13 @@ def run_plan(cases: Sequence[Case], *, passes: Sequence[Vacuum], runs: int) -> O
             rows = [case.row(vacuum) for case in selected]
             for run in range(1, runs + 1):
                 for case, row in zip(selected, rows, strict=True):
+                    began = time.monotonic()
                     said = _measure(case, vacuum, row, outcome)
-                    _say(f"   run {run}/{runs}  {row.system}, {row.case}, {row.settings}: {said}")
+                    took = time.monotonic() - began
+                    _say(
+                        f"   run {run}/{runs}  {row.system}, {row.case}, {row.settings}: {said}"
+                        f" ({took:.0f} s)"
+                    )
             outcome.rows.extend(rows)
     outcome.seconds = time.monotonic() - started
     return outcome
