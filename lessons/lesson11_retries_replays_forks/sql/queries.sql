@@ -1,0 +1,549 @@
+-- name: CreateTask :one
+-- Timeouts arrive in seconds (NULL: no limit); the schedule deadline is counted
+-- from now, on the database's clock, like every other time in this schema.
+-- The insert notifies the queue's channel (a trigger, see schema.sql).
+INSERT INTO tasks (
+    queue, task_name, display_name, input,
+    priority, max_retries, execution_timeout, schedule_deadline, durable, parent_id
+)
+VALUES (
+    sqlc.arg(queue), sqlc.arg(task_name), sqlc.arg(display_name), sqlc.arg(input),
+    sqlc.arg(priority), sqlc.arg(max_retries),
+    sqlc.narg(execution_timeout_seconds)::double precision * interval '1 second',
+    now() + sqlc.narg(schedule_timeout_seconds)::double precision * interval '1 second',
+    sqlc.arg(durable), sqlc.narg(parent_id)
+)
+RETURNING *;
+
+-- name: ClaimTasks :many
+-- Take up to max_tasks tasks, highest priority first and oldest first within a
+-- priority, and run each on this worker, in one statement. Two kinds of task
+-- can be taken: a queued one, which starts a new attempt, and a suspended one
+-- whose wake-up time has come, which goes on with the attempt it suspended
+-- (suspending is not failing: it costs no retry). Each kind is found by its
+-- own index, up to max_tasks of each; the best max_tasks of both are taken.
+-- FOR UPDATE locks the chosen rows until the UPDATE commits; SKIP LOCKED makes
+-- a concurrent claim pass over rows another worker is taking instead of
+-- waiting for them, so two workers never get the same task.
+WITH to_start AS (
+    SELECT queued.id, queued.priority
+    FROM tasks AS queued
+    WHERE queued.queue = sqlc.arg(queue) AND queued.status = 'queued'
+      -- Too late to start: the schedule-timeout sweep will fail it.
+      AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
+    ORDER BY queued.priority DESC, queued.id
+    LIMIT sqlc.arg(max_tasks)
+    FOR UPDATE SKIP LOCKED
+),
+to_resume AS (
+    SELECT suspended.id, suspended.priority
+    FROM tasks AS suspended
+    WHERE suspended.queue = sqlc.arg(queue) AND suspended.status = 'suspended'
+      AND suspended.wake_at <= now()
+    ORDER BY suspended.wake_at
+    LIMIT sqlc.arg(max_tasks)
+    FOR UPDATE SKIP LOCKED
+),
+claimable AS (
+    SELECT id, priority FROM to_start
+    UNION ALL
+    SELECT id, priority FROM to_resume
+    ORDER BY priority DESC, id
+    LIMIT sqlc.arg(max_tasks)
+)
+UPDATE tasks
+SET status = 'running',
+    -- On the right of SET, status is the value before this UPDATE.
+    attempt = CASE WHEN status = 'suspended' THEN attempt ELSE attempt + 1 END,
+    worker_id = sqlc.arg(worker_id)::bigint,
+    started_at = now(),
+    schedule_deadline = NULL,
+    wake_at = NULL
+WHERE id IN (SELECT id FROM claimable)
+RETURNING *;
+
+-- name: FinishAttempts :many
+-- Record how attempts ended, many in one statement: completed with an output,
+-- or failed with an error document, in which case the task goes back to the
+-- queue when the error is retryable and retries are left. Outputs arrive as
+-- JSON text.
+--
+-- Fenced: a row changes only while this worker still owns that attempt, that
+-- is, the task is running, on this worker, at this attempt. A worker that was
+-- presumed dead and comes back cannot overwrite the work of the worker that
+-- took over. The rows returned are the attempts recorded; any other was
+-- rejected.
+UPDATE tasks
+SET status = CASE
+        WHEN finished.succeeded THEN 'completed'::task_status
+        WHEN finished.retryable
+            AND tasks.attempt - tasks.attempts_before_replay <= tasks.max_retries
+            THEN 'queued'::task_status
+        ELSE 'failed'::task_status
+    END,
+    output = finished.output::jsonb
+FROM (
+    -- Parallel arrays, one element per attempt, turned into rows.
+    SELECT
+        unnest(sqlc.arg(ids)::bigint[]) AS id,
+        unnest(sqlc.arg(attempts)::integer[]) AS attempt,
+        unnest(sqlc.arg(succeeded)::boolean[]) AS succeeded,
+        unnest(sqlc.arg(retryable)::boolean[]) AS retryable,
+        unnest(sqlc.arg(outputs)::text[]) AS output
+) AS finished
+WHERE tasks.id = finished.id
+  AND tasks.attempt = finished.attempt
+  AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+  AND tasks.status = 'running'
+RETURNING tasks.id, tasks.attempt, tasks.status, tasks.parent_id;
+
+-- name: SuspendTask :one
+-- End this run of an attempt without ending the attempt: the task leaves its
+-- worker, and waits until wake_at (NULL: until a child of it finishes). The
+-- claim takes it again when that time comes, and the attempt goes on.
+--
+-- Fenced, like FinishAttempts: only while this worker still owns the attempt.
+-- No row comes back when it does not.
+UPDATE tasks
+SET status = 'suspended',
+    wake_at = sqlc.narg(wake_at)
+WHERE id = sqlc.arg(id)
+  AND attempt = sqlc.arg(attempt)
+  AND worker_id = sqlc.arg(worker_id)::bigint
+  AND status = 'running'
+RETURNING *;
+
+-- name: WakeTasks :many
+-- Make these suspended tasks runnable now: wake_at becomes now (or stays, if
+-- it is sooner). They are the parents of children that just finished, and
+-- this runs in the transaction that finished the children, so that no child
+-- finishes without waking its parent. A task woken while it waits for
+-- something else (a sleep, another child) replays, finds it is still waiting,
+-- and suspends again: a wake-up says "look again", not "it is over". The new
+-- wake_at notifies the task's queue (a trigger, see schema.sql).
+--
+-- Every one of these rows is locked first, whatever its status: a parent that
+-- is suspending right now holds its row until it commits, and this waits for
+-- it, and then reads the status it committed (FOR UPDATE reads the newest
+-- version of a row it waited for). Reading the status without the lock would
+-- see "running", pass the parent over, and leave it suspended for ever (see
+-- wait_for_child in durable.py). The rows are locked in the order of their
+-- ids, so two transactions that wake the same tasks never wait for each other
+-- in a circle (deadlock).
+WITH locked AS (
+    SELECT id, status
+    FROM tasks
+    WHERE id = ANY(sqlc.arg(ids)::bigint[])
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE tasks
+SET wake_at = least(tasks.wake_at, now())
+FROM locked
+WHERE tasks.id = locked.id AND locked.status = 'suspended'
+RETURNING tasks.id, tasks.queue;
+
+-- name: SecondsUntilNextWakeUp :one
+-- How long until the next suspended task of this queue is due, on the
+-- database's clock: 0 when one is due already, and at most max_seconds (also
+-- when none waits for a time: least() ignores NULL).
+SELECT greatest(0, least(
+    sqlc.arg(max_seconds)::double precision,
+    extract(epoch FROM min(wake_at) - now())::double precision
+))::double precision AS seconds
+FROM tasks
+WHERE queue = sqlc.arg(queue) AND status = 'suspended';
+
+-- name: GetTask :one
+SELECT * FROM tasks
+WHERE id = sqlc.arg(id);
+
+-- name: ListTasks :many
+SELECT * FROM tasks
+ORDER BY id;
+
+-- name: CountTasksByStatus :many
+SELECT status, count(*) AS tasks
+FROM tasks
+GROUP BY status;
+
+-- name: RegisterWorker :one
+INSERT INTO workers (name, queue, slots)
+VALUES (sqlc.arg(name), sqlc.arg(queue), sqlc.arg(slots))
+RETURNING *;
+
+-- name: RecordHeartbeat :exec
+UPDATE workers
+SET last_heartbeat_at = now()
+WHERE id = sqlc.arg(id);
+
+-- name: MarkWorkerStopped :exec
+UPDATE workers
+SET stopped_at = now()
+WHERE id = sqlc.arg(id);
+
+-- name: ListOwnedAttempts :many
+-- The attempts this worker still owns. One it is running but that is missing
+-- here was taken from it (timed out, or reassigned while it looked dead).
+SELECT id, attempt
+FROM tasks
+WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
+
+-- name: TimeOutQueuedTasks :many
+-- Fail the tasks that were not started by their schedule deadline.
+--
+-- This sweep and the next two are run by every live worker on every heartbeat.
+-- Each is one statement that locks the rows it changes with SKIP LOCKED, so two
+-- workers sweeping at once never handle the same task twice, and a row being
+-- claimed or finished right now is left for the next sweep.
+WITH expired AS (
+    SELECT waiting.id
+    FROM tasks AS waiting
+    WHERE waiting.status = 'queued' AND waiting.schedule_deadline <= now()
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks
+SET status = 'failed',
+    output = jsonb_build_object('error', jsonb_build_object(
+        'type', 'ScheduleTimeout',
+        'message', format(
+            'not started within %s s of being enqueued',
+            extract(epoch FROM schedule_deadline - inserted_at)::double precision
+        )
+    ))
+WHERE id IN (SELECT id FROM expired)
+RETURNING *;
+
+-- name: TimeOutRunningTasks :many
+-- End the attempts that have run longer than their task's execution timeout:
+-- back to the queue when retries are left, failed otherwise.
+WITH overdue AS (
+    SELECT running.id
+    FROM tasks AS running
+    WHERE running.status = 'running'
+      AND running.started_at + running.execution_timeout <= now()
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks
+SET status = CASE
+        WHEN attempt - attempts_before_replay <= max_retries THEN 'queued'::task_status
+        ELSE 'failed'::task_status
+    END,
+    output = jsonb_build_object('error', jsonb_build_object(
+        'type', 'ExecutionTimeout',
+        'message', format(
+            'attempt %s ran longer than its execution timeout of %s s',
+            attempt,
+            extract(epoch FROM execution_timeout)::double precision
+        )
+    ))
+WHERE id IN (SELECT id FROM overdue)
+RETURNING *;
+
+-- name: ReassignTasksOfLostWorkers :many
+-- End the attempts of workers whose last heartbeat is older than the inactivity
+-- threshold: back to the queue when retries are left, failed otherwise. A task
+-- that kills every worker that runs it must not kill them forever, so a lost
+-- attempt counts like any failed one.
+WITH lost AS (
+    SELECT running.id
+    FROM tasks AS running
+    JOIN workers ON workers.id = running.worker_id
+    WHERE running.status = 'running'
+      AND workers.last_heartbeat_at
+          < now() - sqlc.arg(inactivity_threshold_seconds)::double precision * interval '1 second'
+    FOR UPDATE OF running SKIP LOCKED
+)
+UPDATE tasks
+SET status = CASE
+        WHEN attempt - attempts_before_replay <= max_retries THEN 'queued'::task_status
+        ELSE 'failed'::task_status
+    END,
+    output = jsonb_build_object('error', jsonb_build_object(
+        'type', 'WorkerLost',
+        'message', format('worker %s stopped heartbeating during attempt %s', worker_id, attempt)
+    ))
+WHERE id IN (SELECT id FROM lost)
+RETURNING *;
+
+-- name: AppendEvent :one
+-- Add the next event to a durable task's history. A sleep's wake-up time, or a
+-- wait's deadline, is computed here, from the database's clock:
+-- now + wake_after_seconds (NULL for every other kind of event).
+--
+-- Fenced, like FinishAttempts: the row is written only while this worker still
+-- owns this attempt. No row comes back when it does not, and the durable
+-- function must stop: another worker has taken the task over, and is writing
+-- the history now.
+--
+-- FOR SHARE matters. Without it the check would read the task without locking
+-- it, and a sweep could give the attempt away between the check and our
+-- commit: the event would land in the history of an attempt that is no longer
+-- ours. With the lock, a sweep that comes while the event is being written
+-- skips the task (SKIP LOCKED) until its next round, and one that came first
+-- makes the check fail.
+INSERT INTO task_events (
+    task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt
+)
+SELECT
+    sqlc.arg(task_id)::bigint,
+    sqlc.arg(event_number)::integer,
+    sqlc.arg(kind)::event_kind,
+    sqlc.arg(name)::text,
+    sqlc.arg(input)::jsonb,
+    sqlc.arg(key)::text,
+    sqlc.narg(output)::jsonb,
+    sqlc.narg(child_task_id)::bigint,
+    now() + sqlc.narg(wake_after_seconds)::double precision * interval '1 second',
+    sqlc.arg(attempt)::integer
+WHERE EXISTS (
+    SELECT 1
+    FROM tasks
+    WHERE tasks.id = sqlc.arg(task_id)::bigint
+      AND tasks.attempt = sqlc.arg(attempt)::integer
+      AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+      AND tasks.status = 'running'
+    FOR SHARE
+)
+RETURNING *;
+
+-- name: ListTaskEvents :many
+-- A durable task's history, in the order it was written.
+SELECT * FROM task_events
+WHERE task_id = sqlc.arg(task_id)
+ORDER BY event_number;
+
+-- Replays and forks: an operator runs a finished durable task again (see
+-- reruns.py, which checks what may be replayed or forked, and history_tool.py).
+
+-- name: LockTask :one
+-- A task, locked until the end of the transaction: two replays or forks of
+-- the same task wait for each other, so a fork never copies a history that a
+-- replay is deleting.
+SELECT * FROM tasks
+WHERE id = sqlc.arg(id)
+FOR UPDATE;
+
+-- name: ReplayTask :one
+-- Put a finished task back on the queue, to run from scratch with a fresh
+-- retry budget. Its attempt number keeps counting (see attempts_before_replay).
+-- The caller deletes its history in the same transaction. Back on the queue,
+-- it notifies its queue's channel (a trigger, see schema.sql).
+UPDATE tasks
+SET status = 'queued',
+    output = NULL,
+    wake_at = NULL,
+    attempts_before_replay = attempt
+WHERE id = sqlc.arg(id) AND status IN ('completed', 'failed')
+RETURNING *;
+
+-- name: DeleteEventWaits :execrows
+-- A replay deletes a task's waits first: they belong to its events.
+DELETE FROM event_waits
+WHERE task_id = sqlc.arg(task_id);
+
+-- name: DeleteTaskEvents :many
+-- A replay's other half: the history goes, all of it. What it held comes back,
+-- so that the operator can be told which children the next run leaves behind.
+DELETE FROM task_events
+WHERE task_id = sqlc.arg(task_id)
+RETURNING *;
+
+-- name: CreateFork :one
+-- A new task that runs the same durable function on the same input as the
+-- source task, queued, and says where it came from. It is nobody's child (no
+-- parent_id): it was enqueued by an operator. The caller copies the source's
+-- events before at_event into it in the same transaction, so that no worker
+-- can claim the fork before its history is there. The insert notifies the
+-- queue's channel (a trigger, see schema.sql).
+INSERT INTO tasks (
+    queue, task_name, display_name, input, priority, max_retries, execution_timeout,
+    durable, forked_from_task_id, forked_at_event
+)
+SELECT
+    queue, task_name, display_name, input, priority, max_retries, execution_timeout,
+    durable, id, sqlc.arg(at_event)::integer
+FROM tasks
+WHERE id = sqlc.arg(source_task_id)::bigint
+RETURNING *;
+
+-- name: CopyEvents :execrows
+-- Copy the events of one task before before_event into another task's history,
+-- as they are: same numbers, keys, outputs, children and wake-up times, so that
+-- the other task replays them and reuses those children. Each copy remembers
+-- the task that first recorded it.
+INSERT INTO task_events (
+    task_id, event_number, kind, name, input, key, output, child_task_id, wake_at,
+    attempt, recorded_at, copied_from_task_id
+)
+SELECT
+    sqlc.arg(to_task_id)::bigint, event_number, kind, name, input, key, output, child_task_id,
+    wake_at, attempt, recorded_at, coalesce(copied_from_task_id, task_id)
+FROM task_events
+WHERE task_id = sqlc.arg(from_task_id)::bigint
+  AND event_number < sqlc.arg(before_event)::integer;
+
+-- name: CopyEventWaits :execrows
+-- The waits of the events CopyEvents copied, ended as they are: the fork's
+-- replay of a wait reads the same outcome, the same external event, as the
+-- source's did.
+INSERT INTO event_waits (task_id, event_number, key, timeout_at, external_event_id, ended_at)
+SELECT
+    sqlc.arg(to_task_id)::bigint, event_number, key, timeout_at, external_event_id, ended_at
+FROM event_waits
+WHERE task_id = sqlc.arg(from_task_id)::bigint
+  AND event_number < sqlc.arg(before_event)::integer;
+
+-- name: ListHistory :many
+-- A task's history as history_tool shows it: each event with its child's status.
+SELECT
+    event.event_number, event.kind, event.name, event.key, event.attempt,
+    event.recorded_at, event.wake_at, event.copied_from_task_id, event.child_task_id,
+    child.status AS child_status
+FROM task_events AS event
+LEFT JOIN tasks AS child ON child.id = event.child_task_id
+WHERE event.task_id = sqlc.arg(task_id)
+ORDER BY event.event_number;
+
+-- name: ListForks :many
+SELECT * FROM tasks
+WHERE forked_from_task_id = sqlc.arg(task_id)::bigint
+ORDER BY id;
+
+-- name: ListRecentTasks :many
+-- The newest tasks first, with their age on the database's clock.
+SELECT
+    id, task_name, status, attempt, durable, forked_from_task_id, forked_at_event,
+    extract(epoch FROM now() - inserted_at)::double precision AS age_seconds
+FROM tasks
+ORDER BY id DESC
+LIMIT sqlc.arg(max_tasks);
+
+-- name: NotificationChannels :one
+-- The channels this schema's triggers notify (see schema.sql), named after the
+-- schema: a listener must LISTEN on exactly these names.
+SELECT
+    current_schema()::text AS schema_name,
+    (current_schema() || '.task_queued')::text AS task_queued;
+
+-- name: OpenWait :exec
+-- Record that this wait is open, in the transaction that appends its event.
+INSERT INTO event_waits (task_id, event_number, key, timeout_at)
+VALUES (sqlc.arg(task_id), sqlc.arg(event_number), sqlc.arg(key), sqlc.arg(timeout_at));
+
+-- name: GetWaitForShare :one
+-- A wait, with the payload of the event that ended it, if one did. Locked until
+-- this transaction ends, so that no push can end it between the waiting task
+-- looking at it and suspending: the push waits, then finds the task suspended,
+-- and wakes it (the lost wake-up of lesson 09, see WakeTasks).
+SELECT
+    event_waits.task_id,
+    event_waits.event_number,
+    event_waits.key,
+    event_waits.timeout_at,
+    event_waits.external_event_id,
+    event_waits.ended_at,
+    external_events.payload
+FROM event_waits
+LEFT JOIN external_events ON external_events.id = event_waits.external_event_id
+WHERE event_waits.task_id = sqlc.arg(task_id)
+  AND event_waits.event_number = sqlc.arg(event_number)
+FOR SHARE OF event_waits;
+
+-- name: TimeOutWait :one
+-- End an open wait whose deadline has passed, with no event. Fenced, like
+-- AppendEvent: only the worker that owns the waiting task's attempt ends it.
+UPDATE event_waits
+SET ended_at = now()
+WHERE event_waits.task_id = sqlc.arg(task_id)::bigint
+  AND event_waits.event_number = sqlc.arg(event_number)::integer
+  AND event_waits.ended_at IS NULL
+  AND EXISTS (
+      SELECT 1
+      FROM tasks
+      WHERE tasks.id = sqlc.arg(task_id)::bigint
+        AND tasks.attempt = sqlc.arg(attempt)::integer
+        AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+        AND tasks.status = 'running'
+      FOR SHARE
+  )
+RETURNING *;
+
+-- name: PushEvent :one
+-- An external event arrives. DeliverEvent, in the same transaction, ends the
+-- waits it is for.
+INSERT INTO external_events (key, payload)
+VALUES (sqlc.arg(key), sqlc.arg(payload))
+RETURNING *;
+
+-- name: DeliverEvent :many
+-- End, with this event, every open wait for its key whose deadline has not
+-- passed, and return the waiting tasks, to be woken. Which waits are open is
+-- what this statement sees when it begins: a wait recorded after that does
+-- not see this event. The rows are locked in order, and a push that finds a
+-- wait locked by another push waits for it, then finds it ended and leaves it
+-- alone: of two events pushed at once, exactly one ends the wait.
+WITH open_waits AS (
+    SELECT task_id, event_number
+    FROM event_waits
+    WHERE key = sqlc.arg(key)::text AND ended_at IS NULL AND timeout_at > now()
+    ORDER BY task_id, event_number
+    FOR UPDATE
+)
+UPDATE event_waits
+SET external_event_id = sqlc.arg(external_event_id)::bigint,
+    ended_at = now()
+FROM open_waits
+WHERE event_waits.task_id = open_waits.task_id
+  AND event_waits.event_number = open_waits.event_number
+RETURNING event_waits.task_id;
+
+-- name: ListExternalEvents :many
+SELECT * FROM external_events
+ORDER BY id;
+
+-- name: ListEventWaits :many
+SELECT * FROM event_waits
+ORDER BY task_id, event_number;
+
+-- The example's queries: what charge_payment and send_confirmation_email do.
+
+-- name: RecordCharge :one
+-- Charge, unless this task has charged already: then no row comes back, and
+-- GetChargeOfTask finds the charge made by the task's earlier run.
+INSERT INTO charges (order_id, amount_cents, task_id)
+VALUES (sqlc.arg(order_id), sqlc.arg(amount_cents), sqlc.arg(task_id))
+ON CONFLICT (task_id) DO NOTHING
+RETURNING *;
+
+-- name: GetChargeOfTask :one
+SELECT * FROM charges
+WHERE task_id = sqlc.arg(task_id);
+
+-- name: RecordEmail :one
+-- Send, unless this task has sent its email already (see RecordCharge).
+INSERT INTO emails (order_id, recipient, subject, task_id)
+VALUES (sqlc.arg(order_id), sqlc.arg(recipient), sqlc.arg(subject), sqlc.arg(task_id))
+ON CONFLICT (task_id) DO NOTHING
+RETURNING *;
+
+-- name: GetEmailOfTask :one
+SELECT * FROM emails
+WHERE task_id = sqlc.arg(task_id);
+
+-- name: ListCharges :many
+SELECT * FROM charges
+ORDER BY id;
+
+-- name: ListEmails :many
+SELECT * FROM emails
+ORDER BY id;
+
+-- name: RecordReminder :one
+INSERT INTO reminders (task_id, number, recipient)
+VALUES (sqlc.arg(task_id), sqlc.arg(number), sqlc.arg(recipient))
+RETURNING *;
+
+-- name: ListReminders :many
+SELECT * FROM reminders
+ORDER BY id;

@@ -1,0 +1,300 @@
+-- A task queue in one table.
+--
+-- A task is a row. Its status says where it is in its life:
+--   queued -> running -> completed | failed
+-- and a failed attempt that has retries left goes from running back to queued.
+-- A durable task can also be suspended: running -> suspended -> running. It
+-- waits, on no worker, until its wake_at comes (a sleep is over), a child it
+-- waits for finishes, or an external event it waits for is pushed; then it is
+-- claimed again, and goes on with its attempt.
+
+CREATE TYPE task_status AS ENUM ('queued', 'running', 'completed', 'failed', 'suspended');
+
+-- Every worker registers itself here and refreshes last_heartbeat_at while it
+-- lives. A worker whose heartbeat is older than the inactivity threshold is
+-- presumed dead, and the tasks it was running are taken back.
+CREATE TABLE workers (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- Host and process id, for people reading the table.
+    name text NOT NULL,
+    queue text NOT NULL,
+    slots integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- Set by a graceful stop. A worker that died never sets it.
+    stopped_at timestamptz
+);
+
+CREATE TABLE tasks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    inserted_at timestamptz NOT NULL DEFAULT now(),
+    -- Workers poll one queue; a queue is just a name.
+    queue text NOT NULL,
+    -- Which registered function runs this task.
+    task_name text NOT NULL,
+    -- What people see in logs and dashboards (defaults to the task name).
+    display_name text NOT NULL,
+    input jsonb NOT NULL,
+    -- The function's result when completed; an error document when failed, or
+    -- the last attempt's error while the task waits for its next attempt.
+    output jsonb,
+    status task_status NOT NULL DEFAULT 'queued',
+    -- Higher runs first; equal priorities run in the order they were enqueued.
+    priority integer NOT NULL DEFAULT 0,
+    -- The number of the current (or last) attempt: 0 until the task first starts.
+    attempt integer NOT NULL DEFAULT 0,
+    -- A failed attempt is retried while attempt - attempts_before_replay <=
+    -- max_retries, so a task runs at most max_retries + 1 times (per replay).
+    max_retries integer NOT NULL DEFAULT 3,
+    -- An attempt running longer than this fails (NULL: no limit).
+    execution_timeout interval,
+    -- A task not started by this time fails without running (NULL: no limit).
+    -- It only guards the first start, and is cleared when the task starts.
+    schedule_deadline timestamptz,
+    -- The worker running the current attempt, or that ran the last one. There is
+    -- no foreign key on purpose: it would make every claim lock the worker's row.
+    worker_id bigint,
+    -- When the current (or last) attempt started.
+    started_at timestamptz,
+    -- A durable task runs a durable function, which keeps a history of what it
+    -- did in task_events, so that a later attempt can pick up where the last
+    -- one stopped instead of starting over.
+    durable boolean NOT NULL DEFAULT false,
+    -- The durable task that spawned this one as a child (NULL for a task
+    -- enqueued by a client): when this task finishes, it wakes its parent up.
+    parent_id bigint REFERENCES tasks (id),
+    -- When a suspended task may run again: a claim takes it once this time has
+    -- come. NULL while it waits for nothing but a child to finish.
+    wake_at timestamptz,
+    -- The attempts this task had used when it was last replayed (0: never).
+    -- A replay gives the task a fresh retry budget, but its attempt numbers
+    -- keep counting, so that no two attempts of a task ever share a number: a
+    -- worker still holding an attempt from before the replay stays fenced out.
+    attempts_before_replay integer NOT NULL DEFAULT 0,
+    -- A fork is a new task that starts with a copy of another task's history
+    -- up to (not including) event forked_at_event, and runs from there. These
+    -- say which task and which event; both are NULL for a task that is not a fork.
+    forked_from_task_id bigint REFERENCES tasks (id),
+    forked_at_event integer CHECK (forked_at_event > 0),
+    CHECK ((forked_from_task_id IS NULL) = (forked_at_event IS NULL))
+);
+
+-- The claim query asks for "the queued tasks of queue Q, highest priority
+-- first, oldest first within a priority". This index holds exactly those rows,
+-- in that order, and nothing else: a task leaves it the moment it is claimed,
+-- so it stays small however many tasks have finished.
+CREATE INDEX tasks_queued_idx ON tasks (queue, priority DESC, id) WHERE status = 'queued';
+
+-- Running tasks, by worker: what a worker still owns, what a dead worker left
+-- behind, and where a fenced write finds each attempt. Only running tasks are
+-- in it, so it stays about as small as the number of busy slots.
+CREATE INDEX tasks_running_idx ON tasks (worker_id, id) WHERE status = 'running';
+
+-- Suspended tasks, by queue and wake-up time: the claim finds the ones whose
+-- time has come, and the poller how long until the next one. Only suspended
+-- tasks are in it, however many have finished.
+CREATE INDEX tasks_suspended_idx ON tasks (queue, wake_at) WHERE status = 'suspended';
+
+-- Queued tasks with a schedule deadline, soonest first, for the sweep that
+-- fails those not started in time. Tasks without a deadline are not in it.
+CREATE INDEX tasks_schedule_deadline_idx ON tasks (schedule_deadline)
+    WHERE status = 'queued' AND schedule_deadline IS NOT NULL;
+
+-- The forks of a task, for `history_tool tree`. Most tasks are not forks, and
+-- are not in it.
+CREATE INDEX tasks_forked_from_idx ON tasks (forked_from_task_id)
+    WHERE forked_from_task_id IS NOT NULL;
+
+-- What a durable operation is: a step, a function the durable function ran in
+-- its own attempt, with its input and the output it returned; a child, a task
+-- the durable function put on the queue (its id is in child_task_id); a sleep,
+-- a pause until the time in wake_at; or a wait for an external event whose key
+-- is the event's name, until the deadline in wake_at at the latest.
+CREATE TYPE event_kind AS ENUM ('step', 'child', 'sleep', 'wait');
+
+-- The history of durable tasks: one row per durable operation, numbered 1, 2,
+-- 3... in the order the function made them. Attempts only ever add rows, never
+-- change or delete them, and the primary key makes sure that an event number is
+-- written at most once: a later attempt *reads* events 1..n, it does not write
+-- them again. Only an operator's replay deletes a history, all of it at once
+-- (with its waits), and only of a task that has finished (see reruns.py).
+CREATE TABLE task_events (
+    task_id bigint NOT NULL REFERENCES tasks (id),
+    event_number integer NOT NULL CHECK (event_number > 0),
+    kind event_kind NOT NULL,
+    -- The step's name, or the child's task name, as the durable function called it.
+    name text NOT NULL,
+    input jsonb NOT NULL,
+    -- Which call this event records: the SHA-256 (hex) of the canonical JSON of
+    -- [kind, name, input]. A later attempt must make the same call at the same
+    -- event number, so it must come up with the same key (see durable.py).
+    key text NOT NULL,
+    -- What the step returned: on a later attempt the step is not run again,
+    -- and this is returned instead. (A child's output is in the child's row.)
+    output jsonb,
+    -- The child task this event created: on a later attempt no other child is
+    -- created, this one is waited for again.
+    child_task_id bigint REFERENCES tasks (id),
+    -- When the sleep this event records is over, or the wait times out:
+    -- computed once, on the database's clock, when the operation was first
+    -- reached. A later attempt waits until this time; it does not start again.
+    wake_at timestamptz,
+    -- The attempt that recorded it, for people reading the history.
+    attempt integer NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    -- Set on the events a fork copied: the task that recorded this event (for
+    -- a fork of a fork, the task that first recorded it), whose attempt
+    -- `attempt` is. NULL on the events this task recorded itself.
+    copied_from_task_id bigint REFERENCES tasks (id),
+    PRIMARY KEY (task_id, event_number),
+    CHECK ((kind = 'child') = (child_task_id IS NOT NULL)),
+    CHECK ((kind IN ('sleep', 'wait')) = (wake_at IS NOT NULL))
+);
+
+-- What the world pushes to the engine: a person's approval, a webhook. The
+-- key says what it is about ("approval:A-1"), the payload what it says.
+CREATE TABLE external_events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key text NOT NULL,
+    payload jsonb NOT NULL,
+    pushed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per wait for an external event, written with the wait's event in
+-- the history, and ended once: by the first event pushed for its key while it
+-- is open (external_event_id), or by its timeout (ended_at with no event).
+-- Whoever ends it first, a push or the waiting task, ends it for good: the
+-- other finds it ended. A later attempt reads it here, so a replay sees the
+-- same event as the run that first got it. A fork copies the waits of the
+-- events it copies, ended as they are; an operator's replay deletes them.
+CREATE TABLE event_waits (
+    task_id bigint NOT NULL,
+    event_number integer NOT NULL,
+    key text NOT NULL,
+    -- The wait's deadline: its event's wake_at.
+    timeout_at timestamptz NOT NULL,
+    -- The event that ended the wait; NULL while it is open, or if it timed out.
+    external_event_id bigint REFERENCES external_events (id),
+    -- NULL while the wait is open.
+    ended_at timestamptz,
+    PRIMARY KEY (task_id, event_number),
+    FOREIGN KEY (task_id, event_number) REFERENCES task_events (task_id, event_number),
+    CHECK (external_event_id IS NULL OR ended_at IS NOT NULL)
+);
+
+-- The open waits, by key: what a push looks for. A wait leaves it when it ends,
+-- so it stays as small as the number of tasks waiting now.
+CREATE INDEX event_waits_open_idx ON event_waits (key) WHERE ended_at IS NULL;
+
+-- The world of the example, process_order: what its child tasks do. A real
+-- payment provider and mail server live elsewhere; here they are two tables,
+-- so that a test can count what happened.
+--
+-- A child task can run more than once (its worker may die after charging but
+-- before the task is recorded complete), so each effect carries the id of the
+-- task that caused it, unique, the way a payment API takes an idempotency key:
+-- the second run of the same task finds the first run's charge instead of
+-- charging again.
+CREATE TABLE charges (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    amount_cents integer NOT NULL,
+    task_id bigint NOT NULL UNIQUE,
+    charged_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE emails (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    recipient text NOT NULL,
+    subject text NOT NULL,
+    task_id bigint NOT NULL UNIQUE,
+    sent_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The world of this lesson's reminders: a reminder "sent" is a row, stamped
+-- with the database's clock at the moment it was sent, so that the gaps
+-- between a flow's reminders can be measured. There is no idempotency key on
+-- purpose: the rows count how many times the step that sends them ran.
+CREATE TABLE reminders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The send_reminders task whose step sent it, and which of its reminders it is.
+    task_id bigint NOT NULL REFERENCES tasks (id),
+    number integer NOT NULL,
+    recipient text NOT NULL,
+    sent_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- Wake-ups. Each worker LISTENs on the channel below (see listener.py):
+--
+--   <schema>.task_queued      payload: a queue's name. A task of that queue was
+--                             enqueued, or queued again, or a suspended task
+--                             of that queue has a new wake-up time: workers of
+--                             that queue claim at once instead of at their
+--                             next poll.
+--
+-- (Lesson 08 had a second channel, child_finished, to wake a parent waiting in
+-- its worker's thread. A waiting parent is suspended now: the child's end
+-- makes it claimable, in the database, and the channel above says so.)
+--
+-- NOTIFY channels are database-wide, so they are named after the schema: two
+-- copies of these tables (another lesson, a test) never wake each other. A
+-- notification is delivered when the transaction that sent it commits, and
+-- only to sessions listening at that moment: it is a hint ("look now"), never
+-- the work itself, and polling stays as the fallback.
+
+-- Enqueueing: one notification per queue per INSERT statement, however many
+-- rows it inserts. A statement-level trigger runs once per statement, and the
+-- transition table shows it all of the statement's new rows at once.
+-- PostgreSQL then drops a notification that repeats one already sent in the
+-- same transaction (same channel, same payload), so a transaction that
+-- enqueues a thousand tasks, in one statement or in a thousand, wakes each
+-- worker once.
+CREATE FUNCTION notify_tasks_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', queues.queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE status = 'queued') AS queues;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_inserted_notify
+    AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION notify_tasks_inserted();
+
+-- Back on the queue (a retry, a reassignment), and suspended tasks with a new
+-- wake-up time: row triggers, but only for the rows concerned. Claims and
+-- results change many rows a second: the WHEN conditions are checked without
+-- calling a function, so the rows they do not match cost next to nothing.
+-- Repeats in one transaction are dropped as above.
+CREATE FUNCTION notify_task_requeued() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', NEW.queue);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER tasks_requeued_notify
+    AFTER UPDATE OF status ON tasks
+    FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND OLD.status <> 'queued')
+    EXECUTE FUNCTION notify_task_requeued();
+
+-- A sleep that begins (its wake_at is ahead), or a suspended task woken by its
+-- child (its wake_at is now). Time itself notifies nobody: a worker that hears
+-- of a wake-up time ahead claims nothing yet, but its poller now waits no
+-- longer than until then (see worker.py). A task suspended to wait for its
+-- child, with no wake_at, has nothing to announce.
+CREATE TRIGGER tasks_wake_at_notify
+    AFTER UPDATE OF wake_at ON tasks
+    FOR EACH ROW
+    WHEN (
+        NEW.status = 'suspended'
+        AND NEW.wake_at IS NOT NULL
+        AND NEW.wake_at IS DISTINCT FROM OLD.wake_at
+    )
+    EXECUTE FUNCTION notify_task_requeued();

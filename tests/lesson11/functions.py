@@ -1,0 +1,99 @@
+"""Task functions for lesson 11's tests, next to the lesson's own (process_order
+and its children come from the lesson). Children run on their parent's queue."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from lessons.lesson11_retries_replays_forks.durable import (
+    DurableContext,
+    DurableFunction,
+    EventTimeout,
+)
+from lessons.lesson11_retries_replays_forks.tasks import (
+    DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS,
+)
+from lessons.lesson11_retries_replays_forks.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson11_retries_replays_forks.worker import TaskFunction
+
+# A queue no worker serves: a child sent there never finishes.
+UNSERVED_QUEUE = "unserved"
+
+# How many times each label's step has run, in this process (the tests run
+# their workers in-process, except where they say otherwise).
+STEP_RUNS: Counter[str] = Counter()
+
+# Which version of versioned_labels the workers of this process run.
+DEPLOYED = {"version": 1}
+
+
+def echo(input: Any) -> Any:
+    return input
+
+
+def count_run(input: dict[str, Any]) -> dict[str, Any]:
+    STEP_RUNS[input["label"]] += 1
+    return {"run": STEP_RUNS[input["label"]]}
+
+
+def step_then_three_children(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Event 1 is a step; events 2, 3 and 4 are echo children, called one by one."""
+    step = ctx.run_step("count_run", count_run, {"label": input["label"]})
+    children = [ctx.call("echo", {"n": n}) for n in (1, 2, 3)]
+    return {"step": step, "children": children}
+
+
+def sleep_wait_then_call(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Event 1 a sleep, event 2 a wait for the event `input["key"]`, event 3 a child."""
+    ctx.sleep(input["sleep"])
+    try:
+        payload = ctx.wait_for_event(input["key"], timeout=input["timeout"])
+    except EventTimeout:
+        payload = "timed out"
+    return {"payload": payload, "child": ctx.call("echo", {"after": "the wait"})}
+
+
+def versioned_labels(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Three steps. Version 2 renamed the second one: another call at event 2."""
+    ctx.run_step("count_run", count_run, {"label": input["label"]})
+    label = "print_label" if DEPLOYED["version"] == 1 else "print_shipping_label"
+    ctx.run_step(label, echo, {"order": input["label"]})
+    return ctx.run_step("notify", echo, {"version": DEPLOYED["version"]})
+
+
+def spawn_and_return(ctx: DurableContext, input: Any) -> Any:
+    """Spawn a child nobody runs (event 2) between two steps, and complete
+    without waiting for it."""
+    ctx.run_step("count_run", count_run, {"label": "spawn_and_return"})
+    child = ctx.spawn_child("echo", {"never": "run"}, queue=UNSERVED_QUEUE)
+    ctx.run_step("echo", echo, {"spawned": child.id})
+    return child.id
+
+
+def always_fail(ctx: DurableContext, input: Any) -> Any:
+    raise ConnectionError(f"attempt {ctx.attempt} fails, like every attempt")
+
+
+def record_nothing(ctx: DurableContext, input: Any) -> Any:
+    """A durable function that returns at once: its history stays empty."""
+    return input
+
+
+def wait_for_ever(ctx: DurableContext, input: Any) -> Any:
+    """Wait for an event nobody pushes: the task stays suspended."""
+    return ctx.wait_for_event("nobody:pushes:this", timeout=3600)
+
+
+FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo}
+
+DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
+    **LESSON_DURABLE_FUNCTIONS,
+    "step_then_three_children": step_then_three_children,
+    "sleep_wait_then_call": sleep_wait_then_call,
+    "versioned_labels": versioned_labels,
+    "spawn_and_return": spawn_and_return,
+    "always_fail": always_fail,
+    "record_nothing": record_nothing,
+    "wait_for_ever": wait_for_ever,
+}
