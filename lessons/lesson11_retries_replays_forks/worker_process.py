@@ -163,7 +163,7 @@ class WorkerProcess:
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.queues = list(queues)
         self.environment = {**os.environ, **(environment or {})}
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._ids: list[int] = []
 
     @property
@@ -188,14 +188,17 @@ class WorkerProcess:
             [sys.executable, "-m", f"{__package__}.worker_process", *self.arguments],
             stdout=subprocess.PIPE,
             stderr=self._log,
-            text=True,
             env=self.environment,
+            # Unbuffered bytes: readline() then takes one line and leaves the next
+            # in the pipe, where select() can see it. A buffered reader could swallow
+            # two "ready" lines at once and select() would wait for nothing.
+            bufsize=0,
         )
         self._process = process
         assert process.stdout is not None
         for _ in self.queues:
             readable, _, _ = select.select([process.stdout], [], [], timeout)
-            line = process.stdout.readline() if readable else ""
+            line = process.stdout.readline().decode() if readable else ""
             words = line.split()
             if len(words) != 3 or words[0] != "worker" or words[2] != "ready":
                 process.kill()
@@ -235,7 +238,7 @@ class WorkerProcess:
         self._log.seek(0)
         return self._log.read()
 
-    def _started(self) -> subprocess.Popen[str]:
+    def _started(self) -> subprocess.Popen[bytes]:
         if self._process is None:
             raise RuntimeError("the worker process has not started")
         return self._process
