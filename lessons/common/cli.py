@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,15 @@ class Checks:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+
+def wait_until(condition: Callable[[], bool], what: str, *, timeout: float = 10.0) -> None:
+    """Wait for `condition` to hold, checking every 10 ms; a demo never sleeps and hopes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.01)
 
 
 def configure_logging(verbose: bool = False) -> None:

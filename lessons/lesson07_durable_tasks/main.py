@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 from psycopg_pool import ConnectionPool
 
-from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
+from lessons.common.cli import (
+    Checks,
+    Lesson,
+    argument_parser,
+    configure_logging,
+    run_lesson,
+    wait_until,
+)
 from lessons.lesson07_durable_tasks.client import enqueue, wait_for_task
 from lessons.lesson07_durable_tasks.crash_points import CRASH_AT
 from lessons.lesson07_durable_tasks.db.models import Charge, Email, Task, TaskEvent, TaskStatus
@@ -225,14 +231,6 @@ def scenario_panic(pool: ConnectionPool, checks: Checks) -> None:
         f"{[(e.name, e.attempt) for e in events]}",
     )
     check_charged_and_emailed_once(pool, checks, task, "A-2001")
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def demonstrate(panic: bool) -> bool:

@@ -23,12 +23,18 @@ import itertools
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg_pool import ConnectionPool
 
-from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
+from lessons.common.cli import (
+    Checks,
+    Lesson,
+    argument_parser,
+    configure_logging,
+    run_lesson,
+    wait_until,
+)
 from lessons.lesson09_durable_sleep.client import enqueue, wait_for_task
 from lessons.lesson09_durable_sleep.db.models import Reminder, Task, TaskStatus
 from lessons.lesson09_durable_sleep.db.queries import Querier
@@ -277,14 +283,6 @@ def worker_process() -> WorkerProcess:
         heartbeat_interval=HEARTBEAT_INTERVAL,
         inactivity_threshold=INACTIVITY_THRESHOLD,
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def demonstrate(panic: bool) -> bool:

@@ -18,13 +18,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
+from lessons.common.cli import (
+    Checks,
+    Lesson,
+    argument_parser,
+    configure_logging,
+    run_lesson,
+    wait_until,
+)
 from lessons.lesson10_durable_events.client import enqueue, push_event, wait_for_task
 from lessons.lesson10_durable_events.db.models import EventWait, Task, TaskStatus
 from lessons.lesson10_durable_events.db.queries import Querier
@@ -108,14 +113,6 @@ def describe_wait(pool: ConnectionPool, wait: EventWait) -> str:
         events = {e.id: e for e in Querier(conn).list_external_events()}
     event = events[wait.external_event_id]
     return f"ended by event {event.id}: {json.dumps(event.payload)}"
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def all_waiting(pool: ConnectionPool, task_ids: list[int]) -> bool:

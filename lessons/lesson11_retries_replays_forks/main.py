@@ -20,13 +20,18 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
-from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 
 from psycopg_pool import ConnectionPool
 
-from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
+from lessons.common.cli import (
+    Checks,
+    Lesson,
+    argument_parser,
+    configure_logging,
+    run_lesson,
+    wait_until,
+)
 from lessons.lesson11_retries_replays_forks import history_tool
 from lessons.lesson11_retries_replays_forks.client import enqueue, push_event, wait_for_task
 from lessons.lesson11_retries_replays_forks.db.models import (
@@ -251,14 +256,6 @@ def cell(pool: ConnectionPool, events: list[TaskEvent], number: int) -> str:
 def all_tasks(pool: ConnectionPool) -> list[Task]:
     with pool.connection() as conn:
         return Querier(conn).list_tasks()
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 def demonstrate() -> bool:
