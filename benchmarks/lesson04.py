@@ -17,7 +17,7 @@ import psycopg
 
 import lessons.lesson04_queue_improvements as lesson04
 from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
-from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
+from lessons.lesson04_queue_improvements.tools.worker_process import WorkerProcess
 
 from .noop import TASK_NAME
 from .processes import start_together

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from lessons.common.database import connect
-from lessons.lesson04_queue_improvements.client import enqueue
+from lessons.lesson04_queue_improvements.engine.client import enqueue
 
 from . import lesson04
 from .noop import TASK_NAME

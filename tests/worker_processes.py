@@ -36,7 +36,7 @@ def environment_for_children(**extra: str) -> dict[str, str]:
 
 
 class LessonWorkerProcess:
-    """`python -m lessons.<lesson>.worker_process` in a child process."""
+    """`python -m lessons.<lesson>.tools.worker_process` in a child process."""
 
     def __init__(
         self,
@@ -51,7 +51,7 @@ class LessonWorkerProcess:
         self.command = [
             sys.executable,
             "-m",
-            f"lessons.{lesson}.worker_process",
+            f"lessons.{lesson}.tools.worker_process",
             f"--schema={schema}",
             f"--functions={functions}",
             *(arguments or []),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from lessons.common.database import DatabaseUnavailable, create_pool, reset_sche
 EXIT_GUARANTEE_BROKEN = 1
 EXIT_NO_DATABASE = 2
 
+LESSON_DIRECTORY_NAME = re.compile(r"^lesson[0-9]{2}_")
+
 
 @dataclass(frozen=True)
 class Lesson:
@@ -30,9 +33,17 @@ class Lesson:
     directory: Path
 
     @classmethod
-    def of(cls, main_file: str) -> Lesson:
-        """The lesson that `main_file` (a main.py's `__file__`) belongs to."""
-        return cls(Path(main_file).resolve().parent)
+    def of(cls, file: str) -> Lesson:
+        """The lesson that `file` (the `__file__` of a module of that lesson) belongs to."""
+        for directory in Path(file).resolve().parents:
+            if LESSON_DIRECTORY_NAME.match(directory.name):
+                return cls(directory)
+        raise ValueError(f"{file} is not inside a lesson directory")
+
+    @property
+    def package(self) -> str:
+        """The lesson's Python package, such as `lessons.lesson02_simple_task_queue`."""
+        return f"lessons.{self.directory.name}"
 
     @property
     def number(self) -> str:

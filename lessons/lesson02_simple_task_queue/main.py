@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
-from lessons.lesson02_simple_task_queue.client import enqueue, wait_for_task
 from lessons.lesson02_simple_task_queue.db.models import TaskStatus
-from lessons.lesson02_simple_task_queue.tasks import FUNCTIONS
-from lessons.lesson02_simple_task_queue.worker import Worker
+from lessons.lesson02_simple_task_queue.demo.tasks import FUNCTIONS
+from lessons.lesson02_simple_task_queue.engine.client import enqueue, wait_for_task
+from lessons.lesson02_simple_task_queue.engine.worker import Worker
 
 LESSON = Lesson.of(__file__)
 

@@ -1,1 +1,6 @@
-"""Lesson 03: limiting how many tasks a worker runs at once."""
+"""Lesson 03: limiting how many tasks a worker runs at once.
+
+Its shelves: `engine/` is what the lesson builds, `demo/` what `main.py` and the
+tests run on it, `tools/` the commands around it; `sql/` holds the lesson's SQL
+and `db/` the code sqlc generates from it.
+"""

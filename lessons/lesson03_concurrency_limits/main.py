@@ -12,11 +12,11 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
-from lessons.lesson03_concurrency_limits.client import enqueue
 from lessons.lesson03_concurrency_limits.db.models import TaskStatus
 from lessons.lesson03_concurrency_limits.db.queries import Querier
-from lessons.lesson03_concurrency_limits.tasks import FUNCTIONS
-from lessons.lesson03_concurrency_limits.worker import Worker
+from lessons.lesson03_concurrency_limits.demo.tasks import FUNCTIONS
+from lessons.lesson03_concurrency_limits.engine.client import enqueue
+from lessons.lesson03_concurrency_limits.engine.worker import Worker
 
 LESSON = Lesson.of(__file__)
 

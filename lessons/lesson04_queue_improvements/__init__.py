@@ -1,1 +1,6 @@
-"""Lesson 04: retries, priorities, timeouts, heartbeats and reassignment."""
+"""Lesson 04: retries, priorities, timeouts, heartbeats and reassignment.
+
+Its shelves: `engine/` is what the lesson builds, `demo/` what `main.py` and the
+tests run on it, `tools/` the commands around it; `sql/` holds the lesson's SQL
+and `db/` the code sqlc generates from it.
+"""

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
-from lessons.lesson04_queue_improvements.client import enqueue, wait_for_task
 from lessons.lesson04_queue_improvements.db.models import Task, TaskStatus
 from lessons.lesson04_queue_improvements.db.queries import Querier
-from lessons.lesson04_queue_improvements.tasks import FUNCTIONS
-from lessons.lesson04_queue_improvements.worker import Worker
-from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
+from lessons.lesson04_queue_improvements.demo.tasks import FUNCTIONS
+from lessons.lesson04_queue_improvements.engine.client import enqueue, wait_for_task
+from lessons.lesson04_queue_improvements.engine.worker import Worker
+from lessons.lesson04_queue_improvements.tools.worker_process import WorkerProcess
 
 LESSON = Lesson.of(__file__)
 

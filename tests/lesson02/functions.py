@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lessons.lesson02_simple_task_queue.worker import TaskFunction
+from lessons.lesson02_simple_task_queue.engine.worker import TaskFunction
 from tests.recording import record, wait_for_gate
 
 

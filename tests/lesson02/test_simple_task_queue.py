@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson02_simple_task_queue.client import enqueue, wait_for_task
 from lessons.lesson02_simple_task_queue.db.models import Task, TaskStatus
-from lessons.lesson02_simple_task_queue.worker import TaskFunction, Worker
+from lessons.lesson02_simple_task_queue.engine.client import enqueue, wait_for_task
+from lessons.lesson02_simple_task_queue.engine.worker import TaskFunction, Worker
 from tests.conftest import LessonDatabase
 from tests.recording import create_executions_table, open_gate
 from tests.waiting import wait_until

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from lessons.lesson03_concurrency_limits.worker import TaskFunction
+from lessons.lesson03_concurrency_limits.engine.worker import TaskFunction
 from tests.recording import record, wait_for_gate
 
 

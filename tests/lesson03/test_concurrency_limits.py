@@ -11,9 +11,9 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson03_concurrency_limits.client import enqueue, wait_for_task
 from lessons.lesson03_concurrency_limits.db.models import TaskStatus
-from lessons.lesson03_concurrency_limits.worker import Worker
+from lessons.lesson03_concurrency_limits.engine.client import enqueue, wait_for_task
+from lessons.lesson03_concurrency_limits.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson03.functions import FUNCTIONS
 from tests.recording import create_executions_table, open_gate

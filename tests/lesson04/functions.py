@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lessons.lesson04_queue_improvements.worker import (
-    NonRetryableError,
-    TaskFunction,
-    current_task,
-)
+from lessons.lesson04_queue_improvements.engine.attempts import current_task
+from lessons.lesson04_queue_improvements.engine.shared import NonRetryableError
+from lessons.lesson04_queue_improvements.engine.worker import TaskFunction
 from tests.recording import record, wait_for_gate
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson04_queue_improvements.client import enqueue, wait_for_task
 from lessons.lesson04_queue_improvements.db.models import Task, TaskStatus
 from lessons.lesson04_queue_improvements.db.queries import Querier
-from lessons.lesson04_queue_improvements.worker import Worker
-from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
+from lessons.lesson04_queue_improvements.engine.client import enqueue, wait_for_task
+from lessons.lesson04_queue_improvements.engine.worker import Worker
+from lessons.lesson04_queue_improvements.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson04.functions import FUNCTIONS
 from tests.recording import create_executions_table, open_gate

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task, TaskStatus
-from .db.queries import Querier
-from .worker import DEFAULT_QUEUE
-
-FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED)
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import DEFAULT_QUEUE, FINISHED_STATUSES, to_json
 
 
 def enqueue(
@@ -30,10 +27,7 @@ def enqueue(
     own transaction: the task then exists if and only if that transaction commits.
     An input that is not JSON is refused here, before anything is written.
     """
-    try:
-        json.dumps(input, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"the input of {task_name} is not JSON: {error}") from error
+    to_json(input, f"the input of {task_name}")
     try:
         task = Querier(conn).create_task(
             queue=queue,
@@ -42,7 +36,7 @@ def enqueue(
             input_=input,
         )
     except psycopg.DataError as error:
-        # JSON that jsonb still refuses: a string holding U+0000 or a lone surrogate.
+        # JSON that jsonb still refuses: a string holding U+0000.
         raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
     if task is None:  # INSERT ... RETURNING always returns the row
         raise RuntimeError(f"enqueueing {task_name} returned no row")
@@ -59,7 +53,7 @@ def wait_for_task(
             task = Querier(conn).get_task(id=task_id)
         if task is None:
             raise LookupError(f"there is no task {task_id}")
-        if task.status in FINISHED:
+        if task.status in FINISHED_STATUSES:
             return task
         if time.monotonic() > deadline:
             raise TimeoutError(f"task {task_id} is still {task.status} after {timeout} s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .worker import TaskFunction
+from ..engine.worker import TaskFunction
 
 
 def example_task(input: dict[str, Any]) -> dict[str, Any]:

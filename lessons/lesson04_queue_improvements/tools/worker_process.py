@@ -1,7 +1,7 @@
 """Run a worker in a process of its own until SIGTERM or Ctrl-C, then stop gracefully.
 
-    python -m lessons.lesson04_queue_improvements.worker_process \\
-        --functions lessons.lesson04_queue_improvements.tasks --queue default --slots 10 \\
+    python -m lessons.lesson04_queue_improvements.tools.worker_process \\
+        --functions lessons.lesson04_queue_improvements.demo.tasks --queue default --slots 10 \\
         --heartbeat-interval 1 --inactivity-threshold 10
 
 `--functions` names a module whose `FUNCTIONS` mapping lists the task functions
@@ -30,7 +30,13 @@ from types import TracebackType
 from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, create_pool
 
-from .worker import DEFAULT_QUEUE, TaskFunction, Worker
+from ..engine.shared import DEFAULT_QUEUE
+from ..engine.worker import TaskFunction, Worker
+
+LESSON = Lesson.of(__file__)
+
+# The task functions a worker process registers unless told otherwise.
+DEMO_FUNCTIONS = f"{LESSON.package}.demo.tasks"
 
 
 def load_functions(module_name: str) -> Mapping[str, TaskFunction]:
@@ -43,9 +49,9 @@ def load_functions(module_name: str) -> Mapping[str, TaskFunction]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
-    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    parser.add_argument("--schema", default=LESSON.schema)
     parser.add_argument("--queue", default=DEFAULT_QUEUE)
-    parser.add_argument("--functions", default=f"{__package__}.tasks", metavar="MODULE")
+    parser.add_argument("--functions", default=DEMO_FUNCTIONS, metavar="MODULE")
     parser.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS")
     parser.add_argument("--slots", type=int, default=10, help="tasks run at once")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS")
@@ -63,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # One connection each for the poller, the heartbeat and the result writer.
-        pool = create_pool(options.schema, max_size=3)
+        # One connection each for the poller, the heartbeat, the sweeper and the
+        # result writer.
+        pool = create_pool(options.schema, max_size=4)
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -99,7 +106,7 @@ class WorkerProcess:
         *,
         schema: str,
         queue: str = DEFAULT_QUEUE,
-        functions: str = f"{__package__}.tasks",
+        functions: str = DEMO_FUNCTIONS,
         slots: int = 1,
         poll_interval: float = 0.1,
         heartbeat_interval: float = 1.0,
@@ -135,7 +142,7 @@ class WorkerProcess:
     def start(self, timeout: float = 30.0) -> int:
         """Start the child and wait until it says it is ready; return its worker id."""
         process = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.worker_process", *self.arguments],
+            [sys.executable, "-m", f"{LESSON.package}.tools.worker_process", *self.arguments],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

@@ -1,18 +1,16 @@
 """A worker: it claims tasks from one queue, runs them, and records what happened.
 
-The database is the broker. A task is claimed by one `UPDATE ... RETURNING`
-statement that marks it running, so no two workers ever get the same task. The
-worker then runs the task's function *outside* any transaction (a function may
-take minutes; a transaction held that long would block vacuum and hold locks)
-and records the result in a second, short statement.
+The database is the broker. The worker runs each task's function *outside* any
+transaction (a function may take minutes; a transaction held that long would
+block vacuum and hold locks) and records the result in a second, short
+statement.
 
-Threads mirror the Go guide's goroutines: one poller thread claims tasks, and
-each claimed task runs in a thread of its own.
+Threads mirror the Go guide's goroutines. The poller (`poller.py`) claims
+tasks on a thread of its own, and each claimed task runs in a thread of its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -22,12 +20,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task
-from .db.queries import Querier
+from ..db.models import Task
+from ..db.queries import Querier
+from .poller import Poller
+from .shared import DEFAULT_QUEUE, error_document, exception_message, first_line, to_json
 
 log = logging.getLogger(__name__)
-
-DEFAULT_QUEUE = "default"
 
 # A task function takes the task's input (a JSON value: dict, list, str, int,
 # float, bool or None) and returns its output (another JSON value).
@@ -59,8 +57,7 @@ class Worker:
         # The most tasks one claim takes.
         self.batch_size = batch_size
         self.functions: dict[str, TaskFunction] = dict(functions or {})
-        self._stopping = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._poller: Poller | None = None
         self._task_threads: set[threading.Thread] = set()
         self._task_threads_lock = threading.Lock()
 
@@ -71,8 +68,12 @@ class Worker:
     def start(self) -> None:
         if self._poller is not None:
             raise RuntimeError("this worker has already been started")
-        self._poller = threading.Thread(
-            target=self._poll_loop, name=f"poller-{self.queue}", daemon=True
+        self._poller = Poller(
+            self.pool,
+            queue=self.queue,
+            poll_interval=self.poll_interval,
+            batch_size=self.batch_size,
+            start_task=self._start_task,
         )
         self._poller.start()
         log.info("worker started on queue %r", self.queue)
@@ -83,9 +84,8 @@ class Worker:
         When this returns, every task this worker claimed has been recorded as
         completed or failed; none is left running.
         """
-        self._stopping.set()
         if self._poller is not None:
-            self._poller.join()
+            self._poller.stop()
         while True:
             with self._task_threads_lock:
                 running = list(self._task_threads)
@@ -107,28 +107,8 @@ class Worker:
     ) -> None:
         self.stop()
 
-    def _poll_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                tasks = self.claim_tasks()
-            except psycopg.Error:
-                # The database may be restarting; try again at the next poll.
-                log.exception("could not claim tasks from queue %r", self.queue)
-                tasks = []
-            for task in tasks:
-                self._start_task(task)
-            if not tasks:
-                # Nothing to do: wait, but wake at once if stop() is called.
-                self._stopping.wait(self.poll_interval)
-
-    def claim_tasks(self) -> list[Task]:
-        with self.pool.connection() as conn:
-            tasks = Querier(conn).claim_tasks(queue=self.queue, max_tasks=self.batch_size)
-        if tasks:
-            log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
-        return tasks
-
     def _start_task(self, task: Task) -> None:
+        """Run a claimed task on a thread of its own."""
         thread = threading.Thread(
             target=self._run_in_thread, args=(task,), name=f"task-{task.id}", daemon=True
         )
@@ -167,14 +147,10 @@ class Worker:
                 task, error_document(type(error).__name__, exception_message(error))
             )
             return
-        problem = json_problem(output)
-        if problem is not None:
-            self.record_failure(
-                task,
-                error_document(
-                    "InvalidResult", f"the result of {task.task_name} is not JSON: {problem}"
-                ),
-            )
+        try:
+            to_json(output, f"the result of {task.task_name}")
+        except ValueError as error:
+            self.record_failure(task, error_document("InvalidResult", str(error)))
             return
         self.record_success(task, output)
 
@@ -198,33 +174,3 @@ class Worker:
         with self.pool.connection() as conn:
             Querier(conn).fail_task(id=task.id, error=error)
         log.info("task %d (%s) failed: %s", task.id, task.display_name, error["error"]["message"])
-
-
-def error_document(kind: str, message: str) -> dict[str, Any]:
-    """What a failed task's output holds: the kind of error and a readable message."""
-    # jsonb cannot hold the character U+0000, nor a lone surrogate (what a file name
-    # that is not UTF-8 decodes to): spell them out rather than lose the failure.
-    storable = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
-    return {"error": {"type": kind, "message": storable}}
-
-
-def json_problem(value: Any) -> str | None:
-    """Why `value` cannot be stored as JSON, or None when it can."""
-    try:
-        # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        return str(error)
-    return None
-
-
-def exception_message(error: BaseException) -> str:
-    """`str(error)`, which runs the exception's own code and so can itself raise."""
-    try:
-        return str(error)
-    except Exception:
-        return f"(the message of this {type(error).__name__} could not be read)"
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,23 +1,19 @@
 """A worker: it claims tasks from one queue, runs them, and records what happened.
 
-The database is the broker. A task is claimed by one `UPDATE ... RETURNING`
-statement that marks it running, so no two workers ever get the same task. The
-worker then runs the task's function *outside* any transaction (a function may
-take minutes; a transaction held that long would block vacuum and hold locks)
-and records the result in a second, short statement.
+The database is the broker. The worker runs each task's function *outside* any
+transaction (a function may take minutes; a transaction held that long would
+block vacuum and hold locks) and records the result in a second, short
+statement.
 
-Threads mirror the Go guide's goroutines: one poller thread claims tasks, and a
-fixed pool of task threads runs them. The worker has a number of *slots*, one per
-task thread. It never claims more tasks than it has free slots: the claim's
-LIMIT is the number of free slots, so a task is never claimed only to wait in
-this process while another worker sits idle.
+Threads mirror the Go guide's goroutines. The poller (`poller.py`) claims
+tasks on a thread of its own and hands each to a fixed pool of task threads.
+The worker has a number of *slots* (`slots.py`), one per task thread, and the
+poller never claims more tasks than there are free slots.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -26,12 +22,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task
-from .db.queries import Querier
+from ..db.models import Task
+from ..db.queries import Querier
+from .poller import Poller
+from .shared import DEFAULT_QUEUE, error_document, exception_message, first_line, to_json
+from .slots import Slots
 
 log = logging.getLogger(__name__)
-
-DEFAULT_QUEUE = "default"
 
 # A task function takes the task's input (a JSON value: dict, list, str, int,
 # float, bool or None) and returns its output (another JSON value).
@@ -56,39 +53,30 @@ class Worker:
         poll_interval: float = 0.5,
         slots: int = 10,
     ) -> None:
-        if slots < 1:
-            raise ValueError(f"a worker needs at least one slot, not {slots}")
         self.pool = pool
         self.queue = queue
         # How long to wait before asking again when the queue was empty.
         self.poll_interval = poll_interval
         # The most tasks this worker runs at once.
         self.slots = slots
+        self._slots = Slots(slots)
         self.functions: dict[str, TaskFunction] = dict(functions or {})
-        self._stopping = threading.Event()
-        self._poller: threading.Thread | None = None
         self._task_threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
-        # Slots in use: incremented by the poller for each task it claims,
-        # decremented by a task thread when its task is recorded. The condition
-        # wakes the poller when a slot frees up.
-        self._slots_changed = threading.Condition()
-        self._slots_in_use = 0
-        self._peak_slots_in_use = 0
-        self._tasks_finished = 0
+        self._poller: Poller | None = None
 
     @property
     def slots_in_use(self) -> int:
-        return self._slots_in_use
+        return self._slots.in_use
 
     @property
     def peak_slots_in_use(self) -> int:
         """The most slots that were ever in use at once since the worker started."""
-        return self._peak_slots_in_use
+        return self._slots.peak_in_use
 
     @property
     def tasks_finished(self) -> int:
         """How many tasks this worker has run and recorded."""
-        return self._tasks_finished
+        return self._slots.given_back
 
     def register(self, name: str, function: TaskFunction) -> None:
         """Tasks enqueued with `task_name=name` will run `function`."""
@@ -97,8 +85,12 @@ class Worker:
     def start(self) -> None:
         if self._poller is not None:
             raise RuntimeError("this worker has already been started")
-        self._poller = threading.Thread(
-            target=self._poll_loop, name=f"poller-{self.queue}", daemon=True
+        self._poller = Poller(
+            self.pool,
+            queue=self.queue,
+            poll_interval=self.poll_interval,
+            slots=self._slots,
+            start_task=self._start_task,
         )
         self._poller.start()
         log.info("worker started on queue %r", self.queue)
@@ -109,11 +101,8 @@ class Worker:
         When this returns, every task this worker claimed has been recorded as
         completed or failed; none is left running.
         """
-        self._stopping.set()
-        with self._slots_changed:
-            self._slots_changed.notify_all()  # the poller may be waiting for a free slot
         if self._poller is not None:
-            self._poller.join()
+            self._poller.stop()
         self._task_threads.shutdown(wait=True)
         log.info("worker on queue %r stopped", self.queue)
 
@@ -129,43 +118,8 @@ class Worker:
     ) -> None:
         self.stop()
 
-    def _poll_loop(self) -> None:
-        while not self._stopping.is_set():
-            free_slots = self._wait_for_free_slots()
-            if free_slots == 0:
-                break  # stopping
-            try:
-                tasks = self.claim_tasks(free_slots)
-            except psycopg.Error:
-                # The database may be restarting; try again at the next poll.
-                log.exception("could not claim tasks from queue %r", self.queue)
-                tasks = []
-            for task in tasks:
-                self._start_task(task)
-            if not tasks:
-                # Nothing to do: wait, but wake at once if stop() is called.
-                self._stopping.wait(self.poll_interval)
-
-    def _wait_for_free_slots(self) -> int:
-        """Block until at least one slot is free; return how many are (0 when stopping)."""
-        with self._slots_changed:
-            while self._slots_in_use == self.slots and not self._stopping.is_set():
-                self._slots_changed.wait()
-            if self._stopping.is_set():
-                return 0
-            return self.slots - self._slots_in_use
-
-    def claim_tasks(self, max_tasks: int) -> list[Task]:
-        with self.pool.connection() as conn:
-            tasks = Querier(conn).claim_tasks(queue=self.queue, max_tasks=max_tasks)
-        if tasks:
-            log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
-        return tasks
-
     def _start_task(self, task: Task) -> None:
-        with self._slots_changed:
-            self._slots_in_use += 1
-            self._peak_slots_in_use = max(self._peak_slots_in_use, self._slots_in_use)
+        """Run a claimed task on a task thread; the poller has taken its slot."""
         self._task_threads.submit(self._run_in_slot, task)
 
     def _run_in_slot(self, task: Task) -> None:
@@ -176,10 +130,7 @@ class Worker:
             # stays "running" in the table: lesson 04 is about exactly this.
             log.exception("could not record the result of task %d", task.id)
         finally:
-            with self._slots_changed:
-                self._slots_in_use -= 1
-                self._tasks_finished += 1
-                self._slots_changed.notify()
+            self._slots.give_back()
 
     def run_task(self, task: Task) -> None:
         """Run one claimed task and record its result: completed, or failed with a reason.
@@ -201,14 +152,10 @@ class Worker:
                 task, error_document(type(error).__name__, exception_message(error))
             )
             return
-        problem = json_problem(output)
-        if problem is not None:
-            self.record_failure(
-                task,
-                error_document(
-                    "InvalidResult", f"the result of {task.task_name} is not JSON: {problem}"
-                ),
-            )
+        try:
+            to_json(output, f"the result of {task.task_name}")
+        except ValueError as error:
+            self.record_failure(task, error_document("InvalidResult", str(error)))
             return
         self.record_success(task, output)
 
@@ -232,33 +179,3 @@ class Worker:
         with self.pool.connection() as conn:
             Querier(conn).fail_task(id=task.id, error=error)
         log.info("task %d (%s) failed: %s", task.id, task.display_name, error["error"]["message"])
-
-
-def error_document(kind: str, message: str) -> dict[str, Any]:
-    """What a failed task's output holds: the kind of error and a readable message."""
-    # jsonb cannot hold the character U+0000, nor a lone surrogate (what a file name
-    # that is not UTF-8 decodes to): spell them out rather than lose the failure.
-    storable = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
-    return {"error": {"type": kind, "message": storable}}
-
-
-def json_problem(value: Any) -> str | None:
-    """Why `value` cannot be stored as JSON, or None when it can."""
-    try:
-        # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        return str(error)
-    return None
-
-
-def exception_message(error: BaseException) -> str:
-    """`str(error)`, which runs the exception's own code and so can itself raise."""
-    try:
-        return str(error)
-    except Exception:
-        return f"(the message of this {type(error).__name__} could not be read)"
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .worker import TaskFunction
+from ..engine.worker import TaskFunction
 
 
 def example_task(input: dict[str, Any]) -> dict[str, Any]:

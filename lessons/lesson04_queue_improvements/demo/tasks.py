@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .worker import NonRetryableError, TaskFunction, current_task
+from ..engine.attempts import current_task
+from ..engine.shared import NonRetryableError
+from ..engine.worker import TaskFunction
 
 
 def example_task(input: dict[str, Any]) -> dict[str, Any]:

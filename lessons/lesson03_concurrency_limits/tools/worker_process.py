@@ -1,7 +1,7 @@
 """Run a worker in a process of its own until SIGTERM or Ctrl-C, then stop gracefully.
 
-    python -m lessons.lesson02_simple_task_queue.worker_process \\
-        --functions lessons.lesson02_simple_task_queue.tasks --queue default
+    python -m lessons.lesson03_concurrency_limits.tools.worker_process \\
+        --functions lessons.lesson03_concurrency_limits.demo.tasks --queue default --slots 10
 
 `--functions` names a module whose `FUNCTIONS` mapping lists the task functions
 to register. The database comes from DATABASE_URL (or the embedded server), and
@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, create_pool
 
-from .worker import DEFAULT_QUEUE, TaskFunction, Worker
+from ..engine.shared import DEFAULT_QUEUE
+from ..engine.worker import TaskFunction, Worker
+
+LESSON = Lesson.of(__file__)
+
+# The task functions a worker process registers unless told otherwise.
+DEMO_FUNCTIONS = f"{LESSON.package}.demo.tasks"
 
 
 def load_functions(module_name: str) -> Mapping[str, TaskFunction]:
@@ -33,10 +39,11 @@ def load_functions(module_name: str) -> Mapping[str, TaskFunction]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
-    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    parser.add_argument("--schema", default=LESSON.schema)
     parser.add_argument("--queue", default=DEFAULT_QUEUE)
-    parser.add_argument("--functions", default=f"{__package__}.tasks", metavar="MODULE")
+    parser.add_argument("--functions", default=DEMO_FUNCTIONS, metavar="MODULE")
     parser.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS")
+    parser.add_argument("--slots", type=int, default=10, help="tasks run at once")
     options = parser.parse_args(argv)
     configure_logging(options.verbose)
 
@@ -50,11 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        pool = create_pool(options.schema)
+        # A connection per slot to record results, and one for the poller.
+        pool = create_pool(options.schema, max_size=options.slots + 1)
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with pool, Worker(pool, functions, queue=options.queue, poll_interval=options.poll_interval):
+    worker = Worker(
+        pool,
+        functions,
+        queue=options.queue,
+        poll_interval=options.poll_interval,
+        slots=options.slots,
+    )
+    with pool, worker:
         print("worker ready", flush=True)
         signal.sigwait(stop_signals)
     return 0

@@ -1,0 +1,7 @@
+"""The engine: what this lesson builds. Each module imports only the ones listed before it.
+
+- `shared`: defaults, the finished statuses, the JSON rules;
+- `client`: enqueue a task, wait for its result;
+- `poller`: claims tasks for the worker;
+- `worker`: starts and stops the poller, and runs each task.
+"""
