@@ -32,8 +32,6 @@ from lessons.common.cli import (
     run_lesson,
     wait_until,
 )
-from lessons.lesson11_retries_replays_forks import history_tool
-from lessons.lesson11_retries_replays_forks.client import enqueue, push_event, wait_for_task
 from lessons.lesson11_retries_replays_forks.db.models import (
     Charge,
     Email,
@@ -42,13 +40,15 @@ from lessons.lesson11_retries_replays_forks.db.models import (
     TaskStatus,
 )
 from lessons.lesson11_retries_replays_forks.db.queries import Querier
-from lessons.lesson11_retries_replays_forks.tasks import (
+from lessons.lesson11_retries_replays_forks.demo.tasks import (
     DURABLE_FUNCTIONS,
     EMAIL_FIX,
     FUNCTIONS,
     ORDERS_QUEUE,
 )
-from lessons.lesson11_retries_replays_forks.worker import Worker
+from lessons.lesson11_retries_replays_forks.engine.client import enqueue, push_event, wait_for_task
+from lessons.lesson11_retries_replays_forks.engine.worker import Worker
+from lessons.lesson11_retries_replays_forks.tools import history_tool
 
 LESSON = Lesson.of(__file__)
 

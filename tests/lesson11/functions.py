@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from lessons.lesson11_retries_replays_forks.durable import (
+from lessons.lesson11_retries_replays_forks.demo.tasks import (
+    DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS,
+)
+from lessons.lesson11_retries_replays_forks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson11_retries_replays_forks.engine.durable import (
     DurableContext,
     DurableFunction,
     EventTimeout,
 )
-from lessons.lesson11_retries_replays_forks.tasks import (
-    DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS,
-)
-from lessons.lesson11_retries_replays_forks.tasks import FUNCTIONS as LESSON_FUNCTIONS
-from lessons.lesson11_retries_replays_forks.worker import TaskFunction
+from lessons.lesson11_retries_replays_forks.engine.worker import TaskFunction
 
 # A queue no worker serves: a child sent there never finishes.
 UNSERVED_QUEUE = "unserved"

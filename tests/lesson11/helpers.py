@@ -8,11 +8,11 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson11_retries_replays_forks.client import enqueue, push_event, wait_for_task
 from lessons.lesson11_retries_replays_forks.db.models import Task, TaskEvent
 from lessons.lesson11_retries_replays_forks.db.queries import Querier
-from lessons.lesson11_retries_replays_forks.tasks import ORDERS_QUEUE
-from lessons.lesson11_retries_replays_forks.worker import Worker
+from lessons.lesson11_retries_replays_forks.demo.tasks import ORDERS_QUEUE
+from lessons.lesson11_retries_replays_forks.engine.client import enqueue, push_event, wait_for_task
+from lessons.lesson11_retries_replays_forks.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson11.functions import DURABLE_FUNCTIONS, FUNCTIONS
 from tests.waiting import wait_until

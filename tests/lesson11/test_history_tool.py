@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from lessons.lesson11_retries_replays_forks.client import wait_for_task
 from lessons.lesson11_retries_replays_forks.db.models import TaskStatus
 from lessons.lesson11_retries_replays_forks.db.queries import Querier
-from lessons.lesson11_retries_replays_forks.tasks import EMAIL_FIX, ORDERS_QUEUE
-from lessons.lesson11_retries_replays_forks.worker_process import WorkerProcess
+from lessons.lesson11_retries_replays_forks.demo.tasks import EMAIL_FIX, ORDERS_QUEUE
+from lessons.lesson11_retries_replays_forks.engine.client import wait_for_task
+from lessons.lesson11_retries_replays_forks.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson11.helpers import (
     LESSON,
@@ -36,7 +36,7 @@ from tests.lesson11.helpers import (
 )
 from tests.waiting import wait_until
 
-TOOL = f"lessons.{LESSON}.history_tool"
+TOOL = f"lessons.{LESSON}.tools.history_tool"
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from lessons.lesson11_retries_replays_forks.client import wait_for_task
 from lessons.lesson11_retries_replays_forks.db.models import EventKind, TaskStatus
 from lessons.lesson11_retries_replays_forks.db.queries import Querier
-from lessons.lesson11_retries_replays_forks.reruns import RerunRefused, fork, replay
-from lessons.lesson11_retries_replays_forks.tasks import EMAIL_FIX, ORDERS_QUEUE
+from lessons.lesson11_retries_replays_forks.demo.tasks import EMAIL_FIX, ORDERS_QUEUE
+from lessons.lesson11_retries_replays_forks.engine.client import wait_for_task
+from lessons.lesson11_retries_replays_forks.engine.reruns import RerunRefused, fork, replay
 from tests.conftest import LessonDatabase
 from tests.lesson11.functions import DEPLOYED, STEP_RUNS
 from tests.lesson11.helpers import (

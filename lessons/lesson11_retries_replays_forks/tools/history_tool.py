@@ -1,14 +1,14 @@
 """See and steer durable tasks from the command line.
 
-    python -m lessons.lesson11_retries_replays_forks.history_tool list
-    python -m lessons.lesson11_retries_replays_forks.history_tool history 1
-    python -m lessons.lesson11_retries_replays_forks.history_tool tree 1
-    python -m lessons.lesson11_retries_replays_forks.history_tool fork 1 --at 2
-    python -m lessons.lesson11_retries_replays_forks.history_tool replay 1
+    python -m lessons.lesson11_retries_replays_forks.tools.history_tool list
+    python -m lessons.lesson11_retries_replays_forks.tools.history_tool history 1
+    python -m lessons.lesson11_retries_replays_forks.tools.history_tool tree 1
+    python -m lessons.lesson11_retries_replays_forks.tools.history_tool fork 1 --at 2
+    python -m lessons.lesson11_retries_replays_forks.tools.history_tool replay 1
 
 `list` shows the newest tasks; `history` a task's event log; `tree` a task with
 its children and its forks (and theirs); `replay` and `fork` run a finished
-durable task again (see reruns.py). The database is found like everywhere in
+durable task again (see engine/reruns.py). The database is found like everywhere in
 the course (DATABASE_URL, else the embedded server), and `--schema` says which
 schema holds the tables: this lesson's unless told otherwise.
 
@@ -30,10 +30,10 @@ import psycopg
 from lessons.common.cli import EXIT_NO_DATABASE, Lesson
 from lessons.common.database import DatabaseUnavailable, connect
 
-from .db.models import Task, TaskStatus
-from .db.queries import ListHistoryRow, Querier
-from .reruns import RerunRefused, fork, replay
-from .result_writer import first_line
+from ..db.models import Task, TaskStatus
+from ..db.queries import ListHistoryRow, Querier
+from ..engine.reruns import RerunRefused, fork, replay
+from ..engine.shared import first_line
 
 EXIT_REFUSED = 1
 

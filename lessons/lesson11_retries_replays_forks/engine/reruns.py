@@ -38,10 +38,9 @@ from typing import Any
 
 import psycopg
 
-from .db.models import Task, TaskEvent, TaskStatus
-from .db.queries import ListHistoryRow, Querier
-
-FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED)
+from ..db.models import Task, TaskEvent
+from ..db.queries import ListHistoryRow, Querier
+from .shared import FINISHED_STATUSES
 
 
 class RerunRefused(Exception):
@@ -107,7 +106,7 @@ def fork(conn: psycopg.Connection[Any], task_id: int, *, at_event: int) -> Task:
 def check_children_finished(shared: list[ListHistoryRow]) -> None:
     """Refuse a fork that would share a child that has not finished (see above)."""
     for event in shared:
-        if event.child_task_id is not None and event.child_status not in FINISHED:
+        if event.child_task_id is not None and event.child_status not in FINISHED_STATUSES:
             raise RerunRefused(
                 f"child task {event.child_task_id} of event {event.event_number} is "
                 f"{event.child_status}: fork at event {event.event_number} or before, or "
@@ -135,7 +134,7 @@ def rerunnable(task: Task | None, task_id: int, done: str) -> Task:
         raise RerunRefused(
             f"task {task_id} ({task.task_name}) is not durable: it has no history to be {done}"
         )
-    if task.status not in FINISHED:
+    if task.status not in FINISHED_STATUSES:
         raise RerunRefused(
             f"task {task_id} ({task.task_name}) is {task.status}: only a completed or failed "
             f"task can be {done}; wait until it has finished"
