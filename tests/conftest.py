@@ -1,4 +1,5 @@
-"""One PostgreSQL server per test session, and a fresh schema per test.
+"""One PostgreSQL server per test session, a fresh schema per test, and what every
+test's child processes need.
 
 The server is chosen like everywhere else in the course (`DATABASE_URL`, else
 embedded), with one addition: when a Docker daemon answers, testcontainers
@@ -24,6 +25,8 @@ from lessons.common.database import (
     reset_schema,
     start_embedded_server,
 )
+from tests.recording import close_connections
+from tests.worker_processes import python_path_with_repository
 
 LESSONS_DIRECTORY = Path(__file__).resolve().parents[1] / "lessons"
 
@@ -100,3 +103,23 @@ def lesson_database(
     for database in created:
         database.pool.close()
         drop_schema(database.schema, url=database_url)
+
+
+@pytest.fixture(autouse=True)
+def children_can_import_the_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put the repository on PYTHONPATH for the test's duration.
+
+    The lessons' own `WorkerProcess` (lessons 04-11) and the tools the tests run as
+    subprocesses pass this process's environment on; with the repository on PYTHONPATH
+    they can import the tests' task-function modules, such as `tests.lesson07.functions`.
+    """
+    monkeypatch.setenv("PYTHONPATH", python_path_with_repository(os.environ.get("PYTHONPATH", "")))
+
+
+@pytest.fixture(autouse=True)
+def recording_connections_closed() -> Iterator[None]:
+    """After the test, close the connections that task functions run by in-process
+    workers opened to record what they did (`tests.recording.record`), so that none
+    outlives the test's schema."""
+    yield
+    close_connections()

@@ -128,11 +128,3 @@ def test_two_lessons_schemas_do_not_see_each_other(database_url: str, tmp_path: 
     finally:
         for schema in (first, second):
             drop_schema(schema, url=database_url)
-
-
-def test_lesson01_checks_its_prerequisites(database_url: str) -> None:
-    process = run_python([str(LESSON01_MAIN)], environment(DATABASE_URL=database_url))
-    output, errors = process.communicate(timeout=60)
-    assert process.returncode == 0, output + errors
-    assert "Server version: PostgreSQL" in output
-    assert "sqlc is installed" in output

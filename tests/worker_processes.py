@@ -25,12 +25,20 @@ from types import TracebackType
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
 
+def python_path_with_repository(python_path: str) -> str:
+    """`python_path` (a PYTHONPATH value) with the repository root first, once, so that
+    a child process can import the tests' task-function modules (`tests.lesson07.functions`)."""
+    others = [
+        entry for entry in python_path.split(os.pathsep) if entry not in ("", str(REPOSITORY_ROOT))
+    ]
+    return os.pathsep.join([str(REPOSITORY_ROOT), *others])
+
+
 def environment_for_children(**extra: str) -> dict[str, str]:
     """This process's environment (DATABASE_URL included), with the repository on
     PYTHONPATH so that a child can import the tests' task-function modules."""
     env = dict(os.environ)
-    paths = [str(REPOSITORY_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONPATH"] = python_path_with_repository(env.get("PYTHONPATH", ""))
     env.update(extra)
     return env
 
