@@ -23,7 +23,6 @@ the function, or one of its steps, runs.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +30,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import EventKind, Task, TaskEvent
-from .db.queries import Querier
-from .result_writer import first_line
+from ..db.models import EventKind, Task, TaskEvent
+from ..db.queries import Querier
+from .shared import NonRetryableError, first_line, to_json
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,14 @@ class LostOwnership(Exception):
     """
 
 
-class InvalidStepData(Exception):
+class InvalidStepData(NonRetryableError):
     """A step's input or output is not JSON the database can store.
 
     Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
     or a lone surrogate), so the history cannot record it.
 
-    Trying again cannot help, so the worker fails the task at once.
+    Trying again cannot help, so it is a `NonRetryableError`: the worker fails
+    the task at once.
     """
 
 
@@ -159,15 +159,6 @@ class DurableContext:
 def check_json(what: str, value: Any) -> None:
     """Refuse a value the history could not hold, with a message that says whose it is."""
     try:
-        # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidStepData(f"{what} is not JSON: {error}") from error
-    try:
-        text.encode()
-    except UnicodeEncodeError as error:
-        # A lone surrogate: what bytes that are not UTF-8 decode to, with
-        # errors="surrogateescape" (file names, for one). It is not text.
-        raise InvalidStepData(
-            f"{what} holds a string that is not valid Unicode: {error}"
-        ) from error
+        to_json(value, what)
+    except ValueError as error:
+        raise InvalidStepData(str(error)) from error
