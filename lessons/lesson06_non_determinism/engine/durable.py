@@ -32,7 +32,6 @@ the function, or one of its steps, runs.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -40,9 +39,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import EventKind, Task, TaskEvent
-from .db.queries import Querier
-from .result_writer import first_line
+from ..db.models import EventKind, Task, TaskEvent
+from ..db.queries import Querier
+from .shared import NonRetryableError, canonical_json, first_line, to_json
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class LostOwnership(Exception):
     """
 
 
-class NonDeterminismError(Exception):
+class NonDeterminismError(NonRetryableError):
     """This attempt made another call than the history recorded at the same event number.
 
     The message names the event, the recorded call and the new one:
@@ -66,17 +65,19 @@ class NonDeterminismError(Exception):
 
     or, when the function returned before making every call the history holds,
     `new call none (the function returned)`. The same code would make the same
-    call again, so the worker fails the task at once, retries left or not.
+    call again, so it is a `NonRetryableError`: the worker fails the task at
+    once, retries left or not.
     """
 
 
-class InvalidStepData(Exception):
+class InvalidStepData(NonRetryableError):
     """A step's input or output is not JSON the database can store.
 
     Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
     or a lone surrogate), so the history cannot record it.
 
-    Trying again cannot help, so the worker fails the task at once.
+    Trying again cannot help, so it is a `NonRetryableError`: the worker fails
+    the task at once.
     """
 
 
@@ -217,15 +218,6 @@ class DurableContext:
         return event
 
 
-def canonical_json(value: Any) -> str:
-    """One text per JSON value: keys sorted, no spaces, characters as they are.
-
-    Two inputs that are equal as JSON give the same text, whatever order their
-    keys were inserted in, so they give the same key.
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def event_key(kind: EventKind, name: str, input: Any) -> str:
     """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
     call = canonical_json([str(kind), name, input])
@@ -240,15 +232,6 @@ def describe_call(kind: EventKind, name: str, input: Any) -> str:
 def check_json(what: str, value: Any) -> None:
     """Refuse a value the history could not hold, with a message that says whose it is."""
     try:
-        # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidStepData(f"{what} is not JSON: {error}") from error
-    try:
-        text.encode()
-    except UnicodeEncodeError as error:
-        # A lone surrogate: what bytes that are not UTF-8 decode to, with
-        # errors="surrogateescape" (file names, for one). It is not text.
-        raise InvalidStepData(
-            f"{what} holds a string that is not valid Unicode: {error}"
-        ) from error
+        to_json(value, what)
+    except ValueError as error:
+        raise InvalidStepData(str(error)) from error

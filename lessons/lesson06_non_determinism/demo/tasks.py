@@ -10,75 +10,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from typing import Any
 
-from .durable import DurableContext, DurableFunction
-from .worker import NonRetryableError, TaskFunction, current_task
-
-
-def example_task(input: dict[str, Any]) -> dict[str, Any]:
-    message = input["message"]
-    return {"reply": f"Processed: {message}"}
-
-
-def sleep_task(input: dict[str, Any]) -> dict[str, float]:
-    """Sleep for `input["seconds"]`, and report when it started and finished.
-
-    The times are the task's own account of when it ran (seconds since the
-    epoch), so a check of how many tasks ran at once need not trust the worker.
-    """
-    started_at = time.time()
-    time.sleep(input["seconds"])
-    return {"started_at": started_at, "finished_at": time.time()}
-
-
-def cancellable_sleep_task(input: dict[str, Any]) -> dict[str, Any]:
-    """Like sleep_task, but it stops early when its attempt is cancelled.
-
-    `Event.wait(seconds)` sleeps until the flag is raised or the time is up, and
-    says which: the polite way for a long task to notice it should give up.
-    """
-    started_at = time.time()
-    cancelled = current_task().cancelled.wait(input["seconds"])
-    return {"started_at": started_at, "finished_at": time.time(), "cancelled": cancelled}
-
-
-def flaky_task(input: dict[str, Any]) -> dict[str, Any]:
-    """Fail every attempt before `input["succeed_on_attempt"]`, like a service that is down."""
-    attempt = current_task().attempt
-    if attempt < input["succeed_on_attempt"]:
-        raise ConnectionError(f"the service is unavailable (attempt {attempt})")
-    return {"succeeded_on_attempt": attempt}
-
-
-class CardDeclined(NonRetryableError):
-    """Trying again will not make the bank say yes."""
-
-
-def charge_card(input: dict[str, Any]) -> dict[str, Any]:
-    if input["card"].endswith("0002"):
-        raise CardDeclined(f"card {input['card']} was declined")
-    return {"charged": input["amount"]}
-
-
-FUNCTIONS: dict[str, TaskFunction] = {
-    "example_task": example_task,
-    "sleep_task": sleep_task,
-    "cancellable_sleep_task": cancellable_sleep_task,
-    "flaky_task": flaky_task,
-    "charge_card": charge_card,
-}
-
-
-# How many times each step function below has run in this process. The
-# demonstration runs its workers in its own process, so it can read this to
-# show which steps ran again on a retry, and which did not.
-STEP_RUNS: Counter[str] = Counter()
+from ..engine.attempts import current_task
+from ..engine.durable import DurableContext, DurableFunction
+from ..engine.worker import TaskFunction
 
 
 def reserve_stock(input: dict[str, Any]) -> dict[str, Any]:
-    STEP_RUNS["reserve_stock"] += 1
     return {"reservation": f"R-{input['order_id']}"}
 
 
@@ -88,7 +27,6 @@ def print_label(input: dict[str, Any]) -> dict[str, Any]:
     Random on purpose: if a retry ran this step again, the order would get a
     second label with a different number, and the parcel two identities.
     """
-    STEP_RUNS["print_label"] += 1
     return {"tracking_number": uuid.uuid4().hex[:10].upper()}
 
 
@@ -98,7 +36,6 @@ COURIER_TIMEOUT = 0.5
 
 def book_courier(input: dict[str, Any]) -> dict[str, Any]:
     """Book a pickup. During the task's first attempt the courier's service hangs."""
-    STEP_RUNS["book_courier"] += 1
     attempt = current_task().attempt
     if attempt == 1:
         time.sleep(COURIER_TIMEOUT)
@@ -109,7 +46,6 @@ def book_courier(input: dict[str, Any]) -> dict[str, Any]:
 
 
 def notify_customer(input: dict[str, Any]) -> dict[str, Any]:
-    STEP_RUNS["notify_customer"] += 1
     return {"notified": input["email"]}
 
 
@@ -174,5 +110,9 @@ def ship_order_with_changed_input(ctx: DurableContext, order: dict[str, Any]) ->
     )
     return {"tracking_number": label["tracking_number"]}
 
+
+# The demonstration runs durable functions only; `worker_process --functions`
+# loads this mapping all the same.
+FUNCTIONS: dict[str, TaskFunction] = {}
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {"ship_order": ship_order}

@@ -1,7 +1,7 @@
 """Run a worker in a process of its own until SIGTERM or Ctrl-C, then stop gracefully.
 
-    python -m lessons.lesson06_non_determinism.worker_process \\
-        --functions lessons.lesson06_non_determinism.tasks --queue default --slots 10 \\
+    python -m lessons.lesson06_non_determinism.tools.worker_process \\
+        --functions lessons.lesson06_non_determinism.demo.tasks --queue default --slots 10 \\
         --heartbeat-interval 1 --inactivity-threshold 10
 
 `--functions` names a module whose `FUNCTIONS` mapping lists the task functions
@@ -31,8 +31,14 @@ from types import TracebackType
 from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, create_pool
 
-from .durable import DurableFunction
-from .worker import DEFAULT_QUEUE, TaskFunction, Worker
+from ..engine.durable import DurableFunction
+from ..engine.shared import DEFAULT_QUEUE
+from ..engine.worker import TaskFunction, Worker
+
+LESSON = Lesson.of(__file__)
+
+# The task functions a worker process registers unless told otherwise.
+DEMO_FUNCTIONS = f"{LESSON.package}.demo.tasks"
 
 
 def load_functions(
@@ -50,9 +56,9 @@ def load_functions(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
-    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    parser.add_argument("--schema", default=LESSON.schema)
     parser.add_argument("--queue", default=DEFAULT_QUEUE)
-    parser.add_argument("--functions", default=f"{__package__}.tasks", metavar="MODULE")
+    parser.add_argument("--functions", default=DEMO_FUNCTIONS, metavar="MODULE")
     parser.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS")
     parser.add_argument("--slots", type=int, default=10, help="tasks run at once")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS")
@@ -70,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # One connection each for the poller, the heartbeat and the result writer,
-        # and one per slot for durable functions, which read and write their history.
-        pool = create_pool(options.schema, max_size=3 + options.slots)
+        # One connection each for the poller, the heartbeat, the sweeper and the
+        # result writer, and one per slot for durable functions, which read and
+        # write their history.
+        pool = create_pool(options.schema, max_size=4 + options.slots)
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -108,7 +115,7 @@ class WorkerProcess:
         *,
         schema: str,
         queue: str = DEFAULT_QUEUE,
-        functions: str = f"{__package__}.tasks",
+        functions: str = DEMO_FUNCTIONS,
         slots: int = 1,
         poll_interval: float = 0.1,
         heartbeat_interval: float = 1.0,
@@ -144,7 +151,7 @@ class WorkerProcess:
     def start(self, timeout: float = 30.0) -> int:
         """Start the child and wait until it says it is ready; return its worker id."""
         process = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.worker_process", *self.arguments],
+            [sys.executable, "-m", f"{LESSON.package}.tools.worker_process", *self.arguments],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
