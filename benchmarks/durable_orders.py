@@ -47,12 +47,12 @@ from lessons.common.database import (
     drop_schema,
     reset_schema,
 )
-from lessons.lesson07_durable_tasks.durable import DurableContext, DurableFunction
-from lessons.lesson07_durable_tasks.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
-from lessons.lesson07_durable_tasks.tasks import FUNCTIONS as LESSON_FUNCTIONS
-from lessons.lesson07_durable_tasks.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
-from lessons.lesson07_durable_tasks.worker import TaskFunction
-from lessons.lesson07_durable_tasks.worker_process import WorkerProcess
+from lessons.lesson07_durable_tasks.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
+from lessons.lesson07_durable_tasks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson07_durable_tasks.engine.durable import DurableContext, DurableFunction
+from lessons.lesson07_durable_tasks.engine.worker import TaskFunction
+from lessons.lesson07_durable_tasks.tools.worker_process import WorkerProcess
 
 from .processes import start_together
 

@@ -1,1 +1,6 @@
-"""Lesson 05: durable tasks keep an append-only history of what they did."""
+"""Lesson 05: durable tasks keep an append-only history of what they did.
+
+Its shelves: `engine/` is what the lesson builds, `demo/` what `main.py` and the
+tests run on it, `tools/` the commands around it; `sql/` holds the lesson's SQL
+and `db/` the code sqlc generates from it.
+"""

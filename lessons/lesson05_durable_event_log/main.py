@@ -16,11 +16,11 @@ import time
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
-from lessons.lesson05_durable_event_log.client import enqueue, wait_for_task
 from lessons.lesson05_durable_event_log.db.models import Task, TaskEvent, TaskStatus
 from lessons.lesson05_durable_event_log.db.queries import Querier
-from lessons.lesson05_durable_event_log.tasks import DURABLE_FUNCTIONS, STEP_RUNS
-from lessons.lesson05_durable_event_log.worker import Worker
+from lessons.lesson05_durable_event_log.demo.tasks import DURABLE_FUNCTIONS, STEP_RUNS
+from lessons.lesson05_durable_event_log.engine.client import enqueue, wait_for_task
+from lessons.lesson05_durable_event_log.engine.worker import Worker
 
 LESSON = Lesson.of(__file__)
 

@@ -24,16 +24,16 @@ import time
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
-from lessons.lesson06_non_determinism.client import enqueue, wait_for_task
 from lessons.lesson06_non_determinism.db.models import Task, TaskEvent, TaskStatus
 from lessons.lesson06_non_determinism.db.queries import Querier
-from lessons.lesson06_non_determinism.durable import DurableFunction
-from lessons.lesson06_non_determinism.tasks import (
+from lessons.lesson06_non_determinism.demo.tasks import (
     ship_order,
     ship_order_with_changed_input,
     ship_order_with_renamed_step,
 )
-from lessons.lesson06_non_determinism.worker import Worker
+from lessons.lesson06_non_determinism.engine.client import enqueue, wait_for_task
+from lessons.lesson06_non_determinism.engine.durable import DurableFunction
+from lessons.lesson06_non_determinism.engine.worker import Worker
 
 LESSON = Lesson.of(__file__)
 

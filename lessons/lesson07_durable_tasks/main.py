@@ -30,18 +30,18 @@ from lessons.common.cli import (
     run_lesson,
     wait_until,
 )
-from lessons.lesson07_durable_tasks.client import enqueue, wait_for_task
-from lessons.lesson07_durable_tasks.crash_points import CRASH_AT
 from lessons.lesson07_durable_tasks.db.models import Charge, Email, Task, TaskEvent, TaskStatus
 from lessons.lesson07_durable_tasks.db.queries import Querier
-from lessons.lesson07_durable_tasks.tasks import (
+from lessons.lesson07_durable_tasks.demo.tasks import (
     DURABLE_FUNCTIONS,
     FUNCTIONS,
     ORDER_STEPS_QUEUE,
     ORDERS_QUEUE,
 )
-from lessons.lesson07_durable_tasks.worker import Worker
-from lessons.lesson07_durable_tasks.worker_process import WorkerProcess
+from lessons.lesson07_durable_tasks.engine.client import enqueue, wait_for_task
+from lessons.lesson07_durable_tasks.engine.crash_points import CRASH_AT
+from lessons.lesson07_durable_tasks.engine.worker import Worker
+from lessons.lesson07_durable_tasks.tools.worker_process import WorkerProcess
 
 LESSON = Lesson.of(__file__)
 

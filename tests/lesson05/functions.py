@@ -10,8 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from lessons.lesson05_durable_event_log.durable import DurableContext, DurableFunction
-from lessons.lesson05_durable_event_log.worker import NonRetryableError, TaskFunction, current_task
+from lessons.lesson05_durable_event_log.engine.attempts import current_task
+from lessons.lesson05_durable_event_log.engine.durable import DurableContext, DurableFunction
+from lessons.lesson05_durable_event_log.engine.shared import NonRetryableError
+from lessons.lesson05_durable_event_log.engine.worker import TaskFunction
 from tests.recording import record, wait_for_gate
 
 STEPS = ["one", "two", "three"]

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson05_durable_event_log.client import enqueue, wait_for_task
 from lessons.lesson05_durable_event_log.db.models import EventKind, Task, TaskEvent, TaskStatus
 from lessons.lesson05_durable_event_log.db.queries import Querier
-from lessons.lesson05_durable_event_log.worker import Worker
-from lessons.lesson05_durable_event_log.worker_process import WorkerProcess
+from lessons.lesson05_durable_event_log.engine.client import enqueue, wait_for_task
+from lessons.lesson05_durable_event_log.engine.worker import Worker
+from lessons.lesson05_durable_event_log.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson05.functions import DURABLE_FUNCTIONS, FUNCTIONS
 from tests.recording import create_executions_table, open_gate
@@ -298,7 +298,8 @@ def test_a_sweep_skips_a_task_whose_event_is_being_appended(database: LessonData
         ("return_a_nul", "event 1 (step nul) cannot be stored: "),
         (
             "return_a_lone_surrogate",
-            "the output of step surrogate holds a string that is not valid Unicode: ",
+            "the output of step surrogate cannot be stored: "
+            "it holds a string that is not valid Unicode: ",
         ),
     ],
 )

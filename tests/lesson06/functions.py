@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from lessons.lesson06_non_determinism.durable import DurableContext, DurableFunction
-from lessons.lesson06_non_determinism.worker import TaskFunction, current_task
+from lessons.lesson06_non_determinism.engine.attempts import current_task
+from lessons.lesson06_non_determinism.engine.durable import DurableContext, DurableFunction
+from lessons.lesson06_non_determinism.engine.worker import TaskFunction
 from tests.recording import wait_for_gate
 
 

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson06_non_determinism.client import enqueue, wait_for_task
 from lessons.lesson06_non_determinism.db.models import Task, TaskEvent, TaskStatus
 from lessons.lesson06_non_determinism.db.queries import Querier
-from lessons.lesson06_non_determinism.worker import Worker
-from lessons.lesson06_non_determinism.worker_process import WorkerProcess
+from lessons.lesson06_non_determinism.engine.client import enqueue, wait_for_task
+from lessons.lesson06_non_determinism.engine.worker import Worker
+from lessons.lesson06_non_determinism.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson06.functions import DURABLE_FUNCTIONS
 from tests.waiting import wait_until

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lessons.lesson07_durable_tasks.durable import DurableContext, DurableFunction
-from lessons.lesson07_durable_tasks.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
-from lessons.lesson07_durable_tasks.tasks import FUNCTIONS as LESSON_FUNCTIONS
-from lessons.lesson07_durable_tasks.worker import NonRetryableError, TaskFunction, current_task
+from lessons.lesson07_durable_tasks.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
+from lessons.lesson07_durable_tasks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson07_durable_tasks.engine.attempts import current_task
+from lessons.lesson07_durable_tasks.engine.durable import DurableContext, DurableFunction
+from lessons.lesson07_durable_tasks.engine.shared import NonRetryableError
+from lessons.lesson07_durable_tasks.engine.worker import TaskFunction
 
 # Children of the functions below run on this queue. `scripted_children` sends
 # its children to a queue no worker serves: only its history matters.

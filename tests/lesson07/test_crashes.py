@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson07_durable_tasks.client import enqueue, wait_for_task
-from lessons.lesson07_durable_tasks.crash_points import CRASH_AT
 from lessons.lesson07_durable_tasks.db.models import Task, TaskEvent, TaskStatus
 from lessons.lesson07_durable_tasks.db.queries import Querier
-from lessons.lesson07_durable_tasks.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
-from lessons.lesson07_durable_tasks.worker_process import WorkerProcess
+from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson07_durable_tasks.engine.client import enqueue, wait_for_task
+from lessons.lesson07_durable_tasks.engine.crash_points import CRASH_AT
+from lessons.lesson07_durable_tasks.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.waiting import wait_until
 

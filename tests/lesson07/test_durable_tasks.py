@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
-from lessons.lesson07_durable_tasks.client import enqueue, wait_for_task
 from lessons.lesson07_durable_tasks.db.models import EventKind, Task, TaskEvent, TaskStatus
 from lessons.lesson07_durable_tasks.db.queries import Querier
-from lessons.lesson07_durable_tasks.durable import DurableContext, LostOwnership
-from lessons.lesson07_durable_tasks.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
-from lessons.lesson07_durable_tasks.worker import Worker
+from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson07_durable_tasks.engine.client import enqueue, wait_for_task
+from lessons.lesson07_durable_tasks.engine.durable import DurableContext, LostOwnership
+from lessons.lesson07_durable_tasks.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson07.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS, UNSERVED_QUEUE
 

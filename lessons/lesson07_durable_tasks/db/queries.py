@@ -490,7 +490,8 @@ class Querier:
     def record_charge(
         self, *, order_id: str, amount_cents: int, task_id: int
     ) -> models.Charge | None:
-        """The example's queries: what charge_payment and send_confirmation_email do.
+        """The demonstration's queries: the example's own data, not the engine's.
+        What charge_payment and send_confirmation_email do.
         Charge, unless this task has charged already: then no row comes back, and
         GetChargeOfTask finds the charge made by the task's earlier run.
         """

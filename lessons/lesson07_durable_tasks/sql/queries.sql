@@ -228,7 +228,8 @@ SELECT * FROM task_events
 WHERE task_id = sqlc.arg(task_id)
 ORDER BY event_number;
 
--- The example's queries: what charge_payment and send_confirmation_email do.
+-- The demonstration's queries: the example's own data, not the engine's.
+-- What charge_payment and send_confirmation_email do.
 
 -- name: RecordCharge :one
 -- Charge, unless this task has charged already: then no row comes back, and

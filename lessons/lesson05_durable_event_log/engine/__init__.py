@@ -1,0 +1,9 @@
+"""The engine: what this lesson builds. Each module imports only the ones listed before it.
+
+- `shared`: defaults, the finished statuses, NonRetryableError, the JSON rules;
+- `client`: enqueue a task, wait for its result;
+- `attempts`, `slots`, `periodic`: what the worker's peers share;
+- `result_writer`, `heartbeat`, `sweeper`, `poller`: the worker's peers;
+- `durable`: the context a durable function records its history through;
+- `worker`: starts and stops the peers, and runs each attempt.
+"""
