@@ -9,10 +9,10 @@ from typing import Any
 import psycopg
 
 from lessons.common.database import connect
+from lessons.common.stats import percentile
 
 from .measure import BurnDown, latencies, watch_burn_down
 from .processes import ChildProcess
-from .stats import percentile
 from .systems import Layout, QueueSystem
 from .vacuum import Vacuum
 

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import lessons.lesson08_listen_notify as lesson08
 from lessons.common.database import connect, create_pool, drop_schema, reset_schema
+from lessons.common.stats import median, percentile
 from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
 from .machine import this_machine, this_server
-from .stats import median, percentile
 
 SCHEMA = "bench_notify"
 SCHEMA_SQL = Path(lesson08.__file__).resolve().parent / "sql" / "schema.sql"

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lessons.common.stats import median
+
 from .measure import FLAT_TOLERANCE, MiB
-from .stats import median
 from .vacuum import Vacuum
 
 
