@@ -12,7 +12,7 @@ from lessons.common.database import connect
 from lessons.common.stats import percentile
 
 from .measure import BurnDown, latencies, watch_burn_down
-from .processes import ChildProcess
+from .processes import ChildProcess, started_together
 from .systems import Layout, QueueSystem
 from .vacuum import Vacuum
 
@@ -50,9 +50,7 @@ def latency(
         f"--rate={rate}",
         f"--seconds={seconds}",
     )
-    with system.serving(layout), producer:
-        producer.start()
-        producer.wait_until_ready()
+    with system.serving(layout), started_together([producer]):
         producer.go()
         achieved = float(producer.read_line(timeout=seconds * 3 + 30) or "nan")
         producer.wait(timeout=30)

@@ -46,6 +46,7 @@ from .durable import (
     Lesson09Orders,
 )
 from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
+from .processes import put_repository_on_pythonpath
 from .report import Row, text_table
 from .systems import Layout, Lesson04, Lesson08, QueueSystem
 from .targets import compare_rows, targets_section
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = (
         [Vacuum.STOCK, Vacuum.AGGRESSIVE] if options.vacuum == "both" else [Vacuum(options.vacuum)]
     )
+    put_repository_on_pythonpath()
     try:
         outcome = run_plan(build_cases(options), passes=passes, runs=options.runs)
     except DatabaseUnavailable as error:

@@ -19,7 +19,7 @@ Lessons 07, 08 and 09 are `LessonOrders` here, listed in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +33,7 @@ from lessons.lesson09_durable_sleep.worker_process import WorkerProcess as Lesso
 from . import durable_orders, lesson04, lesson08
 from .measure import BurnDown, watch_burn_down
 from .plan import ALL_PASSES
-from .processes import start_together
+from .processes import started_together
 from .report import Row
 from .vacuum import Vacuum, apply_vacuum
 
@@ -229,26 +229,19 @@ class Lesson09Orders(LessonOrders):
 
     @contextmanager
     def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
-        with ExitStack() as stack:
-            workers = [
-                stack.enter_context(
-                    Lesson09WorkerProcess(
-                        schema=self.schema,
-                        queues=[LESSON09_ORDERS_QUEUE],
-                        functions=LESSON09_TASKS,
-                        slots=layout.concurrency,
-                        poll_interval=lesson08.POLL_INTERVAL,
-                        listen=True,
-                    )
-                )
-                for _ in range(layout.processes)
-            ]
-            start_together([worker.start for worker in workers])
-            try:
-                yield [worker.pid for worker in workers]
-            finally:
-                for worker in workers:
-                    worker.stop()
+        workers = [
+            Lesson09WorkerProcess(
+                schema=self.schema,
+                queues=[LESSON09_ORDERS_QUEUE],
+                functions=LESSON09_TASKS,
+                slots=layout.concurrency,
+                poll_interval=lesson08.POLL_INTERVAL,
+                listen=True,
+            )
+            for _ in range(layout.processes)
+        ]
+        with started_together(workers):
+            yield [worker.pid for worker in workers]
 
 
 def _processes(layout: DurableLayout) -> str:

@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -54,7 +54,7 @@ from lessons.lesson07_durable_tasks.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
 from lessons.lesson07_durable_tasks.worker import TaskFunction
 from lessons.lesson07_durable_tasks.worker_process import WorkerProcess
 
-from .processes import start_together
+from .processes import put_repository_on_pythonpath, started_together
 
 SCHEMA = "bench_durable_orders"
 # This module, as the worker processes import it (`python -m` runs it as __main__).
@@ -115,27 +115,20 @@ def worker_processes(
     """
     if reset:
         reset_orders_schema(schema)
-    with ExitStack() as stack:
-        workers = [
-            stack.enter_context(
-                WorkerProcess(
-                    schema=schema,
-                    queues=[ORDERS_QUEUE, ORDER_STEPS_QUEUE],
-                    functions=FUNCTIONS_MODULE,
-                    slots=slots,
-                    poll_interval=poll_interval,
-                    heartbeat_interval=HEARTBEAT_INTERVAL,
-                    inactivity_threshold=INACTIVITY_THRESHOLD,
-                    # So that the workers can import this module wherever we run from.
-                    environment={"PYTHONPATH": str(REPOSITORY_ROOT)},
-                )
-            )
-            for _ in range(count)
-        ]
-        start_together([worker.start for worker in workers])
+    workers = [
+        WorkerProcess(
+            schema=schema,
+            queues=[ORDERS_QUEUE, ORDER_STEPS_QUEUE],
+            functions=FUNCTIONS_MODULE,
+            slots=slots,
+            poll_interval=poll_interval,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            inactivity_threshold=INACTIVITY_THRESHOLD,
+        )
+        for _ in range(count)
+    ]
+    with started_together(workers):
         yield workers
-        for worker in workers:
-            worker.stop()
 
 
 def completed_count(conn: psycopg.Connection[Any], task_name: str) -> int:
@@ -232,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=50, help="calls per step-cost run")
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args(argv)
+    put_repository_on_pythonpath()
 
     try:
         print(f"{describe_server()}; {os.cpu_count()} CPUs; median of {options.runs} runs")

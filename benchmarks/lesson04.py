@@ -7,20 +7,19 @@ of `benchmarks.noop` registered.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 import lessons.lesson04_queue_improvements as lesson04
-from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
+from lessons.common.database import connect, reset_schema
 from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
 
 from .noop import TASK_NAME
-from .processes import start_together
+from .processes import started_together
 from .vacuum import Vacuum, apply_vacuum
 
 LESSON_DIRECTORY = Path(lesson04.__file__).resolve().parent
@@ -64,26 +63,15 @@ UNFINISHED_SQL = (
 @contextmanager
 def worker_processes(schema: str, *, processes: int, slots: int) -> Iterator[list[WorkerProcess]]:
     """Start `processes` workers (all at once), and wait until each one polls; stop them after."""
-    # The children import benchmarks.noop: make sure they find it from any directory.
-    path = os.environ.get("PYTHONPATH", "")
-    if str(REPOSITORY_ROOT) not in path.split(os.pathsep):
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPOSITORY_ROOT), path) if p)
-    with ExitStack() as stack:
-        workers = [
-            stack.enter_context(
-                WorkerProcess(
-                    schema=schema,
-                    queue=QUEUE,
-                    functions="benchmarks.noop",
-                    slots=slots,
-                    poll_interval=POLL_INTERVAL,
-                )
-            )
-            for _ in range(processes)
-        ]
-        start_together([worker.start for worker in workers])
-        try:
-            yield workers
-        finally:
-            for worker in workers:
-                worker.stop()
+    workers = [
+        WorkerProcess(
+            schema=schema,
+            queue=QUEUE,
+            functions="benchmarks.noop",
+            slots=slots,
+            poll_interval=POLL_INTERVAL,
+        )
+        for _ in range(processes)
+    ]
+    with started_together(workers):
+        yield workers

@@ -11,23 +11,21 @@ for the whole INSERT.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import lessons.lesson08_listen_notify as lesson08
-from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
+from lessons.common.database import connect, reset_schema
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
 from .notify_latency import FALLBACK_POLL_INTERVAL
-from .processes import start_together
+from .processes import started_together
 from .vacuum import Vacuum, apply_vacuum
 
 LESSON_DIRECTORY = Path(lesson08.__file__).resolve().parent
 SCHEMA_SQL = LESSON_DIRECTORY / "sql" / "schema.sql"
 QUEUE_TABLES = ("tasks",)
 POLL_INTERVAL = FALLBACK_POLL_INTERVAL
-# Workers of the comparison load the no-op task from here, and find it from any directory.
-ENVIRONMENT = {"PYTHONPATH": str(REPOSITORY_ROOT)}
 
 
 def prepare_schema(schema: str, vacuum: Vacuum, *, tables: tuple[str, ...] = QUEUE_TABLES) -> None:
@@ -48,24 +46,16 @@ def worker_processes(
     poll_interval: float = POLL_INTERVAL,
 ) -> Iterator[list[WorkerProcess]]:
     """Start `processes` workers at once, each listening; wait until each one polls."""
-    with ExitStack() as stack:
-        workers = [
-            stack.enter_context(
-                WorkerProcess(
-                    schema=schema,
-                    queues=queues,
-                    functions=functions,
-                    slots=slots,
-                    poll_interval=poll_interval,
-                    listen=True,
-                    environment=ENVIRONMENT,
-                )
-            )
-            for _ in range(processes)
-        ]
-        start_together([worker.start for worker in workers])
-        try:
-            yield workers
-        finally:
-            for worker in workers:
-                worker.stop()
+    workers = [
+        WorkerProcess(
+            schema=schema,
+            queues=queues,
+            functions=functions,
+            slots=slots,
+            poll_interval=poll_interval,
+            listen=True,
+        )
+        for _ in range(processes)
+    ]
+    with started_together(workers):
+        yield workers

@@ -40,6 +40,7 @@ from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
 from .machine import this_machine, this_server
+from .processes import started_together
 
 SCHEMA = "bench_notify"
 SCHEMA_SQL = Path(lesson08.__file__).resolve().parent / "sql" / "schema.sql"
@@ -63,13 +64,10 @@ def measure_latency(*, listen: bool, tasks: int, rate: float) -> LatencyResult:
     poll_interval = FALLBACK_POLL_INTERVAL if listen else POLLING_ONLY_INTERVAL
     committed_at: dict[int, float] = {}
     enqueue_ms: list[float] = []
-    with (
-        create_pool(SCHEMA, max_size=2) as pool,
-        WorkerProcess(
-            schema=SCHEMA, queues=[queue], slots=4, poll_interval=poll_interval, listen=listen
-        ) as worker,
-    ):
-        worker.start()
+    worker = WorkerProcess(
+        schema=SCHEMA, queues=[queue], slots=4, poll_interval=poll_interval, listen=listen
+    )
+    with create_pool(SCHEMA, max_size=2) as pool, started_together([worker]):
         with pool.connection() as conn:
             started = time.monotonic()
             for index in range(tasks):
@@ -82,7 +80,6 @@ def measure_latency(*, listen: bool, tasks: int, rate: float) -> LatencyResult:
                 enqueue_ms.append((committed_at[task_id] - before) * 1000)
             achieved = tasks / (time.monotonic() - started)
         finished = [wait_for_task(pool, task_id, timeout=60) for task_id in committed_at]
-        worker.stop()
     after_commit_ms = [
         (float(task.output["started_at"]) - committed_at[task.id]) * 1000
         for task in finished

@@ -28,6 +28,7 @@ from lessons.common.database import DatabaseUnavailable
 
 from .context import describe_context, write_markdown
 from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
+from .processes import put_repository_on_pythonpath
 from .report import Row, memory_verdict, percent, text_table
 from .systems import Layout, Lesson04
 from .vacuum import Vacuum
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = (
         [Vacuum.STOCK, Vacuum.AGGRESSIVE] if options.vacuum == "both" else [Vacuum(options.vacuum)]
     )
+    put_repository_on_pythonpath()
     try:
         outcome = run_plan(build_cases(options), passes=passes, runs=options.runs)
     except DatabaseUnavailable as error:

@@ -31,7 +31,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg import sql
@@ -41,7 +41,7 @@ from lessons.common.database import connect, database_url
 
 from ..durable import DurableLayout
 from ..measure import BurnDown, watch_burn_down
-from ..processes import ChildProcess, wait_for_go
+from ..processes import ChildProcess, started_together, wait_for_go
 from ..vacuum import Vacuum, apply_vacuum
 
 DATABASE = "bench_dbos"
@@ -197,29 +197,19 @@ def _enqueue_many(url: str, count: int, layout: DurableLayout) -> None:
 def _workers(
     url: str, mode: str, layout: DurableLayout, shares: list[int]
 ) -> Iterator[list[ChildProcess]]:
-    with ExitStack() as stack:
-        processes = [
-            stack.enter_context(
-                ChildProcess(
-                    __name__,
-                    f"--url={url}",
-                    f"--mode={mode}",
-                    f"--executor-id=bench-{index}",
-                    f"--concurrency={layout.concurrency}",
-                    f"--workflows={share}",
-                )
-            )
-            for index, share in enumerate(shares)
-        ]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_until_ready()
-        try:
-            yield processes
-        finally:
-            for process in processes:
-                process.stop()
+    processes = [
+        ChildProcess(
+            __name__,
+            f"--url={url}",
+            f"--mode={mode}",
+            f"--executor-id=bench-{index}",
+            f"--concurrency={layout.concurrency}",
+            f"--workflows={share}",
+        )
+        for index, share in enumerate(shares)
+    ]
+    with started_together(processes):
+        yield processes
 
 
 def _check_each_workflow_ran_its_steps_once(conn: Any, workflows: int) -> None:

@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import signal
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from psycopg import sql
 from lessons.common.database import connect, database_url
 
 from ..noop import TASK_NAME
-from ..processes import ChildProcess, wait_for_go
+from ..processes import ChildProcess, started_together, wait_for_go
 from ..producer import steady
 from ..systems import Layout
 from ..vacuum import Vacuum, apply_vacuum
@@ -96,28 +96,18 @@ class PgQueuerSystem:
 
     @contextmanager
     def _consumers(self, layout: Layout, *, drain: bool) -> Iterator[list[ChildProcess]]:
-        with ExitStack() as stack:
-            processes = [
-                stack.enter_context(
-                    ChildProcess(
-                        __name__,
-                        f"--schema={SCHEMA}",
-                        f"--batch={layout.batch}",
-                        f"--consumers={self.consumers_per_process}",
-                        *(["--drain"] if drain else []),
-                    )
-                )
-                for _ in range(layout.processes)
-            ]
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.wait_until_ready()
-            try:
-                yield processes
-            finally:
-                for process in processes:
-                    process.stop()
+        processes = [
+            ChildProcess(
+                __name__,
+                f"--schema={SCHEMA}",
+                f"--batch={layout.batch}",
+                f"--consumers={self.consumers_per_process}",
+                *(["--drain"] if drain else []),
+            )
+            for _ in range(layout.processes)
+        ]
+        with started_together(processes):
+            yield processes
 
 
 async def _connect(schema: str = SCHEMA) -> psycopg.AsyncConnection[Any]:

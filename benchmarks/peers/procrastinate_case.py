@@ -25,7 +25,7 @@ from psycopg import sql
 from lessons.common.database import connect, database_url
 
 from ..noop import TASK_NAME
-from ..processes import ChildProcess, wait_for_go
+from ..processes import ChildProcess, started_together, wait_for_go
 from ..systems import Layout
 from ..vacuum import Vacuum, apply_vacuum
 
@@ -74,18 +74,10 @@ class ProcrastinateSystem:
             )
             for _ in range(layout.processes)
         ]
-        try:
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.wait_until_ready()
+        with started_together(processes):
             for process in processes:
                 process.go()
             yield [process.pid for process in processes]
-        finally:
-            for process in processes:
-                process.stop()
-                process.__exit__(None, None, None)
 
     @contextmanager
     def serving(self, layout: Layout) -> Iterator[list[int]]:
