@@ -16,6 +16,9 @@ from .processes import ChildProcess, started_together
 from .systems import Layout, QueueSystem
 from .vacuum import Vacuum
 
+# The producer process of the latency case, which runs a system's `produce()`.
+PRODUCER = f"{__package__}.producer"
+
 
 def burn_down(system: QueueSystem, *, tasks: int, layout: Layout, vacuum: Vacuum) -> BurnDown:
     """Drain `tasks` pre-enqueued no-op tasks from a fresh schema."""
@@ -44,7 +47,7 @@ def latency(
     """Enqueue-to-start latency of tasks enqueued at a steady rate by a separate process."""
     system.prepare(vacuum)
     producer = ChildProcess(
-        "benchmarks.producer",
+        PRODUCER,
         f"--system={system.producer}",
         f"--schema={system.schema}",
         f"--rate={rate}",

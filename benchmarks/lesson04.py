@@ -16,10 +16,12 @@ import psycopg
 
 import lessons.lesson04_queue_improvements as lesson04
 from lessons.common.database import connect, reset_schema
+from lessons.lesson04_queue_improvements.client import enqueue
 from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
 
 from .noop import TASK_NAME
-from .processes import started_together
+from .pacing import steady
+from .processes import started_together, wait_for_go
 from .vacuum import Vacuum, apply_vacuum
 
 LESSON_DIRECTORY = Path(lesson04.__file__).resolve().parent
@@ -75,3 +77,10 @@ def worker_processes(schema: str, *, processes: int, slots: int) -> Iterator[lis
     ]
     with started_together(workers):
         yield workers
+
+
+def produce(schema: str, rate: float, seconds: float) -> float:
+    """The producer process's side (`benchmarks.producer`): the lesson's `enqueue()`."""
+    with connect(schema=schema) as conn:
+        wait_for_go()
+        return steady(rate, seconds, lambda: enqueue(conn, TASK_NAME, {}, queue=QUEUE))

@@ -16,16 +16,20 @@ from pathlib import Path
 
 import lessons.lesson08_listen_notify as lesson08
 from lessons.common.database import connect, reset_schema
+from lessons.lesson08_listen_notify.client import enqueue
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
-from .notify_latency import FALLBACK_POLL_INTERVAL
-from .processes import started_together
+from .lesson04 import QUEUE
+from .noop import TASK_NAME
+from .pacing import steady
+from .processes import started_together, wait_for_go
 from .vacuum import Vacuum, apply_vacuum
 
 LESSON_DIRECTORY = Path(lesson08.__file__).resolve().parent
 SCHEMA_SQL = LESSON_DIRECTORY / "sql" / "schema.sql"
 QUEUE_TABLES = ("tasks",)
-POLL_INTERVAL = FALLBACK_POLL_INTERVAL
+# The lesson's default: notifications wake the workers, polling is only the fallback.
+POLL_INTERVAL = 5.0
 
 
 def prepare_schema(schema: str, vacuum: Vacuum, *, tables: tuple[str, ...] = QUEUE_TABLES) -> None:
@@ -59,3 +63,10 @@ def worker_processes(
     ]
     with started_together(workers):
         yield workers
+
+
+def produce(schema: str, rate: float, seconds: float) -> float:
+    """The producer process's side (`benchmarks.producer`): the lesson's `enqueue()`."""
+    with connect(schema=schema) as conn:
+        wait_for_go()
+        return steady(rate, seconds, lambda: enqueue(conn, TASK_NAME, {}, queue=QUEUE))

@@ -39,6 +39,7 @@ from lessons.common.stats import median, percentile
 from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
+from .lesson08 import POLL_INTERVAL as FALLBACK_POLL_INTERVAL
 from .machine import this_machine, this_server
 from .processes import started_together
 
@@ -46,7 +47,6 @@ SCHEMA = "bench_notify"
 SCHEMA_SQL = Path(lesson08.__file__).resolve().parent / "sql" / "schema.sql"
 TASK_NAME = "note_start"  # lesson 08's own: returns {"started_at": time.time()}
 POLLING_ONLY_INTERVAL = 0.5
-FALLBACK_POLL_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class QueueSystem(Protocol):
 
     @property
     def producer(self) -> str:
-        """The name `benchmarks.producer --system` knows this system by."""
+        """The module whose `produce()` the producer process runs (`benchmarks.producer`)."""
         ...
 
     def settings(self, layout: Layout) -> str:
@@ -104,7 +104,7 @@ class Lesson04:
         "SELECT extract(epoch FROM started_at - inserted_at) FROM tasks"
         " WHERE started_at IS NOT NULL"
     )
-    producer = "lesson04"
+    producer = lesson04.__name__
 
     def settings(self, layout: Layout) -> str:
         plural = "es" if layout.processes > 1 else ""
@@ -151,7 +151,7 @@ class Lesson08:
     unfinished_sql = lesson04.UNFINISHED_SQL
     first_start_sql = Lesson04.first_start_sql
     latency_sql = Lesson04.latency_sql
-    producer = "lesson08"
+    producer = lesson08.__name__
 
     def settings(self, layout: Layout) -> str:
         plural = "es" if layout.processes > 1 else ""

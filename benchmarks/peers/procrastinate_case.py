@@ -49,7 +49,8 @@ class ProcrastinateSystem:
         " FROM procrastinate_events AS deferred JOIN procrastinate_events AS started"
         " USING (job_id) WHERE deferred.type = 'deferred' AND started.type = 'started'"
     )
-    producer = "procrastinate"
+    # No produce() here: the latency case leaves Procrastinate out (see `serving`).
+    producer = __name__
 
     def settings(self, layout: Layout) -> str:
         plural = "es" if layout.processes > 1 else ""
