@@ -37,14 +37,8 @@ from pathlib import Path
 from lessons.common.database import DatabaseUnavailable
 
 from .context import describe_context, write_markdown
-from .durable import (
-    DurableCase,
-    DurableLayout,
-    DurableSystem,
-    Lesson07Orders,
-    Lesson08Orders,
-    Lesson09Orders,
-)
+from .durable import DurableCase, DurableLayout, DurableSystem
+from .lesson_orders import Lesson07Orders, Lesson08Orders, Lesson09Orders
 from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
 from .processes import put_repository_on_pythonpath
 from .report import Row, text_table

@@ -19,7 +19,7 @@ from lessons.common.database import connect, reset_schema
 from lessons.lesson04_queue_improvements.client import enqueue
 from lessons.lesson04_queue_improvements.worker_process import WorkerProcess
 
-from .noop import TASK_NAME
+from .noop import NOOP_FUNCTIONS, TASK_NAME
 from .pacing import steady
 from .processes import started_together, wait_for_go
 from .vacuum import Vacuum, apply_vacuum
@@ -69,7 +69,7 @@ def worker_processes(schema: str, *, processes: int, slots: int) -> Iterator[lis
         WorkerProcess(
             schema=schema,
             queue=QUEUE,
-            functions="benchmarks.noop",
+            functions=NOOP_FUNCTIONS,
             slots=slots,
             poll_interval=POLL_INTERVAL,
         )

@@ -20,7 +20,7 @@ from lessons.lesson08_listen_notify.client import enqueue
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
 from .lesson04 import QUEUE
-from .noop import TASK_NAME
+from .noop import NOOP_FUNCTIONS, TASK_NAME
 from .pacing import steady
 from .processes import started_together, wait_for_go
 from .vacuum import Vacuum, apply_vacuum
@@ -40,23 +40,15 @@ def prepare_schema(schema: str, vacuum: Vacuum, *, tables: tuple[str, ...] = QUE
 
 
 @contextmanager
-def worker_processes(
-    schema: str,
-    *,
-    queues: list[str],
-    functions: str,
-    processes: int,
-    slots: int,
-    poll_interval: float = POLL_INTERVAL,
-) -> Iterator[list[WorkerProcess]]:
+def worker_processes(schema: str, *, processes: int, slots: int) -> Iterator[list[WorkerProcess]]:
     """Start `processes` workers at once, each listening; wait until each one polls."""
     workers = [
         WorkerProcess(
             schema=schema,
-            queues=queues,
-            functions=functions,
+            queues=[QUEUE],
+            functions=NOOP_FUNCTIONS,
             slots=slots,
-            poll_interval=poll_interval,
+            poll_interval=POLL_INTERVAL,
             listen=True,
         )
         for _ in range(processes)

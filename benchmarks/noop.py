@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 TASK_NAME = "noop"
+# What the queue benchmarks' workers get as `--functions`: this module.
+NOOP_FUNCTIONS = __name__
 
 
 def noop(input: Any) -> None:

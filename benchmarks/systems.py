@@ -179,10 +179,6 @@ class Lesson08:
     @contextmanager
     def _workers(self, layout: Layout) -> Iterator[list[int]]:
         with lesson08.worker_processes(
-            self.schema,
-            queues=[lesson04.QUEUE],
-            functions="benchmarks.noop",
-            processes=layout.processes,
-            slots=layout.batch,
+            self.schema, processes=layout.processes, slots=layout.batch
         ) as workers:
             yield [worker.pid for worker in workers]
