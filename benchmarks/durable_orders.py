@@ -39,14 +39,14 @@ from lessons.common.database import DatabaseUnavailable, connect, drop_schema, r
 from lessons.common.stats import median
 from lessons.lesson07_durable_tasks.tasks import ORDERS_QUEUE
 
-from .lesson_orders import (
+from .harness.processes import put_repository_on_pythonpath
+from .systems.lesson_orders import (
     LESSON07_SCHEMA_SQL,
     check_each_order_charged_and_emailed_once,
     completed_count,
     enqueue_orders,
     lesson07_workers,
 )
-from .processes import put_repository_on_pythonpath
 
 SCHEMA = "bench_durable_orders"
 # How often the benchmark looks whether everything is done.

@@ -31,20 +31,18 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
-from pathlib import Path
 
-import lessons.lesson08_listen_notify as lesson08
 from lessons.common.database import connect, create_pool, drop_schema, reset_schema
 from lessons.common.stats import median, percentile
 from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
-from .lesson08 import POLL_INTERVAL as FALLBACK_POLL_INTERVAL
-from .machine import this_machine, this_server
-from .processes import started_together
+from .harness.machine import this_machine, this_server
+from .harness.processes import started_together
+from .systems.lesson08 import POLL_INTERVAL as FALLBACK_POLL_INTERVAL
+from .systems.lesson08 import SCHEMA_SQL
 
 SCHEMA = "bench_notify"
-SCHEMA_SQL = Path(lesson08.__file__).resolve().parent / "sql" / "schema.sql"
 TASK_NAME = "note_start"  # lesson 08's own: returns {"started_at": time.time()}
 POLLING_ONLY_INTERVAL = 0.5
 

@@ -1,7 +1,7 @@
 """A producer process that enqueues no-op tasks at a steady rate, one task per transaction.
 
-    python -m benchmarks.producer --system benchmarks.lesson04 --schema bench_queue \
-        --rate 500 --seconds 8
+    python -m benchmarks.harness.producer --system benchmarks.systems.lesson04
+        --schema bench_queue --rate 500 --seconds 8
 
 It enqueues the way an application would: each task in its own call and its own
 transaction, through the system's client API (lessons 04's and 08's `enqueue()`,

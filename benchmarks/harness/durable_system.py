@@ -1,8 +1,8 @@
-"""Case 3, durable work: orders per second of the course's durable tasks, as a plan's case.
+"""A durable system as the harness sees it: what the durable-work case asks.
 
 An order is a lesson's `process_order`: a durable task with two child tasks, one
-after the other (`lesson_orders.py`). The peer's equivalent is a DBOS workflow of
-two steps (`benchmarks/peers/dbos_case.py`).
+after the other (`systems/lesson_orders.py`). The peer's equivalent is a DBOS
+workflow of two steps (`systems/peers/dbos_case.py`).
 
 Every system runs the same way: `processes` worker processes, each running at most
 `concurrency` orders (or workflows) at once, start on a fresh schema (DBOS: a fresh
@@ -11,7 +11,7 @@ directly, are started by the workers themselves; the rate runs from the first
 order's start, as the system records it, to the moment a poll finds all N done,
 both on the database's clock (`measure.watch_burn_down`).
 
-Lessons 07, 08 and 09 are `LessonOrders` (`lesson_orders.py`), listed in
+Lessons 07, 08 and 09 are `LessonOrders` (`systems/lesson_orders.py`), listed in
 `compare.course_durable_systems()`; a later lesson's workers join the same way.
 """
 
@@ -21,11 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .measure import BurnDown
-from .plan import ALL_PASSES
-from .report import Row
 from .vacuum import Vacuum
-
-KIND = "durable"
 
 
 @dataclass(frozen=True)
@@ -56,27 +52,3 @@ class DurableSystem(Protocol):
     def run(self, orders: int, layout: DurableLayout, vacuum: Vacuum) -> BurnDown:
         """Complete `orders` orders from a fresh schema (or database); check each one."""
         ...
-
-
-@dataclass(frozen=True)
-class DurableCase:
-    system: DurableSystem
-    orders: int
-    layout: DurableLayout
-    passes: frozenset[Vacuum] = ALL_PASSES
-
-    def row(self, vacuum: Vacuum) -> Row:
-        return Row(
-            system=self.system.name,
-            case=f"{self.system.unit} {self.orders:,}",
-            settings=self.system.settings(self.layout),
-            vacuum=vacuum,
-            kind=KIND,
-        )
-
-    def measure(self, vacuum: Vacuum, row: Row) -> str:
-        result = self.system.run(self.orders, self.layout, vacuum)
-        row.rates.append(result.rate)
-        row.peaks.append(result.memory.peak_bytes)
-        row.growths.append(result.memory.growth_bytes())
-        return f"{result.rate:,.0f} {self.system.unit}/s"

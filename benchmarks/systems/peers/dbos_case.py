@@ -1,6 +1,6 @@
 """DBOS Transact 3.4: workflows of two no-op steps, started through its queue or directly.
 
-The peer of the course's durable orders (`benchmarks/durable.py`): a workflow
+The peer of the course's durable orders (`systems/lesson_orders.py`): a workflow
 (`@DBOS.workflow`) that calls two steps (`@DBOS.step`), each a no-op, so each
 workflow checkpoints its start, each step's output, and its own result in DBOS's
 system database. DBOS wants a system database of its own: each run creates a fresh
@@ -33,10 +33,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from lessons.common.database import connect, database_url
 
-from ..durable import DurableLayout
-from ..measure import BurnDown, watch_burn_down
-from ..processes import ChildProcess, started_together
-from ..vacuum import Vacuum, apply_vacuum
+from ...harness.durable_system import DurableLayout
+from ...harness.measure import BurnDown, watch_burn_down
+from ...harness.processes import ChildProcess, started_together
+from ...harness.vacuum import Vacuum, apply_vacuum
 
 DATABASE = "bench_dbos"
 SYSTEM_SCHEMA = "dbos"

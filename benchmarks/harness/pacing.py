@@ -1,4 +1,4 @@
-"""A steady rate: how every system's producer paces its enqueues (`benchmarks.producer`)."""
+"""A steady rate: how every system's producer paces its enqueues (`producer.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The functions lesson 07's worker processes load (`--functions benchmarks.lesson07_functions`).
+"""The functions lesson 07's worker processes load: `--functions` names this module.
 
 The lesson's own (`process_order` and its two children among them), the no-op task,
 and two durable functions that time one durable operation from inside the task, for
@@ -17,6 +17,9 @@ from lessons.lesson07_durable_tasks.tasks import ORDER_STEPS_QUEUE
 from lessons.lesson07_durable_tasks.worker import TaskFunction
 
 from .noop import TASK_NAME, noop
+
+# What lesson 07's workers get as `--functions`: this module.
+LESSON07_FUNCTIONS = __name__
 
 
 def call_noop_children(ctx: DurableContext, input: dict[str, Any]) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """A PgQueuer consumer process for the benchmarks (see `pgqueuer_case`).
 
-    python -m benchmarks.peers.pgqueuer_consumer --schema bench_pgqueuer --batch 10 [--drain]
+    python -m benchmarks.systems.peers.pgqueuer_consumer --schema bench_pgqueuer --batch 10
+        [--consumers 1] [--drain]
 
 It runs `--consumers` queue managers on one asyncio event loop (uvloop, as PgQueuer's
 own command line does), each with a connection of its own, says ready, waits for go,
@@ -15,8 +16,8 @@ import asyncio
 import signal
 from datetime import timedelta
 
+from ...harness.processes import wait_for_go
 from ..noop import TASK_NAME
-from ..processes import wait_for_go
 from .pgqueuer_case import SCHEMA, connect_async
 
 

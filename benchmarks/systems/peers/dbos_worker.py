@@ -1,6 +1,6 @@
 """A DBOS worker process for the benchmarks (see `dbos_case`).
 
-    python -m benchmarks.peers.dbos_worker --url URL --mode queue|direct [--workflows N]
+    python -m benchmarks.systems.peers.dbos_worker --url URL --mode queue|direct [--workflows N]
 
 A DBOS application whose workflow calls two no-op steps. It says ready and waits
 for go; then, in queue mode, it launches and dequeues from the benchmark's queue; in
@@ -16,7 +16,7 @@ import signal
 import threading
 from typing import Any
 
-from ..processes import wait_for_go
+from ...harness.processes import wait_for_go
 from .dbos_case import APPLICATION, APPLICATION_VERSION, DIRECT_MODE, QUEUE, QUEUE_MODE, WORKFLOW
 
 

@@ -5,10 +5,10 @@ An order is a lesson's own `process_order`: a durable task that spawns a
 and waits for that (each child writes its row, keyed by its task id). Each lesson's
 workers run unchanged, in processes started by the lesson's own `WorkerProcess`.
 
-`LessonOrders` is each lesson as a `DurableSystem` (`durable.py`), listed in
-`compare.course_durable_systems()`; a later lesson's workers join the same way.
-Lesson 07's own benchmark (`benchmarks/durable_orders.py`) uses the same workers,
-orders and checks.
+`LessonOrders` is each lesson as a `DurableSystem` (`harness/durable_system.py`),
+listed in `compare.course_durable_systems()`; a later lesson's workers join the same
+way. Lesson 07's own benchmark (`benchmarks/durable_orders.py`) uses the same
+workers, orders and checks.
 """
 
 from __future__ import annotations
@@ -31,17 +31,18 @@ from lessons.lesson08_listen_notify.worker_process import WorkerProcess as Lesso
 from lessons.lesson09_durable_sleep.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
 from lessons.lesson09_durable_sleep.worker_process import WorkerProcess as Lesson09WorkerProcess
 
-from . import lesson04, lesson07_functions, lesson08
-from .durable import DurableLayout
-from .measure import BurnDown, watch_burn_down
-from .processes import started_together
-from .vacuum import Vacuum, apply_vacuum
+from ..harness.durable_system import DurableLayout
+from ..harness.measure import BurnDown, watch_burn_down
+from ..harness.processes import started_together
+from ..harness.vacuum import Vacuum, apply_vacuum
+from .lesson04 import UNFINISHED_SQL
+from .lesson07_functions import LESSON07_FUNCTIONS
+from .lesson08 import POLL_INTERVAL as LESSON08_POLL_INTERVAL
+from .lesson08 import SCHEMA_SQL as LESSON08_SCHEMA_SQL
 
 LESSONS_DIRECTORY = REPOSITORY_ROOT / "lessons"
 LESSON07_SCHEMA_SQL = LESSONS_DIRECTORY / "lesson07_durable_tasks" / "sql" / "schema.sql"
 LESSON09_SCHEMA_SQL = LESSONS_DIRECTORY / "lesson09_durable_sleep" / "sql" / "schema.sql"
-# Lesson 07's workers load the lesson's functions from there, with the timing ones.
-LESSON07_FUNCTIONS = lesson07_functions.__name__
 # Long heartbeats: nothing dies here, and sweeps should not weigh on the figures.
 HEARTBEAT_INTERVAL = 1.0
 INACTIVITY_THRESHOLD = 10.0
@@ -112,7 +113,7 @@ class LessonOrders:
     # The tables every order writes and updates: its tasks, and the parents' histories.
     queue_tables = ("tasks", "task_events")
     # Nothing queued or running is left: a parent runs until both its children are done.
-    unfinished_sql = lesson04.UNFINISHED_SQL
+    unfinished_sql = UNFINISHED_SQL
     first_start_sql = "SELECT min(started_at) FROM tasks WHERE task_name = 'process_order'"
 
     def settings(self, layout: DurableLayout) -> str:
@@ -178,12 +179,12 @@ class Lesson08Orders(LessonOrders):
 
     name = "lesson 08"
     schema = "bench_durable_notify"
-    schema_sql = lesson08.SCHEMA_SQL
+    schema_sql = LESSON08_SCHEMA_SQL
 
     def settings(self, layout: DurableLayout) -> str:
         return (
             f"{_processes(layout)} x {layout.concurrency} slots per queue "
-            f"(orders, order_steps), LISTEN/NOTIFY, fallback poll {lesson08.POLL_INTERVAL:g} s"
+            f"(orders, order_steps), LISTEN/NOTIFY, fallback poll {LESSON08_POLL_INTERVAL:g} s"
         )
 
     @contextmanager
@@ -194,7 +195,7 @@ class Lesson08Orders(LessonOrders):
                 schema=self.schema,
                 queues=[LESSON08_ORDERS_QUEUE, LESSON08_ORDER_STEPS_QUEUE],
                 slots=layout.concurrency,
-                poll_interval=lesson08.POLL_INTERVAL,
+                poll_interval=LESSON08_POLL_INTERVAL,
                 listen=True,
             )
             for _ in range(layout.processes)
@@ -217,14 +218,12 @@ class Lesson09Orders(LessonOrders):
     schema = "bench_durable_suspend"
     schema_sql = LESSON09_SCHEMA_SQL
     # A parent waiting for its child, or woken and not yet claimed again, is suspended.
-    unfinished_sql = (
-        f"{lesson04.UNFINISHED_SQL} OR EXISTS (SELECT FROM tasks WHERE status = 'suspended')"
-    )
+    unfinished_sql = f"{UNFINISHED_SQL} OR EXISTS (SELECT FROM tasks WHERE status = 'suspended')"
 
     def settings(self, layout: DurableLayout) -> str:
         return (
             f"{_processes(layout)} x {layout.concurrency} slots (one queue; a waiting parent "
-            f"is suspended), LISTEN/NOTIFY, fallback poll {lesson08.POLL_INTERVAL:g} s"
+            f"is suspended), LISTEN/NOTIFY, fallback poll {LESSON08_POLL_INTERVAL:g} s"
         )
 
     @contextmanager
@@ -235,7 +234,7 @@ class Lesson09Orders(LessonOrders):
                 schema=self.schema,
                 queues=[LESSON09_ORDERS_QUEUE],
                 slots=layout.concurrency,
-                poll_interval=lesson08.POLL_INTERVAL,
+                poll_interval=LESSON08_POLL_INTERVAL,
                 listen=True,
             )
             for _ in range(layout.processes)

@@ -24,11 +24,11 @@ from psycopg import sql
 
 from lessons.common.database import connect, database_url
 
+from ...harness.pacing import steady
+from ...harness.processes import ChildProcess, started_together, wait_for_go
+from ...harness.queue_system import Layout
+from ...harness.vacuum import Vacuum, apply_vacuum
 from ..noop import TASK_NAME
-from ..pacing import steady
-from ..processes import ChildProcess, started_together, wait_for_go
-from ..systems import Layout
-from ..vacuum import Vacuum, apply_vacuum
 
 SCHEMA = "bench_pgqueuer"
 # The consumer processes' entry point.
@@ -132,7 +132,7 @@ async def _enqueue_many(count: int) -> None:
 
 
 def produce(schema: str, rate: float, seconds: float) -> float:
-    """The producer process's side (`benchmarks.producer`): `Queries.enqueue`, one job a call."""
+    """The producer process's side (`harness/producer.py`): `Queries.enqueue`, one job a call."""
     from pgqueuer import Queries  # type: ignore[import-not-found, unused-ignore]
 
     async def run() -> float:

@@ -1,6 +1,7 @@
 """A Procrastinate worker process for the benchmarks (see `procrastinate_case`).
 
-python -m benchmarks.peers.procrastinate_worker --schema bench_procrastinate --concurrency 10
+python -m benchmarks.systems.peers.procrastinate_worker --schema bench_procrastinate
+    --concurrency 10
 """
 
 from __future__ import annotations
