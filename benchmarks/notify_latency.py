@@ -152,6 +152,8 @@ def measure_throughput(
 ) -> dict[tuple[int, bool], list[ProducerRun]]:
     reset_schema(SCHEMA, SCHEMA_SQL)
     runs: dict[tuple[int, bool], list[ProducerRun]] = {}
+    # A pool of processes rather than `started_together`: the same producers serve
+    # every run of every round, started once, each run a call that returns a count.
     with ProcessPoolExecutor(max(producer_counts), mp_context=get_context("spawn")) as executor:
         run_producers(executor, max(producer_counts), 0.2)  # spawn and import, untimed
         for _ in range(rounds):

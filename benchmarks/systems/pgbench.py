@@ -9,6 +9,7 @@ one finish of the same tasks: two statements, two transactions, like a worker's.
 
 No Python runs between the statements, so this is what the server can do with these
 queries; our worker's rate as a fraction of it is the cost of the engine around them.
+`CeilingCase` runs it in a plan, next to the harness's cases.
 """
 
 from __future__ import annotations
