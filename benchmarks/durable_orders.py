@@ -29,120 +29,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-import lessons.lesson07_durable_tasks as lesson07
-from lessons.common.database import (
-    REPOSITORY_ROOT,
-    DatabaseUnavailable,
-    connect,
-    drop_schema,
-    reset_schema,
+from lessons.common.database import DatabaseUnavailable, connect, drop_schema, reset_schema
+from lessons.common.stats import median
+from lessons.lesson07_durable_tasks.demo.tasks import ORDERS_QUEUE
+
+from .harness.processes import put_repository_on_pythonpath
+from .systems.lesson_orders import (
+    LESSON07_SCHEMA_SQL,
+    check_each_order_charged_and_emailed_once,
+    completed_count,
+    enqueue_orders,
+    lesson07_workers,
 )
-from lessons.lesson07_durable_tasks.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
-from lessons.lesson07_durable_tasks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
-from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
-from lessons.lesson07_durable_tasks.engine.durable import DurableContext, DurableFunction
-from lessons.lesson07_durable_tasks.engine.worker import TaskFunction
-from lessons.lesson07_durable_tasks.tools.worker_process import WorkerProcess
-
-from .processes import start_together
 
 SCHEMA = "bench_durable_orders"
-# This module, as the worker processes import it (`python -m` runs it as __main__).
-FUNCTIONS_MODULE = "benchmarks.durable_orders"
-SCHEMA_SQL = os.path.join(os.path.dirname(lesson07.__file__), "sql", "schema.sql")
 # How often the benchmark looks whether everything is done.
 DONE_POLL = 0.02
-# Long heartbeats: nothing dies here, and sweeps should not weigh on the figures.
-HEARTBEAT_INTERVAL = 1.0
-INACTIVITY_THRESHOLD = 10.0
-
-
-# The functions the worker processes run (`--functions benchmarks.durable_orders`):
-# the lesson's own, and three more for timing durable steps.
-
-
-def noop(input: Any) -> None:
-    return None
-
-
-def call_noop_children(ctx: DurableContext, input: dict[str, Any]) -> dict[str, float]:
-    """Call `input["calls"]` no-op children one after the other; say how long it took."""
-    started = time.perf_counter()
-    for number in range(input["calls"]):
-        ctx.call("noop", {"number": number}, queue=ORDER_STEPS_QUEUE)
-    return {"seconds": time.perf_counter() - started}
-
-
-def run_noop_steps(ctx: DurableContext, input: dict[str, Any]) -> dict[str, float]:
-    """Run `input["calls"]` no-op steps one after the other; say how long it took."""
-    started = time.perf_counter()
-    for number in range(input["calls"]):
-        ctx.run_step("noop", noop, {"number": number})
-    return {"seconds": time.perf_counter() - started}
-
-
-FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "noop": noop}
-DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
-    **LESSON_DURABLE_FUNCTIONS,
-    "call_noop_children": call_noop_children,
-    "run_noop_steps": run_noop_steps,
-}
-
-
-def reset_orders_schema(schema: str = SCHEMA) -> None:
-    """A fresh schema with lesson 07's tables."""
-    reset_schema(schema, REPOSITORY_ROOT / SCHEMA_SQL)
-
-
-@contextmanager
-def worker_processes(
-    count: int, *, slots: int, poll_interval: float, schema: str = SCHEMA, reset: bool = True
-) -> Iterator[list[WorkerProcess]]:
-    """`count` worker processes of lesson 07, each serving both queues; a fresh schema first.
-
-    The processes start at the same time (each takes about half a second to import
-    and connect); the block runs once every one of them is polling.
-    """
-    if reset:
-        reset_orders_schema(schema)
-    with ExitStack() as stack:
-        workers = [
-            stack.enter_context(
-                WorkerProcess(
-                    schema=schema,
-                    queues=[ORDERS_QUEUE, ORDER_STEPS_QUEUE],
-                    functions=FUNCTIONS_MODULE,
-                    slots=slots,
-                    poll_interval=poll_interval,
-                    heartbeat_interval=HEARTBEAT_INTERVAL,
-                    inactivity_threshold=INACTIVITY_THRESHOLD,
-                    # So that the workers can import this module wherever we run from.
-                    environment={"PYTHONPATH": str(REPOSITORY_ROOT)},
-                )
-            )
-            for _ in range(count)
-        ]
-        start_together([worker.start for worker in workers])
-        yield workers
-        for worker in workers:
-            worker.stop()
-
-
-def completed_count(conn: psycopg.Connection[Any], task_name: str) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM tasks WHERE task_name = %s AND status = 'completed'", (task_name,)
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def wait_for_completed(
@@ -157,8 +65,9 @@ def wait_for_completed(
 
 def orders_per_second(orders: int, workers: int, slots: int, poll_interval: float) -> float:
     """One run: N orders on W workers; orders completed per second."""
+    reset_schema(SCHEMA, LESSON07_SCHEMA_SQL)
     with (
-        worker_processes(workers, slots=slots, poll_interval=poll_interval),
+        lesson07_workers(SCHEMA, processes=workers, slots=slots, poll_interval=poll_interval),
         connect(schema=SCHEMA) as conn,
     ):
         enqueue_orders(conn, orders)
@@ -169,33 +78,11 @@ def orders_per_second(orders: int, workers: int, slots: int, poll_interval: floa
     return orders / seconds
 
 
-def enqueue_orders(conn: psycopg.Connection[Any], orders: int) -> None:
-    """`orders` process_order tasks, the rows enqueue() would write, in one statement.
-
-    Enqueueing is not what is measured, so it skips the client's round trip per order.
-    """
-    conn.execute(
-        "INSERT INTO tasks (queue, task_name, display_name, input, durable)"
-        " SELECT %(queue)s, 'process_order', 'process_order',"
-        "  jsonb_build_object('order_id', 'B-' || n, 'card', '4242',"
-        "   'amount_cents', 4200, 'email', 'bench@example.com'), true"
-        " FROM generate_series(1, %(orders)s) AS n",
-        {"queue": ORDERS_QUEUE, "orders": orders},
-    )
-
-
-def check_each_order_charged_and_emailed_once(conn: psycopg.Connection[Any], orders: int) -> None:
-    for table in ("charges", "emails"):
-        count_rows = sql.SQL("SELECT count(*), count(DISTINCT order_id) FROM {}")
-        row = conn.execute(count_rows.format(sql.Identifier(table))).fetchone()
-        if row != (orders, orders):
-            raise AssertionError(f"{table}: {row}, expected {orders} rows for {orders} orders")
-
-
 def seconds_per_call(task_name: str, calls: int, poll_interval: float) -> float:
     """One run: one durable task making `calls` calls in a row, on one worker alone."""
+    reset_schema(SCHEMA, LESSON07_SCHEMA_SQL)
     with (
-        worker_processes(1, slots=1, poll_interval=poll_interval),
+        lesson07_workers(SCHEMA, processes=1, slots=1, poll_interval=poll_interval),
         connect(schema=SCHEMA) as conn,
     ):
         conn.execute(
@@ -232,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=50, help="calls per step-cost run")
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args(argv)
+    put_repository_on_pythonpath()
 
     try:
         print(f"{describe_server()}; {os.cpu_count()} CPUs; median of {options.runs} runs")
@@ -246,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 orders_per_second(options.orders, workers, options.slots, poll_interval)
                 for _ in range(options.runs)
             ]
-            print(
-                f"  {poll_interval * 1000:>10g} ms  {workers:>7}  {statistics.median(rates):>9.0f}"
-            )
+            print(f"  {poll_interval * 1000:>10g} ms  {workers:>7}  {median(rates):>9.0f}")
 
     print(f"\nOne durable operation, alone ({options.calls} in a row, one worker, one slot):")
     print(f"  {'poll interval':>13}  {'child task (ms)':>15}  {'step event (ms)':>15}")
@@ -262,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(options.runs)
         ]
         print(
-            f"  {poll_interval * 1000:>10g} ms  {statistics.median(child) * 1000:>15.1f}"
-            f"  {statistics.median(step) * 1000:>15.2f}"
+            f"  {poll_interval * 1000:>10g} ms  {median(child) * 1000:>15.1f}"
+            f"  {median(step) * 1000:>15.2f}"
         )
     drop_schema(SCHEMA)
     return 0

@@ -31,21 +31,20 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
-from pathlib import Path
 
-import lessons.lesson08_listen_notify as lesson08
 from lessons.common.database import connect, create_pool, drop_schema, reset_schema
+from lessons.common.stats import median, percentile
 from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.worker_process import WorkerProcess
 
-from .machine import this_machine, this_server
-from .stats import median, percentile
+from .harness.machine import this_machine, this_server
+from .harness.processes import started_together
+from .systems.lesson08 import POLL_INTERVAL as FALLBACK_POLL_INTERVAL
+from .systems.lesson08 import SCHEMA_SQL
 
 SCHEMA = "bench_notify"
-SCHEMA_SQL = Path(lesson08.__file__).resolve().parent / "sql" / "schema.sql"
 TASK_NAME = "note_start"  # lesson 08's own: returns {"started_at": time.time()}
 POLLING_ONLY_INTERVAL = 0.5
-FALLBACK_POLL_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,10 @@ def measure_latency(*, listen: bool, tasks: int, rate: float) -> LatencyResult:
     poll_interval = FALLBACK_POLL_INTERVAL if listen else POLLING_ONLY_INTERVAL
     committed_at: dict[int, float] = {}
     enqueue_ms: list[float] = []
-    with (
-        create_pool(SCHEMA, max_size=2) as pool,
-        WorkerProcess(
-            schema=SCHEMA, queues=[queue], slots=4, poll_interval=poll_interval, listen=listen
-        ) as worker,
-    ):
-        worker.start()
+    worker = WorkerProcess(
+        schema=SCHEMA, queues=[queue], slots=4, poll_interval=poll_interval, listen=listen
+    )
+    with create_pool(SCHEMA, max_size=2) as pool, started_together([worker]):
         with pool.connection() as conn:
             started = time.monotonic()
             for index in range(tasks):
@@ -82,7 +78,6 @@ def measure_latency(*, listen: bool, tasks: int, rate: float) -> LatencyResult:
                 enqueue_ms.append((committed_at[task_id] - before) * 1000)
             achieved = tasks / (time.monotonic() - started)
         finished = [wait_for_task(pool, task_id, timeout=60) for task_id in committed_at]
-        worker.stop()
     after_commit_ms = [
         (float(task.output["started_at"]) - committed_at[task.id]) * 1000
         for task in finished
@@ -157,6 +152,8 @@ def measure_throughput(
 ) -> dict[tuple[int, bool], list[ProducerRun]]:
     reset_schema(SCHEMA, SCHEMA_SQL)
     runs: dict[tuple[int, bool], list[ProducerRun]] = {}
+    # A pool of processes rather than `started_together`: the same producers serve
+    # every run of every round, started once, each run a call that returns a count.
     with ProcessPoolExecutor(max(producer_counts), mp_context=get_context("spawn")) as executor:
         run_producers(executor, max(producer_counts), 0.2)  # spawn and import, untimed
         for _ in range(rounds):

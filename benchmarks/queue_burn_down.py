@@ -26,11 +26,16 @@ from pathlib import Path
 
 from lessons.common.database import DatabaseUnavailable
 
-from .context import describe_context, write_markdown
-from .plan import BurnDownCase, Case, CeilingCase, LatencyCase, run_plan
-from .report import Row, memory_verdict, percent, text_table
-from .systems import Layout, Lesson04
-from .vacuum import Vacuum
+from .harness.cases import BurnDownCase, Case, LatencyCase
+from .harness.plan import run_plan
+from .harness.processes import put_repository_on_pythonpath
+from .harness.queue_system import Layout
+from .harness.rows import Row
+from .harness.vacuum import Vacuum
+from .report.context import describe_context, write_markdown
+from .report.tables import memory_verdict, percent, text_table
+from .systems.lesson04 import Lesson04
+from .systems.pgbench import CeilingCase
 
 RESULTS = Path(__file__).resolve().parent / "results" / "queue_burn_down.md"
 
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     passes = (
         [Vacuum.STOCK, Vacuum.AGGRESSIVE] if options.vacuum == "both" else [Vacuum(options.vacuum)]
     )
+    put_repository_on_pythonpath()
     try:
         outcome = run_plan(build_cases(options), passes=passes, runs=options.runs)
     except DatabaseUnavailable as error:

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
 from lessons.common.database import connect
+from lessons.common.stats import percentile
 from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.db.models import Task, TaskStatus
 from lessons.lesson08_listen_notify.db.queries import Querier
@@ -61,8 +62,7 @@ class LatencyRun:
 
     def percentile(self, fraction: float) -> float:
         """Nearest rank: the smallest latency with `fraction` of them at or below it."""
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, round(fraction * len(ordered)) - 1)]
+        return percentile(self.latencies_ms, fraction)
 
     @property
     def p50(self) -> float:

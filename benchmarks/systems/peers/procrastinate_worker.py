@@ -1,6 +1,10 @@
 """A Procrastinate worker process for the benchmarks (see `procrastinate_case`).
 
-python -m benchmarks.peers.procrastinate_worker --schema bench_procrastinate --concurrency 10
+    python -m benchmarks.systems.peers.procrastinate_worker --schema bench_procrastinate
+        --concurrency 10
+
+It says ready, waits for go, then runs `--concurrency` jobs at once until the queue is
+empty, and exits.
 """
 
 from __future__ import annotations

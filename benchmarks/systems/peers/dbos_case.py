@@ -1,6 +1,6 @@
 """DBOS Transact 3.4: workflows of two no-op steps, started through its queue or directly.
 
-The peer of the course's durable orders (`benchmarks/durable.py`): a workflow
+The peer of the course's durable orders (`systems/lesson_orders.py`): a workflow
 (`@DBOS.workflow`) that calls two steps (`@DBOS.step`), each a no-op, so each
 workflow checkpoints its start, each step's output, and its own result in DBOS's
 system database. DBOS wants a system database of its own: each run creates a fresh
@@ -18,20 +18,14 @@ application with an `executor_id` of its own):
   itself with `DBOS.start_workflow` from `concurrency` threads, each thread starting
   one workflow and waiting for its result before the next: `concurrency` in flight.
 
-DBOS is imported only inside the functions here, and this module only when a
-comparison runs.
-
-    python -m benchmarks.peers.dbos_case --url URL --mode queue|direct [--workflows N]
+DBOS is imported only inside the functions here and in `dbos_worker` (the worker
+processes), and this module only when a comparison runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
-import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg import sql
@@ -39,10 +33,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from lessons.common.database import connect, database_url
 
-from ..durable import DurableLayout
-from ..measure import BurnDown, watch_burn_down
-from ..processes import ChildProcess, wait_for_go
-from ..vacuum import Vacuum, apply_vacuum
+from ...harness.durable_system import DurableLayout
+from ...harness.measure import BurnDown, watch_burn_down
+from ...harness.processes import ChildProcess, started_together
+from ...harness.vacuum import Vacuum, apply_vacuum
 
 DATABASE = "bench_dbos"
 SYSTEM_SCHEMA = "dbos"
@@ -55,6 +49,8 @@ QUEUE_MODE = "queue"
 DIRECT_MODE = "direct"
 # The tables each workflow writes: its status row (claimed, then finished), its steps.
 QUEUE_TABLES = ("workflow_status", "operation_outputs")
+# The worker processes' entry point.
+WORKER = f"{__package__}.dbos_worker"
 
 
 class DBOSWorkflows:
@@ -197,29 +193,19 @@ def _enqueue_many(url: str, count: int, layout: DurableLayout) -> None:
 def _workers(
     url: str, mode: str, layout: DurableLayout, shares: list[int]
 ) -> Iterator[list[ChildProcess]]:
-    with ExitStack() as stack:
-        processes = [
-            stack.enter_context(
-                ChildProcess(
-                    __name__,
-                    f"--url={url}",
-                    f"--mode={mode}",
-                    f"--executor-id=bench-{index}",
-                    f"--concurrency={layout.concurrency}",
-                    f"--workflows={share}",
-                )
-            )
-            for index, share in enumerate(shares)
-        ]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.wait_until_ready()
-        try:
-            yield processes
-        finally:
-            for process in processes:
-                process.stop()
+    processes = [
+        ChildProcess(
+            WORKER,
+            f"--url={url}",
+            f"--mode={mode}",
+            f"--executor-id=bench-{index}",
+            f"--concurrency={layout.concurrency}",
+            f"--workflows={share}",
+        )
+        for index, share in enumerate(shares)
+    ]
+    with started_together(processes):
+        yield processes
 
 
 def _check_each_workflow_ran_its_steps_once(conn: Any, workflows: int) -> None:
@@ -234,87 +220,3 @@ def _check_each_workflow_ran_its_steps_once(conn: Any, workflows: int) -> None:
             f"(workflows succeeded, step outputs, distinct steps) = {tuple(row)}, "
             f"expected {expected}"
         )
-
-
-# The worker process's side.
-
-
-def _step_one() -> None:
-    return None
-
-
-def _step_two() -> None:
-    return None
-
-
-def serve(url: str, mode: str, executor_id: str, concurrency: int, workflows: int) -> None:
-    """A DBOS application: say ready, wait for go, then dequeue or start workflows."""
-    from dbos import DBOS, DBOSConfig  # type: ignore[import-not-found, unused-ignore]
-
-    step_one = DBOS.step(name="step_one")(_step_one)
-    step_two = DBOS.step(name="step_two")(_step_two)
-
-    def two_steps(number: int) -> int:
-        step_one()
-        step_two()
-        return number
-
-    workflow = DBOS.workflow(name=WORKFLOW)(two_steps)
-    config: DBOSConfig = {
-        "name": APPLICATION,
-        "system_database_url": url,
-        "executor_id": executor_id,
-        "application_version": APPLICATION_VERSION,
-        "log_level": "WARNING",
-        # The tables exist already (the benchmark ran DBOS.migrate).
-        "run_migrations": False,
-    }
-    DBOS(config=config)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    if mode == QUEUE_MODE:
-        DBOS.listen_queues([QUEUE])
-        wait_for_go()
-        DBOS.launch()
-    else:
-        DBOS.launch()
-        wait_for_go()
-        _start_directly(workflow, workflows, concurrency)
-    stopping.wait()
-    DBOS.destroy()
-
-
-def _start_directly(workflow: Any, workflows: int, concurrency: int) -> None:
-    from dbos import DBOS  # type: ignore[import-not-found, unused-ignore]
-
-    numbers = iter(range(workflows))
-    lock = threading.Lock()
-
-    def starter() -> None:
-        while True:
-            with lock:
-                number = next(numbers, None)
-            if number is None:
-                return
-            DBOS.start_workflow(workflow, number).get_result()
-
-    threads = [threading.Thread(target=starter) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", required=True, help="DBOS's system database (SQLAlchemy URL)")
-    parser.add_argument("--mode", choices=[QUEUE_MODE, DIRECT_MODE], required=True)
-    parser.add_argument("--executor-id", default=f"bench-{os.getpid()}")
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--workflows", type=int, default=0, help="to start (direct mode)")
-    options = parser.parse_args(argv)
-    serve(options.url, options.mode, options.executor_id, options.concurrency, options.workflows)
-
-
-if __name__ == "__main__":
-    main()

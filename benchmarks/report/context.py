@@ -9,11 +9,11 @@ from pathlib import Path
 
 from lessons.common.database import connect
 
-from .machine import library_versions, this_machine, this_server
-from .measure import POLL_INTERVAL
-from .plan import Outcome
-from .report import Row, markdown_table
-from .vacuum import Vacuum
+from ..harness.machine import library_versions, this_machine, this_server
+from ..harness.measure import POLL_INTERVAL
+from ..harness.plan import Outcome
+from ..harness.rows import Row
+from .tables import markdown_table
 
 METHOD = (
     f"Rates run from the first task's start, as the queue records it, to the moment a poll "
@@ -82,7 +82,3 @@ def write_markdown(
         parts += [f"## {heading}", "", body, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
-
-
-def passes_of(rows: Sequence[Row]) -> list[Vacuum]:
-    return list(dict.fromkeys(row.vacuum for row in rows))

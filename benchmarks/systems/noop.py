@@ -1,6 +1,6 @@
 """The task the queue benchmarks run: it does nothing, so what is measured is the queue.
 
-`worker_process --functions benchmarks.noop` loads `FUNCTIONS` from here.
+The queue benchmarks' workers load `FUNCTIONS` from here (`--functions` names this module).
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 TASK_NAME = "noop"
+# What the queue benchmarks' workers get as `--functions`: this module.
+NOOP_FUNCTIONS = __name__
 
 
 def noop(input: Any) -> None:

@@ -17,119 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
 
 from lessons.common.database import connect
 
-from .cases import burn_down, latency
+from .cases import Case
 from .naptime import vacuum_pass
-from .pgbench import run_ceiling
-from .report import Row
-from .systems import Layout, QueueSystem
+from .rows import Row
 from .vacuum import Vacuum
 
-ALL_PASSES = frozenset(Vacuum)
 RESTART_RETRIES = 2
 SERVER_WAIT = 120.0  # seconds
-
-
-class Case(Protocol):
-    @property
-    def passes(self) -> frozenset[Vacuum]:
-        """The vacuum passes this case runs in."""
-        ...
-
-    def row(self, vacuum: Vacuum) -> Row: ...
-
-    def measure(self, vacuum: Vacuum, row: Row) -> str:
-        """Run once, add the result to `row`, and return it in a few words."""
-        ...
-
-
-@dataclass(frozen=True)
-class BurnDownCase:
-    system: QueueSystem
-    tasks: int
-    layout: Layout
-    label: str = "burn-down"
-    passes: frozenset[Vacuum] = ALL_PASSES
-
-    def row(self, vacuum: Vacuum) -> Row:
-        return Row(
-            system=self.system.name,
-            case=f"{self.label} {self.tasks:,}",
-            settings=self.system.settings(self.layout),
-            vacuum=vacuum,
-            kind=self.label,
-            batch=self.layout.batch,
-        )
-
-    def measure(self, vacuum: Vacuum, row: Row) -> str:
-        result = burn_down(self.system, tasks=self.tasks, layout=self.layout, vacuum=vacuum)
-        row.rates.append(result.rate)
-        row.peaks.append(result.memory.peak_bytes)
-        row.growths.append(result.memory.growth_bytes())
-        return f"{result.rate:,.0f} tasks/s"
-
-
-@dataclass(frozen=True)
-class CeilingCase:
-    """pgbench's claim + finish rate. Being cheap, it runs `repeats` times per run."""
-
-    batch: int
-    clients: int
-    rows: int
-    repeats: int = 3
-    passes: frozenset[Vacuum] = ALL_PASSES
-
-    def row(self, vacuum: Vacuum) -> Row:
-        return Row(
-            system="pgbench ceiling",
-            case=f"claim + finish {self.rows:,}",
-            settings=f"{self.clients} clients, batch {self.batch}, lesson 04 SQL",
-            vacuum=vacuum,
-            kind="ceiling",
-            batch=self.batch,
-        )
-
-    def measure(self, vacuum: Vacuum, row: Row) -> str:
-        rates = [
-            run_ceiling(
-                batch=self.batch, clients=self.clients, rows=self.rows, vacuum=vacuum
-            ).rows_per_second
-            for _ in range(self.repeats)
-        ]
-        row.rates.extend(rates)
-        return " / ".join(f"{rate:,.0f}" for rate in rates) + " rows/s"
-
-
-@dataclass(frozen=True)
-class LatencyCase:
-    system: QueueSystem
-    rate: float
-    seconds: float
-    layout: Layout
-    passes: frozenset[Vacuum] = ALL_PASSES
-
-    def row(self, vacuum: Vacuum) -> Row:
-        return Row(
-            system=self.system.name,
-            case=f"latency at {self.rate:g}/s",
-            settings=self.system.settings(self.layout),
-            vacuum=vacuum,
-            kind="latency",
-            batch=self.layout.batch,
-        )
-
-    def measure(self, vacuum: Vacuum, row: Row) -> str:
-        result = latency(
-            self.system, rate=self.rate, seconds=self.seconds, layout=self.layout, vacuum=vacuum
-        )
-        row.p50s.append(result.p50)
-        row.p99s.append(result.p99)
-        return (
-            f"p50 {result.p50 * 1000:.1f} ms, p99 {result.p99 * 1000:.1f} ms ({result.tasks} tasks)"
-        )
 
 
 @dataclass

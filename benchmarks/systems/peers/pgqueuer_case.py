@@ -7,20 +7,16 @@ entrypoints are coroutines. For a burn-down the managers run in PgQueuer's *drai
 mode, which exits once the queue is empty; for the latency case they run until
 stopped.
 
-PgQueuer is imported only inside the functions here, and this module only when a
-comparison runs, so the course's own benchmarks need none of it installed.
-
-    python -m benchmarks.peers.pgqueuer_case --schema bench_pgqueuer --batch 10 [--drain]
+PgQueuer is imported only inside the functions here and in `pgqueuer_consumer`
+(the consumer processes), and this module only when a comparison runs, so the
+course's own benchmarks need none of it installed.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from datetime import timedelta
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -28,13 +24,15 @@ from psycopg import sql
 
 from lessons.common.database import connect, database_url
 
+from ...harness.pacing import steady
+from ...harness.processes import ChildProcess, started_together, wait_for_go
+from ...harness.queue_system import Layout
+from ...harness.vacuum import Vacuum, apply_vacuum
 from ..noop import TASK_NAME
-from ..processes import ChildProcess, wait_for_go
-from ..producer import steady
-from ..systems import Layout
-from ..vacuum import Vacuum, apply_vacuum
 
 SCHEMA = "bench_pgqueuer"
+# The consumer processes' entry point.
+CONSUMER = f"{__package__}.pgqueuer_consumer"
 
 
 class PgQueuerSystem:
@@ -56,7 +54,7 @@ class PgQueuerSystem:
         " FROM pgqueuer_log AS queued JOIN pgqueuer_log AS picked USING (job_id)"
         " WHERE queued.status = 'queued' AND picked.status = 'picked'"
     )
-    producer = "pgqueuer"
+    producer = __name__
 
     def __init__(self, consumers_per_process: int = 1) -> None:
         self.consumers_per_process = consumers_per_process
@@ -96,31 +94,21 @@ class PgQueuerSystem:
 
     @contextmanager
     def _consumers(self, layout: Layout, *, drain: bool) -> Iterator[list[ChildProcess]]:
-        with ExitStack() as stack:
-            processes = [
-                stack.enter_context(
-                    ChildProcess(
-                        __name__,
-                        f"--schema={SCHEMA}",
-                        f"--batch={layout.batch}",
-                        f"--consumers={self.consumers_per_process}",
-                        *(["--drain"] if drain else []),
-                    )
-                )
-                for _ in range(layout.processes)
-            ]
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.wait_until_ready()
-            try:
-                yield processes
-            finally:
-                for process in processes:
-                    process.stop()
+        processes = [
+            ChildProcess(
+                CONSUMER,
+                f"--schema={SCHEMA}",
+                f"--batch={layout.batch}",
+                f"--consumers={self.consumers_per_process}",
+                *(["--drain"] if drain else []),
+            )
+            for _ in range(layout.processes)
+        ]
+        with started_together(processes):
+            yield processes
 
 
-async def _connect(schema: str = SCHEMA) -> psycopg.AsyncConnection[Any]:
+async def connect_async(schema: str = SCHEMA) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(
         database_url(), autocommit=True, options=f"-c search_path={schema}"
     )
@@ -129,7 +117,7 @@ async def _connect(schema: str = SCHEMA) -> psycopg.AsyncConnection[Any]:
 async def _install() -> None:
     from pgqueuer import Queries  # type: ignore[import-not-found, unused-ignore]
 
-    async with await _connect() as conn:
+    async with await connect_async() as conn:
         await Queries.from_psycopg_connection(conn).install()
 
 
@@ -137,18 +125,18 @@ async def _enqueue_many(count: int) -> None:
     """Enqueue `count` jobs with PgQueuer's own batch enqueue: one statement."""
     from pgqueuer import Queries  # type: ignore[import-not-found, unused-ignore]
 
-    async with await _connect() as conn:
+    async with await connect_async() as conn:
         await Queries.from_psycopg_connection(conn).enqueue(
             [TASK_NAME] * count, [None] * count, [0] * count
         )
 
 
 def produce(schema: str, rate: float, seconds: float) -> float:
-    """The producer's side (`benchmarks.producer --system pgqueuer`): one job per call."""
+    """The producer process's side (`harness/producer.py`): `Queries.enqueue`, one job a call."""
     from pgqueuer import Queries  # type: ignore[import-not-found, unused-ignore]
 
     async def run() -> float:
-        async with await _connect(schema) as conn:
+        async with await connect_async(schema) as conn:
             queries = Queries.from_psycopg_connection(conn)
             await asyncio.get_running_loop().run_in_executor(None, wait_for_go)
             loop = asyncio.get_running_loop()
@@ -164,56 +152,3 @@ def produce(schema: str, rate: float, seconds: float) -> float:
             )
 
     return asyncio.run(run())
-
-
-async def _noop(job: object) -> None:
-    """The job: nothing (PgQueuer passes the Job)."""
-    return None
-
-
-async def _consume(schema: str, batch: int, consumers: int, drain: bool) -> None:
-    from pgqueuer import Queries, QueueManager  # type: ignore[import-not-found, unused-ignore]
-    from pgqueuer.types import QueueExecutionMode  # type: ignore[import-not-found, unused-ignore]
-
-    managers = []
-    for _ in range(consumers):
-        manager = QueueManager(Queries.from_psycopg_connection(await _connect(schema)))
-
-        manager.entrypoint(TASK_NAME)(_noop)
-        managers.append(manager)
-
-    def shut_down() -> None:
-        for manager in managers:
-            manager.shutdown.set()
-
-    loop = asyncio.get_running_loop()
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(stop_signal, shut_down)
-    await loop.run_in_executor(None, wait_for_go)
-    mode = QueueExecutionMode.drain if drain else QueueExecutionMode.continuous
-    await asyncio.gather(
-        *(
-            manager.run(batch_size=batch, mode=mode, dequeue_timeout=timedelta(seconds=30))
-            for manager in managers
-        )
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--schema", default=SCHEMA)
-    parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--consumers", type=int, default=1, help="queue managers per process")
-    parser.add_argument("--drain", action="store_true", help="exit once the queue is empty")
-    options = parser.parse_args(argv)
-    coroutine = _consume(options.schema, options.batch, options.consumers, options.drain)
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-
-        uvloop.run(coroutine)
-    except ImportError:
-        asyncio.run(coroutine)
-
-
-if __name__ == "__main__":
-    main()

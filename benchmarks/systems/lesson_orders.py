@@ -1,0 +1,251 @@
+"""The course's durable orders, lessons 07, 08 and 09: their workers, the orders, the checks.
+
+An order is a lesson's own `process_order`: a durable task that spawns a
+`charge_payment` child task, waits for it, then a `send_confirmation_email` child,
+and waits for that (each child writes its row, keyed by its task id). Each lesson's
+workers run unchanged, in processes started by the lesson's own `WorkerProcess`.
+
+`LessonOrders` is each lesson as a `DurableSystem` (`harness/durable_system.py`),
+listed in `compare.course_durable_systems()`; a later lesson's workers join the same
+way. Lesson 07's own benchmark (`benchmarks/durable_orders.py`) uses the same
+workers, orders and checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
+from lessons.lesson07_durable_tasks.demo.tasks import (
+    ORDER_STEPS_QUEUE as LESSON07_ORDER_STEPS_QUEUE,
+)
+from lessons.lesson07_durable_tasks.demo.tasks import ORDERS_QUEUE as LESSON07_ORDERS_QUEUE
+from lessons.lesson07_durable_tasks.tools.worker_process import (
+    WorkerProcess as Lesson07WorkerProcess,
+)
+from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE as LESSON08_ORDER_STEPS_QUEUE
+from lessons.lesson08_listen_notify.tasks import ORDERS_QUEUE as LESSON08_ORDERS_QUEUE
+from lessons.lesson08_listen_notify.worker_process import WorkerProcess as Lesson08WorkerProcess
+from lessons.lesson09_durable_sleep.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
+from lessons.lesson09_durable_sleep.worker_process import WorkerProcess as Lesson09WorkerProcess
+
+from ..harness.durable_system import DurableLayout
+from ..harness.measure import BurnDown, watch_burn_down
+from ..harness.processes import started_together
+from ..harness.vacuum import Vacuum, apply_vacuum
+from .lesson04 import UNFINISHED_SQL
+from .lesson07_functions import LESSON07_FUNCTIONS
+from .lesson08 import POLL_INTERVAL as LESSON08_POLL_INTERVAL
+from .lesson08 import SCHEMA_SQL as LESSON08_SCHEMA_SQL
+
+LESSONS_DIRECTORY = REPOSITORY_ROOT / "lessons"
+LESSON07_SCHEMA_SQL = LESSONS_DIRECTORY / "lesson07_durable_tasks" / "sql" / "schema.sql"
+LESSON09_SCHEMA_SQL = LESSONS_DIRECTORY / "lesson09_durable_sleep" / "sql" / "schema.sql"
+# Long heartbeats: nothing dies here, and sweeps should not weigh on the figures.
+HEARTBEAT_INTERVAL = 1.0
+INACTIVITY_THRESHOLD = 10.0
+
+
+def enqueue_orders(conn: psycopg.Connection[Any], orders: int) -> None:
+    """`orders` process_order tasks, the rows enqueue() would write, in one statement.
+
+    Enqueueing is not what is measured, so it skips the client's round trip per order.
+    (The queue is lesson 07's `orders`, whose name lessons 08 and 09 keep.)
+    """
+    conn.execute(
+        "INSERT INTO tasks (queue, task_name, display_name, input, durable)"
+        " SELECT %(queue)s, 'process_order', 'process_order',"
+        "  jsonb_build_object('order_id', 'B-' || n, 'card', '4242',"
+        "   'amount_cents', 4200, 'email', 'bench@example.com'), true"
+        " FROM generate_series(1, %(orders)s) AS n",
+        {"queue": LESSON07_ORDERS_QUEUE, "orders": orders},
+    )
+
+
+def completed_count(conn: psycopg.Connection[Any], task_name: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM tasks WHERE task_name = %s AND status = 'completed'", (task_name,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_each_order_charged_and_emailed_once(conn: psycopg.Connection[Any], orders: int) -> None:
+    for table in ("charges", "emails"):
+        count_rows = sql.SQL("SELECT count(*), count(DISTINCT order_id) FROM {}")
+        row = conn.execute(count_rows.format(sql.Identifier(table))).fetchone()
+        if row != (orders, orders):
+            raise AssertionError(f"{table}: {row}, expected {orders} rows for {orders} orders")
+
+
+@contextmanager
+def lesson07_workers(
+    schema: str, *, processes: int, slots: int, poll_interval: float
+) -> Iterator[list[Lesson07WorkerProcess]]:
+    """Lesson 07's worker processes, each serving both queues with `slots` slots each.
+
+    They start at the same time; the block runs once every one of them is polling.
+    """
+    workers = [
+        Lesson07WorkerProcess(
+            schema=schema,
+            queues=[LESSON07_ORDERS_QUEUE, LESSON07_ORDER_STEPS_QUEUE],
+            functions=LESSON07_FUNCTIONS,
+            slots=slots,
+            poll_interval=poll_interval,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            inactivity_threshold=INACTIVITY_THRESHOLD,
+        )
+        for _ in range(processes)
+    ]
+    with started_together(workers):
+        yield workers
+
+
+class LessonOrders:
+    """A lesson's own workers running its own `process_order`; subclasses start them."""
+
+    name: str
+    unit = "orders"
+    schema: str
+    schema_sql: Path
+    # The tables every order writes and updates: its tasks, and the parents' histories.
+    queue_tables = ("tasks", "task_events")
+    # Nothing queued or running is left: a parent runs until both its children are done.
+    unfinished_sql = UNFINISHED_SQL
+    first_start_sql = "SELECT min(started_at) FROM tasks WHERE task_name = 'process_order'"
+
+    def settings(self, layout: DurableLayout) -> str:
+        raise NotImplementedError
+
+    def workers(self, layout: DurableLayout) -> AbstractContextManager[list[int]]:
+        """Worker processes serving the orders and their children; yields their pids."""
+        raise NotImplementedError
+
+    def run(self, orders: int, layout: DurableLayout, vacuum: Vacuum) -> BurnDown:
+        reset_schema(self.schema, self.schema_sql)
+        with connect(schema=self.schema) as conn:
+            apply_vacuum(conn, self.queue_tables, vacuum)
+        with self.workers(layout) as pids, connect(schema=self.schema) as conn:
+            enqueue_orders(conn, orders)
+            result = watch_burn_down(
+                conn,
+                tasks=orders,
+                unfinished_sql=self.unfinished_sql,
+                first_start_sql=self.first_start_sql,
+                consumer_pids=pids,
+            )
+            check_each_order_charged_and_emailed_once(conn, orders)
+            completed = completed_count(conn, "process_order")
+            if completed != orders:
+                raise AssertionError(f"{completed} of {orders} orders completed")
+        return result
+
+
+class Lesson07Orders(LessonOrders):
+    """Lesson 07's workers, unchanged: `worker_process --queue orders --queue order_steps`.
+
+    Idle workers, and parents waiting for a child, poll every `poll_interval`.
+    """
+
+    name = "lesson 07"
+    schema = "bench_durable"
+    schema_sql = LESSON07_SCHEMA_SQL
+
+    def settings(self, layout: DurableLayout) -> str:
+        return (
+            f"{_processes(layout)} x {layout.concurrency} slots per queue "
+            f"(orders, order_steps), poll {layout.poll_interval * 1000:g} ms"
+        )
+
+    @contextmanager
+    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
+        with lesson07_workers(
+            self.schema,
+            processes=layout.processes,
+            slots=layout.concurrency,
+            poll_interval=layout.poll_interval,
+        ) as workers:
+            yield [worker.pid for worker in workers]
+
+
+class Lesson08Orders(LessonOrders):
+    """Lesson 08's workers, unchanged: new tasks and finished children wake them by NOTIFY.
+
+    They poll only as a fallback, at the lesson's default interval (5 s), whatever
+    the layout's poll interval (which is lesson 07's and DBOS's).
+    """
+
+    name = "lesson 08"
+    schema = "bench_durable_notify"
+    schema_sql = LESSON08_SCHEMA_SQL
+
+    def settings(self, layout: DurableLayout) -> str:
+        return (
+            f"{_processes(layout)} x {layout.concurrency} slots per queue "
+            f"(orders, order_steps), LISTEN/NOTIFY, fallback poll {LESSON08_POLL_INTERVAL:g} s"
+        )
+
+    @contextmanager
+    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
+        # No `functions`: the WorkerProcess default, the lesson's own tasks module.
+        workers = [
+            Lesson08WorkerProcess(
+                schema=self.schema,
+                queues=[LESSON08_ORDERS_QUEUE, LESSON08_ORDER_STEPS_QUEUE],
+                slots=layout.concurrency,
+                poll_interval=LESSON08_POLL_INTERVAL,
+                listen=True,
+            )
+            for _ in range(layout.processes)
+        ]
+        with started_together(workers):
+            yield [worker.pid for worker in workers]
+
+
+class Lesson09Orders(LessonOrders):
+    """Lesson 09's workers, unchanged: a parent waiting for its child is suspended.
+
+    It gives its slot back while it waits, and the child's end makes it runnable
+    again; so parents and children share one queue, `orders`, and each worker
+    process has `concurrency` slots in all (lessons 07 and 08 have that many per
+    queue, for parents and for children). Woken by NOTIFY, polling every 5 s as the
+    fallback, as in lesson 08.
+    """
+
+    name = "lesson 09"
+    schema = "bench_durable_suspend"
+    schema_sql = LESSON09_SCHEMA_SQL
+    # A parent waiting for its child, or woken and not yet claimed again, is suspended.
+    unfinished_sql = f"{UNFINISHED_SQL} OR EXISTS (SELECT FROM tasks WHERE status = 'suspended')"
+
+    def settings(self, layout: DurableLayout) -> str:
+        return (
+            f"{_processes(layout)} x {layout.concurrency} slots (one queue; a waiting parent "
+            f"is suspended), LISTEN/NOTIFY, fallback poll {LESSON08_POLL_INTERVAL:g} s"
+        )
+
+    @contextmanager
+    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
+        # No `functions`: the WorkerProcess default, the lesson's own tasks module.
+        workers = [
+            Lesson09WorkerProcess(
+                schema=self.schema,
+                queues=[LESSON09_ORDERS_QUEUE],
+                slots=layout.concurrency,
+                poll_interval=LESSON08_POLL_INTERVAL,
+                listen=True,
+            )
+            for _ in range(layout.processes)
+        ]
+        with started_together(workers):
+            yield [worker.pid for worker in workers]
+
+
+def _processes(layout: DurableLayout) -> str:
+    return f"{layout.processes} worker process{'es' if layout.processes > 1 else ''}"
