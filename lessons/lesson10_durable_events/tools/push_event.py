@@ -1,10 +1,11 @@
 """Push an external event from the command line, as a person or a webhook would.
 
-    python -m lessons.lesson10_durable_events.push_event KEY JSON [--schema SCHEMA]
+    python -m lessons.lesson10_durable_events.tools.push_event KEY JSON [--schema SCHEMA]
 
-    python -m lessons.lesson10_durable_events.push_event approval:A-1 '{"approved": true}'
+    python -m lessons.lesson10_durable_events.tools.push_event \\
+        approval:A-1 '{"approved": true}'
 
-The event ends the waits for KEY that are open now (see `client.push_event`),
+The event ends the waits for KEY that are open now (see `engine/client.py`),
 and the command says which tasks it woke. The database comes from DATABASE_URL
 (or the embedded server); `--schema` says which schema holds the lesson's
 tables (`lesson_10` unless told otherwise).
@@ -20,7 +21,7 @@ import psycopg
 from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, connect
 
-from .client import push_event
+from ..engine.client import push_event
 
 
 def main(argv: list[str] | None = None) -> int:

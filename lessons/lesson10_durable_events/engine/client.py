@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,15 +9,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task, TaskStatus
-from .db.queries import Querier
-from .result_writer import first_line
-from .worker import DEFAULT_QUEUE
-
-FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED)
-
-# Like the column default in schema.sql: up to 4 attempts in all.
-DEFAULT_MAX_RETRIES = 3
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, FINISHED_STATUSES, first_line, to_json
 
 
 def enqueue(
@@ -52,10 +45,7 @@ def enqueue(
     for name, seconds in (("execution", execution_timeout), ("schedule", schedule_timeout)):
         if seconds is not None and seconds <= 0:
             raise ValueError(f"the {name} timeout must be positive, not {seconds}")
-    try:
-        json.dumps(input, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"the input of {task_name} is not JSON: {error}") from error
+    to_json(input, f"the input of {task_name}")
     try:
         task = Querier(conn).create_task(
             queue=queue,
@@ -70,7 +60,7 @@ def enqueue(
             parent_id=None,  # only a durable task's context spawns children
         )
     except psycopg.DataError as error:
-        # JSON that jsonb still refuses: a string holding U+0000 or a lone surrogate.
+        # JSON that jsonb still refuses: a string holding U+0000.
         raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
     if task is None:  # INSERT ... RETURNING always returns the row
         raise RuntimeError(f"enqueueing {task_name} returned no row")
@@ -87,7 +77,7 @@ def wait_for_task(
             task = Querier(conn).get_task(id=task_id)
         if task is None:
             raise LookupError(f"there is no task {task_id}")
-        if task.status in FINISHED:
+        if task.status in FINISHED_STATUSES:
             return task
         if time.monotonic() > deadline:
             raise TimeoutError(f"task {task_id} is still {task.status} after {timeout} s")
@@ -115,10 +105,7 @@ def push_event(conn: psycopg.Connection[Any], key: str, payload: Any) -> PushedE
     The event, the ends of the waits and the wake-ups of their tasks are one
     transaction (a savepoint, if `conn` is in one of its own).
     """
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"the payload of event {key} is not JSON: {error}") from error
+    to_json(payload, f"the payload of event {key}")
     with conn.transaction():
         queries = Querier(conn)
         try:
