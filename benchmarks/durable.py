@@ -27,8 +27,10 @@ from typing import Protocol
 import lessons.lesson09_durable_sleep as lesson09
 from lessons.common.database import connect, reset_schema
 from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
-from lessons.lesson09_durable_sleep.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
-from lessons.lesson09_durable_sleep.worker_process import WorkerProcess as Lesson09WorkerProcess
+from lessons.lesson09_durable_sleep.demo.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
+from lessons.lesson09_durable_sleep.tools.worker_process import (
+    WorkerProcess as Lesson09WorkerProcess,
+)
 
 from . import durable_orders, lesson04, lesson08
 from .measure import BurnDown, watch_burn_down
@@ -40,7 +42,7 @@ from .vacuum import Vacuum, apply_vacuum
 KIND = "durable"
 # Each lesson's own process_order, charge_payment and send_confirmation_email.
 LESSON08_TASKS = "lessons.lesson08_listen_notify.tasks"
-LESSON09_TASKS = "lessons.lesson09_durable_sleep.tasks"
+LESSON09_TASKS = "lessons.lesson09_durable_sleep.demo.tasks"
 LESSON09_DIRECTORY = Path(lesson09.__file__).resolve().parent
 
 

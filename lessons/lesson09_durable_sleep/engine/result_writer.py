@@ -24,15 +24,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task, TaskStatus
-from .db.queries import Querier
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import error_document, first_line
+from .wake_ups import wake_parents
 
 log = logging.getLogger(__name__)
 
@@ -229,48 +230,3 @@ class ResultWriter:
                     outcome.attempt,
                     status,
                 )
-
-
-class FinishedRow(Protocol):
-    """What `wake_parents` needs of a task row: `Task`, or a `FinishAttemptsRow`."""
-
-    @property
-    def status(self) -> TaskStatus: ...
-
-    @property
-    def parent_id(self) -> int | None: ...
-
-
-def wake_parents(queries: Querier, rows: Iterable[FinishedRow]) -> None:
-    """Make the parents of the children among `rows` that have finished runnable now.
-
-    Call it in the transaction that finished them. A child that went back to the
-    queue for a retry has not finished, and wakes nobody.
-    """
-    parent_ids = {
-        row.parent_id
-        for row in rows
-        if row.parent_id is not None and row.status in (TaskStatus.COMPLETED, TaskStatus.FAILED)
-    }
-    if parent_ids:
-        queries.wake_tasks(ids=sorted(parent_ids))
-
-
-def error_document(kind: str, message: str) -> dict[str, Any]:
-    """What a failed task's output holds: the kind of error and a readable message."""
-    # jsonb cannot hold the character U+0000, nor a lone surrogate (what a file name
-    # that is not UTF-8 decodes to): spell them out rather than lose the failure.
-    storable = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
-    return {"error": {"type": kind, "message": storable}}
-
-
-def exception_message(error: BaseException) -> str:
-    """`str(error)`, which runs the exception's own code and so can itself raise."""
-    try:
-        return str(error)
-    except Exception:
-        return f"(the message of this {type(error).__name__} could not be read)"
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

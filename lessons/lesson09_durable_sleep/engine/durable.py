@@ -60,7 +60,6 @@ claims it. Suspending is a fenced write, like every other.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,10 +69,17 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ..db.models import EventKind, Task, TaskEvent, TaskStatus
+from ..db.queries import Querier
 from .crash_points import crash_point
-from .db.models import EventKind, Task, TaskEvent, TaskStatus
-from .db.queries import Querier
-from .result_writer import first_line
+from .shared import (
+    DEFAULT_MAX_RETRIES,
+    FINISHED_STATUSES,
+    NonRetryableError,
+    canonical_json,
+    first_line,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,7 @@ class TaskSuspended(BaseException):
         super().__init__(f"task {task_id} suspended {until}")
 
 
-class NonDeterminismError(Exception):
+class NonDeterminismError(NonRetryableError):
     """This attempt made another call than the history recorded at the same event number.
 
     The message names the event, the recorded call and the new one:
@@ -120,7 +126,7 @@ class NonDeterminismError(Exception):
     """
 
 
-class ChildTaskFailed(Exception):
+class ChildTaskFailed(NonRetryableError):
     """A child task failed (all its retries, if it had any), so the call that waited for it fails.
 
     Catch it in the durable function to carry on another way; left uncaught, it
@@ -140,7 +146,7 @@ class ChildTaskFailed(Exception):
         )
 
 
-class InvalidStepData(Exception):
+class InvalidStepData(NonRetryableError):
     """A step's input or output, or a child's input, is not JSON the database can store.
 
     Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
@@ -156,9 +162,6 @@ DurableFunction = Callable[["DurableContext", Any], Any]
 
 # A step takes a JSON input and returns a JSON output.
 StepFunction = Callable[[Any], Any]
-
-# Like enqueue's default: up to 4 attempts in all.
-DEFAULT_MAX_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,7 @@ class DurableContext:
             row = Querier(conn).get_task(id=child.id)
             if row is None:
                 raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
-            finished = row.status in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+            finished = row.status in FINISHED_STATUSES
             if finished:
                 raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
         if not finished:
@@ -503,15 +506,6 @@ class DurableContext:
         return event
 
 
-def canonical_json(value: Any) -> str:
-    """One text per JSON value: keys sorted, no spaces, characters as they are.
-
-    Two inputs that are equal as JSON give the same text, whatever order their
-    keys were inserted in, so they give the same key.
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def event_key(kind: EventKind, name: str, input: Any) -> str:
     """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
     call = canonical_json([str(kind), name, input])
@@ -526,15 +520,6 @@ def describe_call(kind: EventKind, name: str, input: Any) -> str:
 def check_json(what: str, value: Any) -> None:
     """Refuse a value the history could not hold, with a message that says whose it is."""
     try:
-        # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidStepData(f"{what} is not JSON: {error}") from error
-    try:
-        text.encode()
-    except UnicodeEncodeError as error:
-        # A lone surrogate: what bytes that are not UTF-8 decode to, with
-        # errors="surrogateescape" (file names, for one). It is not text.
-        raise InvalidStepData(
-            f"{what} holds a string that is not valid Unicode: {error}"
-        ) from error
+        to_json(value, what)
+    except ValueError as error:
+        raise InvalidStepData(str(error)) from error

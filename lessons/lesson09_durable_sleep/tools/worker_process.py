@@ -1,7 +1,8 @@
 """Run a worker in a process of its own until SIGTERM or Ctrl-C, then stop gracefully.
 
-    python -m lessons.lesson09_durable_sleep.worker_process \\
-        --functions lessons.lesson09_durable_sleep.tasks --queue orders --queue reminders \\
+    python -m lessons.lesson09_durable_sleep.tools.worker_process \\
+        --functions lessons.lesson09_durable_sleep.demo.tasks \\
+        --queue orders --queue default \\
         --slots 10 --poll-interval 5 --heartbeat-interval 1 --inactivity-threshold 10 \\
         [--no-listen]
 
@@ -40,8 +41,14 @@ from types import TracebackType
 from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, create_pool
 
-from .durable import DurableFunction
-from .worker import DEFAULT_QUEUE, TaskFunction, Worker
+from ..engine.durable import DurableFunction
+from ..engine.shared import DEFAULT_QUEUE
+from ..engine.worker import TaskFunction, Worker
+
+LESSON = Lesson.of(__file__)
+
+# The task functions a worker process registers unless told otherwise.
+DEMO_FUNCTIONS = f"{LESSON.package}.demo.tasks"
 
 
 def load_functions(
@@ -59,7 +66,7 @@ def load_functions(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
-    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    parser.add_argument("--schema", default=LESSON.schema)
     parser.add_argument(
         "--queue",
         action="append",
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="QUEUE",
         help=f"a queue to serve (default {DEFAULT_QUEUE}); repeat it for several",
     )
-    parser.add_argument("--functions", default=f"{__package__}.tasks", metavar="MODULE")
+    parser.add_argument("--functions", default=DEMO_FUNCTIONS, metavar="MODULE")
     parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--slots", type=int, default=10, help="tasks run at once")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS")
@@ -89,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # For each worker: one connection each for the poller, the heartbeat and
-        # the result writer, and one per slot for durable functions, which read
-        # and write their history. (Each worker's listener has a connection of
-        # its own, outside the pool.)
-        pool = create_pool(options.schema, max_size=len(queues) * (3 + options.slots))
+        # For each worker: one connection each for the poller, the heartbeat, the
+        # sweeper and the result writer, and one per slot for durable functions,
+        # which read and write their history. (Each worker's listener has a
+        # connection of its own, outside the pool.)
+        pool = create_pool(options.schema, max_size=len(queues) * (4 + options.slots))
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 class WorkerProcess:
     """A worker in a child process that a parent can start, kill, pause and resume.
 
-        with WorkerProcess(schema="lesson_09", queues=["orders", "reminders"],
+        with WorkerProcess(schema="lesson_09", queues=["orders", "default"],
                            heartbeat_interval=0.1, inactivity_threshold=1.0) as worker:
             worker.start()   # returns once the child has registered: worker.ids
             worker.kill()    # SIGKILL: dies at once, mid-task, heartbeat and all
@@ -139,7 +146,7 @@ class WorkerProcess:
         *,
         schema: str,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
-        functions: str = f"{__package__}.tasks",
+        functions: str = DEMO_FUNCTIONS,
         slots: int = 1,
         poll_interval: float = 0.1,
         heartbeat_interval: float = 1.0,
@@ -185,7 +192,7 @@ class WorkerProcess:
     def start(self, timeout: float = 30.0) -> int:
         """Start the child and wait until each of its workers is ready; return the first's id."""
         process = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.worker_process", *self.arguments],
+            [sys.executable, "-m", f"{LESSON.package}.tools.worker_process", *self.arguments],
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=self.environment,
