@@ -26,7 +26,7 @@ from typing import Protocol
 
 import lessons.lesson09_durable_sleep as lesson09
 from lessons.common.database import connect, reset_schema
-from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson08_listen_notify.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
 from lessons.lesson09_durable_sleep.demo.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
 from lessons.lesson09_durable_sleep.tools.worker_process import (
     WorkerProcess as Lesson09WorkerProcess,
@@ -41,7 +41,7 @@ from .vacuum import Vacuum, apply_vacuum
 
 KIND = "durable"
 # Each lesson's own process_order, charge_payment and send_confirmation_email.
-LESSON08_TASKS = "lessons.lesson08_listen_notify.tasks"
+LESSON08_TASKS = "lessons.lesson08_listen_notify.demo.tasks"
 LESSON09_TASKS = "lessons.lesson09_durable_sleep.demo.tasks"
 LESSON09_DIRECTORY = Path(lesson09.__file__).resolve().parent
 

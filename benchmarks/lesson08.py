@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lessons.lesson08_listen_notify as lesson08
 from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess
+from lessons.lesson08_listen_notify.tools.worker_process import WorkerProcess
 
 from .notify_latency import FALLBACK_POLL_INTERVAL
 from .processes import start_together

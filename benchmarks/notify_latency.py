@@ -35,8 +35,8 @@ from pathlib import Path
 
 import lessons.lesson08_listen_notify as lesson08
 from lessons.common.database import connect, create_pool, drop_schema, reset_schema
-from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess
+from lessons.lesson08_listen_notify.engine.client import enqueue, wait_for_task
+from lessons.lesson08_listen_notify.tools.worker_process import WorkerProcess
 
 from .machine import this_machine, this_server
 from .stats import median, percentile

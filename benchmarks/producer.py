@@ -30,7 +30,7 @@ def run_lesson04(schema: str, rate: float, seconds: float) -> float:
 
 
 def run_lesson08(schema: str, rate: float, seconds: float) -> float:
-    from lessons.lesson08_listen_notify.client import enqueue as enqueue08
+    from lessons.lesson08_listen_notify.engine.client import enqueue as enqueue08
 
     with connect(schema=schema) as conn:
         wait_for_go()

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from .result_writer import first_line
+from .shared import first_line
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task
-from .db.queries import Querier
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import error_document, first_line
 
 log = logging.getLogger(__name__)
 
@@ -221,23 +222,3 @@ class ResultWriter:
                     outcome.attempt,
                     status,
                 )
-
-
-def error_document(kind: str, message: str) -> dict[str, Any]:
-    """What a failed task's output holds: the kind of error and a readable message."""
-    # jsonb cannot hold the character U+0000, nor a lone surrogate (what a file name
-    # that is not UTF-8 decodes to): spell them out rather than lose the failure.
-    storable = message.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
-    return {"error": {"type": kind, "message": storable}}
-
-
-def exception_message(error: BaseException) -> str:
-    """`str(error)`, which runs the exception's own code and so can itself raise."""
-    try:
-        return str(error)
-    except Exception:
-        return f"(the message of this {type(error).__name__} could not be read)"
-
-
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .db.models import Task, TaskStatus
-from .db.queries import Querier
-from .worker import DEFAULT_QUEUE
-
-FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED)
-
-# Like the column default in schema.sql: up to 4 attempts in all.
-DEFAULT_MAX_RETRIES = 3
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, FINISHED_STATUSES, to_json
 
 
 def enqueue(
@@ -50,10 +44,7 @@ def enqueue(
     for name, seconds in (("execution", execution_timeout), ("schedule", schedule_timeout)):
         if seconds is not None and seconds <= 0:
             raise ValueError(f"the {name} timeout must be positive, not {seconds}")
-    try:
-        json.dumps(input, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"the input of {task_name} is not JSON: {error}") from error
+    to_json(input, f"the input of {task_name}")
     try:
         task = Querier(conn).create_task(
             queue=queue,
@@ -68,7 +59,7 @@ def enqueue(
             parent_id=None,  # only a durable task's context spawns children
         )
     except psycopg.DataError as error:
-        # JSON that jsonb still refuses: a string holding U+0000 or a lone surrogate.
+        # JSON that jsonb still refuses: a string holding U+0000.
         raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
     if task is None:  # INSERT ... RETURNING always returns the row
         raise RuntimeError(f"enqueueing {task_name} returned no row")
@@ -85,7 +76,7 @@ def wait_for_task(
             task = Querier(conn).get_task(id=task_id)
         if task is None:
             raise LookupError(f"there is no task {task_id}")
-        if task.status in FINISHED:
+        if task.status in FINISHED_STATUSES:
             return task
         if time.monotonic() > deadline:
             raise TimeoutError(f"task {task_id} is still {task.status} after {timeout} s")

@@ -44,7 +44,6 @@ the function, or one of its steps, runs.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -54,10 +53,17 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from ..db.models import EventKind, Task, TaskEvent, TaskStatus
+from ..db.queries import Querier
 from .crash_points import crash_point
-from .db.models import EventKind, Task, TaskEvent, TaskStatus
-from .db.queries import Querier
-from .result_writer import first_line
+from .shared import (
+    DEFAULT_MAX_RETRIES,
+    FINISHED_STATUSES,
+    NonRetryableError,
+    canonical_json,
+    first_line,
+    to_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,7 @@ class LostOwnership(Exception):
     """
 
 
-class NonDeterminismError(Exception):
+class NonDeterminismError(NonRetryableError):
     """This attempt made another call than the history recorded at the same event number.
 
     The message names the event, the recorded call and the new one:
@@ -85,7 +91,7 @@ class NonDeterminismError(Exception):
     """
 
 
-class ChildTaskFailed(Exception):
+class ChildTaskFailed(NonRetryableError):
     """A child task failed (all its retries, if it had any), so the call that waited for it fails.
 
     Catch it in the durable function to carry on another way; left uncaught, it
@@ -105,7 +111,7 @@ class ChildTaskFailed(Exception):
         )
 
 
-class InvalidStepData(Exception):
+class InvalidStepData(NonRetryableError):
     """A step's input or output, or a child's input, is not JSON the database can store.
 
     Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
@@ -121,9 +127,6 @@ DurableFunction = Callable[["DurableContext", Any], Any]
 
 # A step takes a JSON input and returns a JSON output.
 StepFunction = Callable[[Any], Any]
-
-# Like enqueue's default: up to 4 attempts in all.
-DEFAULT_MAX_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,7 @@ class DurableContext:
             row = Querier(conn).get_task(id=child.id)
         if row is None:
             raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
-        return row if row.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) else None
+        return row if row.status in FINISHED_STATUSES else None
 
     def _take_event_number(self) -> int:
         if self._non_determinism is not None:
@@ -419,15 +422,6 @@ class DurableContext:
         return event
 
 
-def canonical_json(value: Any) -> str:
-    """One text per JSON value: keys sorted, no spaces, characters as they are.
-
-    Two inputs that are equal as JSON give the same text, whatever order their
-    keys were inserted in, so they give the same key.
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def event_key(kind: EventKind, name: str, input: Any) -> str:
     """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
     call = canonical_json([str(kind), name, input])
@@ -442,15 +436,6 @@ def describe_call(kind: EventKind, name: str, input: Any) -> str:
 def check_json(what: str, value: Any) -> None:
     """Refuse a value the history could not hold, with a message that says whose it is."""
     try:
-        # allow_nan=False: Python would write NaN and Infinity, which are not JSON.
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidStepData(f"{what} is not JSON: {error}") from error
-    try:
-        text.encode()
-    except UnicodeEncodeError as error:
-        # A lone surrogate: what bytes that are not UTF-8 decode to, with
-        # errors="surrogateescape" (file names, for one). It is not text.
-        raise InvalidStepData(
-            f"{what} holds a string that is not valid Unicode: {error}"
-        ) from error
+        to_json(value, what)
+    except ValueError as error:
+        raise InvalidStepData(str(error)) from error

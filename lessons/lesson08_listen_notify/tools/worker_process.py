@@ -1,7 +1,8 @@
 """Run a worker in a process of its own until SIGTERM or Ctrl-C, then stop gracefully.
 
-    python -m lessons.lesson08_listen_notify.worker_process \\
-        --functions lessons.lesson08_listen_notify.tasks --queue orders --queue order_steps \\
+    python -m lessons.lesson08_listen_notify.tools.worker_process \\
+        --functions lessons.lesson08_listen_notify.demo.tasks \\
+        --queue orders --queue order_steps \\
         --slots 10 --poll-interval 5 --heartbeat-interval 1 --inactivity-threshold 10 \\
         [--no-listen]
 
@@ -41,8 +42,14 @@ from types import TracebackType
 from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, create_pool
 
-from .durable import DurableFunction
-from .worker import DEFAULT_QUEUE, TaskFunction, Worker
+from ..engine.durable import DurableFunction
+from ..engine.shared import DEFAULT_QUEUE
+from ..engine.worker import TaskFunction, Worker
+
+LESSON = Lesson.of(__file__)
+
+# The task functions a worker process registers unless told otherwise.
+DEMO_FUNCTIONS = f"{LESSON.package}.demo.tasks"
 
 
 def load_functions(
@@ -60,7 +67,7 @@ def load_functions(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
-    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    parser.add_argument("--schema", default=LESSON.schema)
     parser.add_argument(
         "--queue",
         action="append",
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="QUEUE",
         help=f"a queue to serve (default {DEFAULT_QUEUE}); repeat it for several",
     )
-    parser.add_argument("--functions", default=f"{__package__}.tasks", metavar="MODULE")
+    parser.add_argument("--functions", default=DEMO_FUNCTIONS, metavar="MODULE")
     parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--slots", type=int, default=10, help="tasks run at once")
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS")
@@ -90,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # For each worker: one connection each for the poller, the heartbeat and
-        # the result writer, and one per slot for durable functions, which read
-        # and write their history. (Each worker's listener has a connection of
-        # its own, outside the pool.)
-        pool = create_pool(options.schema, max_size=len(queues) * (3 + options.slots))
+        # For each worker: one connection each for the poller, the heartbeat, the
+        # sweeper and the result writer, and one per slot for durable functions,
+        # which read and write their history. (Each worker's listener has a
+        # connection of its own, outside the pool.)
+        pool = create_pool(options.schema, max_size=len(queues) * (4 + options.slots))
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -140,7 +147,7 @@ class WorkerProcess:
         *,
         schema: str,
         queues: Sequence[str] = (DEFAULT_QUEUE,),
-        functions: str = f"{__package__}.tasks",
+        functions: str = DEMO_FUNCTIONS,
         slots: int = 1,
         poll_interval: float = 0.1,
         heartbeat_interval: float = 1.0,
@@ -186,7 +193,7 @@ class WorkerProcess:
     def start(self, timeout: float = 30.0) -> int:
         """Start the child and wait until each of its workers is ready; return the first's id."""
         process = subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.worker_process", *self.arguments],
+            [sys.executable, "-m", f"{LESSON.package}.tools.worker_process", *self.arguments],
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=self.environment,
