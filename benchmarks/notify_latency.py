@@ -34,8 +34,8 @@ from multiprocessing import get_context
 
 from lessons.common.database import connect, create_pool, drop_schema, reset_schema
 from lessons.common.stats import median, percentile
-from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess
+from lessons.lesson08_listen_notify.engine.client import enqueue, wait_for_task
+from lessons.lesson08_listen_notify.tools.worker_process import WorkerProcess
 
 from .harness.machine import this_machine, this_server
 from .harness.processes import started_together

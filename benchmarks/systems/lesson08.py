@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
-from lessons.lesson08_listen_notify.client import enqueue
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess
+from lessons.lesson08_listen_notify.engine.client import enqueue
+from lessons.lesson08_listen_notify.tools.worker_process import WorkerProcess
 
 from ..harness.pacing import steady
 from ..harness.processes import started_together, wait_for_go

@@ -29,11 +29,17 @@ from lessons.lesson07_durable_tasks.demo.tasks import ORDERS_QUEUE as LESSON07_O
 from lessons.lesson07_durable_tasks.tools.worker_process import (
     WorkerProcess as Lesson07WorkerProcess,
 )
-from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE as LESSON08_ORDER_STEPS_QUEUE
-from lessons.lesson08_listen_notify.tasks import ORDERS_QUEUE as LESSON08_ORDERS_QUEUE
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess as Lesson08WorkerProcess
-from lessons.lesson09_durable_sleep.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
-from lessons.lesson09_durable_sleep.worker_process import WorkerProcess as Lesson09WorkerProcess
+from lessons.lesson08_listen_notify.demo.tasks import (
+    ORDER_STEPS_QUEUE as LESSON08_ORDER_STEPS_QUEUE,
+)
+from lessons.lesson08_listen_notify.demo.tasks import ORDERS_QUEUE as LESSON08_ORDERS_QUEUE
+from lessons.lesson08_listen_notify.tools.worker_process import (
+    WorkerProcess as Lesson08WorkerProcess,
+)
+from lessons.lesson09_durable_sleep.demo.tasks import ORDERS_QUEUE as LESSON09_ORDERS_QUEUE
+from lessons.lesson09_durable_sleep.tools.worker_process import (
+    WorkerProcess as Lesson09WorkerProcess,
+)
 
 from ..harness.durable_system import DurableLayout
 from ..harness.measure import BurnDown, watch_burn_down

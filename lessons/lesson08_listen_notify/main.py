@@ -23,12 +23,12 @@ from psycopg_pool import ConnectionPool
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
 from lessons.common.database import connect
 from lessons.common.stats import percentile
-from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.db.models import Task, TaskStatus
 from lessons.lesson08_listen_notify.db.queries import Querier
-from lessons.lesson08_listen_notify.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
-from lessons.lesson08_listen_notify.worker import listener_name
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess
+from lessons.lesson08_listen_notify.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson08_listen_notify.engine.client import enqueue, wait_for_task
+from lessons.lesson08_listen_notify.engine.worker import listener_name
+from lessons.lesson08_listen_notify.tools.worker_process import WorkerProcess
 
 LESSON = Lesson.of(__file__)
 

@@ -35,17 +35,17 @@ from lessons.common.cli import (
     run_lesson,
     wait_until,
 )
-from lessons.lesson09_durable_sleep.client import enqueue, wait_for_task
 from lessons.lesson09_durable_sleep.db.models import Reminder, Task, TaskStatus
 from lessons.lesson09_durable_sleep.db.queries import Querier
-from lessons.lesson09_durable_sleep.tasks import (
+from lessons.lesson09_durable_sleep.demo.tasks import (
     DURABLE_FUNCTIONS,
     FUNCTIONS,
     ORDERS_QUEUE,
     REMINDERS_QUEUE,
 )
-from lessons.lesson09_durable_sleep.worker import Worker
-from lessons.lesson09_durable_sleep.worker_process import WorkerProcess
+from lessons.lesson09_durable_sleep.engine.client import enqueue, wait_for_task
+from lessons.lesson09_durable_sleep.engine.worker import Worker
+from lessons.lesson09_durable_sleep.tools.worker_process import WorkerProcess
 
 LESSON = Lesson.of(__file__)
 

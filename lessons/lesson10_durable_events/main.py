@@ -30,11 +30,11 @@ from lessons.common.cli import (
     run_lesson,
     wait_until,
 )
-from lessons.lesson10_durable_events.client import enqueue, push_event, wait_for_task
 from lessons.lesson10_durable_events.db.models import EventWait, Task, TaskStatus
 from lessons.lesson10_durable_events.db.queries import Querier
-from lessons.lesson10_durable_events.tasks import DURABLE_FUNCTIONS, FUNCTIONS, ORDERS_QUEUE
-from lessons.lesson10_durable_events.worker import Worker
+from lessons.lesson10_durable_events.demo.tasks import DURABLE_FUNCTIONS, FUNCTIONS, ORDERS_QUEUE
+from lessons.lesson10_durable_events.engine.client import enqueue, push_event, wait_for_task
+from lessons.lesson10_durable_events.engine.worker import Worker
 
 LESSON = Lesson.of(__file__)
 
@@ -71,9 +71,9 @@ def enqueue_orders(pool: ConnectionPool, order_ids: list[str]) -> dict[str, int]
 
 def push_with_the_command(key: str, payload: dict[str, Any]) -> None:
     """What a person's click, or a webhook, does: run the lesson's push_event command."""
-    command = [sys.executable, "-m", "lessons.lesson10_durable_events.push_event"]
+    command = [sys.executable, "-m", "lessons.lesson10_durable_events.tools.push_event"]
     arguments = [key, json.dumps(payload), f"--schema={LESSON.schema}"]
-    print(f"  $ python -m lessons.lesson10_durable_events.push_event {key} '{arguments[1]}'")
+    print(f"  $ python -m lessons.lesson10_durable_events.tools.push_event {key} '{arguments[1]}'")
     completed = subprocess.run(
         [*command, *arguments], capture_output=True, text=True, check=True, timeout=60
     )

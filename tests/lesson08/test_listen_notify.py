@@ -20,17 +20,17 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from lessons.common.database import connect
-from lessons.lesson08_listen_notify.client import enqueue, wait_for_task
 from lessons.lesson08_listen_notify.db.models import Task, TaskStatus
 from lessons.lesson08_listen_notify.db.queries import NotificationChannelsRow, Querier
-from lessons.lesson08_listen_notify.tasks import (
+from lessons.lesson08_listen_notify.demo.tasks import (
     DURABLE_FUNCTIONS,
     FUNCTIONS,
     ORDER_STEPS_QUEUE,
     ORDERS_QUEUE,
 )
-from lessons.lesson08_listen_notify.worker import Worker, listener_name
-from lessons.lesson08_listen_notify.worker_process import WorkerProcess
+from lessons.lesson08_listen_notify.engine.client import enqueue, wait_for_task
+from lessons.lesson08_listen_notify.engine.worker import Worker, listener_name
+from lessons.lesson08_listen_notify.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.waiting import wait_until
 

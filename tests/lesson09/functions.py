@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lessons.lesson09_durable_sleep.durable import DurableContext, DurableFunction, TaskSuspended
-from lessons.lesson09_durable_sleep.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
-from lessons.lesson09_durable_sleep.tasks import FUNCTIONS as LESSON_FUNCTIONS
-from lessons.lesson09_durable_sleep.worker import TaskFunction
+from lessons.lesson09_durable_sleep.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
+from lessons.lesson09_durable_sleep.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson09_durable_sleep.engine.durable import (
+    DurableContext,
+    DurableFunction,
+    TaskSuspended,
+)
+from lessons.lesson09_durable_sleep.engine.worker import TaskFunction
 
 # The children of the functions below run on this queue.
 CHILDREN_QUEUE = "children"

@@ -15,14 +15,14 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from lessons.common.database import connect
-from lessons.lesson09_durable_sleep.client import enqueue, wait_for_task
-from lessons.lesson09_durable_sleep.crash_points import CRASH_AT
 from lessons.lesson09_durable_sleep.db.models import Task, TaskEvent, TaskStatus
 from lessons.lesson09_durable_sleep.db.queries import Querier
-from lessons.lesson09_durable_sleep.result_writer import wake_parents
-from lessons.lesson09_durable_sleep.tasks import ORDERS_QUEUE
-from lessons.lesson09_durable_sleep.worker import Worker
-from lessons.lesson09_durable_sleep.worker_process import WorkerProcess
+from lessons.lesson09_durable_sleep.demo.tasks import ORDERS_QUEUE
+from lessons.lesson09_durable_sleep.engine.client import enqueue, wait_for_task
+from lessons.lesson09_durable_sleep.engine.crash_points import CRASH_AT
+from lessons.lesson09_durable_sleep.engine.wake_ups import wake_parents
+from lessons.lesson09_durable_sleep.engine.worker import Worker
+from lessons.lesson09_durable_sleep.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson09.functions import DURABLE_FUNCTIONS, FUNCTIONS
 from tests.waiting import wait_until

@@ -27,13 +27,17 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
 from lessons.common.database import EMBEDDED_DATA_DIRECTORY
-from lessons.lesson09_durable_sleep.client import enqueue, wait_for_task
-from lessons.lesson09_durable_sleep.crash_points import CRASH_AT
 from lessons.lesson09_durable_sleep.db.models import EventKind, Task, TaskEvent, TaskStatus
 from lessons.lesson09_durable_sleep.db.queries import Querier
-from lessons.lesson09_durable_sleep.durable import DurableContext, LostOwnership, TaskSuspended
-from lessons.lesson09_durable_sleep.worker import Worker, listener_name
-from lessons.lesson09_durable_sleep.worker_process import WorkerProcess
+from lessons.lesson09_durable_sleep.engine.client import enqueue, wait_for_task
+from lessons.lesson09_durable_sleep.engine.crash_points import CRASH_AT
+from lessons.lesson09_durable_sleep.engine.durable import (
+    DurableContext,
+    LostOwnership,
+    TaskSuspended,
+)
+from lessons.lesson09_durable_sleep.engine.worker import Worker, listener_name
+from lessons.lesson09_durable_sleep.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson09.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS
 from tests.waiting import wait_until

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from lessons.lesson10_durable_events.durable import DurableContext, DurableFunction, EventTimeout
-from lessons.lesson10_durable_events.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
-from lessons.lesson10_durable_events.tasks import FUNCTIONS as LESSON_FUNCTIONS
-from lessons.lesson10_durable_events.worker import TaskFunction
+from lessons.lesson10_durable_events.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
+from lessons.lesson10_durable_events.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson10_durable_events.engine.durable import (
+    DurableContext,
+    DurableFunction,
+    EventTimeout,
+)
+from lessons.lesson10_durable_events.engine.worker import TaskFunction
 
 
 def wait_for_key(ctx: DurableContext, input: dict[str, Any]) -> Any:

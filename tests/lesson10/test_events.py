@@ -20,14 +20,23 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from lessons.common.database import connect
-from lessons.lesson10_durable_events.client import PushedEvent, enqueue, push_event, wait_for_task
-from lessons.lesson10_durable_events.crash_points import CRASH_AT
 from lessons.lesson10_durable_events.db.models import EventKind, EventWait, Task, TaskStatus
 from lessons.lesson10_durable_events.db.queries import Querier
-from lessons.lesson10_durable_events.durable import DurableContext, LostOwnership, TaskSuspended
-from lessons.lesson10_durable_events.tasks import ORDERS_QUEUE
-from lessons.lesson10_durable_events.worker import Worker
-from lessons.lesson10_durable_events.worker_process import WorkerProcess
+from lessons.lesson10_durable_events.demo.tasks import ORDERS_QUEUE
+from lessons.lesson10_durable_events.engine.client import (
+    PushedEvent,
+    enqueue,
+    push_event,
+    wait_for_task,
+)
+from lessons.lesson10_durable_events.engine.crash_points import CRASH_AT
+from lessons.lesson10_durable_events.engine.durable import (
+    DurableContext,
+    LostOwnership,
+    TaskSuspended,
+)
+from lessons.lesson10_durable_events.engine.worker import Worker
+from lessons.lesson10_durable_events.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson10.functions import DURABLE_FUNCTIONS, FUNCTIONS
 from tests.waiting import wait_until
@@ -365,7 +374,7 @@ def test_waiting_is_fenced_a_refused_wait_writes_nothing(database: LessonDatabas
 
 def run_push_command(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", f"lessons.{LESSON}.push_event", *arguments],
+        [sys.executable, "-m", f"lessons.{LESSON}.tools.push_event", *arguments],
         capture_output=True,
         text=True,
         timeout=60,

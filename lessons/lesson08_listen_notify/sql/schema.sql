@@ -111,32 +111,6 @@ CREATE TABLE task_events (
     CHECK ((kind = 'child') = (child_task_id IS NOT NULL))
 );
 
--- The world of the example, process_order: what its child tasks do. A real
--- payment provider and mail server live elsewhere; here they are two tables,
--- so that a test can count what happened.
---
--- A child task can run more than once (its worker may die after charging but
--- before the task is recorded complete), so each effect carries the id of the
--- task that caused it, unique, the way a payment API takes an idempotency key:
--- the second run of the same task finds the first run's charge instead of
--- charging again.
-CREATE TABLE charges (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    order_id text NOT NULL,
-    amount_cents integer NOT NULL,
-    task_id bigint NOT NULL UNIQUE,
-    charged_at timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE emails (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    order_id text NOT NULL,
-    recipient text NOT NULL,
-    subject text NOT NULL,
-    task_id bigint NOT NULL UNIQUE,
-    sent_at timestamptz NOT NULL DEFAULT now()
-);
-
 -- Wake-ups. Each worker LISTENs on the two channels below (see listener.py):
 --
 --   <schema>.task_queued      payload: a queue's name. A task of that queue was
@@ -210,3 +184,33 @@ CREATE TRIGGER tasks_child_finished_notify
         AND OLD.status NOT IN ('completed', 'failed')
     )
     EXECUTE FUNCTION notify_child_finished();
+
+-- ---------------------------------------------------------------------------
+-- The demonstration's tables: the example's own data, not the engine's.
+-- ---------------------------------------------------------------------------
+
+-- The world of the example, process_order: what its child tasks do. A real
+-- payment provider and mail server live elsewhere; here they are two tables,
+-- so that a test can count what happened.
+--
+-- A child task can run more than once (its worker may die after charging but
+-- before the task is recorded complete), so each effect carries the id of the
+-- task that caused it, unique, the way a payment API takes an idempotency key:
+-- the second run of the same task finds the first run's charge instead of
+-- charging again.
+CREATE TABLE charges (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    amount_cents integer NOT NULL,
+    task_id bigint NOT NULL UNIQUE,
+    charged_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE emails (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    recipient text NOT NULL,
+    subject text NOT NULL,
+    task_id bigint NOT NULL UNIQUE,
+    sent_at timestamptz NOT NULL DEFAULT now()
+);

@@ -320,6 +320,10 @@ SELECT
 
 -- The example's queries: what charge_payment and send_confirmation_email do.
 
+-- ---------------------------------------------------------------------------
+-- The demonstration's queries: the example's own data, not the engine's.
+-- ---------------------------------------------------------------------------
+
 -- name: RecordCharge :one
 -- Charge, unless this task has charged already: then no row comes back, and
 -- GetChargeOfTask finds the charge made by the task's earlier run.

@@ -62,15 +62,6 @@ class ExternalEvent:
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
-class Reminder:
-    id: int
-    task_id: int
-    number: int
-    recipient: str
-    sent_at: datetime.datetime
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
 class Task:
     id: int
     inserted_at: datetime.datetime

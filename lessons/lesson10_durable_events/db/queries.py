@@ -411,6 +411,7 @@ ORDER BY task_id, event_number
 
 RECORD_CHARGE = """-- name: RecordCharge :one
 
+
 INSERT INTO charges (order_id, amount_cents, task_id)
 VALUES ($1, $2, $3)
 ON CONFLICT (task_id) DO NOTHING
@@ -441,17 +442,6 @@ ORDER BY id
 
 LIST_EMAILS = """-- name: ListEmails :many
 SELECT id, order_id, recipient, subject, task_id, sent_at FROM emails
-ORDER BY id
-"""
-
-RECORD_REMINDER = """-- name: RecordReminder :one
-INSERT INTO reminders (task_id, number, recipient)
-VALUES ($1, $2, $3)
-RETURNING id, task_id, number, recipient, sent_at
-"""
-
-LIST_REMINDERS = """-- name: ListReminders :many
-SELECT id, task_id, number, recipient, sent_at FROM reminders
 ORDER BY id
 """
 
@@ -803,6 +793,9 @@ class Querier:
         self, *, order_id: str, amount_cents: int, task_id: int
     ) -> models.Charge | None:
         """The example's queries: what charge_payment and send_confirmation_email do.
+        ---------------------------------------------------------------------------
+        The demonstration's queries: the example's own data, not the engine's.
+        ---------------------------------------------------------------------------
         Charge, unless this task has charged already: then no row comes back, and
         GetChargeOfTask finds the charge made by the task's earlier run.
         """
@@ -841,19 +834,6 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(LIST_EMAILS)
             return [_email_from_row(row) for row in cur.fetchall()]
-
-    def record_reminder(
-        self, *, task_id: int, number: int, recipient: str
-    ) -> models.Reminder | None:
-        with self._cursor() as cur:
-            cur.execute(RECORD_REMINDER, (task_id, number, recipient))
-            row = cur.fetchone()
-        return None if row is None else _reminder_from_row(row)
-
-    def list_reminders(self) -> list[models.Reminder]:
-        with self._cursor() as cur:
-            cur.execute(LIST_REMINDERS)
-            return [_reminder_from_row(row) for row in cur.fetchall()]
 
 
 def _task_from_row(row: tuple[Any, ...]) -> models.Task:
@@ -1006,16 +986,6 @@ def _email_from_row(row: tuple[Any, ...]) -> models.Email:
         subject=row[3],
         task_id=row[4],
         sent_at=row[5],
-    )
-
-
-def _reminder_from_row(row: tuple[Any, ...]) -> models.Reminder:
-    return models.Reminder(
-        id=row[0],
-        task_id=row[1],
-        number=row[2],
-        recipient=row[3],
-        sent_at=row[4],
     )
 
 

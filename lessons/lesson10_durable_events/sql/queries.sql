@@ -400,6 +400,10 @@ ORDER BY task_id, event_number;
 
 -- The example's queries: what charge_payment and send_confirmation_email do.
 
+-- ---------------------------------------------------------------------------
+-- The demonstration's queries: the example's own data, not the engine's.
+-- ---------------------------------------------------------------------------
+
 -- name: RecordCharge :one
 -- Charge, unless this task has charged already: then no row comes back, and
 -- GetChargeOfTask finds the charge made by the task's earlier run.
@@ -429,13 +433,4 @@ ORDER BY id;
 
 -- name: ListEmails :many
 SELECT * FROM emails
-ORDER BY id;
-
--- name: RecordReminder :one
-INSERT INTO reminders (task_id, number, recipient)
-VALUES (sqlc.arg(task_id), sqlc.arg(number), sqlc.arg(recipient))
-RETURNING *;
-
--- name: ListReminders :many
-SELECT * FROM reminders
 ORDER BY id;

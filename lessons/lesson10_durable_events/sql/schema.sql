@@ -164,45 +164,6 @@ CREATE TABLE event_waits (
 -- so it stays as small as the number of tasks waiting now.
 CREATE INDEX event_waits_open_idx ON event_waits (key) WHERE ended_at IS NULL;
 
--- The world of the example, process_order: what its child tasks do. A real
--- payment provider and mail server live elsewhere; here they are two tables,
--- so that a test can count what happened.
---
--- A child task can run more than once (its worker may die after charging but
--- before the task is recorded complete), so each effect carries the id of the
--- task that caused it, unique, the way a payment API takes an idempotency key:
--- the second run of the same task finds the first run's charge instead of
--- charging again.
-CREATE TABLE charges (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    order_id text NOT NULL,
-    amount_cents integer NOT NULL,
-    task_id bigint NOT NULL UNIQUE,
-    charged_at timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE emails (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    order_id text NOT NULL,
-    recipient text NOT NULL,
-    subject text NOT NULL,
-    task_id bigint NOT NULL UNIQUE,
-    sent_at timestamptz NOT NULL DEFAULT now()
-);
-
--- The world of this lesson's reminders: a reminder "sent" is a row, stamped
--- with the database's clock at the moment it was sent, so that the gaps
--- between a flow's reminders can be measured. There is no idempotency key on
--- purpose: the rows count how many times the step that sends them ran.
-CREATE TABLE reminders (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    -- The send_reminders task whose step sent it, and which of its reminders it is.
-    task_id bigint NOT NULL REFERENCES tasks (id),
-    number integer NOT NULL,
-    recipient text NOT NULL,
-    sent_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-
 -- Wake-ups. Each worker LISTENs on the channel below (see listener.py):
 --
 --   <schema>.task_queued      payload: a queue's name. A task of that queue was
@@ -276,3 +237,33 @@ CREATE TRIGGER tasks_wake_at_notify
         AND NEW.wake_at IS DISTINCT FROM OLD.wake_at
     )
     EXECUTE FUNCTION notify_task_requeued();
+
+-- ---------------------------------------------------------------------------
+-- The demonstration's tables: the example's own data, not the engine's.
+-- ---------------------------------------------------------------------------
+
+-- The world of the example, process_order: what its child tasks do. A real
+-- payment provider and mail server live elsewhere; here they are two tables,
+-- so that a test can count what happened.
+--
+-- A child task can run more than once (its worker may die after charging but
+-- before the task is recorded complete), so each effect carries the id of the
+-- task that caused it, unique, the way a payment API takes an idempotency key:
+-- the second run of the same task finds the first run's charge instead of
+-- charging again.
+CREATE TABLE charges (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    amount_cents integer NOT NULL,
+    task_id bigint NOT NULL UNIQUE,
+    charged_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE emails (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    recipient text NOT NULL,
+    subject text NOT NULL,
+    task_id bigint NOT NULL UNIQUE,
+    sent_at timestamptz NOT NULL DEFAULT now()
+);

@@ -23,7 +23,6 @@ from lessons.common.database import DatabaseUnavailable, connect
 
 from ..engine.client import push_event
 
-
 LESSON = Lesson.of(__file__)
 
 

@@ -1,0 +1,102 @@
+"""The poller: a thread that claims tasks for the free slots and hands them on.
+
+A task is claimed by one `UPDATE ... RETURNING` statement that marks it
+running, so no two workers ever get the same task. The claim's LIMIT is the
+number of free slots, so a task is never claimed only to wait in this process
+while another worker sits idle.
+
+The poller claims when told there may be work (`wake()`: the listener heard a
+notification, or has just reconnected), or when `poll_interval` has passed
+without one: polling stays as the fallback for notifications that never arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.models import Task
+from ..db.queries import Querier
+from .slots import Slots
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    """Claims tasks of one queue, one slot each, and passes each to `start_task`."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        queue: str,
+        poll_interval: float,
+        slots: Slots,
+        start_task: Callable[[Task], None],
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.queue = queue
+        # How long to wait before asking again when the queue was empty, unless
+        # a notification comes first. Only a fallback.
+        self.poll_interval = poll_interval
+        self.slots = slots
+        # Runs a claimed task, whose slot is already taken, and gives the slot back.
+        self.start_task = start_task
+        self._stopping = threading.Event()
+        # Set when there may be new work: by wake(), and by stop(). The loop
+        # waits on it, for poll_interval at most.
+        self._work_may_be_waiting = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"poller-{queue}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """There may be new work: claim now, without waiting for the next poll."""
+        self._work_may_be_waiting.set()
+
+    def stop(self) -> None:
+        """Claim nothing more. Tasks already handed on go on running."""
+        self._stopping.set()
+        self._work_may_be_waiting.set()  # the loop may be waiting for work
+        self.slots.close()  # or for a free slot
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            free_slots = self.slots.wait_for_free()
+            if free_slots == 0:
+                break  # stopping
+            # Cleared *before* the claim: a notification that arrives while the
+            # claim runs sets it again, and the wait below returns at once. Clear
+            # it after the claim, and that notification would be lost.
+            self._work_may_be_waiting.clear()
+            try:
+                tasks = self.claim_tasks(free_slots)
+            except psycopg.Error:
+                # The database may be restarting; try again at the next poll.
+                log.exception("could not claim tasks from queue %r", self.queue)
+                tasks = []
+            for task in tasks:
+                self.slots.take()
+                self.start_task(task)
+            if not tasks and not self._stopping.is_set():
+                # Nothing to do: wait for a notification, or poll_interval at most.
+                # (stop() sets the flag after _stopping, so if it came after the
+                # clear() above, this wait returns at once.)
+                self._work_may_be_waiting.wait(self.poll_interval)
+
+    def claim_tasks(self, max_tasks: int) -> list[Task]:
+        with self.pool.connection() as conn:
+            tasks = Querier(conn).claim_tasks(
+                worker_id=self.worker_id, queue=self.queue, max_tasks=max_tasks
+            )
+        if tasks:
+            log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
+        return tasks

@@ -1,0 +1,525 @@
+"""The durable context: how a durable function records what it did, and finds it again.
+
+A durable function takes a context and its input, `function(ctx, input)`. What
+it wants done once, however many attempts the task takes, it does through the
+context. There are two such operations. The step:
+
+    label = ctx.run_step("print_label", print_label, {"order_id": "A-1"})
+
+The first time, the context runs `print_label({"order_id": "A-1"})` and appends
+an event (the step's name, input and output) to the task's history, the table
+`task_events`. On a later attempt of the same task the event is already there:
+the context returns the recorded output and does not run the step again.
+
+And the child task:
+
+    payment = ctx.call("charge_payment", {"order_id": "A-1", "amount_cents": 4200})
+
+The first time, the context puts a `charge_payment` task on the queue and
+appends an event that holds the child's id, both in one transaction; then it
+waits for the child to finish, and returns its output. On a later attempt the
+event is there: the context waits for *that* child again (it has usually
+finished long ago), and never creates another.
+
+Waiting does not hold the worker. A child that has not finished *suspends* the
+task: the context marks it suspended and raises `TaskSuspended`, which ends
+the function's run, and the worker's slot is free. When the child finishes, it
+makes its parent runnable again (its row names its parent); a worker claims
+it, and the function runs from the top, replaying its history (recorded steps
+return at once, recorded children are not spawned again) until it gets back
+to the wait, which now finds the child finished. The sleep works the same way:
+
+    ctx.sleep(3600)
+
+records the wake-up time (computed once, on the database's clock) in the
+history and suspends the task until then. When the task is claimed again the
+replayed sleep finds its time has come, and the function goes on.
+
+Events are numbered in the order the function makes its operations: the first
+operation of every attempt is event 1, the second event 2, and so on. That is
+how an attempt finds its events in a history an earlier attempt wrote, and why
+a durable function must make the same operations in the same order every time
+it runs.
+
+The context checks that it does. Each event stores a *key* of the call that
+recorded it: a hash of the operation's kind, its name and its input. On a later
+attempt, operation n must have the key of event n; if it has not, the code now
+calls something else than it did when the history was written, the recorded
+output does not belong to this call, and the task fails with a
+`NonDeterminismError` that says which event, which call was recorded and which
+call was made instead.
+
+Every operation uses its own short statement: no transaction stays open while
+the function, or one of its steps, runs.
+
+A suspension does not end the attempt, and costs no retry: the task goes on
+with the same attempt number when it is claimed again, on whichever worker
+claims it. Suspending is a fenced write, like every other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.models import EventKind, Task, TaskEvent, TaskStatus
+from ..db.queries import Querier
+from .crash_points import crash_point
+from .shared import (
+    DEFAULT_MAX_RETRIES,
+    FINISHED_STATUSES,
+    NonRetryableError,
+    canonical_json,
+    first_line,
+    to_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LostOwnership(Exception):
+    """The database refused an event: this worker no longer owns the attempt.
+
+    The attempt timed out, or was given to another worker while this one looked
+    dead. Another attempt is writing the history now, so this one must stop: the
+    worker records nothing for it.
+    """
+
+
+class TaskSuspended(BaseException):
+    """The task is suspended: its function must stop here, and will run again later.
+
+    A durable operation raises it after it has marked the task suspended (a
+    sleep whose time has not come, a child that has not finished). It is not
+    a failure: the worker records nothing, frees the slot, and a worker claims
+    the task again when it is due. Like `KeyboardInterrupt`, it derives from
+    `BaseException`, so that the `except Exception:` of a durable function does
+    not stop it; and a function that catches it anyway cannot go on, because
+    every later operation of its context raises it again.
+    """
+
+    def __init__(self, task_id: int, wake_at: datetime | None) -> None:
+        self.task_id = task_id
+        self.wake_at = wake_at
+        until = f"until {wake_at.isoformat()}" if wake_at else "until its child finishes"
+        super().__init__(f"task {task_id} suspended {until}")
+
+
+class NonDeterminismError(NonRetryableError):
+    """This attempt made another call than the history recorded at the same event number.
+
+    The message names the event, the recorded call and the new one:
+
+        event 2 does not match the history: recorded step print_label({"order_id":"A-1"}),
+        new call step print_shipping_label({"order_id":"A-1"})
+
+    or, when the function returned before making every call the history holds,
+    `new call none (the function returned)`. The same code would make the same
+    call again, so the worker fails the task at once, retries left or not.
+    """
+
+
+class ChildTaskFailed(NonRetryableError):
+    """A child task failed (all its retries, if it had any), so the call that waited for it fails.
+
+    Catch it in the durable function to carry on another way; left uncaught, it
+    fails the durable task at once, without a retry: the child has had its own
+    retries, and a retry of the parent would only find the same failed child.
+    """
+
+    def __init__(self, child: Task) -> None:
+        error = (child.output or {}).get("error") or {}
+        self.child_id = child.id
+        self.task_name = child.task_name
+        self.error_type: str = error.get("type", "")
+        self.error_message: str = error.get("message", "")
+        super().__init__(
+            f"child task {child.id} ({child.task_name}) failed: "
+            f"{self.error_type}: {self.error_message}"
+        )
+
+
+class InvalidStepData(NonRetryableError):
+    """A step's input or output, or a child's input, is not JSON the database can store.
+
+    Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
+    or a lone surrogate), so the history cannot record it.
+
+    Trying again cannot help, so the worker fails the task at once.
+    """
+
+
+# A durable function takes its context and the task's JSON input, and returns a
+# JSON output, like any task function.
+DurableFunction = Callable[["DurableContext", Any], Any]
+
+# A step takes a JSON input and returns a JSON output.
+StepFunction = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class ChildTask:
+    """A child task a durable function spawned: what it passes to `wait_for_child`."""
+
+    id: int
+    task_name: str
+
+
+class DurableContext:
+    """One attempt of a durable task: its history, and the way to add to it."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        task_id: int,
+        attempt: int,
+        history: list[TaskEvent],
+        queue: str,
+        claimed_at: datetime,
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.task_id = task_id
+        self.attempt = attempt
+        # Where children go unless the function says otherwise: this task's queue.
+        self.queue = queue
+        # When a worker claimed the task for this run, on the database's clock:
+        # a sleep recorded with an earlier wake-up time is over.
+        self.claimed_at = claimed_at
+        # What earlier attempts recorded, by event number.
+        self._history = {event.event_number: event for event in history}
+        self._next_event_number = 1
+        # The first mismatch, kept so that a function that catches it (say, with
+        # `except Exception`) still cannot go on, or complete.
+        self._non_determinism: NonDeterminismError | None = None
+        # Set once this run has suspended the task: nothing may follow.
+        self._suspended: TaskSuspended | None = None
+
+    @classmethod
+    def load(
+        cls,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        task: Task,
+    ) -> DurableContext:
+        """A context for the current attempt of `task`, with the history recorded so far."""
+        if task.started_at is None:  # the claim sets it
+            raise ValueError(f"task {task.id} has not been claimed")
+        with pool.connection() as conn:
+            history = Querier(conn).list_task_events(task_id=task.id)
+        return cls(
+            pool,
+            worker_id=worker_id,
+            task_id=task.id,
+            attempt=task.attempt,
+            history=history,
+            queue=task.queue,
+            claimed_at=task.started_at,
+        )
+
+    def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
+        """Run `function(input)` once for this task, however many attempts it takes.
+
+        When an earlier attempt ran this step, the history holds its event: check
+        that it records this same call (or raise `NonDeterminismError`), and return
+        the output recorded there, without running `function`. Otherwise run it,
+        record its output, and return the recorded output, so that a step returns
+        the same value whether it ran now or before (JSON, as the database keeps it).
+
+        A step that raises records nothing: the exception reaches the durable
+        function, and if it fails the attempt, the next attempt runs the step again.
+        """
+        event_number = self._take_event_number()
+        check_json(f"the input of step {name}", input)
+        recorded = self._replay(event_number, EventKind.STEP, name, input)
+        if recorded is not None:
+            return recorded.output
+        output = function(input)
+        check_json(f"the output of step {name}", output)
+        with self.pool.connection() as conn:
+            event = self._append(conn, event_number, EventKind.STEP, name, input, output=output)
+        return event.output
+
+    def spawn_child(
+        self,
+        task_name: str,
+        input: Any,
+        *,
+        queue: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> ChildTask:
+        """Put a child task on the queue, once for this task, however many attempts it takes.
+
+        The child is an ordinary task, run by whichever worker serves `queue`
+        (this task's queue unless told otherwise). Creating it and recording the
+        event that holds its id happen in one transaction, fenced: either both
+        are written, by the worker that owns this attempt, or neither is. When
+        an earlier attempt spawned this child, the history holds its event:
+        return that child, and create none.
+        """
+        event_number = self._take_event_number()
+        check_json(f"the input of child task {task_name}", input)
+        recorded = self._replay(event_number, EventKind.CHILD, task_name, input)
+        if recorded is not None:
+            if recorded.child_task_id is None:  # the CHECK on task_events rules it out
+                raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
+            return ChildTask(id=recorded.child_task_id, task_name=task_name)
+        with self.pool.connection() as conn, conn.transaction():
+            child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
+            # Refused when this attempt is no longer ours: the exception leaves the
+            # transaction, which rolls back, so the child is never created either.
+            self._append(
+                conn, event_number, EventKind.CHILD, task_name, input, child_task_id=child.id
+            )
+            crash_point("spawn_child:before_commit")
+        crash_point("spawn_child:after_commit")
+        return ChildTask(id=child.id, task_name=task_name)
+
+    def wait_for_child(self, child: ChildTask) -> Any:
+        """Return the child task's output once it has finished; suspend the task until then.
+
+        Raises `ChildTaskFailed` if it failed. Waiting is no event: the child's
+        own row is the record of its result, and reading it again on a later
+        attempt gives the same answer. A child that has not finished suspends
+        this task (`TaskSuspended`): it holds no slot while it waits, and the
+        child's end makes it runnable again.
+        """
+        self._check_not_suspended()
+        with self.pool.connection() as conn, conn.transaction() as transaction:
+            # Suspend first, then look. Suspending locks this task's row until we
+            # commit. A child finishing now must take that lock to wake us
+            # (WakeTasks): it waits for our commit, finds us suspended, and wakes
+            # us. A child that finished before we took the lock has committed,
+            # and the look below sees it. Look first, and a child could finish in
+            # between, find us still running, wake nobody, and leave us
+            # suspended for ever.
+            suspension = self._suspend(conn, wake_at=None)
+            row = Querier(conn).get_task(id=child.id)
+            if row is None:
+                raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
+            finished = row.status in FINISHED_STATUSES
+            if finished:
+                raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
+        if not finished:
+            crash_point("wait_for_child:suspended")
+            self._stop(suspension)
+        crash_point("wait_for_child:finished")
+        if row.status == TaskStatus.FAILED:
+            raise ChildTaskFailed(row)
+        return row.output
+
+    def call(
+        self,
+        task_name: str,
+        input: Any,
+        *,
+        queue: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> Any:
+        """Spawn a child task and wait for it: its output, or `ChildTaskFailed`."""
+        child = self.spawn_child(task_name, input, queue=queue, max_retries=max_retries)
+        return self.wait_for_child(child)
+
+    def sleep(self, seconds: float) -> None:
+        """Pause the durable function for `seconds`, without holding a worker.
+
+        The first time, record a sleep event whose wake-up time the database
+        computes (its now + seconds), and suspend the task until then, both in
+        one fenced transaction. A later run finds the event, and with it the
+        wake-up time: if that time had come when the task was claimed, the
+        sleep is over and the function goes on; if not (the task was woken for
+        another reason), it suspends again, until the same time. The wake-up
+        time is never computed again, so a sleep never starts over.
+        """
+        if seconds < 0:
+            raise ValueError(f"cannot sleep for a negative time, {seconds} s")
+        event_number = self._take_event_number()
+        input = {"seconds": seconds}
+        recorded = self._replay(event_number, EventKind.SLEEP, "sleep", input)
+        if recorded is not None:
+            if recorded.wake_at is None:  # the CHECK on task_events rules it out
+                raise RuntimeError(f"event {event_number} of task {self.task_id} has no wake_at")
+            if recorded.wake_at <= self.claimed_at:
+                return  # the sleep was over when this run began
+            with self.pool.connection() as conn:
+                suspension = self._suspend(conn, wake_at=recorded.wake_at)
+            self._stop(suspension)
+        with self.pool.connection() as conn, conn.transaction():
+            event = self._append(
+                conn, event_number, EventKind.SLEEP, "sleep", input, wake_after_seconds=seconds
+            )
+            suspension = self._suspend(conn, wake_at=event.wake_at)
+        crash_point("sleep:suspended")
+        self._stop(suspension)
+
+    def check_whole_history_replayed(self) -> None:
+        """Called when the function returns: it must have made every recorded call.
+
+        A function that returns before reaching an event of the history is not
+        the function that wrote it. And one that returns after it suspended its
+        task (it caught `TaskSuspended`) must not complete it.
+        """
+        self._check_not_suspended()
+        if self._non_determinism is not None:
+            raise self._non_determinism
+        missing = self._history.get(self._next_event_number)
+        if missing is not None:
+            raise self._mismatch(missing, "none (the function returned)")
+
+    def _create_child(
+        self,
+        conn: psycopg.Connection[Any],
+        task_name: str,
+        input: Any,
+        queue: str,
+        max_retries: int,
+    ) -> Task:
+        """Insert the child's row: an ordinary task, queued, no timeouts."""
+        try:
+            child = Querier(conn).create_task(
+                queue=queue,
+                task_name=task_name,
+                display_name=task_name,
+                input_=input,
+                priority=0,
+                max_retries=max_retries,
+                execution_timeout_seconds=None,
+                schedule_timeout_seconds=None,
+                durable=False,
+                parent_id=self.task_id,
+            )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(
+                f"the input of child task {task_name} cannot be stored: {first_line(error)}"
+            ) from error
+        if child is None:  # INSERT ... RETURNING always returns the row
+            raise RuntimeError(f"creating child task {task_name} returned no row")
+        return child
+
+    def _suspend(self, conn: psycopg.Connection[Any], wake_at: datetime | None) -> TaskSuspended:
+        """Mark the task suspended until `wake_at` (None: until a child finishes), fenced.
+
+        Returns the `TaskSuspended` for the caller to pass to `_stop` once its
+        transaction has committed.
+        """
+        suspended = Querier(conn).suspend_task(
+            id=self.task_id, attempt=self.attempt, worker_id=self.worker_id, wake_at=wake_at
+        )
+        if suspended is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: suspension rejected, "
+                "this worker no longer owns that attempt"
+            )
+        return TaskSuspended(self.task_id, wake_at)
+
+    def _stop(self, suspension: TaskSuspended) -> NoReturn:
+        """End this run: raise `suspension`, and again at every later operation."""
+        self._suspended = suspension
+        raise suspension
+
+    def _check_not_suspended(self) -> None:
+        if self._suspended is not None:
+            raise self._suspended
+
+    def _take_event_number(self) -> int:
+        self._check_not_suspended()
+        if self._non_determinism is not None:
+            raise self._non_determinism
+        event_number = self._next_event_number
+        self._next_event_number += 1
+        return event_number
+
+    def _replay(
+        self, event_number: int, kind: EventKind, name: str, input: Any
+    ) -> TaskEvent | None:
+        """The recorded event for this operation, if there is one and it records this call."""
+        recorded = self._history.get(event_number)
+        if recorded is None:
+            return None
+        if recorded.key != event_key(kind, name, input):
+            raise self._mismatch(recorded, describe_call(kind, name, input))
+        log.info(
+            "task %d event %d (%s %s): replayed from the history",
+            self.task_id,
+            event_number,
+            kind,
+            name,
+        )
+        return recorded
+
+    def _mismatch(self, recorded: TaskEvent, new_call: str) -> NonDeterminismError:
+        self._non_determinism = NonDeterminismError(
+            f"event {recorded.event_number} does not match the history: recorded "
+            f"{describe_call(recorded.kind, recorded.name, recorded.input)}, new call {new_call}"
+        )
+        return self._non_determinism
+
+    def _append(
+        self,
+        conn: psycopg.Connection[Any],
+        event_number: int,
+        kind: EventKind,
+        name: str,
+        input: Any,
+        *,
+        output: Any = None,
+        child_task_id: int | None = None,
+        wake_after_seconds: float | None = None,
+    ) -> TaskEvent:
+        """Write one event, fenced: only while this worker still owns the attempt."""
+        try:
+            event = Querier(conn).append_event(
+                task_id=self.task_id,
+                event_number=event_number,
+                kind=kind,
+                name=name,
+                input_=input,
+                key=event_key(kind, name, input),
+                output=output,
+                child_task_id=child_task_id,
+                wake_after_seconds=wake_after_seconds,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(
+                f"event {event_number} ({kind} {name}) cannot be stored: {first_line(error)}"
+            ) from error
+        if event is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: event {event_number} ({kind} "
+                f"{name}) rejected, this worker no longer owns that attempt"
+            )
+        log.info("task %d event %d (%s %s): recorded", self.task_id, event_number, kind, name)
+        return event
+
+
+def event_key(kind: EventKind, name: str, input: Any) -> str:
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
+    call = canonical_json([str(kind), name, input])
+    return hashlib.sha256(call.encode()).hexdigest()
+
+
+def describe_call(kind: EventKind, name: str, input: Any) -> str:
+    """A call as people read it in an error message: step print_label({"order_id":"A-1"})."""
+    return f"{kind} {name}({canonical_json(input)})"
+
+
+def check_json(what: str, value: Any) -> None:
+    """Refuse a value the history could not hold, with a message that says whose it is."""
+    try:
+        to_json(value, what)
+    except ValueError as error:
+        raise InvalidStepData(str(error)) from error

@@ -1,0 +1,1 @@
+"""The tools: commands around the engine (a worker in a process of its own)."""

@@ -1,0 +1,125 @@
+"""Putting tasks on the queue, waiting for their results, and pushing external events."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, FINISHED_STATUSES, first_line, to_json
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    task_name: str,
+    input: Any,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    display_name: str | None = None,
+    priority: int = 0,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    execution_timeout: float | None = None,
+    schedule_timeout: float | None = None,
+    durable: bool = False,
+) -> int:
+    """Add a task to `queue` and return its id.
+
+    It takes a connection, not a pool, so that a caller can enqueue inside its
+    own transaction: the task then exists if and only if that transaction commits.
+    An input that is not JSON is refused here, before anything is written.
+
+    - `priority`: higher runs first; equal priorities run in enqueueing order.
+    - `max_retries`: how many times a failed attempt is tried again.
+    - `execution_timeout`: seconds an attempt may run before it is failed.
+    - `schedule_timeout`: seconds the task may wait for its first start before
+      it is failed without running.
+    - `durable`: run it with a durable function, which keeps a history.
+    """
+    if max_retries < 0:
+        raise ValueError(f"max_retries cannot be negative, not {max_retries}")
+    for name, seconds in (("execution", execution_timeout), ("schedule", schedule_timeout)):
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"the {name} timeout must be positive, not {seconds}")
+    to_json(input, f"the input of {task_name}")
+    try:
+        task = Querier(conn).create_task(
+            queue=queue,
+            task_name=task_name,
+            display_name=display_name or task_name,
+            input_=input,
+            priority=priority,
+            max_retries=max_retries,
+            execution_timeout_seconds=execution_timeout,
+            schedule_timeout_seconds=schedule_timeout,
+            durable=durable,
+            parent_id=None,  # only a durable task's context spawns children
+        )
+    except psycopg.DataError as error:
+        # JSON that jsonb still refuses: a string holding U+0000.
+        raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
+    if task is None:  # INSERT ... RETURNING always returns the row
+        raise RuntimeError(f"enqueueing {task_name} returned no row")
+    return task.id
+
+
+def wait_for_task(
+    pool: ConnectionPool, task_id: int, *, timeout: float = 10.0, poll_interval: float = 0.05
+) -> Task:
+    """Poll until the task is completed or failed, and return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with pool.connection() as conn:
+            task = Querier(conn).get_task(id=task_id)
+        if task is None:
+            raise LookupError(f"there is no task {task_id}")
+        if task.status in FINISHED_STATUSES:
+            return task
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} is still {task.status} after {timeout} s")
+        time.sleep(poll_interval)
+
+
+@dataclass(frozen=True)
+class PushedEvent:
+    """An external event, once pushed: its id, and the tasks whose waits it ended."""
+
+    id: int
+    woke_task_ids: list[int]
+
+
+def push_event(conn: psycopg.Connection[Any], key: str, payload: Any) -> PushedEvent:
+    """Push an external event: it ends the waits for `key` that are open now.
+
+    A wait is open from the moment its task recorded it (`ctx.wait_for_event`)
+    until an event ends it or its deadline passes. So an event ends the waits
+    for its key recorded before it was pushed, and only those; a wait that
+    begins later does not see it. A wait already ended by another event keeps
+    that one: the first event wins. The event is kept either way, in
+    `external_events`.
+
+    The event, the ends of the waits and the wake-ups of their tasks are one
+    transaction (a savepoint, if `conn` is in one of its own).
+    """
+    to_json(payload, f"the payload of event {key}")
+    with conn.transaction():
+        queries = Querier(conn)
+        try:
+            event = queries.push_event(key=key, payload=payload)
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise ValueError(
+                f"the payload of event {key} cannot be stored: {first_line(error)}"
+            ) from error
+        if event is None:  # INSERT ... RETURNING always returns the row
+            raise RuntimeError(f"pushing event {key} returned no row")
+        waiting = sorted(
+            {row.task_id for row in queries.deliver_event(external_event_id=event.id, key=key)}
+        )
+        if waiting:
+            queries.wake_tasks(ids=waiting)
+    return PushedEvent(id=event.id, woke_task_ids=waiting)

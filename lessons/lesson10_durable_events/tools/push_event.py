@@ -1,0 +1,58 @@
+"""Push an external event from the command line, as a person or a webhook would.
+
+    python -m lessons.lesson10_durable_events.tools.push_event KEY JSON [--schema SCHEMA]
+
+    python -m lessons.lesson10_durable_events.tools.push_event \\
+        approval:A-1 '{"approved": true}'
+
+The event ends the waits for KEY that are open now (see `engine/client.py`),
+and the command says which tasks it woke. The database comes from DATABASE_URL
+(or the embedded server); `--schema` says which schema holds the lesson's
+tables (`lesson_10` unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import psycopg
+
+from lessons.common.cli import Lesson, argument_parser, configure_logging
+from lessons.common.database import DatabaseUnavailable, connect
+
+from ..engine.client import push_event
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__ or "")
+    parser.add_argument("key", help='what the event is about, e.g. "approval:A-1"')
+    parser.add_argument("payload", metavar="JSON", help="what it says, as JSON")
+    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    options = parser.parse_args(argv)
+    configure_logging(options.verbose)
+    try:
+        payload = json.loads(options.payload)
+    except json.JSONDecodeError as error:
+        print(f"error: the payload is not JSON: {error}", file=sys.stderr)
+        return 2
+    try:
+        with connect(schema=options.schema) as conn:
+            event = push_event(conn, options.key, payload)
+    except (DatabaseUnavailable, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except psycopg.errors.UndefinedTable:
+        print(
+            f"error: schema {options.schema} has no lesson 10 tables; run the lesson's "
+            "main.py first, or give --schema",
+            file=sys.stderr,
+        )
+        return 2
+    woke = ", ".join(str(task_id) for task_id in event.woke_task_ids) or "none"
+    print(f"event {event.id} pushed: {options.key}; tasks it woke: {woke}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
