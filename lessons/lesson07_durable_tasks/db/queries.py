@@ -490,8 +490,10 @@ class Querier:
     def record_charge(
         self, *, order_id: str, amount_cents: int, task_id: int
     ) -> models.Charge | None:
-        """The demonstration's queries: the example's own data, not the engine's.
-        What charge_payment and send_confirmation_email do.
+        """---------------------------------------------------------------------------
+        The demonstration's queries: what the example's task functions do to its
+        own data, not the engine's.
+        ---------------------------------------------------------------------------
         Charge, unless this task has charged already: then no row comes back, and
         GetChargeOfTask finds the charge made by the task's earlier run.
         """

@@ -228,8 +228,10 @@ SELECT * FROM task_events
 WHERE task_id = sqlc.arg(task_id)
 ORDER BY event_number;
 
--- The demonstration's queries: the example's own data, not the engine's.
--- What charge_payment and send_confirmation_email do.
+-- ---------------------------------------------------------------------------
+-- The demonstration's queries: what the example's task functions do to its
+-- own data, not the engine's.
+-- ---------------------------------------------------------------------------
 
 -- name: RecordCharge :one
 -- Charge, unless this task has charged already: then no row comes back, and

@@ -108,8 +108,10 @@ CREATE TABLE task_events (
     CHECK ((kind = 'child') = (child_task_id IS NOT NULL))
 );
 
+-- ---------------------------------------------------------------------------
 -- The demonstration's tables: the example's own data, not the engine's.
---
+-- ---------------------------------------------------------------------------
+
 -- The world of the example, process_order: what its child tasks do. A real
 -- payment provider and mail server live elsewhere; here they are two tables,
 -- so that a test can count what happened.

@@ -254,7 +254,6 @@ class NotificationChannelsRow:
 
 RECORD_CHARGE = """-- name: RecordCharge :one
 
-
 INSERT INTO charges (order_id, amount_cents, task_id)
 VALUES ($1, $2, $3)
 ON CONFLICT (task_id) DO NOTHING
@@ -518,9 +517,9 @@ class Querier:
     def record_charge(
         self, *, order_id: str, amount_cents: int, task_id: int
     ) -> models.Charge | None:
-        """The example's queries: what charge_payment and send_confirmation_email do.
-        ---------------------------------------------------------------------------
-        The demonstration's queries: the example's own data, not the engine's.
+        """---------------------------------------------------------------------------
+        The demonstration's queries: what the example's task functions do to its
+        own data, not the engine's.
         ---------------------------------------------------------------------------
         Charge, unless this task has charged already: then no row comes back, and
         GetChargeOfTask finds the charge made by the task's earlier run.

@@ -237,10 +237,9 @@ SELECT
     (current_schema() || '.task_queued')::text AS task_queued,
     (current_schema() || '.child_finished')::text AS child_finished;
 
--- The example's queries: what charge_payment and send_confirmation_email do.
-
 -- ---------------------------------------------------------------------------
--- The demonstration's queries: the example's own data, not the engine's.
+-- The demonstration's queries: what the example's task functions do to its
+-- own data, not the engine's.
 -- ---------------------------------------------------------------------------
 
 -- name: RecordCharge :one

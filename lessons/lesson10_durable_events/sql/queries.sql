@@ -398,10 +398,9 @@ ORDER BY id;
 SELECT * FROM event_waits
 ORDER BY task_id, event_number;
 
--- The example's queries: what charge_payment and send_confirmation_email do.
-
 -- ---------------------------------------------------------------------------
--- The demonstration's queries: the example's own data, not the engine's.
+-- The demonstration's queries: what the example's task functions do to its
+-- own data, not the engine's.
 -- ---------------------------------------------------------------------------
 
 -- name: RecordCharge :one

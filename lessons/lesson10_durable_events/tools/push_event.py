@@ -23,12 +23,14 @@ from lessons.common.database import DatabaseUnavailable, connect
 
 from ..engine.client import push_event
 
+LESSON = Lesson.of(__file__)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
     parser.add_argument("key", help='what the event is about, e.g. "approval:A-1"')
     parser.add_argument("payload", metavar="JSON", help="what it says, as JSON")
-    parser.add_argument("--schema", default=Lesson.of(__file__).schema)
+    parser.add_argument("--schema", default=LESSON.schema)
     options = parser.parse_args(argv)
     configure_logging(options.verbose)
     try:
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except psycopg.errors.UndefinedTable:
         print(
-            f"error: schema {options.schema} has no lesson 10 tables; run the lesson's "
-            "main.py first, or give --schema",
+            f"error: schema {options.schema} has no lesson {LESSON.number} tables; "
+            "run the lesson's main.py first, or give --schema",
             file=sys.stderr,
         )
         return 2

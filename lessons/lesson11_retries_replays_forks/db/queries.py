@@ -997,8 +997,8 @@ class Querier:
         self, *, order_id: str, amount_cents: int, task_id: int
     ) -> models.Charge | None:
         """---------------------------------------------------------------------------
-        The demonstration's queries: what charge_payment and send_confirmation_email
-        do to the example's own data, not the engine's.
+        The demonstration's queries: what the example's task functions do to its
+        own data, not the engine's.
         ---------------------------------------------------------------------------
         Charge, unless this task has charged already: then no row comes back, and
         GetChargeOfTask finds the charge made by the task's earlier run.

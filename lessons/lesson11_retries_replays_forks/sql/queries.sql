@@ -507,8 +507,8 @@ SELECT * FROM event_waits
 ORDER BY task_id, event_number;
 
 -- ---------------------------------------------------------------------------
--- The demonstration's queries: what charge_payment and send_confirmation_email
--- do to the example's own data, not the engine's.
+-- The demonstration's queries: what the example's task functions do to its
+-- own data, not the engine's.
 -- ---------------------------------------------------------------------------
 
 -- name: RecordCharge :one

@@ -248,7 +248,7 @@ CREATE TRIGGER tasks_requeued_notify
 -- A sleep that begins (its wake_at is ahead), or a suspended task woken by its
 -- child (its wake_at is now). Time itself notifies nobody: a worker that hears
 -- of a wake-up time ahead claims nothing yet, but its poller now waits no
--- longer than until then (see worker.py). A task suspended to wait for its
+-- longer than until then (see engine/poller.py). A task suspended to wait for its
 -- child, with no wake_at, has nothing to announce.
 CREATE TRIGGER tasks_wake_at_notify
     AFTER UPDATE OF wake_at ON tasks

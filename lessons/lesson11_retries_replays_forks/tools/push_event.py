@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except psycopg.errors.UndefinedTable:
         print(
-            f"error: schema {options.schema} has no lesson {LESSON.number} tables; run the lesson's "
-            "main.py first, or give --schema",
+            f"error: schema {options.schema} has no lesson {LESSON.number} tables; "
+            "run the lesson's main.py first, or give --schema",
             file=sys.stderr,
         )
         return 2
