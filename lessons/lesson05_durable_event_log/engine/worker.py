@@ -19,7 +19,7 @@ with its own thread and its own lock, which this file starts and stops:
   statement, each only if this worker still owns that attempt (fencing).
 
 A durable task runs a durable function, `function(ctx, input)`, whose context
-(`durable.py`) records what the function did in the task's history. Its
+(see `durable.py`) records what the function did in the task's history. Its
 operations are the one exception to "task threads never touch the database":
 each is a short statement of its own, from the task thread.
 """
@@ -109,15 +109,16 @@ class Worker:
         self.durable_functions: dict[str, DurableFunction] = dict(durable_functions or {})
         self._id: int | None = None
         self._running = RunningAttempts()
-        # Task threads count the durable attempts they stop, while anyone may read the count.
-        self._attempts_lost_lock = threading.Lock()
-        self._attempts_lost = 0
         self._task_threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         # The peers, created by start() once this worker has its row.
         self._results: ResultWriter | None = None
         self._heartbeat: Heartbeat | None = None
         self._sweeper: Sweeper | None = None
         self._poller: Poller | None = None
+        # How many durable attempts stopped because their history refused an
+        # event; task threads count them.
+        self._attempts_lost = 0
+        self._attempts_lost_lock = threading.Lock()
 
     @property
     def id(self) -> int:
@@ -148,8 +149,7 @@ class Worker:
     @property
     def attempts_lost(self) -> int:
         """How many durable attempts stopped because their history refused an event."""
-        with self._attempts_lost_lock:
-            return self._attempts_lost
+        return self._attempts_lost
 
     def register(self, name: str, function: TaskFunction) -> None:
         """Tasks enqueued with `task_name=name` will run `function`."""

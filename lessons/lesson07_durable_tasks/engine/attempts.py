@@ -59,7 +59,7 @@ class RunningAttempts:
         self._by_task_id: dict[int, RunningTask] = {}
 
     @contextmanager
-    def running(self, task: Task, *, pool: ConnectionPool) -> Iterator[RunningTask]:
+    def running(self, task: Task, pool: ConnectionPool) -> Iterator[RunningTask]:
         """Make the attempt visible to `current_task()` and to the heartbeat while it runs."""
         running = RunningTask(
             id=task.id,

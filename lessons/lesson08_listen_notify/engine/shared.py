@@ -58,8 +58,9 @@ def to_json(value: Any, what: str) -> str:
 def canonical_json(value: Any) -> str:
     """One text per JSON value: keys sorted, no spaces, characters as they are.
 
-    Two inputs that are equal as JSON give the same text, whatever order their
-    keys were inserted in, so they give the same key.
+    Two values that are equal as JSON give the same text, whatever order their
+    keys were inserted in: what keeps the key of a durable call (`durable.py`)
+    the same from one attempt to the next.
     """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
