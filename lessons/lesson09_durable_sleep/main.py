@@ -135,8 +135,16 @@ def gaps_between_reminders(reminders: list[Reminder]) -> list[float]:
     ]
 
 
-def check_reminders(pool: ConnectionPool, checks: Checks, task_ids: list[int]) -> list[Task]:
-    """Every flow completed on its first attempt, every reminder went out once, on time."""
+def check_reminders(
+    pool: ConnectionPool, checks: Checks, task_ids: list[int], *, on_time: bool = True
+) -> list[Task]:
+    """Every flow completed on its first attempt, every reminder went out once, and no
+    sleep was cut short; with `on_time`, none ran late either.
+
+    Without a worker to wake them (`--panic`), the flows wait for the next worker to
+    start, then for a free slot: how late they are then is the machine's business
+    (how fast a process starts), not the sleep's, so it is shown, not checked.
+    """
     tasks = [wait_for_task(pool, task_id, timeout=30) for task_id in task_ids]
     with pool.connection() as conn:
         reminders = Querier(conn).list_reminders()
@@ -156,13 +164,20 @@ def check_reminders(pool: ConnectionPool, checks: Checks, task_ids: list[int]) -
         "every reminder was sent exactly once: replays did not send the earlier ones again",
         f"{len(reminders)} reminders for {len(sent)} (flow, number) pairs",
     )
-    checks.check(
-        min(gaps) >= SECONDS_BETWEEN_REMINDERS
-        and max(gaps) <= SECONDS_BETWEEN_REMINDERS + LATENESS_ALLOWED,
-        f"each sleep lasted its {SECONDS_BETWEEN_REMINDERS} s, and at most "
-        f"{LATENESS_ALLOWED} s more",
-        f"gaps from {min(gaps):.3f} s to {max(gaps):.3f} s",
-    )
+    if on_time:
+        checks.check(
+            min(gaps) >= SECONDS_BETWEEN_REMINDERS
+            and max(gaps) <= SECONDS_BETWEEN_REMINDERS + LATENESS_ALLOWED,
+            f"each sleep lasted its {SECONDS_BETWEEN_REMINDERS} s, and at most "
+            f"{LATENESS_ALLOWED} s more",
+            f"gaps from {min(gaps):.3f} s to {max(gaps):.3f} s",
+        )
+    else:
+        checks.check(
+            min(gaps) >= SECONDS_BETWEEN_REMINDERS,
+            f"no sleep was cut short: each lasted its {SECONDS_BETWEEN_REMINDERS} s at least",
+            f"gaps from {min(gaps):.3f} s",
+        )
     return tasks
 
 
@@ -266,7 +281,7 @@ def scenario_panic(pool: ConnectionPool, checks: Checks) -> None:
         second.start()
         print(f"  Worker process B (pid {second.pid}) starts. The flows are on no worker:")
         print("  B claims each one when the wake-up time in its history comes.")
-        tasks = check_reminders(pool, checks, task_ids)
+        tasks = check_reminders(pool, checks, task_ids, on_time=False)
         second_ids = second.ids
     checks.check(
         all(t.worker_id in second_ids for t in tasks),
