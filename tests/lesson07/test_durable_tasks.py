@@ -182,10 +182,18 @@ def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
     pool = database.pool
     with pool.connection() as conn:
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue=PARENTS_QUEUE, slots=1)
+        worker = queries.register_worker(
+            name="test", queue=PARENTS_QUEUE, slots=1, lease_seconds=10
+        )
         assert worker is not None
         parent_id = enqueue(conn, "scripted_children", {}, queue=PARENTS_QUEUE, durable=True)
-        [parent] = queries.claim_tasks(worker_id=worker.id, queue=PARENTS_QUEUE, max_tasks=1)
+        [parent] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue=PARENTS_QUEUE,
+            task_names=[],
+            durable_task_names=["scripted_children"],
+            max_tasks=1,
+        )
 
     def context(worker_id: int) -> DurableContext:
         return DurableContext.load(
