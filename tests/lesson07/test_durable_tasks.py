@@ -18,6 +18,7 @@ from lessons.lesson07_durable_tasks.db.queries import Querier
 from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
 from lessons.lesson07_durable_tasks.engine.client import enqueue, wait_for_task
 from lessons.lesson07_durable_tasks.engine.durable import DurableContext, LostOwnership
+from lessons.lesson07_durable_tasks.engine.transactions import TransactionLimits
 from lessons.lesson07_durable_tasks.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson07.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS, UNSERVED_QUEUE
@@ -202,6 +203,7 @@ def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
             task=parent,
             cancelled=threading.Event(),
             poll_interval=POLL_INTERVAL,
+            transaction_limits=TransactionLimits.for_worker(1.0),
         )
 
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):

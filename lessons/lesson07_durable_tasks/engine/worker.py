@@ -55,6 +55,7 @@ from .shared import (
 )
 from .slots import Slots
 from .sweeper import Sweeper
+from .transactions import TransactionLimits
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class Worker:
         # How long this worker's lease lasts: how long it may stay silent
         # before its tasks are taken back.
         self.inactivity_threshold = inactivity_threshold
+        # The bounds of this worker's multi-statement transactions: a frozen
+        # worker's locks are released before its lease expires.
+        self._transaction_limits = TransactionLimits.for_worker(inactivity_threshold)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.functions: dict[str, TaskFunction] = dict(functions or {})
         self.durable_functions: dict[str, DurableFunction] = dict(durable_functions or {})
@@ -341,6 +345,7 @@ class Worker:
                 task=task,
                 cancelled=current_task().cancelled,
                 poll_interval=self.poll_interval,
+                transaction_limits=self._transaction_limits,
             )
             output = durable_function(context, input)
             context.check_whole_history_replayed()
