@@ -31,6 +31,19 @@ EMBEDDED_DATA_DIRECTORY = REPOSITORY_ROOT / ".pgdata"
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
+# Over TCP, a server that vanishes without closing the connection (a machine
+# powered off, a network partition) would keep a client waiting for a reply
+# for ever. Keepalives notice a silent peer within about 11 s, and
+# tcp_user_timeout gives up on data the server does not acknowledge within
+# 10 s. (Unix sockets need neither: libpq ignores these there.)
+TCP_LIMITS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
 
 class DatabaseUnavailable(Exception):
     """No database could be reached. The message says where we looked and what to do."""
@@ -141,7 +154,7 @@ def create_pool(
         target,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, **_search_path(schema)},
+        kwargs={"autocommit": True, **TCP_LIMITS, **_search_path(schema)},
         name=name or schema,
         open=False,
     )

@@ -8,6 +8,7 @@ and the process that ran it.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from lessons.lesson04_queue_improvements.engine.attempts import current_task
@@ -82,7 +83,41 @@ def return_at_gate(input: dict[str, Any]) -> Any:
         return {"ratio": float("nan")}
     if kind == "nul":
         return {"text": "a\x00b"}
+    if kind == "deep":
+        return deeply_nested(100_000)
+    if kind == "poison":
+        return {"poison": True}  # the test's trigger refuses it (see the test)
+    if kind == "unwritable":
+        return UnwritableDict(good=input["n"])
     return {"good": input["n"]}
+
+
+def deeply_nested(depth: int) -> list[Any]:
+    """[[[...]]], `depth` lists deep: too deep for json.dumps, which recurses."""
+    nested: list[Any] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+class UnwritableDict(dict[str, Any]):
+    """A dict whose own code raises while json.dumps writes it out."""
+
+    def items(self) -> Any:
+        raise RuntimeError("these items cannot be listed")
+
+
+def nap(input: dict[str, Any]) -> dict[str, Any]:
+    """Record the start, sleep `input["seconds"]`, and return the attempt it ran in."""
+    _record(input, "started")
+    time.sleep(input["seconds"])
+    return {"attempt": current_task().attempt}
+
+
+def new_kind(input: dict[str, Any]) -> dict[str, Any]:
+    """A task function only the workers deployed after it was written have."""
+    _record(input, "started")
+    return {"new": True}
 
 
 def import_report(input: dict[str, Any]) -> None:
@@ -116,4 +151,6 @@ FUNCTIONS: dict[str, TaskFunction] = {
     "return_at_gate": return_at_gate,
     "import_report": import_report,
     "raise_unprintable": raise_unprintable,
+    "nap": nap,
+    "new_kind": new_kind,
 }

@@ -3,14 +3,17 @@ next to the lesson's own: process_order and its children come from the lesson.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lessons.lesson07_durable_tasks.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
 from lessons.lesson07_durable_tasks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson07_durable_tasks.demo.tasks import process_order
 from lessons.lesson07_durable_tasks.engine.attempts import current_task
 from lessons.lesson07_durable_tasks.engine.durable import DurableContext, DurableFunction
 from lessons.lesson07_durable_tasks.engine.shared import NonRetryableError
 from lessons.lesson07_durable_tasks.engine.worker import TaskFunction
+from tests.recording import wait_for_gate
 
 # Children of the functions below run on this queue. `scripted_children` sends
 # its children to a queue no worker serves: only its history matters.
@@ -72,6 +75,20 @@ def spawn_a_child_with_a_nul(ctx: DurableContext, input: Any) -> Any:
     return ctx.spawn_child("echo", {"note": "a\x00b"}, queue=CHILDREN_QUEUE).id
 
 
+def hold_at_gate(input: dict[str, str]) -> dict[str, Any]:
+    """Touch the file `input["started"]`, then wait for `input["gate"]`: a step that
+    runs, with no database, for as long as the test wants."""
+    Path(input["started"]).touch()
+    wait_for_gate(input["gate"])
+    return {}
+
+
+def process_order_at_gate(ctx: DurableContext, order: dict[str, Any]) -> dict[str, Any]:
+    """The lesson's process_order, after a first step held at `order["gate"]`."""
+    ctx.run_step("hold_at_gate", hold_at_gate, {"gate": order["gate"], "started": order["started"]})
+    return process_order(ctx, order)
+
+
 FUNCTIONS: dict[str, TaskFunction] = {
     **LESSON_FUNCTIONS,
     "echo": echo,
@@ -86,4 +103,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "call_a_declining_child": call_a_declining_child,
     "call_a_flaky_child": call_a_flaky_child,
     "spawn_a_child_with_a_nul": spawn_a_child_with_a_nul,
+    "process_order_at_gate": process_order_at_gate,
 }

@@ -18,6 +18,7 @@ from lessons.lesson07_durable_tasks.db.queries import Querier
 from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
 from lessons.lesson07_durable_tasks.engine.client import enqueue, wait_for_task
 from lessons.lesson07_durable_tasks.engine.durable import DurableContext, LostOwnership
+from lessons.lesson07_durable_tasks.engine.transactions import TransactionLimits
 from lessons.lesson07_durable_tasks.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson07.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS, UNSERVED_QUEUE
@@ -182,10 +183,18 @@ def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
     pool = database.pool
     with pool.connection() as conn:
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue=PARENTS_QUEUE, slots=1)
+        worker = queries.register_worker(
+            name="test", queue=PARENTS_QUEUE, slots=1, lease_seconds=10
+        )
         assert worker is not None
         parent_id = enqueue(conn, "scripted_children", {}, queue=PARENTS_QUEUE, durable=True)
-        [parent] = queries.claim_tasks(worker_id=worker.id, queue=PARENTS_QUEUE, max_tasks=1)
+        [parent] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue=PARENTS_QUEUE,
+            task_names=[],
+            durable_task_names=["scripted_children"],
+            max_tasks=1,
+        )
 
     def context(worker_id: int) -> DurableContext:
         return DurableContext.load(
@@ -194,6 +203,7 @@ def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
             task=parent,
             cancelled=threading.Event(),
             poll_interval=POLL_INTERVAL,
+            transaction_limits=TransactionLimits.for_worker(1.0),
         )
 
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):

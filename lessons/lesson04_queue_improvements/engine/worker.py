@@ -10,11 +10,11 @@ with its own thread and its own lock, which this file starts and stops:
 
 - the poller (`poller.py`) claims tasks, never more than the free slots
   (`slots.py`), and hands each to a fixed pool of task threads, one per slot;
-- the heartbeat (`heartbeat.py`) tells the database, every
-  `heartbeat_interval`, that this worker is alive, and cancels the attempts
+- the heartbeat (`heartbeat.py`) renews this worker's lease every
+  `heartbeat_interval`, by `inactivity_threshold`, and cancels the attempts
   it no longer owns (`attempts.py`);
-- the sweeper (`sweeper.py`) takes back the tasks of workers silent for longer
-  than `inactivity_threshold`, and fires timeouts;
+- the sweeper (`sweeper.py`) takes back the tasks of workers whose lease
+  expired, and fires timeouts;
 - the result writer (`result_writer.py`) records finished attempts, many per
   statement, each only if this worker still owns that attempt (fencing).
 """
@@ -42,6 +42,7 @@ from .shared import (
     NonRetryableError,
     error_document,
     exception_message,
+    first_line,
     to_json,
 )
 from .slots import Slots
@@ -62,9 +63,9 @@ class Worker:
         with Worker(pool, {"example_task": example_task}):
             ...  # tasks of the "default" queue run in the background
 
-    It uses four connections of the pool at most: one each for the poller, the
-    heartbeat, the sweeper and the result writer. Task threads never touch the
-    database.
+    It uses three connections of the pool at most: one each for the poller, the
+    sweeper and the result writer. The heartbeat has a connection of its own,
+    outside the pool. Task threads never touch the database.
     """
 
     def __init__(
@@ -88,9 +89,10 @@ class Worker:
         # The most tasks this worker runs at once.
         self.slots = slots
         self._slots = Slots(slots)
-        # How often this worker says it is alive, and sweeps.
+        # How often this worker renews its lease, and sweeps.
         self.heartbeat_interval = heartbeat_interval
-        # How long a worker may stay silent before its tasks are taken back.
+        # How long this worker's lease lasts: how long it may stay silent
+        # before its tasks are taken back.
         self.inactivity_threshold = inactivity_threshold
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.functions: dict[str, TaskFunction] = dict(functions or {})
@@ -139,20 +141,32 @@ class Worker:
             raise RuntimeError("this worker has already been started")
         with self.pool.connection() as conn:
             worker = Querier(conn).register_worker(
-                name=self.name, queue=self.queue, slots=self.slots
+                name=self.name,
+                queue=self.queue,
+                slots=self.slots,
+                lease_seconds=self.inactivity_threshold,
             )
         if worker is None:  # INSERT ... RETURNING always returns the row
             raise RuntimeError("registering the worker returned no row")
         self._id = worker.id
-        self._results = ResultWriter(self.pool, worker_id=worker.id)
-        self._heartbeat = Heartbeat(
-            self.pool, worker_id=worker.id, interval=self.heartbeat_interval, running=self._running
+        # A result that cannot be written yet is tried again well within a
+        # lease, so that an outage costs no more delay than it must.
+        self._results = ResultWriter(
+            self.pool, worker_id=worker.id, retry_interval=self.heartbeat_interval
         )
+        self._heartbeat = Heartbeat(
+            self.pool,
+            worker_id=worker.id,
+            interval=self.heartbeat_interval,
+            running=self._running,
+            registered_at=worker.last_heartbeat_at,
+        )
+        heartbeat = self._heartbeat
         self._sweeper = Sweeper(
             self.pool,
             worker_id=worker.id,
             interval=self.heartbeat_interval,
-            inactivity_threshold=self.inactivity_threshold,
+            healthy_since=lambda: heartbeat.healthy_since,
         )
         self._poller = Poller(
             self.pool,
@@ -160,6 +174,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            task_names=lambda: sorted(self.functions),
             start_task=self._start_task,
         )
         self._results.start()
@@ -209,6 +224,22 @@ class Worker:
     def _run_in_slot(self, task: Task) -> None:
         try:
             self.run_task(task)
+        except BaseException as error:
+            # run_task ends every attempt in an outcome, whatever its function
+            # did; an exception here is the worker's own (say, an output whose
+            # code raises while it is written out). The attempt must still end
+            # in a readable failure, not stay running on a worker that lives on.
+            # Not retried: the same output would meet the same failure.
+            log.exception("task %d attempt %d: the worker failed", task.id, task.attempt)
+            self.record_failure(
+                task,
+                error_document(
+                    "WorkerError",
+                    f"the worker failed while running attempt {task.attempt}: "
+                    f"{type(error).__name__}: {first_line(error)}",
+                ),
+                retryable=False,
+            )
         finally:
             self._slots.give_back()
 

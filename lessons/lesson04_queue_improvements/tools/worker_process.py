@@ -19,6 +19,7 @@ happens to the tasks of a worker that dies or freezes.
 from __future__ import annotations
 
 import importlib
+import os
 import select
 import signal
 import subprocess
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # One connection each for the poller, the heartbeat, the sweeper and the
-        # result writer.
-        pool = create_pool(options.schema, max_size=4)
+        # One connection each for the poller, the sweeper and the result writer
+        # (the heartbeat has its own).
+        pool = create_pool(options.schema, max_size=3)
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -99,6 +100,8 @@ class WorkerProcess:
             worker.kill()    # SIGKILL: dies at once, mid-task, heartbeat and all
 
     What the child logs goes to a temporary file, read with `log()`.
+    `environment` adds variables to the child's environment (this process's own
+    are passed on), such as a DATABASE_URL of its own.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class WorkerProcess:
         heartbeat_interval: float = 1.0,
         inactivity_threshold: float = 10.0,
         verbose: bool = False,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.arguments = [
             f"--schema={schema}",
@@ -125,6 +129,7 @@ class WorkerProcess:
         ]
         # Closed by __exit__: the file outlives start() so that log() can read it.
         self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        self.environment = {**os.environ, **(environment or {})}
         self._process: subprocess.Popen[str] | None = None
         self._id: int | None = None
 
@@ -145,6 +150,7 @@ class WorkerProcess:
             [sys.executable, "-m", f"{LESSON.package}.tools.worker_process", *self.arguments],
             stdout=subprocess.PIPE,
             stderr=self._log,
+            env=self.environment,
             text=True,
         )
         self._process = process

@@ -1,7 +1,8 @@
 """The engine: what this lesson builds. Each module imports only the ones listed before it.
 
 - `shared`: defaults, the finished statuses, NonRetryableError, the JSON rules;
-- `crash_points`: the moments a test can have this process killed at;
+- `crash_points`: the moments a test can have this process killed or frozen at;
+- `transactions`: the limits every multi-statement engine transaction runs under;
 - `client`: enqueue a task, wait for its result;
 - `attempts`, `slots`, `periodic`: what the worker's peers share;
 - `result_writer`, `heartbeat`, `sweeper`, `poller`: the worker's peers;
