@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -47,4 +48,7 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(FREEZE_AT) == name:
         log.warning("crash point %s: SIGSTOP", name)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # To this thread, not to the process: a signal sent to the process may
+        # be taken by another thread, and this one could run on (and commit)
+        # before the whole process stops.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
