@@ -226,3 +226,39 @@ def test_a_worker_frozen_inside_wait_for_child_delays_no_result_and_loses_its_pa
         assert (parent.status, parent.output) == (TaskStatus.COMPLETED, {"n": 9}), healthy.log()
         assert [task.id for task in all_tasks(pool) if task.parent_id == parent_id] == [child.id]
         assert healthy.stop() == 0, healthy.log()
+
+
+def test_a_worker_frozen_inside_sleep_loses_its_task_within_two_thresholds(
+    database: LessonDatabase,
+) -> None:
+    """The task freezes inside sleep's transaction: its sleep event written and
+    its row locked by the suspension, not yet committed. The sweeps pass over a
+    locked row, so without the limits the task would never be reassigned; with
+    them it is, within two thresholds of the freeze, and completes on attempt 2,
+    its first step replayed, not run again."""
+    pool = database.pool
+    frozen = worker_process(
+        database, [PARENTS_QUEUE], environment={FREEZE_AT: "sleep:before_commit"}
+    )
+    healthy = worker_process(database, [PARENTS_QUEUE])
+    with frozen, healthy:
+        frozen.start()
+        with pool.connection() as conn:
+            task_id = enqueue(
+                conn, "nap", {"n": 10, "seconds": 0.5}, queue=PARENTS_QUEUE, durable=True
+            )
+        wait_until(lambda: is_frozen(frozen), message=frozen.log)
+        frozen_at = time.monotonic()
+        healthy.start()
+        taken_in = seconds_until_taken_from(pool, task_id, frozen, frozen_at)
+        assert taken_in < 2 * INACTIVITY_THRESHOLD, healthy.log()
+        task = wait_for_task(pool, task_id, timeout=20)
+        assert (task.status, task.output, task.attempt) == (TaskStatus.COMPLETED, 10, 2)
+        with pool.connection() as conn:
+            events = Querier(conn).list_task_events(task_id=task_id)
+        assert [(event.name, event.attempt) for event in events] == [
+            ("before", 1),
+            ("sleep", 2),
+            ("after", 2),
+        ]
+        assert healthy.stop() == 0, healthy.log()
