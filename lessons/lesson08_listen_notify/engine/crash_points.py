@@ -8,9 +8,10 @@ cannot hit such a moment reliably, so the engine names them, and calls
 environment variable COURSE_CRASH_AT names that point: then the process sends
 itself SIGKILL, the hardest way to die (no `finally`, no `atexit`, no goodbye
 to the database), the first time it gets there. When COURSE_FREEZE_AT names
-it, the process sends itself SIGSTOP instead, as a stalled machine would stop
-(the test sends SIGCONT, or kills it): a point inside a transaction then shows
-what a worker frozen there, holding its locks, does to the others.
+it, the process stops itself instead (SIGSTOP), as a stalled machine would, each
+time it gets there (the test sends SIGCONT, or kills it): a point inside a
+transaction then shows what a worker frozen there, holding its locks, does to
+the others.
 
 The points:
 

@@ -21,7 +21,8 @@ from ..db.models import Task
 
 
 # eq=False: each run is its own, even two runs of the same task at once (one
-# given back to the queue while this worker looked dead, then claimed again).
+# given back to the queue while this worker looked dead, then claimed again; or
+# one that suspended, and was claimed again before it had unwound).
 @dataclass(frozen=True, eq=False)
 class RunningTask:
     """The attempt a task function is running in, as `current_task()` returns it."""
