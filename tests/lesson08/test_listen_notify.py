@@ -176,9 +176,15 @@ def test_claims_and_results_are_silent_and_a_retry_notifies(
         task_id = enqueue(conn, "flaky_task", {"succeed_on_attempt": 2}, queue="alpha")
         assert queued.heard() == ["alpha"]
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue="alpha", slots=1)
+        worker = queries.register_worker(name="test", queue="alpha", slots=1, lease_seconds=10)
         assert worker is not None
-        [claimed] = queries.claim_tasks(worker_id=worker.id, queue="alpha", max_tasks=1)
+        [claimed] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue="alpha",
+            task_names=["flaky_task"],
+            durable_task_names=[],
+            max_tasks=1,
+        )
         assert queued.heard() == []  # a claim queues nothing
 
         def finish(succeeded: bool) -> None:
@@ -194,7 +200,13 @@ def test_claims_and_results_are_silent_and_a_retry_notifies(
         finish(succeeded=False)  # retryable, retries left: back on the queue
         assert get_task(database.pool, task_id).status == TaskStatus.QUEUED
         assert queued.heard() == ["alpha"]
-        [claimed] = queries.claim_tasks(worker_id=worker.id, queue="alpha", max_tasks=1)
+        [claimed] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue="alpha",
+            task_names=["flaky_task"],
+            durable_task_names=[],
+            max_tasks=1,
+        )
         finish(succeeded=True)
         assert queued.heard() == []  # completing queues nothing
 
@@ -334,11 +346,17 @@ def test_a_finished_child_notifies_its_parent_and_nothing_else_does(
         )
         assert child is not None
         enqueue(conn, "note_start", {}, queue="children")  # a task with no parent
-        worker = queries.register_worker(name="test", queue="children", slots=2)
+        worker = queries.register_worker(name="test", queue="children", slots=2, lease_seconds=10)
         assert worker is not None
 
         def run_both(succeeded: bool) -> None:
-            claimed = queries.claim_tasks(worker_id=worker.id, queue="children", max_tasks=2)
+            claimed = queries.claim_tasks(
+                worker_id=worker.id,
+                queue="children",
+                task_names=["note_start"],
+                durable_task_names=[],
+                max_tasks=2,
+            )
             assert len(claimed) == 2
             queries.finish_attempts(
                 worker_id=worker.id,

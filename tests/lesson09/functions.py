@@ -3,10 +3,12 @@ next to the lesson's own: process_order and send_reminders come from the lesson.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lessons.lesson09_durable_sleep.demo.tasks import DURABLE_FUNCTIONS as LESSON_DURABLE_FUNCTIONS
 from lessons.lesson09_durable_sleep.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
+from lessons.lesson09_durable_sleep.engine.crash_points import FREEZE_AT
 from lessons.lesson09_durable_sleep.engine.durable import (
     DurableContext,
     DurableFunction,
@@ -16,6 +18,11 @@ from lessons.lesson09_durable_sleep.engine.worker import TaskFunction
 
 # The children of the functions below run on this queue.
 CHILDREN_QUEUE = "children"
+
+# In a process whose environment holds it, spawn_two_children_then_wait makes
+# its value the freeze point (COURSE_FREEZE_AT) once its first child is spawned:
+# a point that the first child's spawn passes too can then freeze the second's.
+ARM_FREEZE_AT = "TEST_ARM_FREEZE_AT"
 
 
 def echo(input: Any) -> Any:
@@ -46,6 +53,22 @@ def spawn_sleep_then_wait(ctx: DurableContext, input: dict[str, Any]) -> Any:
     return ctx.wait_for_child(child)
 
 
+def call_on_the_children_queue(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo on the children's queue, and return what it returns."""
+    return ctx.call("echo", {"n": input["n"]}, queue=CHILDREN_QUEUE)
+
+
+def spawn_two_children_then_wait(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Spawn two echo children on the children's queue, then wait for both. Between
+    the two spawns, arm the freeze point this process was given (ARM_FREEZE_AT)."""
+    first = ctx.spawn_child("echo", {"n": input["n"], "child": 1}, queue=CHILDREN_QUEUE)
+    point = os.environ.pop(ARM_FREEZE_AT, None)
+    if point is not None:
+        os.environ[FREEZE_AT] = point
+    second = ctx.spawn_child("echo", {"n": input["n"], "child": 2}, queue=CHILDREN_QUEUE)
+    return [ctx.wait_for_child(first), ctx.wait_for_child(second)]
+
+
 def swallow_the_suspension(ctx: DurableContext, input: dict[str, Any]) -> Any:
     """Catch TaskSuspended and return as if nothing happened: the engine must not
     complete the task with that result."""
@@ -64,4 +87,6 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "call_a_child": call_a_child,
     "spawn_sleep_then_wait": spawn_sleep_then_wait,
     "swallow_the_suspension": swallow_the_suspension,
+    "call_on_the_children_queue": call_on_the_children_queue,
+    "spawn_two_children_then_wait": spawn_two_children_then_wait,
 }

@@ -136,10 +136,16 @@ def test_a_child_that_finishes_while_its_parent_suspends_waits_for_it_then_wakes
     pool = database.pool
     with pool.connection() as conn:
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue="q", slots=2)
+        worker = queries.register_worker(name="test", queue="q", slots=2, lease_seconds=10)
         assert worker is not None
         parent_id = enqueue(conn, "call_a_child", {"n": 1}, queue="q", durable=True)
-        [parent] = queries.claim_tasks(worker_id=worker.id, queue="q", max_tasks=1)
+        [parent] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue="q",
+            task_names=[],
+            durable_task_names=["call_a_child"],
+            max_tasks=1,
+        )
         child = queries.create_task(
             queue="q",
             task_name="echo",
@@ -153,7 +159,13 @@ def test_a_child_that_finishes_while_its_parent_suspends_waits_for_it_then_wakes
             parent_id=parent_id,
         )
         assert child is not None
-        [running_child] = queries.claim_tasks(worker_id=worker.id, queue="q", max_tasks=1)
+        [running_child] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue="q",
+            task_names=["echo"],
+            durable_task_names=[],
+            max_tasks=1,
+        )
         assert running_child.id == child.id
 
     with (

@@ -36,6 +36,7 @@ from lessons.lesson09_durable_sleep.engine.durable import (
     LostOwnership,
     TaskSuspended,
 )
+from lessons.lesson09_durable_sleep.engine.transactions import TransactionLimits
 from lessons.lesson09_durable_sleep.engine.worker import Worker, listener_name
 from lessons.lesson09_durable_sleep.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
@@ -238,13 +239,21 @@ def test_suspending_is_fenced_a_refused_sleep_writes_nothing(database: LessonDat
     pool = database.pool
     with pool.connection() as conn:
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue=QUEUE, slots=1)
+        worker = queries.register_worker(name="test", queue=QUEUE, slots=1, lease_seconds=10)
         assert worker is not None
         task_id = enqueue(conn, "nap", {"n": 1, "seconds": 60}, queue=QUEUE, durable=True)
-        [task] = queries.claim_tasks(worker_id=worker.id, queue=QUEUE, max_tasks=1)
+        [task] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue=QUEUE,
+            task_names=[],
+            durable_task_names=["nap"],
+            max_tasks=1,
+        )
 
     def context(worker_id: int) -> DurableContext:
-        return DurableContext.load(pool, worker_id=worker_id, task=task)
+        return DurableContext.load(
+            pool, worker_id=worker_id, task=task, limits=TransactionLimits.for_worker(10)
+        )
 
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):
         context(worker.id + 1).sleep(60)

@@ -35,6 +35,7 @@ from lessons.lesson10_durable_events.engine.durable import (
     LostOwnership,
     TaskSuspended,
 )
+from lessons.lesson10_durable_events.engine.transactions import TransactionLimits
 from lessons.lesson10_durable_events.engine.worker import Worker
 from lessons.lesson10_durable_events.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
@@ -43,6 +44,8 @@ from tests.waiting import wait_until
 
 LESSON = "lesson10_durable_events"
 QUEUE = "waits"
+# The limits of a worker whose inactivity threshold is 10 s, for contexts made by hand.
+LIMITS = TransactionLimits.for_worker(10)
 # Lesson 08's fallback: waits must end by notifications and timers, not polls.
 POLL_INTERVAL = 5.0
 HEARTBEAT_INTERVAL = 0.1
@@ -210,16 +213,27 @@ def test_a_push_while_the_task_looks_at_its_open_wait_waits_for_it_then_wakes_it
     pool = database.pool
     with pool.connection() as conn:
         queries = Querier(conn)
-        registered = queries.register_worker(name="test", queue=QUEUE, slots=1)
+        registered = queries.register_worker(name="test", queue=QUEUE, slots=1, lease_seconds=10)
         assert registered is not None
         task_id = enqueue(conn, "wait_for_key", {}, queue=QUEUE, durable=True)
-        [task] = queries.claim_tasks(worker_id=registered.id, queue=QUEUE, max_tasks=1)
+        [task] = queries.claim_tasks(
+            worker_id=registered.id,
+            queue=QUEUE,
+            task_names=[],
+            durable_task_names=["wait_for_key"],
+            max_tasks=1,
+        )
         with pytest.raises(TaskSuspended):
-            DurableContext.load(pool, worker_id=registered.id, task=task).wait_for_event(
-                "k", timeout=60
-            )
+            context = DurableContext.load(pool, worker_id=registered.id, task=task, limits=LIMITS)
+            context.wait_for_event("k", timeout=60)
         queries.wake_tasks(ids=[task_id])  # woken for another reason: runs again
-        [task] = queries.claim_tasks(worker_id=registered.id, queue=QUEUE, max_tasks=1)
+        [task] = queries.claim_tasks(
+            worker_id=registered.id,
+            queue=QUEUE,
+            task_names=[],
+            durable_task_names=["wait_for_key"],
+            max_tasks=1,
+        )
 
     with connect(database.url, schema=database.schema) as task_conn:
         task_conn.execute("BEGIN")
@@ -359,11 +373,17 @@ def test_waiting_is_fenced_a_refused_wait_writes_nothing(database: LessonDatabas
     pool = database.pool
     with pool.connection() as conn:
         queries = Querier(conn)
-        registered = queries.register_worker(name="test", queue=QUEUE, slots=1)
+        registered = queries.register_worker(name="test", queue=QUEUE, slots=1, lease_seconds=10)
         assert registered is not None
         task_id = enqueue(conn, "wait_for_key", {}, queue=QUEUE, durable=True)
-        [task] = queries.claim_tasks(worker_id=registered.id, queue=QUEUE, max_tasks=1)
-    context = DurableContext.load(pool, worker_id=registered.id + 1, task=task)
+        [task] = queries.claim_tasks(
+            worker_id=registered.id,
+            queue=QUEUE,
+            task_names=[],
+            durable_task_names=["wait_for_key"],
+            max_tasks=1,
+        )
+    context = DurableContext.load(pool, worker_id=registered.id + 1, task=task, limits=LIMITS)
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):
         context.wait_for_event("k", timeout=60)
     with pool.connection() as conn:

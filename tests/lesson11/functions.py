@@ -3,7 +3,9 @@ and its children come from the lesson). Children run on their parent's queue."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from lessons.lesson11_retries_replays_forks.demo.tasks import (
@@ -85,6 +87,34 @@ def wait_for_ever(ctx: DurableContext, input: Any) -> Any:
     return ctx.wait_for_event("nobody:pushes:this", timeout=3600)
 
 
+def wait_at_gate(input: dict[str, Any]) -> dict[str, Any]:
+    """A step that returns once the file `input["gate"]` exists (the test creates it)."""
+    while not Path(input["gate"]).exists():
+        time.sleep(0.02)
+    return {"passed": input["gate"]}
+
+
+def order_at_gate(ctx: DurableContext, order: dict[str, Any]) -> Any:
+    """An order held, running, at the gate (a step), then charged and confirmed by
+    the lesson's two children: what a worker is busy with when the database goes."""
+    ctx.run_step("wait_at_gate", wait_at_gate, {"gate": order["gate"]})
+    payment = ctx.call(
+        "charge_payment",
+        {"order_id": order["order_id"], "card": order["card"], "amount_cents": 4200},
+    )
+    email = ctx.call(
+        "send_confirmation_email",
+        {"order_id": order["order_id"], "to": order["email"], "charge_id": payment["charge_id"]},
+    )
+    return {"charge_id": payment["charge_id"], "email_id": email["email_id"]}
+
+
+def new_kind(ctx: DurableContext, input: Any) -> Any:
+    """A durable function only the workers deployed after it was written have. It
+    waits for a child, so that the task is suspended, and resumed, at least once."""
+    return {"new": ctx.call("echo", input)}
+
+
 FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo}
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
@@ -96,4 +126,6 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "always_fail": always_fail,
     "record_nothing": record_nothing,
     "wait_for_ever": wait_for_ever,
+    "order_at_gate": order_at_gate,
+    "new_kind": new_kind,
 }

@@ -71,9 +71,17 @@ def tasks(database: LessonDatabase) -> Tasks:
     queued = enqueue_durable(database, "record_nothing", None, queue="unserved")
     with database.pool.connection() as conn:
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue="claimed_by_hand", slots=1)
+        worker = queries.register_worker(
+            name="test", queue="claimed_by_hand", slots=1, lease_seconds=10
+        )
         assert worker is not None
-        queries.claim_tasks(worker_id=worker.id, queue="claimed_by_hand", max_tasks=1)
+        queries.claim_tasks(
+            worker_id=worker.id,
+            queue="claimed_by_hand",
+            task_names=[],
+            durable_task_names=["record_nothing"],
+            max_tasks=1,
+        )
     return Tasks(
         finished=finished,
         child=child,

@@ -214,10 +214,18 @@ def test_an_attempt_from_before_a_replay_stays_fenced_out(database: LessonDataba
     and a write fenced on an old attempt is refused even from the same worker."""
     with database.pool.connection() as conn:
         queries = Querier(conn)
-        worker = queries.register_worker(name="test", queue=PARENTS_QUEUE, slots=1)
+        worker = queries.register_worker(
+            name="test", queue=PARENTS_QUEUE, slots=1, lease_seconds=10
+        )
         assert worker is not None
         task_id = enqueue_durable(database, "always_fail", None, max_retries=0)
-        [first] = queries.claim_tasks(worker_id=worker.id, queue=PARENTS_QUEUE, max_tasks=1)
+        [first] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue=PARENTS_QUEUE,
+            task_names=[],
+            durable_task_names=["always_fail"],
+            max_tasks=1,
+        )
         queries.finish_attempts(
             worker_id=worker.id,
             ids=[task_id],
@@ -227,7 +235,13 @@ def test_an_attempt_from_before_a_replay_stays_fenced_out(database: LessonDataba
             outputs=['{"error": {"type": "Test", "message": "failed"}}'],
         )
         replay(conn, task_id)
-        [second] = queries.claim_tasks(worker_id=worker.id, queue=PARENTS_QUEUE, max_tasks=1)
+        [second] = queries.claim_tasks(
+            worker_id=worker.id,
+            queue=PARENTS_QUEUE,
+            task_names=[],
+            durable_task_names=["always_fail"],
+            max_tasks=1,
+        )
         assert (first.attempt, second.attempt) == (1, 2)
 
         def append(attempt: int) -> bool:

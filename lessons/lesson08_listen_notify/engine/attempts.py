@@ -22,7 +22,9 @@ from psycopg_pool import ConnectionPool
 from ..db.models import Task
 
 
-@dataclass(frozen=True)
+# eq=False: each run is its own, even two runs of the same task at once (one
+# given back to the queue while this worker looked dead, then claimed again).
+@dataclass(frozen=True, eq=False)
 class RunningTask:
     """The attempt a task function is running in, as `current_task()` returns it."""
 
@@ -57,12 +59,12 @@ def current_task() -> RunningTask:
 
 
 class RunningAttempts:
-    """The attempts whose functions are running in this worker, by task id."""
+    """The attempts whose functions are running in this worker."""
 
     def __init__(self) -> None:
         # Task threads add and remove attempts while the heartbeat reads them.
         self._lock = threading.Lock()
-        self._by_task_id: dict[int, RunningTask] = {}
+        self._running: set[RunningTask] = set()
 
     @contextmanager
     def running(self, task: Task, pool: ConnectionPool) -> Iterator[RunningTask]:
@@ -75,26 +77,25 @@ class RunningAttempts:
             pool=pool,
         )
         with self._lock:
-            self._by_task_id[task.id] = running
+            self._running.add(running)
         token = _current_task.set(running)
         try:
             yield running
         finally:
             _current_task.reset(token)
             with self._lock:
-                del self._by_task_id[task.id]
+                self._running.remove(running)
 
     def snapshot(self) -> list[RunningTask]:
         """The attempts running at this moment."""
         with self._lock:
-            return list(self._by_task_id.values())
+            return list(self._running)
 
     def wake(self, task_id: int) -> None:
         """A child of task `task_id` finished: if that task runs here, it looks at once."""
-        with self._lock:
-            running = self._by_task_id.get(task_id)
-        if running is not None:
-            running.wakeup.set()
+        for running in self.snapshot():
+            if running.id == task_id:
+                running.wakeup.set()
 
     def wake_all(self) -> None:
         """Let every attempt running here look at its child at once (the listener reconnected)."""

@@ -1,4 +1,4 @@
-"""Test instrumentation: kill this process at a named moment of the engine's work.
+"""Test instrumentation: kill or freeze this process at a named moment of the engine's work.
 
 The tests prove that a durable task survives its worker dying at *any* moment,
 including the awkward ones: a child task's transaction about to commit, or the
@@ -7,7 +7,11 @@ cannot hit such a moment reliably, so the engine names them, and calls
 `crash_point(name)` when it gets there. That does nothing at all, unless the
 environment variable COURSE_CRASH_AT names that point: then the process sends
 itself SIGKILL, the hardest way to die (no `finally`, no `atexit`, no goodbye
-to the database), the first time it gets there.
+to the database), the first time it gets there. When COURSE_FREEZE_AT names
+it, the process stops itself instead (SIGSTOP), as a stalled machine would, each
+time it gets there (the test sends SIGCONT, or kills it): a point inside a
+transaction then shows what a worker frozen there, holding its locks, does to
+the others.
 
 The points:
 
@@ -25,14 +29,22 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 
 log = logging.getLogger(__name__)
 
 CRASH_AT = "COURSE_CRASH_AT"
+FREEZE_AT = "COURSE_FREEZE_AT"
 
 
 def crash_point(name: str) -> None:
-    """SIGKILL this process if COURSE_CRASH_AT is `name`; otherwise do nothing."""
+    """SIGKILL this process if COURSE_CRASH_AT is `name`, SIGSTOP it if COURSE_FREEZE_AT is."""
     if os.environ.get(CRASH_AT) == name:
         log.warning("crash point %s: SIGKILL", name)
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FREEZE_AT) == name:
+        log.warning("crash point %s: SIGSTOP", name)
+        # To this thread, not to the process: a signal sent to the process may
+        # be taken by another thread, and this one could run on (and commit)
+        # before the whole process stops.
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

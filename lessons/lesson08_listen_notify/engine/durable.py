@@ -38,7 +38,9 @@ output does not belong to this call, and the task fails with a
 call was made instead.
 
 Every operation uses its own short statement: no transaction stays open while
-the function, or one of its steps, runs.
+the function, or one of its steps, runs. The one transaction of two statements,
+spawning a child, is bounded (`transactions.py`): a worker frozen in the middle
+of it loses its session, and its locks, within half its inactivity threshold.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from .shared import (
     first_line,
     to_json,
 )
+from .transactions import TransactionLimits, bounded_transaction
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,7 @@ class DurableContext:
         cancelled: threading.Event,
         wakeup: threading.Event,
         poll_interval: float,
+        limits: TransactionLimits,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -166,6 +170,8 @@ class DurableContext:
         self.wakeup = wakeup
         # How often a waiting parent looks at its child if nothing wakes it.
         self.poll_interval = poll_interval
+        # The bounds of this context's transactions (the worker's).
+        self.limits = limits
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         self._next_event_number = 1
@@ -183,6 +189,7 @@ class DurableContext:
         cancelled: threading.Event,
         wakeup: threading.Event,
         poll_interval: float,
+        limits: TransactionLimits,
     ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         with pool.connection() as conn:
@@ -197,6 +204,7 @@ class DurableContext:
             cancelled=cancelled,
             wakeup=wakeup,
             poll_interval=poll_interval,
+            limits=limits,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -246,7 +254,11 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
-        with self.pool.connection() as conn, conn.transaction():
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
+        ):
             child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
             # Refused when this attempt is no longer ours: the exception leaves the
             # transaction, which rolls back, so the child is never created either.

@@ -11,6 +11,12 @@ Every write is fenced: the database applies an outcome only if this worker still
 owns that attempt. The rows it returns are the outcomes it applied; the others
 are *rejected*, and logged, because the attempt timed out or was given to
 another worker while this one looked dead.
+
+A write the database cannot make for now (it is restarting, out of reach) is
+tried again until it succeeds. A write it refuses for good (an output jsonb
+cannot hold, one too big for a row) is narrowed down to the outcome it
+refuses, which fails its own task with a readable error, while the others of
+the batch are recorded: one poison result never blocks a worker's writer.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import Task
 from ..db.queries import Querier
-from .shared import error_document, first_line
+from .shared import error_document, first_line, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +74,8 @@ class AttemptOutcome:
             output_json=json.dumps(error),
         )
 
-    def unstorable(self, error: psycopg.DataError) -> AttemptOutcome:
+    def refused(self, error: psycopg.Error) -> AttemptOutcome:
         """This outcome turned into a failure, because the database refused its output."""
-        if not self.succeeded:
-            raise error  # error documents are always storable; this is a bug
         document = error_document(
             "InvalidResult",
             f"the result of {self.display_name} cannot be stored: {first_line(error)}",
@@ -150,6 +154,35 @@ class ResultWriter:
         return batch, True
 
     def _write_until_done(self, batch: list[AttemptOutcome]) -> None:
+        """Record `batch`; narrow a refusal down to the outcomes the database refuses."""
+        try:
+            self._write_while_transient(batch)
+        except psycopg.Error as refusal:
+            if len(batch) > 1:
+                for outcome in batch:
+                    self._write_until_done([outcome])
+            elif batch[0].succeeded:
+                log.warning(
+                    "task %d (%s) attempt %d: the database refused its result: %s",
+                    batch[0].task_id,
+                    batch[0].display_name,
+                    batch[0].attempt,
+                    first_line(refusal),
+                )
+                self._write_until_done([batch[0].refused(refusal)])
+            else:
+                # An error document is short text made storable: this would be a
+                # bug. The task stays running until this worker stops, and is
+                # then taken back like any task of a stopped worker.
+                log.error(
+                    "task %d attempt %d: the database refused its failure: %s",
+                    batch[0].task_id,
+                    batch[0].attempt,
+                    first_line(refusal),
+                )
+
+    def _write_while_transient(self, batch: list[AttemptOutcome]) -> None:
+        """Write `batch`, trying again while the error is one that passes with time."""
         tries = 0
         while True:
             tries += 1
@@ -157,6 +190,8 @@ class ResultWriter:
                 self.write(batch)
                 return
             except psycopg.Error as error:
+                if not is_transient(error):
+                    raise
                 if self._stopping and tries >= self.tries_when_stopping:
                     # Nothing is lost for good: this worker's heartbeat stops with
                     # it, and other workers then take these tasks back.
@@ -172,36 +207,25 @@ class ResultWriter:
 
     def write(self, outcomes: list[AttemptOutcome]) -> None:
         """Record `outcomes` in one fenced statement, and log the ones rejected."""
-        try:
-            with self.pool.connection() as conn:
-                # psycopg prepares a statement the fifth time it runs it, and
-                # PostgreSQL may then reuse a *generic* plan, made without looking
-                # at the arrays (it guesses 10 elements) and from statistics that
-                # may say no task is running. For this statement such a plan can
-                # compare every running task with every outcome: slow, and slower
-                # as results pile up. A fresh plan per batch costs far less.
-                prepare_threshold, conn.prepare_threshold = conn.prepare_threshold, None
-                try:
-                    recorded = Querier(conn).finish_attempts(
-                        worker_id=self.worker_id,
-                        ids=[outcome.task_id for outcome in outcomes],
-                        attempts=[outcome.attempt for outcome in outcomes],
-                        succeeded=[outcome.succeeded for outcome in outcomes],
-                        retryable=[outcome.retryable for outcome in outcomes],
-                        outputs=[outcome.output_json for outcome in outcomes],
-                    )
-                finally:
-                    conn.prepare_threshold = prepare_threshold
-        except psycopg.DataError as error:
-            # JSON that jsonb still refuses (a string holding "\u0000") fails the
-            # whole statement. Write the outcomes one by one to find it, and
-            # record that one as a failure instead.
-            if len(outcomes) == 1:
-                self.write([outcomes[0].unstorable(error)])
-            else:
-                for outcome in outcomes:
-                    self.write([outcome])
-            return
+        with self.pool.connection() as conn:
+            # psycopg prepares a statement the fifth time it runs it, and
+            # PostgreSQL may then reuse a *generic* plan, made without looking
+            # at the arrays (it guesses 10 elements) and from statistics that
+            # may say no task is running. For this statement such a plan can
+            # compare every running task with every outcome: slow, and slower
+            # as results pile up. A fresh plan per batch costs far less.
+            prepare_threshold, conn.prepare_threshold = conn.prepare_threshold, None
+            try:
+                recorded = Querier(conn).finish_attempts(
+                    worker_id=self.worker_id,
+                    ids=[outcome.task_id for outcome in outcomes],
+                    attempts=[outcome.attempt for outcome in outcomes],
+                    succeeded=[outcome.succeeded for outcome in outcomes],
+                    retryable=[outcome.retryable for outcome in outcomes],
+                    outputs=[outcome.output_json for outcome in outcomes],
+                )
+            finally:
+                conn.prepare_threshold = prepare_threshold
         status_of = {(row.id, row.attempt): row.status for row in recorded}
         for outcome in outcomes:
             status = status_of.get((outcome.task_id, outcome.attempt))

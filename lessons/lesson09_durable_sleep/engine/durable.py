@@ -50,7 +50,10 @@ output does not belong to this call, and the task fails with a
 call was made instead.
 
 Every operation uses its own short statement: no transaction stays open while
-the function, or one of its steps, runs.
+the function, or one of its steps, runs. The transactions of more than one
+statement (spawning a child, suspending to wait for one, starting a sleep) are
+bounded (`transactions.py`): a worker frozen in the middle of one loses its
+session, and its locks, within half its inactivity threshold.
 
 A suspension does not end the attempt, and costs no retry: the task goes on
 with the same attempt number when it is claimed again, on whichever worker
@@ -80,6 +83,7 @@ from .shared import (
     first_line,
     to_json,
 )
+from .transactions import TransactionLimits, bounded_transaction
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +189,7 @@ class DurableContext:
         history: list[TaskEvent],
         queue: str,
         claimed_at: datetime,
+        limits: TransactionLimits,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -195,6 +200,8 @@ class DurableContext:
         # When a worker claimed the task for this run, on the database's clock:
         # a sleep recorded with an earlier wake-up time is over.
         self.claimed_at = claimed_at
+        # The bounds of this context's transactions (the worker's).
+        self.limits = limits
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         self._next_event_number = 1
@@ -211,6 +218,7 @@ class DurableContext:
         *,
         worker_id: int,
         task: Task,
+        limits: TransactionLimits,
     ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         if task.started_at is None:  # the claim sets it
@@ -225,6 +233,7 @@ class DurableContext:
             history=history,
             queue=task.queue,
             claimed_at=task.started_at,
+            limits=limits,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -274,7 +283,11 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
-        with self.pool.connection() as conn, conn.transaction():
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
+        ):
             child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
             # Refused when this attempt is no longer ours: the exception leaves the
             # transaction, which rolls back, so the child is never created either.
@@ -295,7 +308,11 @@ class DurableContext:
         child's end makes it runnable again.
         """
         self._check_not_suspended()
-        with self.pool.connection() as conn, conn.transaction() as transaction:
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction,
+        ):
             # Suspend first, then look. Suspending locks this task's row until we
             # commit. A child finishing now must take that lock to wake us
             # (WakeTasks): it waits for our commit, finds us suspended, and wakes
@@ -308,6 +325,7 @@ class DurableContext:
             if row is None:
                 raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
             finished = row.status in FINISHED_STATUSES
+            crash_point("wait_for_child:before_commit")
             if finished:
                 raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
         if not finished:
@@ -354,11 +372,15 @@ class DurableContext:
             with self.pool.connection() as conn:
                 suspension = self._suspend(conn, wake_at=recorded.wake_at)
             self._stop(suspension)
-        with self.pool.connection() as conn, conn.transaction():
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
+        ):
             event = self._append(
                 conn, event_number, EventKind.SLEEP, "sleep", input, wake_after_seconds=seconds
             )
             suspension = self._suspend(conn, wake_at=event.wake_at)
+            crash_point("sleep:before_commit")
         crash_point("sleep:suspended")
         self._stop(suspension)
 

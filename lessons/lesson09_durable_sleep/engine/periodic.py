@@ -10,8 +10,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-import psycopg
-
 log = logging.getLogger(__name__)
 
 
@@ -28,6 +26,11 @@ class Periodic:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was called: long work should end early."""
+        return self._stopping.is_set()
+
     def stop(self) -> None:
         """Stop after the run in progress, if there is one."""
         self._stopping.set()
@@ -37,6 +40,7 @@ class Periodic:
         while not self._stopping.wait(self.interval):
             try:
                 self.work()
-            except psycopg.Error:
-                # The database may be restarting: the next run comes on time anyway.
+            except Exception:
+                # The database may be restarting, or the work has a bug: either
+                # way the loop goes on, and the next run comes on time.
                 log.exception("%s failed", self.name)

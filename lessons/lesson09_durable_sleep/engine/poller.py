@@ -3,7 +3,9 @@
 A task is claimed by one `UPDATE ... RETURNING` statement that marks it
 running, so no two workers ever get the same task. The claim's LIMIT is the
 number of free slots, so a task is never claimed only to wait in this process
-while another worker sits idle.
+while another worker sits idle. And it claims only tasks whose function this
+worker has: a task no worker can run waits on the queue for one that can (a
+new kind of task during a rolling deploy) instead of failing.
 
 The poller claims when told there may be work (`wake()`: the listener heard a
 notification, or has just reconnected), or when `poll_interval` has passed
@@ -39,6 +41,8 @@ class Poller:
         queue: str,
         poll_interval: float,
         slots: Slots,
+        task_names: Callable[[], list[str]],
+        durable_task_names: Callable[[], list[str]],
         start_task: Callable[[Task], None],
     ) -> None:
         self.pool = pool
@@ -48,6 +52,10 @@ class Poller:
         # a notification, or the next wake-up time, comes first. Only a fallback.
         self.poll_interval = poll_interval
         self.slots = slots
+        # The names of the tasks this worker can run, plain and durable (a
+        # durable task runs a durable function), asked before every claim.
+        self.task_names = task_names
+        self.durable_task_names = durable_task_names
         # Runs a claimed task, whose slot is already taken, and gives the slot back.
         self.start_task = start_task
         self._stopping = threading.Event()
@@ -109,7 +117,11 @@ class Poller:
     def claim_tasks(self, max_tasks: int) -> list[Task]:
         with self.pool.connection() as conn:
             tasks = Querier(conn).claim_tasks(
-                worker_id=self.worker_id, queue=self.queue, max_tasks=max_tasks
+                worker_id=self.worker_id,
+                queue=self.queue,
+                task_names=self.task_names(),
+                durable_task_names=self.durable_task_names(),
+                max_tasks=max_tasks,
             )
         if tasks:
             log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
+from psycopg_pool import ConnectionPool
+
 from ..db.models import TaskStatus
 
 DEFAULT_QUEUE = "default"
@@ -37,6 +40,7 @@ def to_json(value: Any, what: str) -> str:
     refusal can be read where it ends up: an exception, or a failed task.
 
     allow_nan=False: Python would write NaN and Infinity, which are not JSON. A
+    value nested too deep to write out is no JSON we can store either. A
     lone surrogate (what bytes that are not UTF-8 decode to, with
     errors="surrogateescape": file names, for one) is not text, and cannot be
     stored. What jsonb alone refuses (a string holding U+0000) is left for the
@@ -44,7 +48,7 @@ def to_json(value: Any, what: str) -> str:
     """
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise ValueError(f"{what} is not JSON: {error}") from error
     try:
         text.encode()
@@ -85,3 +89,39 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message, for a log line or a one-line refusal."""
     message = exception_message(error).strip()
     return message.splitlines()[0] if message else type(error).__name__
+
+
+# SQLSTATE classes that mean "try again later", not "this statement is wrong":
+# 08 connection exception, 40 transaction rollback (a deadlock, a serialization
+# failure), 53 insufficient resources, 57 operator intervention (the server
+# shutting down or starting up, a cancelled statement).
+TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+# Lock not available: a statement gave up waiting for a lock (lock_timeout).
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def is_transient(error: psycopg.Error) -> bool:
+    """Whether the same statement may succeed if tried again later.
+
+    An error without a SQLSTATE never reached the server: the connection
+    failed, or the pool had none to give. A refusal with a SQLSTATE of another
+    class (a value jsonb cannot hold, a row too big) is deterministic: trying
+    the same statement again gives the same answer.
+    """
+    if error.sqlstate is None:
+        return True
+    return error.sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or error.sqlstate == LOCK_NOT_AVAILABLE
+
+
+def connect_like(pool: ConnectionPool, *, application_name: str) -> psycopg.Connection[Any]:
+    """A connection of its own, to the same database and with the same settings as `pool`'s.
+
+    For a loop that must not wait for a pooled connection: after an outage a
+    pool reconnects in the background, backing off, and may make a caller wait
+    for seconds.
+    """
+    conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+    settings = pool.kwargs() if callable(pool.kwargs) else dict(pool.kwargs or {})
+    settings.update(autocommit=True, application_name=application_name, connect_timeout=2)
+    return psycopg.connect(conninfo, **settings)

@@ -9,9 +9,13 @@
 
 CREATE TYPE task_status AS ENUM ('queued', 'running', 'completed', 'failed', 'suspended');
 
--- Every worker registers itself here and refreshes last_heartbeat_at while it
--- lives. A worker whose heartbeat is older than the inactivity threshold is
--- presumed dead, and the tasks it was running are taken back.
+-- Every worker registers itself here and holds a *lease*: it is presumed alive
+-- until lease_expires_at, and each heartbeat extends the lease by the worker's
+-- own lease_seconds (its inactivity threshold). A worker whose lease has
+-- expired is presumed dead, and the tasks it was running are taken back. The
+-- length of the lease is the promise of the worker that heartbeats, not the
+-- opinion of whoever sweeps: a worker that beats every 3 s with a 20 s lease is
+-- alive to a sweeper whose own lease is 1 s.
 CREATE TABLE workers (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- Host and process id, for people reading the table.
@@ -20,6 +24,8 @@ CREATE TABLE workers (
     slots integer NOT NULL,
     started_at timestamptz NOT NULL DEFAULT now(),
     last_heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    lease_seconds double precision NOT NULL CHECK (lease_seconds > 0),
+    lease_expires_at timestamptz NOT NULL,
     -- Set by a graceful stop. A worker that died never sets it.
     stopped_at timestamptz
 );

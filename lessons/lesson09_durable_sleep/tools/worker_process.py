@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # For each worker: one connection each for the poller, the heartbeat, the
-        # sweeper and the result writer, and one per slot for durable functions,
-        # which read and write their history. (Each worker's listener has a
-        # connection of its own, outside the pool.)
-        pool = create_pool(options.schema, max_size=len(queues) * (4 + options.slots))
+        # For each worker: one connection each for the poller, the sweeper and
+        # the result writer, and one per slot for durable functions, which read
+        # and write their history. (Each worker's heartbeat and listener have a
+        # connection each of their own, outside the pool.)
+        pool = create_pool(options.schema, max_size=len(queues) * (3 + options.slots))
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

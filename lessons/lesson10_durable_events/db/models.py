@@ -106,4 +106,6 @@ class Worker:
     slots: int
     started_at: datetime.datetime
     last_heartbeat_at: datetime.datetime
+    lease_seconds: float
+    lease_expires_at: datetime.datetime
     stopped_at: datetime.datetime | None

@@ -36,10 +36,14 @@ WITH to_start AS (
     SELECT queued.id, queued.priority
     FROM tasks AS queued
     WHERE queued.queue = $2 AND queued.status = 'queued'
+      AND queued.task_name = ANY(CASE
+          WHEN queued.durable THEN $3::text[]
+          ELSE $4::text[]
+      END)
       -- Too late to start: the schedule-timeout sweep will fail it.
       AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
     ORDER BY queued.priority DESC, queued.id
-    LIMIT $3
+    LIMIT $5
     FOR UPDATE SKIP LOCKED
 ),
 to_resume AS (
@@ -47,8 +51,12 @@ to_resume AS (
     FROM tasks AS suspended
     WHERE suspended.queue = $2 AND suspended.status = 'suspended'
       AND suspended.wake_at <= now()
+      AND suspended.task_name = ANY(CASE
+          WHEN suspended.durable THEN $3::text[]
+          ELSE $4::text[]
+      END)
     ORDER BY suspended.wake_at
-    LIMIT $3
+    LIMIT $5
     FOR UPDATE SKIP LOCKED
 ),
 claimable AS (
@@ -56,7 +64,7 @@ claimable AS (
     UNION ALL
     SELECT id, priority FROM to_resume
     ORDER BY priority DESC, id
-    LIMIT $3
+    LIMIT $5
 )
 UPDATE tasks
 SET status = 'running',
@@ -175,16 +183,27 @@ class CountTasksByStatusRow:
 
 
 REGISTER_WORKER = """-- name: RegisterWorker :one
-INSERT INTO workers (name, queue, slots)
-VALUES ($1, $2, $3)
-RETURNING id, name, queue, slots, started_at, last_heartbeat_at, stopped_at
+INSERT INTO workers (name, queue, slots, lease_seconds, lease_expires_at)
+VALUES (
+    $1, $2, $3, $4,
+    now() + $4::double precision * interval '1 second'
+)
+RETURNING id, name, queue, slots, started_at, last_heartbeat_at, lease_seconds, lease_expires_at, stopped_at
 """
 
-RECORD_HEARTBEAT = """-- name: RecordHeartbeat :exec
+RECORD_HEARTBEAT = """-- name: RecordHeartbeat :one
 UPDATE workers
-SET last_heartbeat_at = now()
+SET last_heartbeat_at = now(),
+    lease_expires_at = now() + lease_seconds * interval '1 second'
 WHERE id = $1
+RETURNING last_heartbeat_at
 """
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class RecordHeartbeatRow:
+    last_heartbeat_at: datetime.datetime
+
 
 MARK_WORKER_STOPPED = """-- name: MarkWorkerStopped :exec
 UPDATE workers
@@ -210,6 +229,8 @@ WITH expired AS (
     SELECT waiting.id
     FROM tasks AS waiting
     WHERE waiting.status = 'queued' AND waiting.schedule_deadline <= now()
+    ORDER BY waiting.schedule_deadline
+    LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks
@@ -231,6 +252,8 @@ WITH overdue AS (
     FROM tasks AS running
     WHERE running.status = 'running'
       AND running.started_at + running.execution_timeout <= now()
+    ORDER BY running.id
+    LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks
@@ -256,8 +279,11 @@ WITH lost AS (
     FROM tasks AS running
     JOIN workers ON workers.id = running.worker_id
     WHERE running.status = 'running'
-      AND workers.last_heartbeat_at
-          < now() - $1::double precision * interval '1 second'
+      AND workers.lease_expires_at < now()
+      AND $1::timestamptz
+          <= now() - workers.lease_seconds * interval '1 second'
+    ORDER BY running.id
+    LIMIT $2
     FOR UPDATE OF running SKIP LOCKED
 )
 UPDATE tasks
@@ -304,6 +330,12 @@ LIST_TASK_EVENTS = """-- name: ListTaskEvents :many
 SELECT task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at FROM task_events
 WHERE task_id = $1
 ORDER BY event_number
+"""
+
+LIMIT_TRANSACTION = """-- name: LimitTransaction :exec
+SELECT
+    set_config('idle_in_transaction_session_timeout', $1::integer::text, true),
+    set_config('lock_timeout', $2::integer::text, true)
 """
 
 NOTIFICATION_CHANNELS = """-- name: NotificationChannels :one
@@ -493,7 +525,15 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _task_from_row(row)
 
-    def claim_tasks(self, *, worker_id: int, queue: str, max_tasks: int) -> list[models.Task]:
+    def claim_tasks(
+        self,
+        *,
+        worker_id: int,
+        queue: str,
+        durable_task_names: Sequence[str],
+        task_names: Sequence[str],
+        max_tasks: int,
+    ) -> list[models.Task]:
         """Take up to max_tasks tasks, highest priority first and oldest first within a
         priority, and run each on this worker, in one statement. Two kinds of task
         can be taken: a queued one, which starts a new attempt, and a suspended one
@@ -503,9 +543,17 @@ class Querier:
         FOR UPDATE locks the chosen rows until the UPDATE commits; SKIP LOCKED makes
         a concurrent claim pass over rows another worker is taking instead of
         waiting for them, so two workers never get the same task.
+
+        Only tasks this worker has a function for (a durable function, for a durable
+        task), to start or to resume: during a rolling deploy, old and new workers
+        share a queue, and an old worker must leave a new kind of task to a new
+        worker rather than fail it.
         """
         with self._cursor() as cur:
-            cur.execute(CLAIM_TASKS, (worker_id, queue, max_tasks))
+            cur.execute(
+                CLAIM_TASKS,
+                (worker_id, queue, _array(durable_task_names), _array(task_names), max_tasks),
+            )
             return [_task_from_row(row) for row in cur.fetchall()]
 
     def finish_attempts(
@@ -608,15 +656,23 @@ class Querier:
             cur.execute(COUNT_TASKS_BY_STATUS)
             return [_count_tasks_by_status_row_from_row(row) for row in cur.fetchall()]
 
-    def register_worker(self, *, name: str, queue: str, slots: int) -> models.Worker | None:
+    def register_worker(
+        self, *, name: str, queue: str, slots: int, lease_seconds: float
+    ) -> models.Worker | None:
+        """The worker's first lease starts now, on the database's clock."""
         with self._cursor() as cur:
-            cur.execute(REGISTER_WORKER, (name, queue, slots))
+            cur.execute(REGISTER_WORKER, (name, queue, slots, lease_seconds))
             row = cur.fetchone()
         return None if row is None else _worker_from_row(row)
 
-    def record_heartbeat(self, *, id: int) -> None:
+    def record_heartbeat(self, *, id: int) -> RecordHeartbeatRow | None:
+        """Extend this worker's lease by its own length, from now. Returns the time of
+        the beat, on the database's clock.
+        """
         with self._cursor() as cur:
             cur.execute(RECORD_HEARTBEAT, (id,))
+            row = cur.fetchone()
+        return None if row is None else _record_heartbeat_row_from_row(row)
 
     def mark_worker_stopped(self, *, id: int) -> None:
         with self._cursor() as cur:
@@ -630,36 +686,48 @@ class Querier:
             cur.execute(LIST_OWNED_ATTEMPTS, (worker_id,))
             return [_list_owned_attempts_row_from_row(row) for row in cur.fetchall()]
 
-    def time_out_queued_tasks(self) -> list[models.Task]:
-        """Fail the tasks that were not started by their schedule deadline.
+    def time_out_queued_tasks(self, *, max_tasks: int) -> list[models.Task]:
+        """Fail up to max_tasks of the tasks that were not started by their schedule
+        deadline, the most overdue first.
 
-        This sweep and the next two are run by every live worker on every heartbeat.
-        Each is one statement that locks the rows it changes with SKIP LOCKED, so two
-        workers sweeping at once never handle the same task twice, and a row being
-        claimed or finished right now is left for the next sweep.
+        This sweep and the next two are run by every live worker's sweeper. Each is
+        one statement that locks the rows it changes with SKIP LOCKED, so two workers
+        sweeping at once never handle the same task twice, and a row being claimed or
+        finished right now is left for the next sweep. Each changes max_tasks rows at
+        most: after a long outage a sweep may find a hundred thousand tasks to end,
+        and one statement for all of them would lock them all, and make every claim
+        wait for its commit, for seconds. The sweeper repeats a full batch at once.
         """
         with self._cursor() as cur:
-            cur.execute(TIME_OUT_QUEUED_TASKS)
+            cur.execute(TIME_OUT_QUEUED_TASKS, (max_tasks,))
             return [_task_from_row(row) for row in cur.fetchall()]
 
-    def time_out_running_tasks(self) -> list[models.Task]:
-        """End the attempts that have run longer than their task's execution timeout:
-        back to the queue when retries are left, failed otherwise.
+    def time_out_running_tasks(self, *, max_tasks: int) -> list[models.Task]:
+        """End up to max_tasks of the attempts that have run longer than their task's
+        execution timeout: back to the queue when retries are left, failed otherwise.
         """
         with self._cursor() as cur:
-            cur.execute(TIME_OUT_RUNNING_TASKS)
+            cur.execute(TIME_OUT_RUNNING_TASKS, (max_tasks,))
             return [_task_from_row(row) for row in cur.fetchall()]
 
     def reassign_tasks_of_lost_workers(
-        self, *, inactivity_threshold_seconds: float
+        self, *, healthy_since: datetime.datetime, max_tasks: int
     ) -> list[models.Task]:
-        """End the attempts of workers whose last heartbeat is older than the inactivity
-        threshold: back to the queue when retries are left, failed otherwise. A task
-        that kills every worker that runs it must not kill them forever, so a lost
-        attempt counts like any failed one.
+        """End up to max_tasks of the attempts of workers whose lease has expired: back
+        to the queue when retries are left, failed otherwise. A task that kills every
+        worker that runs it must not kill them forever, so a lost attempt counts like
+        any failed one.
+
+        An expired lease is evidence of death only if the worker could have renewed
+        it. When the database was out of reach (a restart, a failover, a network
+        outage), every lease expired at once, and the first worker back must not
+        take the tasks of the others, alive and about to beat again. So the sweeper
+        passes healthy_since, when its own unbroken run of heartbeats began, and a
+        worker is taken for dead only once the sweeper has been in touch with the
+        database for a whole lease of that worker: time enough for it to renew.
         """
         with self._cursor() as cur:
-            cur.execute(REASSIGN_TASKS_OF_LOST_WORKERS, (inactivity_threshold_seconds,))
+            cur.execute(REASSIGN_TASKS_OF_LOST_WORKERS, (healthy_since, max_tasks))
             return [_task_from_row(row) for row in cur.fetchall()]
 
     def append_event(
@@ -718,6 +786,17 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(LIST_TASK_EVENTS, (task_id,))
             return [_task_event_from_row(row) for row in cur.fetchall()]
+
+    def limit_transaction(self, *, idle_milliseconds: int, lock_milliseconds: int) -> None:
+        """Bound the transaction this statement runs in (set_config(..., true) lasts
+        until it ends). Idle between two statements for longer than
+        idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
+        server ends the session, and its locks go with it. Waiting for a lock for
+        longer than lock_milliseconds (0: no limit), a statement fails with
+        lock_not_available, which is transient: the caller tries again later.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIMIT_TRANSACTION, (idle_milliseconds, lock_milliseconds))
 
     def notification_channels(self) -> NotificationChannelsRow | None:
         """The channels this schema's triggers notify (see schema.sql), named after the
@@ -895,7 +974,15 @@ def _worker_from_row(row: tuple[Any, ...]) -> models.Worker:
         slots=row[3],
         started_at=row[4],
         last_heartbeat_at=row[5],
-        stopped_at=row[6],
+        lease_seconds=row[6],
+        lease_expires_at=row[7],
+        stopped_at=row[8],
+    )
+
+
+def _record_heartbeat_row_from_row(row: tuple[Any, ...]) -> RecordHeartbeatRow:
+    return RecordHeartbeatRow(
+        last_heartbeat_at=row[0],
     )
 
 

@@ -20,7 +20,10 @@ from psycopg_pool import ConnectionPool
 from ..db.models import Task
 
 
-@dataclass(frozen=True)
+# eq=False: each run is its own, even two runs of the same task at once (one
+# given back to the queue while this worker looked dead, then claimed again; or
+# one that suspended, and was claimed again before it had unwound).
+@dataclass(frozen=True, eq=False)
 class RunningTask:
     """The attempt a task function is running in, as `current_task()` returns it."""
 
@@ -51,12 +54,12 @@ def current_task() -> RunningTask:
 
 
 class RunningAttempts:
-    """The attempts whose functions are running in this worker, by task id."""
+    """The attempts whose functions are running in this worker."""
 
     def __init__(self) -> None:
         # Task threads add and remove attempts while the heartbeat reads them.
         self._lock = threading.Lock()
-        self._by_task_id: dict[int, RunningTask] = {}
+        self._running: set[RunningTask] = set()
 
     @contextmanager
     def running(self, task: Task, pool: ConnectionPool) -> Iterator[RunningTask]:
@@ -69,19 +72,16 @@ class RunningAttempts:
             pool=pool,
         )
         with self._lock:
-            self._by_task_id[task.id] = running
+            self._running.add(running)
         token = _current_task.set(running)
         try:
             yield running
         finally:
             _current_task.reset(token)
             with self._lock:
-                # A task that suspended may be claimed again, by this worker,
-                # before this run has unwound: leave that new run's entry alone.
-                if self._by_task_id.get(task.id) is running:
-                    del self._by_task_id[task.id]
+                self._running.remove(running)
 
     def snapshot(self) -> list[RunningTask]:
         """The attempts running at this moment."""
         with self._lock:
-            return list(self._by_task_id.values())
+            return list(self._running)

@@ -104,6 +104,11 @@ def push_event(conn: psycopg.Connection[Any], key: str, payload: Any) -> PushedE
 
     The event, the ends of the waits and the wake-ups of their tasks are one
     transaction (a savepoint, if `conn` is in one of its own).
+
+    Unlike the engine's, this transaction has no limits (see
+    `transactions.py`): it is the caller's, on the caller's connection. Behind
+    a worker frozen with a wait's row locked, it waits until the server ends
+    that worker's transaction, within half the worker's inactivity threshold.
     """
     to_json(payload, f"the payload of event {key}")
     with conn.transaction():

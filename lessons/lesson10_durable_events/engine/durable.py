@@ -58,7 +58,11 @@ output does not belong to this call, and the task fails with a
 call was made instead.
 
 Every operation uses its own short statement: no transaction stays open while
-the function, or one of its steps, runs.
+the function, or one of its steps, runs. The transactions of more than one
+statement (spawning a child, suspending to wait for one, starting a sleep,
+opening a wait for an event, looking at it) are bounded (`transactions.py`):
+a worker frozen in the middle of one loses its session, and its locks, within
+half its inactivity threshold.
 
 A suspension does not end the attempt, and costs no retry: the task goes on
 with the same attempt number when it is claimed again, on whichever worker
@@ -88,6 +92,7 @@ from .shared import (
     first_line,
     to_json,
 )
+from .transactions import TransactionLimits, bounded_transaction
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +213,7 @@ class DurableContext:
         history: list[TaskEvent],
         queue: str,
         claimed_at: datetime,
+        limits: TransactionLimits,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -218,6 +224,8 @@ class DurableContext:
         # When a worker claimed the task for this run, on the database's clock:
         # a sleep recorded with an earlier wake-up time is over.
         self.claimed_at = claimed_at
+        # The bounds of this context's transactions (the worker's).
+        self.limits = limits
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         self._next_event_number = 1
@@ -234,6 +242,7 @@ class DurableContext:
         *,
         worker_id: int,
         task: Task,
+        limits: TransactionLimits,
     ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         if task.started_at is None:  # the claim sets it
@@ -248,6 +257,7 @@ class DurableContext:
             history=history,
             queue=task.queue,
             claimed_at=task.started_at,
+            limits=limits,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -297,7 +307,11 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
-        with self.pool.connection() as conn, conn.transaction():
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
+        ):
             child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
             # Refused when this attempt is no longer ours: the exception leaves the
             # transaction, which rolls back, so the child is never created either.
@@ -318,7 +332,11 @@ class DurableContext:
         child's end makes it runnable again.
         """
         self._check_not_suspended()
-        with self.pool.connection() as conn, conn.transaction() as transaction:
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction,
+        ):
             # Suspend first, then look. Suspending locks this task's row until we
             # commit. A child finishing now must take that lock to wake us
             # (WakeTasks): it waits for our commit, finds us suspended, and wakes
@@ -331,6 +349,7 @@ class DurableContext:
             if row is None:
                 raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
             finished = row.status in FINISHED_STATUSES
+            crash_point("wait_for_child:before_commit")
             if finished:
                 raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
         if not finished:
@@ -377,11 +396,15 @@ class DurableContext:
             with self.pool.connection() as conn:
                 suspension = self._suspend(conn, wake_at=recorded.wake_at)
             self._stop(suspension)
-        with self.pool.connection() as conn, conn.transaction():
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
+        ):
             event = self._append(
                 conn, event_number, EventKind.SLEEP, "sleep", input, wake_after_seconds=seconds
             )
             suspension = self._suspend(conn, wake_at=event.wake_at)
+            crash_point("sleep:before_commit")
         crash_point("sleep:suspended")
         self._stop(suspension)
 
@@ -404,7 +427,11 @@ class DurableContext:
         input = {"timeout": timeout}
         recorded = self._replay(event_number, EventKind.WAIT, key, input)
         if recorded is None:
-            with self.pool.connection() as conn, conn.transaction():
+            # A task thread may wait for locks: a lock timeout would fail the attempt.
+            with (
+                self.pool.connection() as conn,
+                bounded_transaction(conn, self.limits, wait_for_locks=True),
+            ):
                 event = self._append(
                     conn, event_number, EventKind.WAIT, key, input, wake_after_seconds=timeout
                 )
@@ -419,6 +446,7 @@ class DurableContext:
                     timeout_at=event.wake_at,
                 )
                 suspension = self._suspend(conn, wake_at=event.wake_at)
+                crash_point("wait_for_event:before_commit")
             crash_point("wait_for_event:suspended")
             self._stop(suspension)
         wait = self._ended_wait(recorded)
@@ -482,7 +510,10 @@ class DurableContext:
         skips locked wait rows, as one would skip a locked child. A wait past
         its deadline is ended here, with no event.
         """
-        with self.pool.connection() as conn, conn.transaction():
+        with (
+            self.pool.connection() as conn,
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
+        ):
             queries = Querier(conn)
             wait = queries.get_wait_for_share(
                 task_id=self.task_id, event_number=recorded.event_number
@@ -495,6 +526,7 @@ class DurableContext:
                 return wait
             if wait.timeout_at > self.claimed_at:
                 suspension = self._suspend(conn, wake_at=wait.timeout_at)
+                crash_point("wait_for_event:suspended_again")
             else:
                 timed_out = queries.time_out_wait(
                     task_id=self.task_id,

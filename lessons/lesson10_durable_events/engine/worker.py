@@ -10,11 +10,11 @@ with its own thread and its own lock, which this file starts and stops:
 
 - the poller (`poller.py`) claims tasks, never more than the free slots
   (`slots.py`), and hands each to a fixed pool of task threads, one per slot;
-- the heartbeat (`heartbeat.py`) tells the database, every
-  `heartbeat_interval`, that this worker is alive, and cancels the attempts
+- the heartbeat (`heartbeat.py`) renews this worker's lease every
+  `heartbeat_interval`, by `inactivity_threshold`, and cancels the attempts
   it no longer owns (`attempts.py`);
-- the sweeper (`sweeper.py`) takes back the tasks of workers silent for longer
-  than `inactivity_threshold`, and fires timeouts;
+- the sweeper (`sweeper.py`) takes back the tasks of workers whose lease
+  expired, and fires timeouts;
 - the result writer (`result_writer.py`) records finished attempts, many per
   statement, each only if this worker still owns that attempt (fencing);
 - the listener (`listener.py`) holds a connection that LISTENs for what the
@@ -60,10 +60,12 @@ from .shared import (
     NonRetryableError,
     error_document,
     exception_message,
+    first_line,
     to_json,
 )
 from .slots import Slots
 from .sweeper import Sweeper
+from .transactions import TransactionLimits
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,11 @@ class Worker:
     Durable functions are registered apart, `durable_functions`, because they are
     called differently: with a context first.
 
-    It uses four connections of the pool for the poller, the heartbeat, the
-    sweeper and the result writer, and one more for each durable function while
-    it records or reads its history: give the pool `slots + 4` connections, and
-    a durable function never waits for one. The listener has a connection of
-    its own, outside the pool.
+    It uses three connections of the pool for the poller, the sweeper and the
+    result writer, and one more for each durable function while it records or
+    reads its history: give the pool `slots + 3` connections, and a durable
+    function never waits for one. The heartbeat and the listener have a
+    connection each of their own, outside the pool.
     """
 
     def __init__(
@@ -120,10 +122,14 @@ class Worker:
         # The most tasks this worker runs at once.
         self.slots = slots
         self._slots = Slots(slots)
-        # How often this worker says it is alive, and sweeps.
+        # How often this worker renews its lease, and sweeps.
         self.heartbeat_interval = heartbeat_interval
-        # How long a worker may stay silent before its tasks are taken back.
+        # How long this worker's lease lasts: how long it may stay silent
+        # before its tasks are taken back.
         self.inactivity_threshold = inactivity_threshold
+        # The bounds of every multi-statement transaction this worker opens:
+        # frozen inside one, it holds its locks for half its lease at most.
+        self._transaction_limits = TransactionLimits.for_worker(inactivity_threshold)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.functions: dict[str, TaskFunction] = dict(functions or {})
         self.durable_functions: dict[str, DurableFunction] = dict(durable_functions or {})
@@ -198,20 +204,36 @@ class Worker:
             raise RuntimeError("this worker has already been started")
         with self.pool.connection() as conn:
             worker = Querier(conn).register_worker(
-                name=self.name, queue=self.queue, slots=self.slots
+                name=self.name,
+                queue=self.queue,
+                slots=self.slots,
+                lease_seconds=self.inactivity_threshold,
             )
         if worker is None:  # INSERT ... RETURNING always returns the row
             raise RuntimeError("registering the worker returned no row")
         self._id = worker.id
-        self._results = ResultWriter(self.pool, worker_id=worker.id)
-        self._heartbeat = Heartbeat(
-            self.pool, worker_id=worker.id, interval=self.heartbeat_interval, running=self._running
+        # A result that cannot be written yet is tried again well within a
+        # lease, so that an outage costs no more delay than it must.
+        self._results = ResultWriter(
+            self.pool,
+            worker_id=worker.id,
+            limits=self._transaction_limits,
+            retry_interval=self.heartbeat_interval,
         )
+        self._heartbeat = Heartbeat(
+            self.pool,
+            worker_id=worker.id,
+            interval=self.heartbeat_interval,
+            running=self._running,
+            registered_at=worker.last_heartbeat_at,
+        )
+        heartbeat = self._heartbeat
         self._sweeper = Sweeper(
             self.pool,
             worker_id=worker.id,
             interval=self.heartbeat_interval,
-            inactivity_threshold=self.inactivity_threshold,
+            healthy_since=lambda: heartbeat.healthy_since,
+            limits=self._transaction_limits,
         )
         self._poller = Poller(
             self.pool,
@@ -219,6 +241,8 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            task_names=lambda: sorted(self.functions),
+            durable_task_names=lambda: sorted(self.durable_functions),
             start_task=self._start_task,
         )
         self._results.start()
@@ -301,6 +325,22 @@ class Worker:
     def _run_in_slot(self, task: Task) -> None:
         try:
             self.run_task(task)
+        except BaseException as error:
+            # run_task ends every attempt in an outcome, whatever its function
+            # did; an exception here is the worker's own (say, an output whose
+            # code raises while it is written out). The attempt must still end
+            # in a readable failure, not stay running on a worker that lives on.
+            # Not retried: the same output would meet the same failure.
+            log.exception("task %d attempt %d: the worker failed", task.id, task.attempt)
+            self.record_failure(
+                task,
+                error_document(
+                    "WorkerError",
+                    f"the worker failed while running attempt {task.attempt}: "
+                    f"{type(error).__name__}: {first_line(error)}",
+                ),
+                retryable=False,
+            )
         finally:
             self._slots.give_back()
 
@@ -374,7 +414,9 @@ class Worker:
             return None
 
         def with_context(input: Any) -> Any:
-            context = DurableContext.load(self.pool, worker_id=self.id, task=task)
+            context = DurableContext.load(
+                self.pool, worker_id=self.id, task=task, limits=self._transaction_limits
+            )
             output = durable_function(context, input)
             context.check_whole_history_replayed()
             return output

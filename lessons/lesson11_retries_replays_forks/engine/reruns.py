@@ -29,6 +29,10 @@ reuses it, so the fork would wait for it for ever.
 Each runs in one transaction that starts by locking the task's row, so that two
 operators (or two clicks) replaying and forking the same task run one after the
 other: a fork never copies half of a history that a replay is deleting.
+That transaction is the operator's, on the operator's connection, and has none
+of the engine's limits (`transactions.py`): it only touches finished tasks,
+whose rows no worker locks, and behind a frozen worker it would wait at most
+until the server ends that worker's transaction.
 """
 
 from __future__ import annotations

@@ -12,9 +12,19 @@ owns that attempt. The rows it returns are the outcomes it applied; the others
 are *rejected*, and logged, because the attempt timed out or was given to
 another worker while this one looked dead.
 
+A write the database cannot make for now (it is restarting, out of reach) is
+tried again until it succeeds. A write it refuses for good (an output jsonb
+cannot hold, one too big for a row) is narrowed down to the outcome it
+refuses, which fails its own task with a readable error, while the others of
+the batch are recorded: one poison result never blocks a worker's writer.
+
 A child task that finishes wakes its parent, which is suspended while it waits
 for it, in the same transaction: there is no moment at which a child has
-finished and its parent does not know it may run.
+finished and its parent does not know it may run. That transaction is bounded
+(`transactions.py`): a parent whose row a frozen worker holds (it was spawning
+another child) makes the write fail after the lock timeout, a transient error,
+and the writer tries again, instead of waiting behind it with every result of
+this worker.
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import Task
 from ..db.queries import Querier
-from .shared import error_document, first_line
+from .crash_points import crash_point
+from .shared import error_document, first_line, is_transient
+from .transactions import TransactionLimits, bounded_transaction
 from .wake_ups import wake_parents
 
 log = logging.getLogger(__name__)
@@ -73,10 +85,8 @@ class AttemptOutcome:
             output_json=json.dumps(error),
         )
 
-    def unstorable(self, error: psycopg.DataError) -> AttemptOutcome:
+    def refused(self, error: psycopg.Error) -> AttemptOutcome:
         """This outcome turned into a failure, because the database refused its output."""
-        if not self.succeeded:
-            raise error  # error documents are always storable; this is a bug
         document = error_document(
             "InvalidResult",
             f"the result of {self.display_name} cannot be stored: {first_line(error)}",
@@ -99,15 +109,19 @@ class ResultWriter:
         pool: ConnectionPool,
         *,
         worker_id: int,
+        limits: TransactionLimits,
         max_batch: int = 1000,
         retry_interval: float = 1.0,
         tries_when_stopping: int = 3,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
+        # The bounds of each write's transaction (the worker's).
+        self.limits = limits
         # The most outcomes one statement records.
         self.max_batch = max_batch
-        # When the database cannot be reached, how long to wait before trying again.
+        # When the database cannot be reached (or a lock cannot be had), how
+        # long to wait before trying again.
         self.retry_interval = retry_interval
         self.tries_when_stopping = tries_when_stopping
         # How many outcomes the database rejected (fencing).
@@ -155,6 +169,35 @@ class ResultWriter:
         return batch, True
 
     def _write_until_done(self, batch: list[AttemptOutcome]) -> None:
+        """Record `batch`; narrow a refusal down to the outcomes the database refuses."""
+        try:
+            self._write_while_transient(batch)
+        except psycopg.Error as refusal:
+            if len(batch) > 1:
+                for outcome in batch:
+                    self._write_until_done([outcome])
+            elif batch[0].succeeded:
+                log.warning(
+                    "task %d (%s) attempt %d: the database refused its result: %s",
+                    batch[0].task_id,
+                    batch[0].display_name,
+                    batch[0].attempt,
+                    first_line(refusal),
+                )
+                self._write_until_done([batch[0].refused(refusal)])
+            else:
+                # An error document is short text made storable: this would be a
+                # bug. The task stays running until this worker stops, and is
+                # then taken back like any task of a stopped worker.
+                log.error(
+                    "task %d attempt %d: the database refused its failure: %s",
+                    batch[0].task_id,
+                    batch[0].attempt,
+                    first_line(refusal),
+                )
+
+    def _write_while_transient(self, batch: list[AttemptOutcome]) -> None:
+        """Write `batch`, trying again while the error is one that passes with time."""
         tries = 0
         while True:
             tries += 1
@@ -162,6 +205,8 @@ class ResultWriter:
                 self.write(batch)
                 return
             except psycopg.Error as error:
+                if not is_transient(error):
+                    raise
                 if self._stopping and tries >= self.tries_when_stopping:
                     # Nothing is lost for good: this worker's heartbeat stops with
                     # it, and other workers then take these tasks back.
@@ -177,39 +222,29 @@ class ResultWriter:
 
     def write(self, outcomes: list[AttemptOutcome]) -> None:
         """Record `outcomes` in one fenced statement, and log the ones rejected."""
-        try:
-            with self.pool.connection() as conn:
-                # psycopg prepares a statement the fifth time it runs it, and
-                # PostgreSQL may then reuse a *generic* plan, made without looking
-                # at the arrays (it guesses 10 elements) and from statistics that
-                # may say no task is running. For this statement such a plan can
-                # compare every running task with every outcome: slow, and slower
-                # as results pile up. A fresh plan per batch costs far less.
-                prepare_threshold, conn.prepare_threshold = conn.prepare_threshold, None
-                try:
-                    with conn.transaction():
-                        queries = Querier(conn)
-                        recorded = queries.finish_attempts(
-                            worker_id=self.worker_id,
-                            ids=[outcome.task_id for outcome in outcomes],
-                            attempts=[outcome.attempt for outcome in outcomes],
-                            succeeded=[outcome.succeeded for outcome in outcomes],
-                            retryable=[outcome.retryable for outcome in outcomes],
-                            outputs=[outcome.output_json for outcome in outcomes],
-                        )
-                        wake_parents(queries, recorded)
-                finally:
-                    conn.prepare_threshold = prepare_threshold
-        except psycopg.DataError as error:
-            # JSON that jsonb still refuses (a string holding "\u0000") fails the
-            # whole statement. Write the outcomes one by one to find it, and
-            # record that one as a failure instead.
-            if len(outcomes) == 1:
-                self.write([outcomes[0].unstorable(error)])
-            else:
-                for outcome in outcomes:
-                    self.write([outcome])
-            return
+        with self.pool.connection() as conn:
+            # psycopg prepares a statement the fifth time it runs it, and
+            # PostgreSQL may then reuse a *generic* plan, made without looking
+            # at the arrays (it guesses 10 elements) and from statistics that
+            # may say no task is running. For this statement such a plan can
+            # compare every running task with every outcome: slow, and slower
+            # as results pile up. A fresh plan per batch costs far less.
+            prepare_threshold, conn.prepare_threshold = conn.prepare_threshold, None
+            try:
+                with bounded_transaction(conn, self.limits):
+                    queries = Querier(conn)
+                    recorded = queries.finish_attempts(
+                        worker_id=self.worker_id,
+                        ids=[outcome.task_id for outcome in outcomes],
+                        attempts=[outcome.attempt for outcome in outcomes],
+                        succeeded=[outcome.succeeded for outcome in outcomes],
+                        retryable=[outcome.retryable for outcome in outcomes],
+                        outputs=[outcome.output_json for outcome in outcomes],
+                    )
+                    wake_parents(queries, recorded)
+                    crash_point("finish_attempts:before_commit")
+            finally:
+                conn.prepare_threshold = prepare_threshold
         status_of = {(row.id, row.attempt): row.status for row in recorded}
         for outcome in outcomes:
             status = status_of.get((outcome.task_id, outcome.attempt))

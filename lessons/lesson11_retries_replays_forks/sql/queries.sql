@@ -25,10 +25,19 @@ RETURNING *;
 -- FOR UPDATE locks the chosen rows until the UPDATE commits; SKIP LOCKED makes
 -- a concurrent claim pass over rows another worker is taking instead of
 -- waiting for them, so two workers never get the same task.
+--
+-- Only tasks this worker has a function for (a durable function, for a durable
+-- task), to start or to resume: during a rolling deploy, old and new workers
+-- share a queue, and an old worker must leave a new kind of task to a new
+-- worker rather than fail it.
 WITH to_start AS (
     SELECT queued.id, queued.priority
     FROM tasks AS queued
     WHERE queued.queue = sqlc.arg(queue) AND queued.status = 'queued'
+      AND queued.task_name = ANY(CASE
+          WHEN queued.durable THEN sqlc.arg(durable_task_names)::text[]
+          ELSE sqlc.arg(task_names)::text[]
+      END)
       -- Too late to start: the schedule-timeout sweep will fail it.
       AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
     ORDER BY queued.priority DESC, queued.id
@@ -40,6 +49,10 @@ to_resume AS (
     FROM tasks AS suspended
     WHERE suspended.queue = sqlc.arg(queue) AND suspended.status = 'suspended'
       AND suspended.wake_at <= now()
+      AND suspended.task_name = ANY(CASE
+          WHEN suspended.durable THEN sqlc.arg(durable_task_names)::text[]
+          ELSE sqlc.arg(task_names)::text[]
+      END)
     ORDER BY suspended.wake_at
     LIMIT sqlc.arg(max_tasks)
     FOR UPDATE SKIP LOCKED
@@ -168,14 +181,22 @@ FROM tasks
 GROUP BY status;
 
 -- name: RegisterWorker :one
-INSERT INTO workers (name, queue, slots)
-VALUES (sqlc.arg(name), sqlc.arg(queue), sqlc.arg(slots))
+-- The worker's first lease starts now, on the database's clock.
+INSERT INTO workers (name, queue, slots, lease_seconds, lease_expires_at)
+VALUES (
+    sqlc.arg(name), sqlc.arg(queue), sqlc.arg(slots), sqlc.arg(lease_seconds),
+    now() + sqlc.arg(lease_seconds)::double precision * interval '1 second'
+)
 RETURNING *;
 
--- name: RecordHeartbeat :exec
+-- name: RecordHeartbeat :one
+-- Extend this worker's lease by its own length, from now. Returns the time of
+-- the beat, on the database's clock.
 UPDATE workers
-SET last_heartbeat_at = now()
-WHERE id = sqlc.arg(id);
+SET last_heartbeat_at = now(),
+    lease_expires_at = now() + lease_seconds * interval '1 second'
+WHERE id = sqlc.arg(id)
+RETURNING last_heartbeat_at;
 
 -- name: MarkWorkerStopped :exec
 UPDATE workers
@@ -190,16 +211,22 @@ FROM tasks
 WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 
 -- name: TimeOutQueuedTasks :many
--- Fail the tasks that were not started by their schedule deadline.
+-- Fail up to max_tasks of the tasks that were not started by their schedule
+-- deadline, the most overdue first.
 --
--- This sweep and the next two are run by every live worker on every heartbeat.
--- Each is one statement that locks the rows it changes with SKIP LOCKED, so two
--- workers sweeping at once never handle the same task twice, and a row being
--- claimed or finished right now is left for the next sweep.
+-- This sweep and the next two are run by every live worker's sweeper. Each is
+-- one statement that locks the rows it changes with SKIP LOCKED, so two workers
+-- sweeping at once never handle the same task twice, and a row being claimed or
+-- finished right now is left for the next sweep. Each changes max_tasks rows at
+-- most: after a long outage a sweep may find a hundred thousand tasks to end,
+-- and one statement for all of them would lock them all, and make every claim
+-- wait for its commit, for seconds. The sweeper repeats a full batch at once.
 WITH expired AS (
     SELECT waiting.id
     FROM tasks AS waiting
     WHERE waiting.status = 'queued' AND waiting.schedule_deadline <= now()
+    ORDER BY waiting.schedule_deadline
+    LIMIT sqlc.arg(max_tasks)
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks
@@ -215,13 +242,15 @@ WHERE id IN (SELECT id FROM expired)
 RETURNING *;
 
 -- name: TimeOutRunningTasks :many
--- End the attempts that have run longer than their task's execution timeout:
--- back to the queue when retries are left, failed otherwise.
+-- End up to max_tasks of the attempts that have run longer than their task's
+-- execution timeout: back to the queue when retries are left, failed otherwise.
 WITH overdue AS (
     SELECT running.id
     FROM tasks AS running
     WHERE running.status = 'running'
       AND running.started_at + running.execution_timeout <= now()
+    ORDER BY running.id
+    LIMIT sqlc.arg(max_tasks)
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks
@@ -241,17 +270,28 @@ WHERE id IN (SELECT id FROM overdue)
 RETURNING *;
 
 -- name: ReassignTasksOfLostWorkers :many
--- End the attempts of workers whose last heartbeat is older than the inactivity
--- threshold: back to the queue when retries are left, failed otherwise. A task
--- that kills every worker that runs it must not kill them forever, so a lost
--- attempt counts like any failed one.
+-- End up to max_tasks of the attempts of workers whose lease has expired: back
+-- to the queue when retries are left, failed otherwise. A task that kills every
+-- worker that runs it must not kill them forever, so a lost attempt counts like
+-- any failed one.
+--
+-- An expired lease is evidence of death only if the worker could have renewed
+-- it. When the database was out of reach (a restart, a failover, a network
+-- outage), every lease expired at once, and the first worker back must not
+-- take the tasks of the others, alive and about to beat again. So the sweeper
+-- passes healthy_since, when its own unbroken run of heartbeats began, and a
+-- worker is taken for dead only once the sweeper has been in touch with the
+-- database for a whole lease of that worker: time enough for it to renew.
 WITH lost AS (
     SELECT running.id
     FROM tasks AS running
     JOIN workers ON workers.id = running.worker_id
     WHERE running.status = 'running'
-      AND workers.last_heartbeat_at
-          < now() - sqlc.arg(inactivity_threshold_seconds)::double precision * interval '1 second'
+      AND workers.lease_expires_at < now()
+      AND sqlc.arg(healthy_since)::timestamptz
+          <= now() - workers.lease_seconds * interval '1 second'
+    ORDER BY running.id
+    LIMIT sqlc.arg(max_tasks)
     FOR UPDATE OF running SKIP LOCKED
 )
 UPDATE tasks
@@ -418,6 +458,17 @@ SELECT
 FROM tasks
 ORDER BY id DESC
 LIMIT sqlc.arg(max_tasks);
+
+-- name: LimitTransaction :exec
+-- Bound the transaction this statement runs in (set_config(..., true) lasts
+-- until it ends). Idle between two statements for longer than
+-- idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
+-- server ends the session, and its locks go with it. Waiting for a lock for
+-- longer than lock_milliseconds (0: no limit), a statement fails with
+-- lock_not_available, which is transient: the caller tries again later.
+SELECT
+    set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_milliseconds)::integer::text, true),
+    set_config('lock_timeout', sqlc.arg(lock_milliseconds)::integer::text, true);
 
 -- name: NotificationChannels :one
 -- The channels this schema's triggers notify (see schema.sql), named after the
