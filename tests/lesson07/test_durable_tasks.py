@@ -203,7 +203,7 @@ def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
             task=parent,
             cancelled=threading.Event(),
             poll_interval=POLL_INTERVAL,
-            transaction_limits=TransactionLimits.for_worker(1.0),
+            limits=TransactionLimits.for_worker(1.0),
         )
 
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):

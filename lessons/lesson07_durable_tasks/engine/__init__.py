@@ -4,8 +4,8 @@
 - `crash_points`: the moments a test can have this process killed or frozen at;
 - `transactions`: the limits every multi-statement engine transaction runs under;
 - `client`: enqueue a task, wait for its result;
-- `attempts`, `slots`, `periodic`: what the worker's peers share;
-- `result_writer`, `heartbeat`, `sweeper`, `poller`: the worker's peers;
+- `attempts`, `slots`, `periodic`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
+- `result_writer`, `heartbeat`, `sweeper`, `poller`: the worker's peers;
 - `worker`: starts and stops the peers, and runs each attempt.
 """

@@ -9,8 +9,8 @@ environment variable COURSE_CRASH_AT names that point: then the process sends
 itself SIGKILL, the hardest way to die (no `finally`, no `atexit`, no goodbye
 to the database), the first time it gets there. When COURSE_FREEZE_AT names the
 point, the process sends itself SIGSTOP instead, each time it gets there: it
-freezes, connections and locks held, as a stalled machine would, until the test sends SIGCONT or
-kills it.
+freezes, connections and locks held, as a stalled machine would, until the
+test sends SIGCONT or kills it.
 
 The points:
 

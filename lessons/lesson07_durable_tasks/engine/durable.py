@@ -35,11 +35,10 @@ output does not belong to this call, and the task fails with a
 `NonDeterminismError` that says which event, which call was recorded and which
 call was made instead.
 
-Every operation uses its own short statement, or one short transaction (the
-child and its event): no transaction stays open while the function, or one of
-its steps, runs. And that transaction is bounded (see `transactions.py`): a
-worker frozen inside it cannot keep its task's row locked, and its task
-unclaimable, for ever.
+Every operation uses its own short statement: no transaction stays open while
+the function, or one of its steps, runs. The one transaction of two statements,
+spawning a child, is bounded (`transactions.py`): a worker frozen in the middle
+of it loses its session, and its locks, within half its inactivity threshold.
 """
 
 from __future__ import annotations
@@ -156,7 +155,7 @@ class DurableContext:
         queue: str,
         cancelled: threading.Event,
         poll_interval: float,
-        transaction_limits: TransactionLimits,
+        limits: TransactionLimits,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -168,8 +167,8 @@ class DurableContext:
         self.cancelled = cancelled
         # How often a waiting parent looks at its child.
         self.poll_interval = poll_interval
-        # The bounds of this context's transactions, from the worker's threshold.
-        self.transaction_limits = transaction_limits
+        # The bounds of this context's transactions (the worker's).
+        self.limits = limits
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         self._next_event_number = 1
@@ -186,7 +185,7 @@ class DurableContext:
         task: Task,
         cancelled: threading.Event,
         poll_interval: float,
-        transaction_limits: TransactionLimits,
+        limits: TransactionLimits,
     ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         with pool.connection() as conn:
@@ -200,7 +199,7 @@ class DurableContext:
             queue=task.queue,
             cancelled=cancelled,
             poll_interval=poll_interval,
-            transaction_limits=transaction_limits,
+            limits=limits,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -250,11 +249,10 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
-        # A task thread may wait for the parent's row (wait_for_locks): giving up
-        # would fail the attempt. A frozen holder's own idle limit ends the wait.
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
         with (
             self.pool.connection() as conn,
-            bounded_transaction(conn, self.transaction_limits, wait_for_locks=True),
+            bounded_transaction(conn, self.limits, wait_for_locks=True),
         ):
             child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
             # Refused when this attempt is no longer ours: the exception leaves the

@@ -109,8 +109,8 @@ class Worker:
         # How long this worker's lease lasts: how long it may stay silent
         # before its tasks are taken back.
         self.inactivity_threshold = inactivity_threshold
-        # The bounds of this worker's multi-statement transactions: a frozen
-        # worker's locks are released before its lease expires.
+        # The bounds of every multi-statement transaction this worker opens:
+        # frozen inside one, it holds its locks for half its lease at most.
         self._transaction_limits = TransactionLimits.for_worker(inactivity_threshold)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.functions: dict[str, TaskFunction] = dict(functions or {})
@@ -345,7 +345,7 @@ class Worker:
                 task=task,
                 cancelled=current_task().cancelled,
                 poll_interval=self.poll_interval,
-                transaction_limits=self._transaction_limits,
+                limits=self._transaction_limits,
             )
             output = durable_function(context, input)
             context.check_whole_history_replayed()

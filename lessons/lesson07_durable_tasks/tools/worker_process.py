@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     try:
-        # For each worker: one connection each for the poller, the sweeper and the
-        # result writer (the heartbeat has its own), and one per slot for durable
-        # functions, which read and write their history.
+        # For each worker: one connection each for the poller, the sweeper and
+        # the result writer, and one per slot for durable functions, which read
+        # and write their history. (Each worker's heartbeat has a connection of
+        # its own, outside the pool.)
         pool = create_pool(options.schema, max_size=len(queues) * (3 + options.slots))
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)

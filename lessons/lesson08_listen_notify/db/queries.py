@@ -36,10 +36,10 @@ WITH claimable AS (
     SELECT queued.id
     FROM tasks AS queued
     WHERE queued.queue = $2 AND queued.status = 'queued'
-      AND queued.task_name = ANY(CASE
-          WHEN queued.durable THEN $3::text[]
-          ELSE $4::text[]
-      END)
+      AND queued.task_name = ANY(
+          CASE WHEN queued.durable THEN $3::text[]
+               ELSE $4::text[] END
+      )
       -- Too late to start: the schedule-timeout sweep will fail it.
       AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
     ORDER BY queued.priority DESC, queued.id
@@ -261,9 +261,8 @@ ORDER BY event_number
 """
 
 LIMIT_TRANSACTION = """-- name: LimitTransaction :exec
-SELECT
-    set_config('idle_in_transaction_session_timeout', $1::integer::text, true),
-    set_config('lock_timeout', $2::integer::text, true)
+SELECT set_config('idle_in_transaction_session_timeout', $1::integer::text, true),
+       set_config('lock_timeout', $2::integer::text, true)
 """
 
 NOTIFICATION_CHANNELS = """-- name: NotificationChannels :one
@@ -380,9 +379,10 @@ class Querier:
         SKIP LOCKED makes a concurrent claim pass over rows another worker is taking
         instead of waiting for them, so two workers never get the same task.
 
-        Only tasks this worker has a function for (a durable function, for a durable
-        task): during a rolling deploy, old and new workers share a queue, and an old
-        worker must leave a new kind of task to a new worker rather than fail it.
+        Only tasks this worker has a function for: during a rolling deploy, old and
+        new workers share a queue, and an old worker must leave a new kind of task
+        to a new worker rather than fail it. A durable task needs a durable function
+        of its name, a plain task a plain one: two lists, one for each kind.
         """
         with self._cursor() as cur:
             cur.execute(
@@ -571,11 +571,13 @@ class Querier:
 
     def limit_transaction(self, *, idle_milliseconds: int, lock_milliseconds: int) -> None:
         """Bound the transaction this statement runs in (set_config(..., true) lasts
-        until it ends). Idle between two statements for longer than
-        idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
-        server ends the session, and its locks go with it. Waiting for a lock for
-        longer than lock_milliseconds (0: no limit), a statement fails with
-        lock_not_available, which is transient: the caller tries again later.
+        until the transaction ends). Idle between two of its statements for longer
+        than idle_milliseconds, the server ends the session, and releases its locks
+        with it: a worker frozen or cut off inside a transaction cannot hold a task's
+        row for ever, where the sweeps (SKIP LOCKED) would never take its task back.
+        Waiting for a lock for longer than lock_milliseconds (0: no limit), the
+        statement fails with lock_not_available, which is transient: the caller tries
+        again later.
         """
         with self._cursor() as cur:
             cur.execute(LIMIT_TRANSACTION, (idle_milliseconds, lock_milliseconds))

@@ -90,7 +90,8 @@ class NonDeterminismError(NonRetryableError):
 
     or, when the function returned before making every call the history holds,
     `new call none (the function returned)`. The same code would make the same
-    call again, so the worker fails the task at once, retries left or not.
+    call again, so it is a `NonRetryableError`: the worker fails the task at
+    once, retries left or not.
     """
 
 
@@ -98,8 +99,9 @@ class ChildTaskFailed(NonRetryableError):
     """A child task failed (all its retries, if it had any), so the call that waited for it fails.
 
     Catch it in the durable function to carry on another way; left uncaught, it
-    fails the durable task at once, without a retry: the child has had its own
-    retries, and a retry of the parent would only find the same failed child.
+    fails the durable task at once, without a retry (it is a `NonRetryableError`):
+    the child has had its own retries, and a retry of the parent would only find
+    the same failed child.
     """
 
     def __init__(self, child: Task) -> None:
@@ -120,7 +122,8 @@ class InvalidStepData(NonRetryableError):
     Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
     or a lone surrogate), so the history cannot record it.
 
-    Trying again cannot help, so the worker fails the task at once.
+    Trying again cannot help, so it is a `NonRetryableError`: the worker fails
+    the task at once.
     """
 
 

@@ -22,17 +22,18 @@ RETURNING *;
 -- SKIP LOCKED makes a concurrent claim pass over rows another worker is taking
 -- instead of waiting for them, so two workers never get the same task.
 --
--- Only tasks this worker has a function for (a durable function, for a durable
--- task): during a rolling deploy, old and new workers share a queue, and an old
--- worker must leave a new kind of task to a new worker rather than fail it.
+-- Only tasks this worker has a function for: during a rolling deploy, old and
+-- new workers share a queue, and an old worker must leave a new kind of task
+-- to a new worker rather than fail it. A durable task needs a durable function
+-- of its name, a plain task a plain one: two lists, one for each kind.
 WITH claimable AS (
     SELECT queued.id
     FROM tasks AS queued
     WHERE queued.queue = sqlc.arg(queue) AND queued.status = 'queued'
-      AND queued.task_name = ANY(CASE
-          WHEN queued.durable THEN sqlc.arg(durable_task_names)::text[]
-          ELSE sqlc.arg(task_names)::text[]
-      END)
+      AND queued.task_name = ANY(
+          CASE WHEN queued.durable THEN sqlc.arg(durable_task_names)::text[]
+               ELSE sqlc.arg(task_names)::text[] END
+      )
       -- Too late to start: the schedule-timeout sweep will fail it.
       AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
     ORDER BY queued.priority DESC, queued.id
@@ -266,14 +267,15 @@ ORDER BY event_number;
 
 -- name: LimitTransaction :exec
 -- Bound the transaction this statement runs in (set_config(..., true) lasts
--- until it ends). Idle between two statements for longer than
--- idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
--- server ends the session, and its locks go with it. Waiting for a lock for
--- longer than lock_milliseconds (0: no limit), a statement fails with
--- lock_not_available, which is transient: the caller tries again later.
-SELECT
-    set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_milliseconds)::integer::text, true),
-    set_config('lock_timeout', sqlc.arg(lock_milliseconds)::integer::text, true);
+-- until the transaction ends). Idle between two of its statements for longer
+-- than idle_milliseconds, the server ends the session, and releases its locks
+-- with it: a worker frozen or cut off inside a transaction cannot hold a task's
+-- row for ever, where the sweeps (SKIP LOCKED) would never take its task back.
+-- Waiting for a lock for longer than lock_milliseconds (0: no limit), the
+-- statement fails with lock_not_available, which is transient: the caller tries
+-- again later.
+SELECT set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_milliseconds)::integer::text, true),
+       set_config('lock_timeout', sqlc.arg(lock_milliseconds)::integer::text, true);
 
 -- name: NotificationChannels :one
 -- The channels this schema's triggers notify (see schema.sql), named after the

@@ -139,7 +139,7 @@ class WorkerProcess:
 
     What the child logs goes to a temporary file, read with `log()`.
     `environment` adds variables to the child's environment (this process's own
-    are passed on), such as COURSE_CRASH_AT (see crash_points.py).
+    are passed on), such as COURSE_CRASH_AT (see `engine/crash_points.py`).
     """
 
     def __init__(

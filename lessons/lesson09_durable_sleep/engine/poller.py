@@ -4,8 +4,9 @@ A task is claimed by one `UPDATE ... RETURNING` statement that marks it
 running, so no two workers ever get the same task. The claim's LIMIT is the
 number of free slots, so a task is never claimed only to wait in this process
 while another worker sits idle. And it claims only tasks whose function this
-worker has: a task no worker can run waits on the queue for one that can (a
-new kind of task during a rolling deploy) instead of failing.
+worker has (a durable function for a durable task, a plain one for a plain
+task): a task no worker can run waits on the queue for one that can (a new
+kind of task during a rolling deploy) instead of failing.
 
 The poller claims when told there may be work (`wake()`: the listener heard a
 notification, or has just reconnected), or when `poll_interval` has passed
@@ -52,8 +53,8 @@ class Poller:
         # a notification, or the next wake-up time, comes first. Only a fallback.
         self.poll_interval = poll_interval
         self.slots = slots
-        # The names of the tasks this worker can run, plain and durable (a
-        # durable task runs a durable function), asked before every claim.
+        # The names of the plain and of the durable tasks this worker can run,
+        # asked before every claim.
         self.task_names = task_names
         self.durable_task_names = durable_task_names
         # Runs a claimed task, whose slot is already taken, and gives the slot back.

@@ -7,11 +7,10 @@ cannot hit such a moment reliably, so the engine names them, and calls
 `crash_point(name)` when it gets there. That does nothing at all, unless the
 environment variable COURSE_CRASH_AT names that point: then the process sends
 itself SIGKILL, the hardest way to die (no `finally`, no `atexit`, no goodbye
-to the database), the first time it gets there. When COURSE_FREEZE_AT names
-it, the process stops itself instead (SIGSTOP), as a stalled machine would, each
-time it gets there (the test sends SIGCONT, or kills it): a point inside a
-transaction then shows what a worker frozen there, holding its locks, does to
-the others.
+to the database), the first time it gets there. When COURSE_FREEZE_AT names the
+point, the process sends itself SIGSTOP instead, each time it gets there: it
+freezes, connections and locks held, as a stalled machine would, until the
+test sends SIGCONT or kills it.
 
 The points:
 
@@ -47,13 +46,14 @@ FREEZE_AT = "COURSE_FREEZE_AT"
 
 
 def crash_point(name: str) -> None:
-    """SIGKILL this process if COURSE_CRASH_AT is `name`, SIGSTOP it if COURSE_FREEZE_AT is."""
+    """SIGKILL this process if COURSE_CRASH_AT is `name`, SIGSTOP it if
+    COURSE_FREEZE_AT is; otherwise do nothing."""
     if os.environ.get(CRASH_AT) == name:
         log.warning("crash point %s: SIGKILL", name)
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(FREEZE_AT) == name:
         log.warning("crash point %s: SIGSTOP", name)
         # To this thread, not to the process: a signal sent to the process may
-        # be taken by another thread, and this one could run on (and commit)
-        # before the whole process stops.
+        # be taken by another thread, and this one could run on for a moment
+        # (long enough to commit) before the whole process stops.
         signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
