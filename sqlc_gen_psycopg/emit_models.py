@@ -6,15 +6,18 @@ from sqlc_gen_psycopg.plan import EnumClass, ModelClass, Plan
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import Import
 
-_INET_ALIAS = [
-    "# psycopg loads inet as an address, or as an interface when it has a netmask.",
+_INET_COMMENT = "# psycopg loads inet as an address, or as an interface when it has a netmask."
+_INET_ALIAS = Group(
     "Inet: TypeAlias = (",
-    "    ipaddress.IPv4Address",
-    "    | ipaddress.IPv6Address",
-    "    | ipaddress.IPv4Interface",
-    "    | ipaddress.IPv6Interface",
+    (
+        expression(
+            "ipaddress.IPv4Address | ipaddress.IPv6Address"
+            " | ipaddress.IPv4Interface | ipaddress.IPv6Interface"
+        ),
+    ),
     ")",
-]
+    optional_brackets=True,
+)
 
 _EXEC_RESULT = ModelClass(
     name="ExecResult",
@@ -25,10 +28,11 @@ _EXEC_RESULT = ModelClass(
 
 
 def emit_models(plan: Plan, options: Options, sqlc_version: str) -> str:
-    writer = ModuleWriter(sqlc_version)
+    writer = ModuleWriter(sqlc_version, options.line_length)
     if plan.uses_inet:
         writer.use(Import("ipaddress"), Import("typing", "TypeAlias"))
-        writer.add(_INET_ALIAS, spaced=False)
+        alias = render(_INET_ALIAS, "", options.line_length)
+        writer.add([_INET_COMMENT, *alias], spaced=False)
     for enum_class in plan.enums:
         writer.use(Import("enum"))
         if not options.emit_str_enum:
@@ -95,7 +99,7 @@ def class_lines(
             writer.use(*field.type.imports(param=model.is_params))
         # A long annotation is wrapped in brackets, as ruff does.
         wrapped = Group(f"{field.name}: (", (expression(annotation),), ")", optional_brackets=True)
-        lines += render(wrapped, INDENT)
+        lines += render(wrapped, INDENT, options.line_length)
     return lines
 
 

@@ -25,37 +25,74 @@ from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryModule
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import ColumnType, Import, Kind
 
-_HELPER_OPTIONAL = """\
-def _optional(convert: Callable[[Any], _T], value: Any) -> _T | None:
-    \"\"\"Convert a value unless it is NULL.\"\"\"
-    return None if value is None else convert(value)"""
-
-_HELPER_ARRAY = """\
-def _array(
-    value: Sequence[Any] | None, wrap: Callable[[Any], Any] | None = None, dims: int = 1
-) -> list[Any] | None:
-    \"\"\"Copy a sequence into the nested lists psycopg sends as an array.\"\"\"
-    if value is None:
-        return None
-    if dims > 1:
-        return [_array(item, wrap, dims - 1) for item in value]
-    return [item if wrap is None or item is None else wrap(item) for item in value]"""
-
-_TEXT_ARRAY = """\
-# psycopg does not know the OIDs of the schema's enums, so it returns an enum
-# array in PostgreSQL's text form, such as '{queued,running}'.
-_TEXT_ARRAY = Transformer().get_loader(postgres.types["text"].array_oid, pq.Format.TEXT)"""
-
-_HELPER_ENUM_ARRAY = """\
-def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
-    \"\"\"Parse an enum array into (nested) lists of members.\"\"\"
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = _TEXT_ARRAY.load(value.encode())
-    return [
-        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
-    ]"""
+# The module's private helpers, as Groups so that they are laid out for the line length.
+_OPTIONAL_SIGNATURE = (
+    "def _optional",
+    ("convert: Callable[[Any], _T]", "value: Any"),
+    "_T | None",
+)
+_OPTIONAL_BODY = (
+    f'{INDENT}"""Convert a value unless it is NULL."""',
+    f"{INDENT}return None if value is None else convert(value)",
+)
+_ARRAY_SIGNATURE = (
+    "def _array",
+    (
+        "value: Sequence[Any] | None",
+        "wrap: Callable[[Any], Any] | None = None",
+        "dims: int = 1",
+    ),
+    "list[Any] | None",
+)
+_ARRAY_BODY = (
+    f'{INDENT}"""Copy a sequence into the nested lists psycopg sends as an array."""',
+    f"{INDENT}if value is None:",
+    f"{INDENT * 2}return None",
+    f"{INDENT}if dims > 1:",
+    f"{INDENT * 2}return [_array(item, wrap, dims - 1) for item in value]",
+)
+_ARRAY_RETURN = Group(
+    "return [",
+    (
+        Group(
+            "", ("item", "if wrap is None or item is None", "else wrap(item)"), "", separator=" "
+        ),
+        "for item in value",
+    ),
+    "]",
+    separator=" ",
+)
+_TEXT_ARRAY_COMMENT = (
+    "# psycopg does not know the OIDs of the schema's enums, so it returns an enum",
+    "# array in PostgreSQL's text form, such as '{queued,running}'.",
+)
+_TEXT_ARRAY = call(
+    "_TEXT_ARRAY = Transformer().get_loader",
+    'postgres.types["text"].array_oid',
+    "pq.Format.TEXT",
+)
+_ENUM_ARRAY_HEAD = (
+    "def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:",
+    f'{INDENT}"""Parse an enum array into (nested) lists of members."""',
+    f"{INDENT}if value is None:",
+    f"{INDENT * 2}return None",
+    f"{INDENT}if isinstance(value, str):",
+    f"{INDENT * 2}value = _TEXT_ARRAY.load(value.encode())",
+)
+_ENUM_ARRAY_RETURN = Group(
+    "return [",
+    (
+        Group(
+            "",
+            ("_enum_array(cls, item)", "if isinstance(item, list)", "else _optional(cls, item)"),
+            "",
+            separator=" ",
+        ),
+        "for item in value",
+    ),
+    "]",
+    separator=" ",
+)
 
 # Indentation of a method, its body, and a block inside the body.
 _METHOD = INDENT
@@ -155,7 +192,7 @@ class _QueryModule:
         signature = _def(
             f"{flavor.def_} {query.method}", self._signature(query), self._return_annotation(query)
         )
-        lines = render(signature, _METHOD)
+        lines = self._render(signature, _METHOD)
         lines += docstring(list(query.comments), _BODY)
         if query.cmd == ":copyfrom":
             return lines + self._copy_body(flavor, query)
@@ -172,7 +209,8 @@ class _QueryModule:
             return ("self", "*", *params) if params else ("self",)
         if query.cmd in MULTI_COMMANDS:
             self.writer.use(Import("collections.abc", "Iterable"))
-            return ("self", f"params: Iterable[{query.params_class.name}]")
+            iterable = expression(f"Iterable[{query.params_class.name}]")
+            return ("self", with_prefix("params: ", iterable))
         return ("self", f"arg: {query.params_class.name}")
 
     def _param_annotation(self, column_type: ColumnType) -> str:
@@ -203,7 +241,7 @@ class _QueryModule:
         items = (query.constant, self._args(query)) if query.params else (query.constant,)
         lines = [
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            *render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
+            *self._render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
         ]
         if query.cmd == ":one":
             assert query.result is not None
@@ -211,11 +249,11 @@ class _QueryModule:
             returned = replace(
                 _none_or(convert), open="return (", close=")", optional_brackets=True
             )
-            return [*lines, f"{_BLOCK}row = {aw}cur.fetchone()", *render(returned, _BODY)]
+            return [*lines, f"{_BLOCK}row = {aw}cur.fetchone()", *self._render(returned, _BODY)]
         if query.cmd == ":many":
             assert query.result is not None
             rows = _comprehension(call(self._converter(query.result), "row"), f"{aw}cur.fetchall()")
-            return lines + render(prefixed("return ", rows), _BLOCK)
+            return lines + self._render(prefixed("return ", rows), _BLOCK)
         if query.cmd == ":execrows":
             return [*lines, f"{_BLOCK}return cur.rowcount"]
         if query.cmd == ":execresult":
@@ -224,7 +262,7 @@ class _QueryModule:
                 ("rowcount=cur.rowcount", "statusmessage=cur.statusmessage"),
                 ")",
             )
-            return lines + render(result, _BLOCK)
+            return lines + self._render(result, _BLOCK)
         return lines
 
     def _args(self, query: QueryPlan, prefix: str = "") -> Group:
@@ -238,9 +276,11 @@ class _QueryModule:
         write = Group(f"{flavor.await_}copy.write_row(", (self._args(query, "p."),), ")")
         return [
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            *render(Group(f"{flavor.with_} cur.copy(", (query.constant,), ") as copy:"), _BLOCK),
+            *self._render(
+                Group(f"{flavor.with_} cur.copy(", (query.constant,), ") as copy:"), _BLOCK
+            ),
             f"{_BLOCK}{INDENT}for p in params:",
-            *render(write, _BLOCK + INDENT * 2),
+            *self._render(write, _BLOCK + INDENT * 2),
             # Read while the cursor is open: closing it forgets the count.
             f"{_BLOCK}return cur.rowcount",
         ]
@@ -249,7 +289,7 @@ class _QueryModule:
         """executemany() runs the statement once per parameter set, pipelined."""
         aw = flavor.await_
         args = _comprehension(self._args(query, "p."), "params", target="p")
-        lines = render(prefixed("args = ", args), _BODY)
+        lines = self._render(prefixed("args = ", args), _BODY)
         returning = query.cmd != ":batchexec"
         execute = Group(
             f"{aw}cur.executemany(",
@@ -260,7 +300,7 @@ class _QueryModule:
             return [
                 *lines,
                 f"{_BODY}{flavor.with_} self._cursor() as cur:",
-                *render(execute, _BLOCK),
+                *self._render(execute, _BLOCK),
             ]
         assert query.result is not None
         convert = self._converter(query.result)
@@ -270,19 +310,19 @@ class _QueryModule:
             result_type = f"list[{row} | None]"
             collect = [
                 f"{inner}row = {aw}cur.fetchone()",
-                *render(Group("results.append(", (_none_or(convert),), ")"), inner),
+                *self._render(Group("results.append(", (_none_or(convert),), ")"), inner),
             ]
         else:
             result_type = f"list[list[{row}]]"
             rows = _comprehension(call(convert, "row"), f"{aw}cur.fetchall()")
-            collect = render(Group("results.append(", (rows,), ")"), inner)
+            collect = self._render(Group("results.append(", (rows,), ")"), inner)
         return [
             *lines,
-            f"{_BODY}results: {result_type} = []",
+            *self._render(with_prefix("results: ", expression(result_type)), _BODY, " = []"),
             f"{_BODY}if not args:",
             f"{_BLOCK}return results",
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            *render(execute, _BLOCK),
+            *self._render(execute, _BLOCK),
             f"{_BLOCK}# executemany(returning=True) leaves one result set per parameter set.",
             f"{_BLOCK}while True:",
             *collect,
@@ -334,7 +374,9 @@ class _QueryModule:
             returned = self._row_class(model)
             signature = _def(f"def {_converter_name(model)}", ("row: tuple[Any, ...]",), returned)
             constructor = Group(f"return {returned}(", tuple(values), ")", exploded=True)
-            self.writer.add([*render(signature, ""), *render(constructor, INDENT)], spaced=True)
+            self.writer.add(
+                [*self._render(signature, ""), *self._render(constructor, INDENT)], spaced=True
+            )
 
     def _result_value(self, column_type: ColumnType, value: str) -> Item:
         """A field's value from psycopg's: enums become members, the rest is as loaded."""
@@ -360,18 +402,25 @@ class _QueryModule:
         if "optional" in self.helpers:
             self.writer.use(Import("typing", "TypeVar"))
             self.writer.add(['_T = TypeVar("_T")'], spaced=False)
-            self.writer.add(_HELPER_OPTIONAL.splitlines(), spaced=True)
+            signature = self._render(_def(*_OPTIONAL_SIGNATURE), "")
+            self.writer.add([*signature, *_OPTIONAL_BODY], spaced=True)
         if "array" in self.helpers:
             self.writer.use(Import("collections.abc", "Sequence"))
-            self.writer.add(_HELPER_ARRAY.splitlines(), spaced=True)
+            signature = self._render(_def(*_ARRAY_SIGNATURE), "")
+            returned = self._render(_ARRAY_RETURN, INDENT)
+            self.writer.add([*signature, *_ARRAY_BODY, *returned], spaced=True)
         if "enum_array" in self.helpers:
             self.writer.use(
                 Import("psycopg", "postgres"),
                 Import("psycopg", "pq"),
                 Import("psycopg.adapt", "Transformer"),
             )
-            self.writer.add(_TEXT_ARRAY.splitlines(), spaced=True)
-            self.writer.add(_HELPER_ENUM_ARRAY.splitlines(), spaced=True)
+            self.writer.add([*_TEXT_ARRAY_COMMENT, *self._render(_TEXT_ARRAY, "")], spaced=True)
+            returned = self._render(_ENUM_ARRAY_RETURN, INDENT)
+            self.writer.add([*_ENUM_ARRAY_HEAD, *returned], spaced=True)
+
+    def _render(self, item: Item, indent: str, suffix: str = "") -> list[str]:
+        return render(item, indent, self.options.line_length, suffix)
 
 
 def _refers_to_models(code: str) -> bool:
@@ -405,5 +454,7 @@ def _converter_name(model: ModelClass) -> str:
 
 
 def emit_queries(module: QueryModule, options: Options, sqlc_version: str) -> str:
-    writer = ModuleWriter(sqlc_version, source=module.source, package=options.package)
+    writer = ModuleWriter(
+        sqlc_version, options.line_length, source=module.source, package=options.package
+    )
     return _QueryModule(writer, options, module.source).build(module.queries)

@@ -4,6 +4,7 @@
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,15 @@ REPOSITORY = GENERATOR_TESTS.parents[1]
 GOLDEN = GENERATOR_TESTS / "golden"
 # The plugin, sqlc, ruff and mypy all live next to the Python running the tests.
 VENV_BIN = Path(sys.executable).parent
+
+
+def configured_line_length(package: str) -> int:
+    """The `line_length` that tests/generator/sqlc.yaml sets for golden/<package>, else 88."""
+    config = (GENERATOR_TESTS / "sqlc.yaml").read_text()
+    entry = re.search(rf"out: golden/{package}\n        options:\n((?:          .*\n)*)", config)
+    assert entry, f"no codegen entry writes golden/{package}"
+    length = re.search(r"^          line_length: (\d+)$", entry.group(1), re.MULTILINE)
+    return int(length.group(1)) if length else 88
 
 
 def run_sqlc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

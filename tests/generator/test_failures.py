@@ -69,6 +69,9 @@ def test_a_valid_request_generates_files() -> None:
         ),
         ({"query_parameter_limit": "4"}, "option `query_parameter_limit` must be an integer"),
         ({"package": "my-app.db"}, "option `package` must be a dotted Python package name"),
+        ({"line_length": 60}, "option `line_length` must be between 79 and 320, got 60"),
+        ({"line_length": "88"}, "option `line_length` must be an integer"),
+        ({"out": 1}, "option `out` must be a string"),
         (
             {"inflection_exclude_table_names": "data"},
             "option `inflection_exclude_table_names` must",

@@ -270,7 +270,9 @@ class Querier:
     ) -> list[ListSamplesByFeelingRow]:
         with self._cursor() as cur:
             cur.execute(LIST_SAMPLES_BY_FEELING, (_array(feelings),))
-            return [_list_samples_by_feeling_row_from_row(row) for row in cur.fetchall()]
+            return [
+                _list_samples_by_feeling_row_from_row(row) for row in cur.fetchall()
+            ]
 
     def count_samples(self) -> CountSamplesRow | None:
         with self._cursor() as cur:
@@ -278,7 +280,9 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _count_samples_row_from_row(row)
 
-    def set_feeling(self, *, feeling: models.Mood | str | None, ids: Sequence[int]) -> int:
+    def set_feeling(
+        self, *, feeling: models.Mood | str | None, ids: Sequence[int]
+    ) -> int:
         with self._cursor() as cur:
             cur.execute(SET_FEELING, (feeling, _array(ids)))
             return cur.rowcount
@@ -286,7 +290,9 @@ class Querier:
     def touch_samples(self) -> models.ExecResult:
         with self._cursor() as cur:
             cur.execute(TOUCH_SAMPLES)
-            return models.ExecResult(rowcount=cur.rowcount, statusmessage=cur.statusmessage)
+            return models.ExecResult(
+                rowcount=cur.rowcount, statusmessage=cur.statusmessage
+            )
 
     def delete_sample(self, *, id: int) -> None:
         with self._cursor() as cur:
@@ -330,7 +336,9 @@ class Querier:
             # executemany(returning=True) leaves one result set per parameter set.
             while True:
                 row = cur.fetchone()
-                results.append(None if row is None else _get_event_inputs_row_from_row(row))
+                results.append(
+                    None if row is None else _get_event_inputs_row_from_row(row)
+                )
                 if not cur.nextset():
                     return results
 
@@ -345,7 +353,9 @@ class Querier:
             cur.executemany(LIST_EVENTS_OF_TYPE, args, returning=True)
             # executemany(returning=True) leaves one result set per parameter set.
             while True:
-                results.append([_list_events_of_type_row_from_row(row) for row in cur.fetchall()])
+                results.append(
+                    [_list_events_of_type_row_from_row(row) for row in cur.fetchall()]
+                )
                 if not cur.nextset():
                     return results
 
@@ -402,7 +412,9 @@ def _sample_from_row(row: tuple[Any, ...]) -> models.Sample:
     )
 
 
-def _list_samples_by_feeling_row_from_row(row: tuple[Any, ...]) -> ListSamplesByFeelingRow:
+def _list_samples_by_feeling_row_from_row(
+    row: tuple[Any, ...],
+) -> ListSamplesByFeelingRow:
     return ListSamplesByFeelingRow(
         id=row[0],
         feeling=_optional(models.Mood, row[1]),
@@ -489,5 +501,6 @@ def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
     if isinstance(value, str):
         value = _TEXT_ARRAY.load(value.encode())
     return [
-        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
+        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item)
+        for item in value
     ]
