@@ -21,7 +21,14 @@ from sqlc_gen_psycopg.layout import (
 )
 from sqlc_gen_psycopg.naming import snake_case
 from sqlc_gen_psycopg.options import Options
-from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryModule, QueryPlan
+from sqlc_gen_psycopg.plan import (
+    MULTI_COMMANDS,
+    ROW_COMMANDS,
+    ModelClass,
+    Param,
+    QueryModule,
+    QueryPlan,
+)
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import ColumnType, Import, Kind
 
@@ -218,18 +225,33 @@ class _QueryModule:
         return column_type.annotation(in_models=False, param=True)
 
     def _return_annotation(self, query: QueryPlan) -> str:
-        row = self._row_class(query.result) if query.result else ""
+        row = self._result_annotation(query) if query.cmd in ROW_COMMANDS else ""
         return {
-            ":one": f"{row} | None",
+            ":one": _or_none(row),
             ":many": f"list[{row}]",
             ":exec": "None",
             ":execrows": "int",
             ":execresult": "models.ExecResult",
             ":copyfrom": "int",
             ":batchexec": "None",
-            ":batchone": f"list[{row} | None]",
+            ":batchone": f"list[{_or_none(row)}]",
             ":batchmany": f"list[list[{row}]]",
         }[query.cmd]
+
+    def _result_annotation(self, query: QueryPlan) -> str:
+        """What a result row becomes: a model or Row class, or the value of its one column."""
+        if query.value is None:
+            assert query.result is not None
+            return self._row_class(query.result)
+        self.writer.use(*query.value.imports(param=False))
+        return query.value.annotation(in_models=False, param=False)
+
+    def _from_row(self, query: QueryPlan) -> Item:
+        """The expression that turns the tuple `row` into what _result_annotation says."""
+        if query.value is None:
+            assert query.result is not None
+            return call(self._converter(query.result), "row")
+        return self._result_value(query.value, "row[0]")
 
     @staticmethod
     def _row_class(model: ModelClass) -> str:
@@ -244,15 +266,12 @@ class _QueryModule:
             *self._render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
         ]
         if query.cmd == ":one":
-            assert query.result is not None
-            convert = self._converter(query.result)
             returned = replace(
-                _none_or(convert), open="return (", close=")", optional_brackets=True
+                _none_or(self._from_row(query)), open="return (", close=")", optional_brackets=True
             )
             return [*lines, f"{_BLOCK}row = {aw}cur.fetchone()", *self._render(returned, _BODY)]
         if query.cmd == ":many":
-            assert query.result is not None
-            rows = _comprehension(call(self._converter(query.result), "row"), f"{aw}cur.fetchall()")
+            rows = _comprehension(self._from_row(query), f"{aw}cur.fetchall()")
             return lines + self._render(prefixed("return ", rows), _BLOCK)
         if query.cmd == ":execrows":
             return [*lines, f"{_BLOCK}return cur.rowcount"]
@@ -302,19 +321,16 @@ class _QueryModule:
                 f"{_BODY}{flavor.with_} self._cursor() as cur:",
                 *self._render(execute, _BLOCK),
             ]
-        assert query.result is not None
-        convert = self._converter(query.result)
-        row = self._row_class(query.result)
+        value = self._from_row(query)
+        result_type = self._return_annotation(query)
         inner = _BLOCK + INDENT
         if query.cmd == ":batchone":
-            result_type = f"list[{row} | None]"
             collect = [
                 f"{inner}row = {aw}cur.fetchone()",
-                *self._render(Group("results.append(", (_none_or(convert),), ")"), inner),
+                *self._render(Group("results.append(", (_none_or(value),), ")"), inner),
             ]
         else:
-            result_type = f"list[list[{row}]]"
-            rows = _comprehension(call(convert, "row"), f"{aw}cur.fetchall()")
+            rows = _comprehension(value, f"{aw}cur.fetchall()")
             collect = self._render(Group("results.append(", (rows,), ")"), inner)
         return [
             *lines,
@@ -442,11 +458,14 @@ def _def(head: str, parameters: tuple[Item, ...], returns: str) -> Group:
     )
 
 
-def _none_or(convert: str) -> Group:
-    """`None if row is None else convert(row)`, without brackets of its own."""
-    return Group(
-        "", ("None", "if row is None", prefixed("else ", call(convert, "row"))), "", separator=" "
-    )
+def _none_or(value: Item) -> Group:
+    """`None if row is None else value`, without brackets of its own."""
+    return Group("", ("None", "if row is None", with_prefix("else ", value)), "", separator=" ")
+
+
+def _or_none(annotation: str) -> str:
+    """`T | None`, for :one's missing row; a nullable column's type has it already."""
+    return annotation if annotation.endswith(" | None") else f"{annotation} | None"
 
 
 def _converter_name(model: ModelClass) -> str:

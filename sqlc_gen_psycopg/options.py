@@ -46,6 +46,8 @@ class Options:
     query_parameter_limit: int = DEFAULT_QUERY_PARAMETER_LIMIT
     overrides: tuple[Override, ...] = ()
     strict_types: bool = False
+    # A result of one column comes back as a one-field Row class rather than the value.
+    emit_single_column_row_class: bool = False
     line_length: int = DEFAULT_LINE_LENGTH
     # sqlc-gen-python reads `out` and does nothing with it (sqlc's codegen `out:` says
     # where files go); it is accepted so that its configurations work unchanged.
@@ -152,6 +154,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "query_parameter_limit": _integer,
     "overrides": _overrides,
     "strict_types": _boolean,
+    "emit_single_column_row_class": _boolean,
     "line_length": _line_length,
     "out": _string,
 }

@@ -79,8 +79,10 @@ class QueryPlan:
     params: tuple[Param, ...]
     # Set when the parameters come in one object (bundled, or one per batch item).
     params_class: ModelClass | None
-    # The class of a result row (a table model or the query's Row class).
+    # The class of a result row (a table model or the query's Row class)...
     result: ModelClass | None
+    # ...or, for a result of one column, the type of its value (as sqlc-gen-go returns it).
+    value: ColumnType | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +318,7 @@ def _build_query(
     if query.cmd in MULTI_COMMANDS and not params:
         raise GenerationError(f"{where}: {query.cmd} needs at least one parameter")
     method = naming.snake_case(query.name)
+    value = _single_value(query, options, resolver, where)
     return QueryPlan(
         name=query.name,
         cmd=query.cmd,
@@ -332,9 +335,27 @@ def _build_query(
         if bundled
         else None,
         result=_result_class(query, request, resolver, models, where)
-        if query.cmd in ROW_COMMANDS
+        if query.cmd in ROW_COMMANDS and value is None
         else None,
+        value=value,
     )
+
+
+def _single_value(
+    query: Query, options: Options, resolver: _TypeResolver, where: str
+) -> ColumnType | None:
+    """The type of the one column of a result, unless its rows are to be Row classes.
+
+    sqlc-gen-go and sqlc-gen-python return such a value bare; sqlc.embed(table) is
+    a whole model, not a value.
+    """
+    if query.cmd not in ROW_COMMANDS or options.emit_single_column_row_class:
+        return None
+    if len(query.columns) != 1 or query.columns[0].embed_table is not None:
+        return None
+    column = query.columns[0]
+    name = column.name or "column_1"
+    return resolver.resolve(column, f"{where}, column {name}")
 
 
 def _params(query: Query, resolver: _TypeResolver, where: str) -> tuple[Param, ...]:

@@ -40,6 +40,11 @@ def generate(options: dict[str, Any], *queries: dict[str, Any]) -> tuple[int, st
     return run_main(json.dumps(request).encode())
 
 
+def decoded_files(out: str) -> dict[str, str]:
+    """The files of the plugin's response, by name."""
+    return {f["name"]: base64.b64decode(f["contents"]).decode() for f in json.loads(out)["files"]}
+
+
 def run_main(stdin: bytes, args: list[str] | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
@@ -146,8 +151,8 @@ def test_without_strict_types_an_unknown_type_is_any() -> None:
     ltree = {"name": "path", "not_null": True, "type": {"name": "ltree"}}
     status, out, _ = generate({"emit_sync_querier": True}, query("Paths", ":many", columns=[ltree]))
     assert status == 0
-    files = {f["name"]: base64.b64decode(f["contents"]).decode() for f in json.loads(out)["files"]}
-    assert "    path: Any\n" in files["queries.py"]
+    files = decoded_files(out)
+    assert "def paths(self) -> list[Any]:" in files["queries.py"]
 
 
 def test_a_request_that_is_not_json_fails() -> None:
@@ -181,3 +186,21 @@ def test_sqlc_shows_the_plugins_message(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "query DeleteT (queries.sql): :execlastid is not supported" in result.stderr
     assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, "def count_tasks(self) -> int | None:"),
+        ({"emit_single_column_row_class": True}, "def count_tasks(self) -> CountTasksRow | None:"),
+    ],
+)
+def test_one_column_is_a_value_unless_the_row_class_is_asked_for(
+    options: dict[str, Any], expected: str
+) -> None:
+    total = {"name": "total", "not_null": True, "type": {"name": "int8"}}
+    status, out, err = generate(
+        {"emit_sync_querier": True, **options}, query("CountTasks", ":one", columns=[total])
+    )
+    assert (status, err) == (0, "")
+    assert expected in decoded_files(out)["queries.py"]
