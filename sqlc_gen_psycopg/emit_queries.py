@@ -265,6 +265,9 @@ class _QueryModule:
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
             *self._render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
         ]
+        if query.cmd == ":one" and query.value is not None and query.value.is_void:
+            # Nothing to return: the row holds only None.
+            return lines
         if query.cmd == ":one":
             returned = replace(
                 _none_or(self._from_row(query)), open="return (", close=")", optional_brackets=True
@@ -385,7 +388,8 @@ class _QueryModule:
                 else:
                     assert f.type is not None
                     value = self._result_value(f.type, f"row[{index}]")
-                values.append(with_prefix(f"{f.name}=", value))
+                # An escaped pydantic field is given by its alias, the column's name.
+                values.append(with_prefix(f"{f.alias or f.name}=", value))
                 index += f.width
             returned = self._row_class(model)
             signature = _def(f"def {_converter_name(model)}", ("row: tuple[Any, ...]",), returned)
@@ -465,7 +469,9 @@ def _none_or(value: Item) -> Group:
 
 def _or_none(annotation: str) -> str:
     """`T | None`, for :one's missing row; a nullable column's type has it already."""
-    return annotation if annotation.endswith(" | None") else f"{annotation} | None"
+    if annotation == "None" or annotation.endswith(" | None"):
+        return annotation
+    return f"{annotation} | None"
 
 
 def _converter_name(model: ModelClass) -> str:

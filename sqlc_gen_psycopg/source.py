@@ -133,8 +133,12 @@ def _with_noqa(text: str, extra: set[str], line_length: int) -> str:
 
 
 def string_literal(text: str) -> str:
-    """A triple-quoted literal holding `text` exactly (used for SQL)."""
-    escaped = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    """A triple-quoted literal holding `text` exactly (used for SQL).
+
+    Tabs are written `\\t`: a tab in a line's indentation inside the literal is one
+    ruff's E101 flags.
+    """
+    escaped = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').replace("\t", "\\t")
     if escaped.endswith('"'):
         escaped = escaped[:-1] + '\\"'
     return f'"""{escaped}"""'

@@ -4,10 +4,9 @@ Every test body is written once against the sync API; the async querier runs it
 through `Blocking`, which drives each coroutine on one event loop.
 """
 
-import asyncio
 import datetime
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from ipaddress import ip_interface, ip_network
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.range import Range
 
+from tests.generator.conftest import each_querier
 from tests.generator.golden.fixture import models
 from tests.generator.golden.fixture.queries import (
     AsyncQuerier,
@@ -73,39 +73,15 @@ EVERYTHING = InsertSampleParams(
 NOTHING = InsertSampleParams(**{field: None for field in InsertSampleParams.__dataclass_fields__})
 
 
-class Blocking:
-    """The AsyncQuerier's methods, each run to completion on `runner`'s loop."""
-
-    def __init__(self, querier: AsyncQuerier, runner: asyncio.Runner) -> None:
-        self._querier = querier
-        self._runner = runner
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._querier, name)
-        return lambda *args, **kwargs: self._runner.run(method(*args, **kwargs))
-
-
 @pytest.fixture(params=["sync", "async"])
 def querier(
     request: pytest.FixtureRequest,
     fixture_schema_connection: psycopg.Connection[Any],
     database_url: str,
 ) -> Iterator[Any]:
-    if request.param == "sync":
-        yield Querier(fixture_schema_connection)
-        return
-    schema = fixture_schema_connection.execute("SELECT current_schema()").fetchone()
-    assert schema is not None
-    with asyncio.Runner() as runner:
-        conn = runner.run(
-            psycopg.AsyncConnection.connect(
-                database_url, autocommit=True, options=f"-c search_path={schema[0]}"
-            )
-        )
-        try:
-            yield Blocking(AsyncQuerier(conn), runner)
-        finally:
-            runner.run(conn.close())
+    yield from each_querier(
+        request.param, fixture_schema_connection, database_url, Querier, AsyncQuerier
+    )
 
 
 def test_every_type_round_trips(querier: Any) -> None:

@@ -140,6 +140,36 @@ def test_two_queries_files_with_one_module_name_fail() -> None:
     assert "queries files tasks!.sql and tasks.sql would both be tasks.py" in err
 
 
+def test_two_queries_with_one_method_name_fail() -> None:
+    status, _, err = generate(
+        {"emit_sync_querier": True},
+        query("GetHTTPStatus", ":exec"),
+        query("GetHttpStatus", ":exec"),
+    )
+    assert status == 1
+    assert (
+        "queries GetHTTPStatus and GetHttpStatus (queries.sql) would both be named "
+        "get_http_status; rename one of them"
+    ) in err
+
+
+def test_a_slice_outside_any_fails_with_a_hint() -> None:
+    ids = {"name": "ids", "not_null": True, "is_sqlc_slice": True, "type": {"name": "int8"}}
+    in_list = query(
+        "TasksIn",
+        ":many",
+        text="SELECT id FROM tasks WHERE id IN ($1)",
+        columns=[TASKS["columns"][0]],
+        params=[{"number": 1, "column": ids}],
+    )
+    status, _, err = generate({}, in_list)
+    assert status == 1
+    assert (
+        "query TasksIn (queries.sql): sqlc.slice(ids) works in PostgreSQL only as "
+        "`= ANY(sqlc.slice(ids))`"
+    ) in err
+
+
 def test_strict_types_rejects_an_unknown_type() -> None:
     ltree = {"name": "path", "not_null": True, "type": {"name": "ltree"}}
     status, _, err = generate({"strict_types": True}, query("Paths", ":many", columns=[ltree]))
