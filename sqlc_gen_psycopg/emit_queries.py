@@ -127,6 +127,10 @@ class _Flavor:
         return "async with" if self.is_async else "with"
 
     @property
+    def for_(self) -> str:
+        return "async for" if self.is_async else "for"
+
+    @property
     def await_(self) -> str:
         return "await " if self.is_async else ""
 
@@ -197,7 +201,9 @@ class _QueryModule:
 
     def _method(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
         signature = _def(
-            f"{flavor.def_} {query.method}", self._signature(query), self._return_annotation(query)
+            f"{flavor.def_} {query.method}",
+            self._signature(query),
+            self._return_annotation(flavor, query),
         )
         lines = self._render(signature, _METHOD)
         lines += docstring(list(query.comments), _BODY)
@@ -224,8 +230,16 @@ class _QueryModule:
         self.writer.use(*column_type.imports(param=True))
         return column_type.annotation(in_models=False, param=True)
 
-    def _return_annotation(self, query: QueryPlan) -> str:
+    def _return_annotation(self, flavor: _Flavor, query: QueryPlan) -> str:
         row = self._result_annotation(query) if query.cmd in ROW_COMMANDS else ""
+        if query.cmd == ":many" and self.options.emit_streaming_many:
+            # Generators, not mere iterators: close() / aclose() (or contextlib's closing /
+            # aclosing) ends a stream early and frees the connection.
+            if flavor.is_async:
+                self.writer.use(Import("collections.abc", "AsyncGenerator"))
+                return f"AsyncGenerator[{row}, None]"
+            self.writer.use(Import("collections.abc", "Generator"))
+            return f"Generator[{row}, None, None]"
         return {
             ":one": _or_none(row),
             ":many": f"list[{row}]",
@@ -261,6 +275,8 @@ class _QueryModule:
         """:one, :many, :exec, :execrows, :execresult: one execute on a fresh cursor."""
         aw = flavor.await_
         items = (query.constant, self._args(query)) if query.params else (query.constant,)
+        if query.cmd == ":many" and self.options.emit_streaming_many:
+            return self._stream_body(flavor, items, query)
         lines = [
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
             *self._render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
@@ -286,6 +302,16 @@ class _QueryModule:
             )
             return lines + self._render(result, _BLOCK)
         return lines
+
+    def _stream_body(self, flavor: _Flavor, items: tuple[Item, ...], query: QueryPlan) -> list[str]:
+        """:many with emit_streaming_many: a generator over cursor.stream(), which hands
+        over each row as the server sends it, so no result is ever held whole."""
+        loop = Group(f"{flavor.for_} row in cur.stream(", items, "):")
+        return [
+            f"{_BODY}{flavor.with_} self._cursor() as cur:",
+            *self._render(loop, _BLOCK),
+            *self._render(with_prefix("yield ", self._from_row(query)), _BLOCK + INDENT),
+        ]
 
     def _args(self, query: QueryPlan, prefix: str = "") -> Group:
         """The tuple of values for $1..$n."""
@@ -325,7 +351,7 @@ class _QueryModule:
                 *self._render(execute, _BLOCK),
             ]
         value = self._from_row(query)
-        result_type = self._return_annotation(query)
+        result_type = self._return_annotation(flavor, query)
         inner = _BLOCK + INDENT
         if query.cmd == ":batchone":
             collect = [

@@ -48,6 +48,8 @@ class Options:
     strict_types: bool = False
     # A result of one column comes back as a one-field Row class rather than the value.
     emit_single_column_row_class: bool = False
+    # :many methods are generators over cursor.stream() instead of returning a list.
+    emit_streaming_many: bool = False
     line_length: int = DEFAULT_LINE_LENGTH
     # sqlc-gen-python reads `out` and does nothing with it (sqlc's codegen `out:` says
     # where files go); it is accepted so that its configurations work unchanged.
@@ -155,6 +157,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "overrides": _overrides,
     "strict_types": _boolean,
     "emit_single_column_row_class": _boolean,
+    "emit_streaming_many": _boolean,
     "line_length": _line_length,
     "out": _string,
 }
