@@ -87,6 +87,14 @@ UPDATE_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES = """-- name: Update
 UPDATE a_table_with_a_really_quite_long_name_indeed_yes SET another_column_with_an_extremely_long_name_for_layout_testing = $1, yet_another_fairly_long_column_name = $2 WHERE id = $3
 """
 
+LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE = """-- name: ListTheEnumerationValuesOfEveryRowInTheLongTable :many
+SELECT the_list_of_enumeration_values_column FROM a_table_with_a_really_quite_long_name_indeed_yes
+"""
+
+ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW = """-- name: OneEnumerationValueOfTheLongTableRow :one
+SELECT yet_another_fairly_long_column_name FROM a_table_with_a_really_quite_long_name_indeed_yes WHERE id = $1
+"""
+
 
 class Querier:
     """The queries of queries.sql, run in the connection's current transaction."""
@@ -260,6 +268,28 @@ class Querier:
                 rowcount=cur.rowcount, statusmessage=cur.statusmessage
             )
 
+    def list_the_enumeration_values_of_every_row_in_the_long_table(
+        self,
+    ) -> list[list[models.ARatherLongEnumerationTypeNameForTesting] | None]:
+        with self._cursor() as cur:
+            cur.execute(LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE)
+            return [
+                _enum_array(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+                for row in cur.fetchall()
+            ]
+
+    def one_enumeration_value_of_the_long_table_row(
+        self, *, id: int
+    ) -> models.ARatherLongEnumerationTypeNameForTesting | None:
+        with self._cursor() as cur:
+            cur.execute(ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW, (id,))
+            row = cur.fetchone()
+        return (
+            None
+            if row is None
+            else _optional(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+        )
+
 
 class AsyncQuerier:
     """The queries of queries.sql, run in the connection's current transaction."""
@@ -432,6 +462,30 @@ class AsyncQuerier:
             return models.ExecResult(
                 rowcount=cur.rowcount, statusmessage=cur.statusmessage
             )
+
+    async def list_the_enumeration_values_of_every_row_in_the_long_table(
+        self,
+    ) -> list[list[models.ARatherLongEnumerationTypeNameForTesting] | None]:
+        async with self._cursor() as cur:
+            await cur.execute(
+                LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE
+            )
+            return [
+                _enum_array(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+                for row in await cur.fetchall()
+            ]
+
+    async def one_enumeration_value_of_the_long_table_row(
+        self, *, id: int
+    ) -> models.ARatherLongEnumerationTypeNameForTesting | None:
+        async with self._cursor() as cur:
+            await cur.execute(ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW, (id,))
+            row = await cur.fetchone()
+        return (
+            None
+            if row is None
+            else _optional(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+        )
 
 
 def _a_table_with_a_really_quite_long_name_indeed_ye_from_row(
