@@ -6,8 +6,8 @@ passes mypy --strict, ruff format at its line length and ruff check.
 
 import datetime
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, get_type_hints
 
 import psycopg
 import pytest
@@ -88,6 +88,7 @@ def test_copyfrom_with_named_parameters_copies_into_the_columns(querier: Any) ->
 
 
 def test_a_slice_takes_a_sequence(querier: Any) -> None:
+    assert get_type_hints(Querier.users_by_ids)["ids"] == Sequence[int]
     querier.copy_users([CopyUsersParams(id_param=n, name_param=str(n)) for n in range(3)])
     assert [user.id for user in querier.users_by_ids(ids=(0, 2))] == [0, 2]
     assert querier.users_by_ids(ids=[]) == []
@@ -99,6 +100,7 @@ def test_sql_with_tabs_is_sent_unchanged(querier: Any) -> None:
 
 
 def test_void_results_are_none(querier: Any) -> None:
+    assert get_type_hints(Querier.sleep)["return"] is type(None)
     assert querier.sleep() is None
 
 

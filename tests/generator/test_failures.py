@@ -64,6 +64,11 @@ def test_a_valid_request_generates_files() -> None:
     assert names == ["__init__.py", "models.py", "queries.py"]
 
 
+def test_sqlc_gen_pythons_out_option_is_accepted() -> None:
+    status, _, err = generate({"out": "src/db", "emit_sync_querier": True})
+    assert (status, err) == (0, "")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
