@@ -6,15 +6,22 @@ from sqlc_gen_psycopg.plan import EnumClass, ModelClass, Plan
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import Import
 
-_INET_ALIAS = [
-    "# psycopg loads inet as an address, or as an interface when it has a netmask.",
+_INET_COMMENT = "# psycopg loads inet as an address, or as an interface when it has a netmask."
+_INET_ALIAS = Group(
     "Inet: TypeAlias = (",
-    "    ipaddress.IPv4Address",
-    "    | ipaddress.IPv6Address",
-    "    | ipaddress.IPv4Interface",
-    "    | ipaddress.IPv6Interface",
+    (
+        expression(
+            "ipaddress.IPv4Address | ipaddress.IPv6Address"
+            " | ipaddress.IPv4Interface | ipaddress.IPv6Interface"
+        ),
+    ),
     ")",
-]
+    optional_brackets=True,
+)
+
+# Members named like these are what an enum's labels say (`o`, `i`), yet ruff's E741 flags
+# them as easily mistaken for 0 and 1; the comment silences that one line.
+_AMBIGUOUS = dict.fromkeys(("O", "I"), "  # noqa: E741")
 
 _EXEC_RESULT = ModelClass(
     name="ExecResult",
@@ -25,10 +32,11 @@ _EXEC_RESULT = ModelClass(
 
 
 def emit_models(plan: Plan, options: Options, sqlc_version: str) -> str:
-    writer = ModuleWriter(sqlc_version)
+    writer = ModuleWriter(sqlc_version, options.line_length)
     if plan.uses_inet:
         writer.use(Import("ipaddress"), Import("typing", "TypeAlias"))
-        writer.add(_INET_ALIAS, spaced=False)
+        alias = render(_INET_ALIAS, "", options.line_length)
+        writer.add([_INET_COMMENT, *alias], spaced=False)
     for enum_class in plan.enums:
         writer.use(Import("enum"))
         if not options.emit_str_enum:
@@ -49,7 +57,10 @@ def _enum_lines(enum_class: EnumClass, options: Options) -> list[str]:
     doc = docstring(enum_class.comment.splitlines(), INDENT)
     if doc:
         lines += [*doc, ""]
-    lines += [f"{INDENT}{member} = {_string(label)}" for member, label in enum_class.members]
+    lines += [
+        f"{INDENT}{member} = {_string(label)}{_AMBIGUOUS.get(member, '')}"
+        for member, label in enum_class.members
+    ]
     return lines
 
 
@@ -74,7 +85,8 @@ def class_header(name: str, options: Options, writer: ModuleWriter) -> list[str]
 def class_lines(
     model: ModelClass, options: Options, writer: ModuleWriter, *, in_models: bool
 ) -> list[str]:
-    lines = class_header(model.name, options, writer)
+    header = class_header(model.name, options, writer)
+    lines = list(header)
     doc = docstring(model.comment.splitlines(), INDENT)
     if doc:
         lines += [*doc, ""]
@@ -95,7 +107,11 @@ def class_lines(
             writer.use(*field.type.imports(param=model.is_params))
         # A long annotation is wrapped in brackets, as ruff does.
         wrapped = Group(f"{field.name}: (", (expression(annotation),), ")", optional_brackets=True)
-        lines += render(wrapped, INDENT)
+        default = f" = pydantic.Field(alias={_string(field.alias)})" if field.alias else ""
+        lines += render(wrapped, INDENT, options.line_length, default)
+    if len(lines) == len(header):
+        # A table without columns (all dropped) still needs a class body.
+        lines.append(f"{INDENT}pass")
     return lines
 
 

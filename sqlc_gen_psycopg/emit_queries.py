@@ -21,41 +21,85 @@ from sqlc_gen_psycopg.layout import (
 )
 from sqlc_gen_psycopg.naming import snake_case
 from sqlc_gen_psycopg.options import Options
-from sqlc_gen_psycopg.plan import MULTI_COMMANDS, ModelClass, Param, QueryModule, QueryPlan
+from sqlc_gen_psycopg.plan import (
+    MULTI_COMMANDS,
+    ROW_COMMANDS,
+    ModelClass,
+    Param,
+    QueryModule,
+    QueryPlan,
+)
 from sqlc_gen_psycopg.source import ModuleWriter, docstring, string_literal
 from sqlc_gen_psycopg.typemap import ColumnType, Import, Kind
 
-_HELPER_OPTIONAL = """\
-def _optional(convert: Callable[[Any], _T], value: Any) -> _T | None:
-    \"\"\"Convert a value unless it is NULL.\"\"\"
-    return None if value is None else convert(value)"""
-
-_HELPER_ARRAY = """\
-def _array(
-    value: Sequence[Any] | None, wrap: Callable[[Any], Any] | None = None, dims: int = 1
-) -> list[Any] | None:
-    \"\"\"Copy a sequence into the nested lists psycopg sends as an array.\"\"\"
-    if value is None:
-        return None
-    if dims > 1:
-        return [_array(item, wrap, dims - 1) for item in value]
-    return [item if wrap is None or item is None else wrap(item) for item in value]"""
-
-_TEXT_ARRAY = """\
-# psycopg does not know the OIDs of the schema's enums, so it returns an enum
-# array in PostgreSQL's text form, such as '{queued,running}'.
-_TEXT_ARRAY = Transformer().get_loader(postgres.types["text"].array_oid, pq.Format.TEXT)"""
-
-_HELPER_ENUM_ARRAY = """\
-def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
-    \"\"\"Parse an enum array into (nested) lists of members.\"\"\"
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = _TEXT_ARRAY.load(value.encode())
-    return [
-        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
-    ]"""
+# The module's private helpers, as Groups so that they are laid out for the line length.
+_OPTIONAL_SIGNATURE = (
+    "def _optional",
+    ("convert: Callable[[Any], _T]", "value: Any"),
+    "_T | None",
+)
+_OPTIONAL_BODY = (
+    f'{INDENT}"""Convert a value unless it is NULL."""',
+    f"{INDENT}return None if value is None else convert(value)",
+)
+_ARRAY_SIGNATURE = (
+    "def _array",
+    (
+        "value: Sequence[Any] | None",
+        "wrap: Callable[[Any], Any] | None = None",
+        "dims: int = 1",
+    ),
+    "list[Any] | None",
+)
+_ARRAY_BODY = (
+    f'{INDENT}"""Copy a sequence into the nested lists psycopg sends as an array."""',
+    f"{INDENT}if value is None:",
+    f"{INDENT * 2}return None",
+    f"{INDENT}if dims > 1:",
+    f"{INDENT * 2}return [_array(item, wrap, dims - 1) for item in value]",
+)
+_ARRAY_RETURN = Group(
+    "return [",
+    (
+        Group(
+            "", ("item", "if wrap is None or item is None", "else wrap(item)"), "", separator=" "
+        ),
+        "for item in value",
+    ),
+    "]",
+    separator=" ",
+)
+_TEXT_ARRAY_COMMENT = (
+    "# psycopg does not know the OIDs of the schema's enums, so it returns an enum",
+    "# array in PostgreSQL's text form, such as '{queued,running}'.",
+)
+_TEXT_ARRAY = call(
+    "_TEXT_ARRAY = Transformer().get_loader",
+    'postgres.types["text"].array_oid',
+    "pq.Format.TEXT",
+)
+_ENUM_ARRAY_HEAD = (
+    "def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:",
+    f'{INDENT}"""Parse an enum array into (nested) lists of members."""',
+    f"{INDENT}if value is None:",
+    f"{INDENT * 2}return None",
+    f"{INDENT}if isinstance(value, str):",
+    f"{INDENT * 2}value = _TEXT_ARRAY.load(value.encode())",
+)
+_ENUM_ARRAY_RETURN = Group(
+    "return [",
+    (
+        Group(
+            "",
+            ("_enum_array(cls, item)", "if isinstance(item, list)", "else _optional(cls, item)"),
+            "",
+            separator=" ",
+        ),
+        "for item in value",
+    ),
+    "]",
+    separator=" ",
+)
 
 # Indentation of a method, its body, and a block inside the body.
 _METHOD = INDENT
@@ -81,6 +125,10 @@ class _Flavor:
     @property
     def with_(self) -> str:
         return "async with" if self.is_async else "with"
+
+    @property
+    def for_(self) -> str:
+        return "async for" if self.is_async else "for"
 
     @property
     def await_(self) -> str:
@@ -153,9 +201,11 @@ class _QueryModule:
 
     def _method(self, flavor: _Flavor, query: QueryPlan) -> list[str]:
         signature = _def(
-            f"{flavor.def_} {query.method}", self._signature(query), self._return_annotation(query)
+            f"{flavor.def_} {query.method}",
+            self._signature(query),
+            self._return_annotation(flavor, query),
         )
-        lines = render(signature, _METHOD)
+        lines = self._render(signature, _METHOD)
         lines += docstring(list(query.comments), _BODY)
         if query.cmd == ":copyfrom":
             return lines + self._copy_body(flavor, query)
@@ -172,26 +222,50 @@ class _QueryModule:
             return ("self", "*", *params) if params else ("self",)
         if query.cmd in MULTI_COMMANDS:
             self.writer.use(Import("collections.abc", "Iterable"))
-            return ("self", f"params: Iterable[{query.params_class.name}]")
+            iterable = expression(f"Iterable[{query.params_class.name}]")
+            return ("self", with_prefix("params: ", iterable))
         return ("self", f"arg: {query.params_class.name}")
 
     def _param_annotation(self, column_type: ColumnType) -> str:
         self.writer.use(*column_type.imports(param=True))
         return column_type.annotation(in_models=False, param=True)
 
-    def _return_annotation(self, query: QueryPlan) -> str:
-        row = self._row_class(query.result) if query.result else ""
+    def _return_annotation(self, flavor: _Flavor, query: QueryPlan) -> str:
+        row = self._result_annotation(query) if query.cmd in ROW_COMMANDS else ""
+        if query.cmd == ":many" and self.options.emit_streaming_many:
+            # Generators, not mere iterators: close() / aclose() (or contextlib's closing /
+            # aclosing) ends a stream early and frees the connection.
+            if flavor.is_async:
+                self.writer.use(Import("collections.abc", "AsyncGenerator"))
+                return f"AsyncGenerator[{row}, None]"
+            self.writer.use(Import("collections.abc", "Generator"))
+            return f"Generator[{row}, None, None]"
         return {
-            ":one": f"{row} | None",
+            ":one": _or_none(row),
             ":many": f"list[{row}]",
             ":exec": "None",
             ":execrows": "int",
             ":execresult": "models.ExecResult",
             ":copyfrom": "int",
             ":batchexec": "None",
-            ":batchone": f"list[{row} | None]",
+            ":batchone": f"list[{_or_none(row)}]",
             ":batchmany": f"list[list[{row}]]",
         }[query.cmd]
+
+    def _result_annotation(self, query: QueryPlan) -> str:
+        """What a result row becomes: a model or Row class, or the value of its one column."""
+        if query.value is None:
+            assert query.result is not None
+            return self._row_class(query.result)
+        self.writer.use(*query.value.imports(param=False))
+        return query.value.annotation(in_models=False, param=False)
+
+    def _from_row(self, query: QueryPlan) -> Item:
+        """The expression that turns the tuple `row` into what _result_annotation says."""
+        if query.value is None:
+            assert query.result is not None
+            return call(self._converter(query.result), "row")
+        return self._result_value(query.value, "row[0]")
 
     @staticmethod
     def _row_class(model: ModelClass) -> str:
@@ -201,21 +275,23 @@ class _QueryModule:
         """:one, :many, :exec, :execrows, :execresult: one execute on a fresh cursor."""
         aw = flavor.await_
         items = (query.constant, self._args(query)) if query.params else (query.constant,)
+        if query.cmd == ":many" and self.options.emit_streaming_many:
+            return self._stream_body(flavor, items, query)
         lines = [
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            *render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
+            *self._render(Group(f"{aw}cur.execute(", items, ")"), _BLOCK),
         ]
+        if query.cmd == ":one" and query.value is not None and query.value.is_void:
+            # Nothing to return: the row holds only None.
+            return lines
         if query.cmd == ":one":
-            assert query.result is not None
-            convert = self._converter(query.result)
             returned = replace(
-                _none_or(convert), open="return (", close=")", optional_brackets=True
+                _none_or(self._from_row(query)), open="return (", close=")", optional_brackets=True
             )
-            return [*lines, f"{_BLOCK}row = {aw}cur.fetchone()", *render(returned, _BODY)]
+            return [*lines, f"{_BLOCK}row = {aw}cur.fetchone()", *self._render(returned, _BODY)]
         if query.cmd == ":many":
-            assert query.result is not None
-            rows = _comprehension(call(self._converter(query.result), "row"), f"{aw}cur.fetchall()")
-            return lines + render(prefixed("return ", rows), _BLOCK)
+            rows = _comprehension(self._from_row(query), f"{aw}cur.fetchall()")
+            return lines + self._render(prefixed("return ", rows), _BLOCK)
         if query.cmd == ":execrows":
             return [*lines, f"{_BLOCK}return cur.rowcount"]
         if query.cmd == ":execresult":
@@ -224,8 +300,18 @@ class _QueryModule:
                 ("rowcount=cur.rowcount", "statusmessage=cur.statusmessage"),
                 ")",
             )
-            return lines + render(result, _BLOCK)
+            return lines + self._render(result, _BLOCK)
         return lines
+
+    def _stream_body(self, flavor: _Flavor, items: tuple[Item, ...], query: QueryPlan) -> list[str]:
+        """:many with emit_streaming_many: a generator over cursor.stream(), which hands
+        over each row as the server sends it, so no result is ever held whole."""
+        loop = Group(f"{flavor.for_} row in cur.stream(", items, "):")
+        return [
+            f"{_BODY}{flavor.with_} self._cursor() as cur:",
+            *self._render(loop, _BLOCK),
+            *self._render(with_prefix("yield ", self._from_row(query)), _BLOCK + INDENT),
+        ]
 
     def _args(self, query: QueryPlan, prefix: str = "") -> Group:
         """The tuple of values for $1..$n."""
@@ -238,9 +324,11 @@ class _QueryModule:
         write = Group(f"{flavor.await_}copy.write_row(", (self._args(query, "p."),), ")")
         return [
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            *render(Group(f"{flavor.with_} cur.copy(", (query.constant,), ") as copy:"), _BLOCK),
+            *self._render(
+                Group(f"{flavor.with_} cur.copy(", (query.constant,), ") as copy:"), _BLOCK
+            ),
             f"{_BLOCK}{INDENT}for p in params:",
-            *render(write, _BLOCK + INDENT * 2),
+            *self._render(write, _BLOCK + INDENT * 2),
             # Read while the cursor is open: closing it forgets the count.
             f"{_BLOCK}return cur.rowcount",
         ]
@@ -249,7 +337,7 @@ class _QueryModule:
         """executemany() runs the statement once per parameter set, pipelined."""
         aw = flavor.await_
         args = _comprehension(self._args(query, "p."), "params", target="p")
-        lines = render(prefixed("args = ", args), _BODY)
+        lines = self._render(prefixed("args = ", args), _BODY)
         returning = query.cmd != ":batchexec"
         execute = Group(
             f"{aw}cur.executemany(",
@@ -260,29 +348,26 @@ class _QueryModule:
             return [
                 *lines,
                 f"{_BODY}{flavor.with_} self._cursor() as cur:",
-                *render(execute, _BLOCK),
+                *self._render(execute, _BLOCK),
             ]
-        assert query.result is not None
-        convert = self._converter(query.result)
-        row = self._row_class(query.result)
+        value = self._from_row(query)
+        result_type = self._return_annotation(flavor, query)
         inner = _BLOCK + INDENT
         if query.cmd == ":batchone":
-            result_type = f"list[{row} | None]"
             collect = [
                 f"{inner}row = {aw}cur.fetchone()",
-                *render(Group("results.append(", (_none_or(convert),), ")"), inner),
+                *self._render(Group("results.append(", (_none_or(value),), ")"), inner),
             ]
         else:
-            result_type = f"list[list[{row}]]"
-            rows = _comprehension(call(convert, "row"), f"{aw}cur.fetchall()")
-            collect = render(Group("results.append(", (rows,), ")"), inner)
+            rows = _comprehension(value, f"{aw}cur.fetchall()")
+            collect = self._render(Group("results.append(", (rows,), ")"), inner)
         return [
             *lines,
-            f"{_BODY}results: {result_type} = []",
+            *self._render(with_prefix("results: ", expression(result_type)), _BODY, " = []"),
             f"{_BODY}if not args:",
             f"{_BLOCK}return results",
             f"{_BODY}{flavor.with_} self._cursor() as cur:",
-            *render(execute, _BLOCK),
+            *self._render(execute, _BLOCK),
             f"{_BLOCK}# executemany(returning=True) leaves one result set per parameter set.",
             f"{_BLOCK}while True:",
             *collect,
@@ -329,12 +414,15 @@ class _QueryModule:
                 else:
                     assert f.type is not None
                     value = self._result_value(f.type, f"row[{index}]")
-                values.append(with_prefix(f"{f.name}=", value))
+                # An escaped pydantic field is given by its alias, the column's name.
+                values.append(with_prefix(f"{f.alias or f.name}=", value))
                 index += f.width
             returned = self._row_class(model)
             signature = _def(f"def {_converter_name(model)}", ("row: tuple[Any, ...]",), returned)
             constructor = Group(f"return {returned}(", tuple(values), ")", exploded=True)
-            self.writer.add([*render(signature, ""), *render(constructor, INDENT)], spaced=True)
+            self.writer.add(
+                [*self._render(signature, ""), *self._render(constructor, INDENT)], spaced=True
+            )
 
     def _result_value(self, column_type: ColumnType, value: str) -> Item:
         """A field's value from psycopg's: enums become members, the rest is as loaded."""
@@ -360,18 +448,25 @@ class _QueryModule:
         if "optional" in self.helpers:
             self.writer.use(Import("typing", "TypeVar"))
             self.writer.add(['_T = TypeVar("_T")'], spaced=False)
-            self.writer.add(_HELPER_OPTIONAL.splitlines(), spaced=True)
+            signature = self._render(_def(*_OPTIONAL_SIGNATURE), "")
+            self.writer.add([*signature, *_OPTIONAL_BODY], spaced=True)
         if "array" in self.helpers:
             self.writer.use(Import("collections.abc", "Sequence"))
-            self.writer.add(_HELPER_ARRAY.splitlines(), spaced=True)
+            signature = self._render(_def(*_ARRAY_SIGNATURE), "")
+            returned = self._render(_ARRAY_RETURN, INDENT)
+            self.writer.add([*signature, *_ARRAY_BODY, *returned], spaced=True)
         if "enum_array" in self.helpers:
             self.writer.use(
                 Import("psycopg", "postgres"),
                 Import("psycopg", "pq"),
                 Import("psycopg.adapt", "Transformer"),
             )
-            self.writer.add(_TEXT_ARRAY.splitlines(), spaced=True)
-            self.writer.add(_HELPER_ENUM_ARRAY.splitlines(), spaced=True)
+            self.writer.add([*_TEXT_ARRAY_COMMENT, *self._render(_TEXT_ARRAY, "")], spaced=True)
+            returned = self._render(_ENUM_ARRAY_RETURN, INDENT)
+            self.writer.add([*_ENUM_ARRAY_HEAD, *returned], spaced=True)
+
+    def _render(self, item: Item, indent: str, suffix: str = "") -> list[str]:
+        return render(item, indent, self.options.line_length, suffix)
 
 
 def _refers_to_models(code: str) -> bool:
@@ -393,11 +488,16 @@ def _def(head: str, parameters: tuple[Item, ...], returns: str) -> Group:
     )
 
 
-def _none_or(convert: str) -> Group:
-    """`None if row is None else convert(row)`, without brackets of its own."""
-    return Group(
-        "", ("None", "if row is None", prefixed("else ", call(convert, "row"))), "", separator=" "
-    )
+def _none_or(value: Item) -> Group:
+    """`None if row is None else value`, without brackets of its own."""
+    return Group("", ("None", "if row is None", with_prefix("else ", value)), "", separator=" ")
+
+
+def _or_none(annotation: str) -> str:
+    """`T | None`, for :one's missing row; a nullable column's type has it already."""
+    if annotation == "None" or annotation.endswith(" | None"):
+        return annotation
+    return f"{annotation} | None"
 
 
 def _converter_name(model: ModelClass) -> str:
@@ -405,5 +505,7 @@ def _converter_name(model: ModelClass) -> str:
 
 
 def emit_queries(module: QueryModule, options: Options, sqlc_version: str) -> str:
-    writer = ModuleWriter(sqlc_version, source=module.source, package=options.package)
+    writer = ModuleWriter(
+        sqlc_version, options.line_length, source=module.source, package=options.package
+    )
     return _QueryModule(writer, options, module.source).build(module.queries)

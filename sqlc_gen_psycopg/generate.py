@@ -13,7 +13,7 @@ def generate(request: Request) -> dict[str, str]:
     options = parse_options(request.options)
     plan = build_plan(request, options)
     files = {
-        "__init__.py": ModuleWriter(request.sqlc_version).text(),
+        "__init__.py": ModuleWriter(request.sqlc_version, options.line_length).text(),
         "models.py": emit_models(plan, options, request.sqlc_version),
     }
     for module in plan.modules:

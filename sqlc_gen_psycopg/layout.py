@@ -8,7 +8,8 @@ comma forces the last form.
 
 from dataclasses import dataclass, replace
 
-LINE_LENGTH = 100
+# ruff's default; the `line_length` option sets another.
+DEFAULT_LINE_LENGTH = 88
 INDENT = "    "
 
 
@@ -47,35 +48,37 @@ def flat(item: Item) -> str:
     return item if isinstance(item, str) else item.flat()
 
 
-def render(item: Item, indent: str, suffix: str = "") -> list[str]:
+def render(item: Item, indent: str, line_length: int, suffix: str = "") -> list[str]:
     """The lines of `item` starting at `indent`, followed by `suffix` (e.g. ",")."""
     if isinstance(item, str):
         return [f"{indent}{item}{suffix}"]
     one_line = f"{indent}{item.flat()}{suffix}"
-    if not item.exploded and _fits(one_line):
+    if not item.exploded and len(one_line) <= line_length:
         return [one_line]
     if not item.open and not item.close:
         # A bare expression inside someone else's brackets: one part per line.
-        return _render_items(item, indent, suffix)
+        return _render_items(item, indent, line_length, suffix)
     inner = indent + INDENT
     if not item.exploded and not item.explode_when_split:
         contents = inner + replace(item, open="", close="", optional_brackets=False).flat()
-        if _fits(contents):
+        if len(contents) <= line_length:
             return [f"{indent}{item.open}", contents, f"{indent}{item.close}{suffix}"]
-    return [f"{indent}{item.open}", *_render_items(item, inner), f"{indent}{item.close}{suffix}"]
+    return [
+        f"{indent}{item.open}",
+        *_render_items(item, inner, line_length),
+        f"{indent}{item.close}{suffix}",
+    ]
 
 
-def _render_items(group: Group, indent: str, suffix: str = "") -> list[str]:
-    comma = "," if group.separator == ", " else ""
+def _render_items(group: Group, indent: str, line_length: int, suffix: str = "") -> list[str]:
+    # Optional brackets hold one expression, not a list: no trailing comma.
+    comma = "," if group.separator == ", " and not group.optional_brackets else ""
     lines = []
-    for element in group.items:
-        lines += render(element, indent, comma)
-    lines[-1] += suffix
+    last = len(group.items) - 1
+    for position, element in enumerate(group.items):
+        # The last element carries the suffix, which counts towards its line's length.
+        lines += render(element, indent, line_length, comma + suffix if position == last else comma)
     return lines
-
-
-def _fits(line: str) -> bool:
-    return len(line) <= LINE_LENGTH
 
 
 def prefixed(prefix: str, group: Group) -> Group:

@@ -30,6 +30,29 @@ _GENERATED_NAMES = frozenset(
     }
 )
 
+# Names the generated annotations refer to inside a class body (modules, typing names,
+# builtin types, models.py's own names). A field or method of that name would hide
+# them from the rest of the class: `uuid: uuid.UUID` fails mypy, and a method named
+# `uuid` makes every later `-> uuid.UUID` fail at import.
+_ANNOTATION_NAMES = frozenset(
+    {
+        *("datetime", "decimal", "ipaddress", "uuid", "dataclasses", "enum", "pydantic"),
+        *("psycopg", "models", "typing", "collections"),
+        *("Any", "Callable", "Iterable", "Sequence", "TypeAlias", "TypeVar"),
+        *("Range", "Multirange", "Json", "Jsonb", "Inet", "ExecResult"),
+        *("int", "float", "str", "bool", "bytes", "list", "tuple", "dict"),
+    }
+)
+
+# pydantic.BaseModel's own attributes (v2 and its deprecated v1 API): a field of that name
+# fails mypy, and `model_config` fails at import.
+_BASE_MODEL_ATTRIBUTES = frozenset(
+    {
+        *("copy", "dict", "json", "construct", "from_orm", "validate", "schema", "schema_json"),
+        *("parse_obj", "parse_raw", "parse_file", "update_forward_refs"),
+    }
+)
+
 _NON_IDENTIFIER = re.compile(r"\W+", re.ASCII)
 
 
@@ -43,9 +66,29 @@ def identifier(name: str, fallback: str) -> str:
     return cleaned
 
 
-def field_name(name: str) -> str:
-    """A dataclass field: only keywords need escaping, `row.type` reads fine."""
+def field_name(name: str, reserved: frozenset[str] = frozenset()) -> str:
+    """A class field or module name: `row.type` reads fine, so only keywords, the names
+    annotations use, and `reserved` (the names of imported override types) are escaped."""
+    if keyword.iskeyword(name) or name in _ANNOTATION_NAMES or name in reserved:
+        return f"{name}_"
+    return name
+
+
+def module_name(name: str) -> str:
+    """A module: `import` needs keywords escaped, nothing else."""
     return f"{name}_" if keyword.iskeyword(name) else name
+
+
+def pydantic_field_name(name: str) -> str:
+    """A field of a pydantic model, escaped where it would override a BaseModel attribute."""
+    if name in _BASE_MODEL_ATTRIBUTES or name.startswith("model_"):
+        return f"{name}_"
+    return name
+
+
+def method_name(query_name: str, reserved: frozenset[str] = frozenset()) -> str:
+    """The querier method of a query: snake_case, escaped like a field."""
+    return field_name(snake_case(query_name), reserved)
 
 
 def parameter_name(name: str) -> str:

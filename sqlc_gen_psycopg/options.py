@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlc_gen_psycopg.errors import GenerationError
+from sqlc_gen_psycopg.layout import DEFAULT_LINE_LENGTH
 
 # sqlc-gen-python bundles a query's parameters into a Params class past 4.
 DEFAULT_QUERY_PARAMETER_LIMIT = 4
+# Below PEP 8's 79 the fixed parts of the output (the querier's own methods, the helpers)
+# would need wrapping too; above 320 ruff itself refuses the length.
+MIN_LINE_LENGTH, MAX_LINE_LENGTH = 79, 320
 
 T = TypeVar("T")
 
@@ -42,6 +46,14 @@ class Options:
     query_parameter_limit: int = DEFAULT_QUERY_PARAMETER_LIMIT
     overrides: tuple[Override, ...] = ()
     strict_types: bool = False
+    # A result of one column comes back as a one-field Row class rather than the value.
+    emit_single_column_row_class: bool = False
+    # :many methods are generators over cursor.stream() instead of returning a list.
+    emit_streaming_many: bool = False
+    line_length: int = DEFAULT_LINE_LENGTH
+    # sqlc-gen-python reads `out` and does nothing with it (sqlc's codegen `out:` says
+    # where files go); it is accepted so that its configurations work unchanged.
+    out: str = ""
 
     def bundles_params(self, count: int) -> bool:
         """Whether a query with `count` parameters takes one Params object."""
@@ -60,6 +72,21 @@ def _boolean(name: str, value: Any) -> bool:
 def _integer(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong_type(name, "an integer", value)
+    return value
+
+
+def _line_length(name: str, value: Any) -> int:
+    length = _integer(name, value)
+    if not MIN_LINE_LENGTH <= length <= MAX_LINE_LENGTH:
+        raise GenerationError(
+            f"option `{name}` must be between {MIN_LINE_LENGTH} and {MAX_LINE_LENGTH}, got {length}"
+        )
+    return length
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(name, "a string", value)
     return value
 
 
@@ -129,6 +156,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "query_parameter_limit": _integer,
     "overrides": _overrides,
     "strict_types": _boolean,
+    "emit_single_column_row_class": _boolean,
+    "emit_streaming_many": _boolean,
+    "line_length": _line_length,
+    "out": _string,
 }
 
 

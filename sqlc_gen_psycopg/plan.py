@@ -4,7 +4,8 @@ Everything about names, types and shapes is decided here, so the emitters only
 lay out text.
 """
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from sqlc_gen_psycopg import naming
 from sqlc_gen_psycopg.errors import GenerationError
@@ -35,6 +36,9 @@ class Field:
     name: str
     comment: str = ""
     type: ColumnType | None = None
+    # The name a pydantic field takes in the constructor when `name` had to be escaped
+    # (`json_` for a column `json`): its alias, so that it keeps the column's name.
+    alias: str = ""
     # A sqlc.embed(table) field holds that table's model, built from `width` columns.
     embed: "ModelClass | None" = None
 
@@ -65,6 +69,8 @@ class Param:
     type: ColumnType
     # For :copyfrom, the column the value goes to.
     column: str
+    # As Field.alias, for a field of a pydantic Params class.
+    alias: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +85,10 @@ class QueryPlan:
     params: tuple[Param, ...]
     # Set when the parameters come in one object (bundled, or one per batch item).
     params_class: ModelClass | None
-    # The class of a result row (a table model or the query's Row class).
+    # The class of a result row (a table model or the query's Row class)...
     result: ModelClass | None
+    # ...or, for a result of one column, the type of its value (as sqlc-gen-go returns it).
+    value: ColumnType | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +134,15 @@ class _TypeResolver:
 
     def __init__(self, request: Request, options: Options, enums: dict[tuple[str, str], str]):
         self.default_schema = request.default_schema
-        self._options = options
+        self.options = options
         self._enums = enums
         self.uses_inet = False
+        # Names that overridden types import: fields and methods must not hide them.
+        self.imported_names = frozenset(
+            imp.name or imp.module.split(".")[0]
+            for override in options.overrides
+            for imp in _override_type(override).imports
+        )
 
     def resolve(self, column: Column, where: str) -> ColumnType:
         base = self._override(column) or self._builtin_or_enum(column, where)
@@ -138,7 +152,7 @@ class _TypeResolver:
 
     def _override(self, column: Column) -> BaseType | None:
         """The first override for this very column, else the first for its type."""
-        overrides = self._options.overrides
+        overrides = self.options.overrides
         for override in overrides:
             if override.column and self._matches_column(override, column):
                 return _override_type(override)
@@ -168,7 +182,7 @@ class _TypeResolver:
             enum = matches[0] if len(matches) == 1 else None
         if enum is not None:
             return BaseType(enum, (), Kind.ENUM, in_models=True)
-        if self._options.strict_types:
+        if self.options.strict_types:
             spelled = f"{schema}.{name}" if schema else name
             raise GenerationError(
                 f"{where}: unknown PostgreSQL type `{spelled}` (strict_types is on); "
@@ -280,12 +294,24 @@ def _fields(
             fields.append(Field("", embed=model))
         else:
             name = naming.identifier(column.name, "column") if column.name else ""
-            name = naming.field_name(name or f"column_{index + 1}")
+            name = name or f"column_{index + 1}"
             names.append(name)
             fields.append(Field("", type=resolver.resolve(column, f"{where}, column {name}")))
+    pydantic = resolver.options.emit_pydantic_models
+    escaped = [naming.field_name(name, resolver.imported_names) for name in names]
+    if pydantic:
+        escaped = [naming.pydantic_field_name(name) for name in escaped]
     return [
-        Field(name, comment=column.comment, type=field.type, embed=field.embed)
-        for name, field, column in zip(naming.unique(names), fields, columns, strict=True)
+        Field(
+            name,
+            comment=column.comment,
+            type=field.type,
+            embed=field.embed,
+            alias=original if pydantic and naming.pydantic_field_name(original) != original else "",
+        )
+        for name, original, field, column in zip(
+            naming.unique(escaped), names, fields, columns, strict=True
+        )
     ]
 
 
@@ -313,28 +339,48 @@ def _build_query(
         )
     params = _params(query, resolver, where)
     bundled = query.cmd in MULTI_COMMANDS or options.bundles_params(len(params))
+    if bundled and options.emit_pydantic_models:
+        params = _pydantic_params(params)
     if query.cmd in MULTI_COMMANDS and not params:
         raise GenerationError(f"{where}: {query.cmd} needs at least one parameter")
-    method = naming.snake_case(query.name)
+    value = _single_value(query, options, resolver, where)
     return QueryPlan(
         name=query.name,
         cmd=query.cmd,
-        method=method,
-        constant=method.upper(),
+        method=naming.method_name(query.name, resolver.imported_names),
+        constant=naming.snake_case(query.name).upper(),
         sql=_copy_statement(query, params, where) if query.cmd == ":copyfrom" else query.text,
         comments=query.comments,
         params=params,
         params_class=ModelClass(
             f"{query.name}Params",
-            tuple(Field(p.name, type=p.type) for p in params),
+            tuple(Field(p.name, type=p.type, alias=p.alias) for p in params),
             is_params=True,
         )
         if bundled
         else None,
         result=_result_class(query, request, resolver, models, where)
-        if query.cmd in ROW_COMMANDS
+        if query.cmd in ROW_COMMANDS and value is None
         else None,
+        value=value,
     )
+
+
+def _single_value(
+    query: Query, options: Options, resolver: _TypeResolver, where: str
+) -> ColumnType | None:
+    """The type of the one column of a result, unless its rows are to be Row classes.
+
+    sqlc-gen-go and sqlc-gen-python return such a value bare; sqlc.embed(table) is
+    a whole model, not a value.
+    """
+    if query.cmd not in ROW_COMMANDS or options.emit_single_column_row_class:
+        return None
+    if len(query.columns) != 1 or query.columns[0].embed_table is not None:
+        return None
+    column = query.columns[0]
+    name = column.name or "column_1"
+    return resolver.resolve(column, f"{where}, column {name}")
 
 
 def _params(query: Query, resolver: _TypeResolver, where: str) -> tuple[Param, ...]:
@@ -346,9 +392,35 @@ def _params(query: Query, resolver: _TypeResolver, where: str) -> tuple[Param, .
         for p in ordered
     ]
     names = naming.unique(naming.parameter_name(name) for name in raw)
+    for p in ordered:
+        if p.column.is_sqlc_slice:
+            _check_slice(query, p.number, p.column.name, where)
     return tuple(
-        Param(name, resolver.resolve(p.column, f"{where}, parameter ${p.number}"), p.column.name)
+        Param(
+            name,
+            resolver.resolve(p.column, f"{where}, parameter ${p.number}"),
+            # sqlc.arg(id_param) renames the parameter, not the column it goes to.
+            p.column.original_name or p.column.name,
+        )
         for name, p in zip(names, ordered, strict=True)
+    )
+
+
+def _check_slice(query: Query, number: int, name: str, where: str) -> None:
+    """sqlc.slice() becomes one $n: PostgreSQL compares a list with it only in `= ANY($n)`."""
+    if not re.search(rf"\bANY\s*\(\s*\${number}\s*\)", query.text, re.IGNORECASE):
+        raise GenerationError(
+            f"{where}: sqlc.slice({name}) works in PostgreSQL only as "
+            f"`= ANY(sqlc.slice({name}))`; `IN (sqlc.slice(...))` would compare with one value"
+        )
+
+
+def _pydantic_params(params: tuple[Param, ...]) -> tuple[Param, ...]:
+    """Params fields escaped where they would override a BaseModel attribute."""
+    names = naming.unique(naming.pydantic_field_name(p.name) for p in params)
+    return tuple(
+        replace(p, name=name, alias=p.name if name != p.name else "")
+        for name, p in zip(names, params, strict=True)
     )
 
 
@@ -404,7 +476,7 @@ def _modules(by_file: dict[str, list[QueryPlan]]) -> tuple[QueryModule, ...]:
     modules: dict[str, QueryModule] = {}
     for source, queries in sorted(by_file.items()):
         stem = source.rsplit("/", 1)[-1].removesuffix(".sql")
-        name = naming.field_name(naming.identifier(stem, "queries"))
+        name = naming.module_name(naming.identifier(stem, "queries"))
         if name in ("models", "__init__"):
             raise GenerationError(f"queries file {source} would overwrite {name}.py; rename it")
         if name in modules:
@@ -412,8 +484,23 @@ def _modules(by_file: dict[str, list[QueryPlan]]) -> tuple[QueryModule, ...]:
                 f"queries files {modules[name].source} and {source} would both be {name}.py; "
                 "rename one of them"
             )
+        _check_method_names(source, queries)
         modules[name] = QueryModule(name, source, tuple(queries))
     return tuple(modules.values())
+
+
+def _check_method_names(source: str, queries: list[QueryPlan]) -> None:
+    """Two queries of one module whose names convert alike would overwrite each other's
+    method, SQL constant and classes: `GetHTTPStatus` and `GetHttpStatus`."""
+    seen: dict[str, str] = {}
+    for query in queries:
+        for name in (query.method, query.constant):
+            if name in seen and seen[name] != query.name:
+                raise GenerationError(
+                    f"queries {seen[name]} and {query.name} ({source}) would both be named "
+                    f"{name}; rename one of them"
+                )
+            seen[name] = query.name
 
 
 def _check_model_names(

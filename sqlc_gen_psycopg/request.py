@@ -39,6 +39,10 @@ class Column:
     type_name: str
     table: Identifier | None
     embed_table: Identifier | None
+    # A parameter's column as the table names it, when sqlc.arg() gave it another name.
+    original_name: str = ""
+    # A sqlc.slice(name) parameter: a list of values.
+    is_sqlc_slice: bool = False
 
     @classmethod
     def parse(cls, data: JsonObject) -> "Column":
@@ -53,11 +57,15 @@ class Column:
             type_name=type_.get("name", ""),
             table=Identifier.parse(data.get("table")),
             embed_table=Identifier.parse(data.get("embed_table")),
+            original_name=data.get("original_name", ""),
+            is_sqlc_slice=bool(data.get("is_sqlc_slice", False)),
         )
 
     @property
     def dims(self) -> int:
         """Array dimensions; older sqlc versions set is_array without array_dims."""
+        if self.is_sqlc_slice:
+            return 1
         if not self.is_array:
             return 0
         return max(self.array_dims, 1)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from sqlc_gen_psycopg import __version__
-from sqlc_gen_psycopg.layout import LINE_LENGTH, Group, render
+from sqlc_gen_psycopg.layout import Group, render
 from sqlc_gen_psycopg.typemap import Import
 
 # Modules the generated code may import that are not in the standard library.
@@ -21,6 +21,7 @@ class Block:
 @dataclass(slots=True)
 class ModuleWriter:
     sqlc_version: str
+    line_length: int
     source: str = ""
     # Where `models` comes from: "" for a relative import.
     package: str = ""
@@ -49,7 +50,7 @@ class ModuleWriter:
             lines += ["", *imports]
         if self.blocks:
             lines += [""] * (2 if self.blocks[0].spaced else 1) + body
-        return _with_noqa("\n".join(lines) + "\n", self.noqa)
+        return _with_noqa("\n".join(lines) + "\n", self.noqa, self.line_length)
 
     def _header(self) -> list[str]:
         lines = [
@@ -80,11 +81,11 @@ class ModuleWriter:
             if section:
                 if lines:
                     lines.append("")
-                lines += _section_lines(section)
+                lines += _section_lines(section, self.line_length)
         return lines
 
 
-def _section_lines(imports: list[Import]) -> list[str]:
+def _section_lines(imports: list[Import], line_length: int) -> list[str]:
     plain = sorted({i.module for i in imports if not i.name}, key=str.lower)
     lines = [f"import {module}" for module in plain]
     names: dict[str, set[str]] = {}
@@ -94,11 +95,12 @@ def _section_lines(imports: list[Import]) -> list[str]:
     for module in sorted(names, key=lambda m: (m.lstrip(".") == "", m.lower())):
         ordered = tuple(sorted(names[module], key=_isort_name_key))
         line = f"from {module} import {', '.join(ordered)}"
-        if len(line) <= LINE_LENGTH:
+        if len(line) <= line_length:
             lines.append(line)
         else:
             # ruff's isort wraps a long import one name per line.
-            lines += render(Group(f"from {module} import (", ordered, ")", exploded=True), "")
+            wrapped = Group(f"from {module} import (", ordered, ")", exploded=True)
+            lines += render(wrapped, "", line_length)
     return lines
 
 
@@ -111,7 +113,7 @@ def _isort_name_key(name: str) -> tuple[int, str]:
     return (2, name.lower())
 
 
-def _with_noqa(text: str, extra: set[str]) -> str:
+def _with_noqa(text: str, extra: set[str], line_length: int) -> str:
     """Silence the line-length and whitespace rules for text we must not change.
 
     SQL and comments are copied verbatim into strings and docstrings; sqlc writes
@@ -119,7 +121,7 @@ def _with_noqa(text: str, extra: set[str]) -> str:
     """
     lines = text.split("\n")
     codes = sorted(extra)
-    if any(len(line) > LINE_LENGTH for line in lines):
+    if any(len(line) > line_length for line in lines):
         codes.append("E501")
     if any(line != line.rstrip() and line.strip() for line in lines):
         codes.append("W291")
@@ -131,8 +133,12 @@ def _with_noqa(text: str, extra: set[str]) -> str:
 
 
 def string_literal(text: str) -> str:
-    """A triple-quoted literal holding `text` exactly (used for SQL)."""
-    escaped = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    """A triple-quoted literal holding `text` exactly (used for SQL).
+
+    Tabs are written `\\t`: a tab in a line's indentation inside the literal is one
+    ruff's E101 flags.
+    """
+    escaped = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"').replace("\t", "\\t")
     if escaped.endswith('"'):
         escaped = escaped[:-1] + '\\"'
     return f'"""{escaped}"""'

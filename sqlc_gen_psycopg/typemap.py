@@ -51,11 +51,18 @@ class ColumnType:
         if param and self.base.kind is Kind.ENUM:
             # psycopg sends a str subclass as text, so a plain label works as well.
             expr = f"{expr} | str"
+        if self.is_void:
+            return expr
         for _ in range(self.dims):
             # Parameters take any sequence (list[Member] is not a list[Member | str]);
             # results are the lists psycopg builds.
             expr = f"Sequence[{expr}]" if param else f"list[{expr}]"
         return f"{expr} | None" if self.nullable else expr
+
+    @property
+    def is_void(self) -> bool:
+        """A void result (`SELECT pg_sleep(1)`): always None, NULL or not."""
+        return self.base is VOID and not self.dims
 
     def imports(self, *, param: bool) -> tuple[Import, ...]:
         extra = (Import("collections.abc", "Sequence"),) if param and self.dims else ()
@@ -63,6 +70,8 @@ class ColumnType:
 
 
 ANY = BaseType("Any", (Import("typing", "Any"),))
+# What a function such as pg_sleep() returns: psycopg loads it as None.
+VOID = BaseType("None")
 
 _INT = BaseType("int")
 _FLOAT = BaseType("float")
@@ -123,6 +132,7 @@ BUILTIN_TYPES: dict[str, BaseType] = {
     "uuid": BaseType("uuid.UUID", (Import("uuid"),)),
     "inet": INET,
     "cidr": BaseType("ipaddress.IPv4Network | ipaddress.IPv6Network", (Import("ipaddress"),)),
+    "void": VOID,
     "json": BaseType("Any", (Import("typing", "Any"),), Kind.JSON),
     "jsonb": BaseType("Any", (Import("typing", "Any"),), Kind.JSONB),
     **{

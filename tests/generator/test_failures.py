@@ -40,6 +40,11 @@ def generate(options: dict[str, Any], *queries: dict[str, Any]) -> tuple[int, st
     return run_main(json.dumps(request).encode())
 
 
+def decoded_files(out: str) -> dict[str, str]:
+    """The files of the plugin's response, by name."""
+    return {f["name"]: base64.b64decode(f["contents"]).decode() for f in json.loads(out)["files"]}
+
+
 def run_main(stdin: bytes, args: list[str] | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch:
@@ -59,6 +64,11 @@ def test_a_valid_request_generates_files() -> None:
     assert names == ["__init__.py", "models.py", "queries.py"]
 
 
+def test_sqlc_gen_pythons_out_option_is_accepted() -> None:
+    status, _, err = generate({"out": "src/db", "emit_sync_querier": True})
+    assert (status, err) == (0, "")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -69,6 +79,9 @@ def test_a_valid_request_generates_files() -> None:
         ),
         ({"query_parameter_limit": "4"}, "option `query_parameter_limit` must be an integer"),
         ({"package": "my-app.db"}, "option `package` must be a dotted Python package name"),
+        ({"line_length": 60}, "option `line_length` must be between 79 and 320, got 60"),
+        ({"line_length": "88"}, "option `line_length` must be an integer"),
+        ({"out": 1}, "option `out` must be a string"),
         (
             {"inflection_exclude_table_names": "data"},
             "option `inflection_exclude_table_names` must",
@@ -132,6 +145,36 @@ def test_two_queries_files_with_one_module_name_fail() -> None:
     assert "queries files tasks!.sql and tasks.sql would both be tasks.py" in err
 
 
+def test_two_queries_with_one_method_name_fail() -> None:
+    status, _, err = generate(
+        {"emit_sync_querier": True},
+        query("GetHTTPStatus", ":exec"),
+        query("GetHttpStatus", ":exec"),
+    )
+    assert status == 1
+    assert (
+        "queries GetHTTPStatus and GetHttpStatus (queries.sql) would both be named "
+        "get_http_status; rename one of them"
+    ) in err
+
+
+def test_a_slice_outside_any_fails_with_a_hint() -> None:
+    ids = {"name": "ids", "not_null": True, "is_sqlc_slice": True, "type": {"name": "int8"}}
+    in_list = query(
+        "TasksIn",
+        ":many",
+        text="SELECT id FROM tasks WHERE id IN ($1)",
+        columns=[TASKS["columns"][0]],
+        params=[{"number": 1, "column": ids}],
+    )
+    status, _, err = generate({}, in_list)
+    assert status == 1
+    assert (
+        "query TasksIn (queries.sql): sqlc.slice(ids) works in PostgreSQL only as "
+        "`= ANY(sqlc.slice(ids))`"
+    ) in err
+
+
 def test_strict_types_rejects_an_unknown_type() -> None:
     ltree = {"name": "path", "not_null": True, "type": {"name": "ltree"}}
     status, _, err = generate({"strict_types": True}, query("Paths", ":many", columns=[ltree]))
@@ -143,8 +186,8 @@ def test_without_strict_types_an_unknown_type_is_any() -> None:
     ltree = {"name": "path", "not_null": True, "type": {"name": "ltree"}}
     status, out, _ = generate({"emit_sync_querier": True}, query("Paths", ":many", columns=[ltree]))
     assert status == 0
-    files = {f["name"]: base64.b64decode(f["contents"]).decode() for f in json.loads(out)["files"]}
-    assert "    path: Any\n" in files["queries.py"]
+    files = decoded_files(out)
+    assert "def paths(self) -> list[Any]:" in files["queries.py"]
 
 
 def test_a_request_that_is_not_json_fails() -> None:
@@ -178,3 +221,21 @@ def test_sqlc_shows_the_plugins_message(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "query DeleteT (queries.sql): :execlastid is not supported" in result.stderr
     assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, "def count_tasks(self) -> int | None:"),
+        ({"emit_single_column_row_class": True}, "def count_tasks(self) -> CountTasksRow | None:"),
+    ],
+)
+def test_one_column_is_a_value_unless_the_row_class_is_asked_for(
+    options: dict[str, Any], expected: str
+) -> None:
+    total = {"name": "total", "not_null": True, "type": {"name": "int8"}}
+    status, out, err = generate(
+        {"emit_sync_querier": True, **options}, query("CountTasks", ":one", columns=[total])
+    )
+    assert (status, err) == (0, "")
+    assert expected in decoded_files(out)["queries.py"]

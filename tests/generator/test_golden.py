@@ -5,12 +5,19 @@ After an intended change, regenerate the golden files (see tests/generator/sqlc.
 """
 
 import importlib.util
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.generator.conftest import GENERATOR_TESTS, GOLDEN, run_sqlc, run_tool
+from tests.generator.conftest import (
+    GENERATOR_TESTS,
+    GOLDEN,
+    configured_line_length,
+    run_sqlc,
+    run_tool,
+)
 
 GOLDEN_PACKAGES = sorted(path for path in GOLDEN.iterdir() if (path / "__init__.py").exists())
 
@@ -40,9 +47,36 @@ def test_generation_is_byte_identical_across_runs(tmp_path: Path) -> None:
     assert len(outputs[0]) == 3 * len(GOLDEN_PACKAGES)
 
 
-def test_generated_code_is_formatted() -> None:
+@pytest.mark.parametrize("package", GOLDEN_PACKAGES, ids=lambda p: p.name)
+def test_generated_code_is_formatted_at_its_line_length(package: Path) -> None:
     # --force-exclude is off, so the golden directory (excluded in pyproject) is checked.
-    result = run_tool("ruff", "format", "--check", *map(str, GOLDEN_PACKAGES))
+    length = configured_line_length(package.name)
+    result = run_tool("ruff", "format", "--check", f"--line-length={length}", str(package))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("line_length", [79, 120])
+def test_output_is_what_ruff_format_makes_at_other_line_lengths(
+    tmp_path: Path, line_length: int
+) -> None:
+    shutil.copytree(GENERATOR_TESTS / "sql", tmp_path / "sql")
+    config = (GENERATOR_TESTS / "sqlc.yaml").read_text()
+    config = re.sub(r"^          line_length: \d+\n", "", config, flags=re.MULTILINE)
+    config = config.replace(
+        "        options:\n", f"        options:\n          line_length: {line_length}\n"
+    )
+    (tmp_path / "sqlc.yaml").write_text(config)
+    result = run_sqlc("generate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run_tool(
+        "ruff",
+        "format",
+        "--isolated",
+        "--check",
+        "--diff",
+        f"--line-length={line_length}",
+        str(tmp_path / "golden"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -52,7 +86,7 @@ def test_generated_code_passes_ruff_check() -> None:
 
 
 def test_generated_code_passes_mypy_strict() -> None:
-    packages = [p for p in GOLDEN_PACKAGES if p.name != "pydantic_models"]
+    packages = [p for p in GOLDEN_PACKAGES if "pydantic" not in p.name]
     if importlib.util.find_spec("pydantic") is not None:
         packages = GOLDEN_PACKAGES
     # Each module by name (-m): pyproject.toml excludes the golden directory from the

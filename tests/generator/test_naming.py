@@ -108,3 +108,24 @@ def test_repeated_names_get_numbered() -> None:
 def test_parameters_are_bundled_past_the_limit(limit: int | None, bundled: list[bool]) -> None:
     options = Options() if limit is None else Options(query_parameter_limit=limit)
     assert [options.bundles_params(count) for count in range(6)] == bundled
+
+
+@pytest.mark.parametrize(
+    ("name", "escaped"),
+    [("uuid", "uuid_"), ("datetime", "datetime_"), ("models", "models_"), ("list", "list_")],
+)
+def test_fields_and_methods_escape_names_the_annotations_use(name: str, escaped: str) -> None:
+    assert naming.field_name(name) == escaped
+    assert naming.method_name(name.capitalize()) == escaped
+
+
+def test_fields_escape_the_names_override_types_import() -> None:
+    assert naming.field_name("fractions", frozenset({"fractions"})) == "fractions_"
+
+
+@pytest.mark.parametrize(
+    ("name", "escaped"),
+    [("json", "json_"), ("model_config", "model_config_"), ("model_x", "model_x_"), ("id", "id")],
+)
+def test_pydantic_fields_escape_base_model_attributes(name: str, escaped: str) -> None:
+    assert naming.pydantic_field_name(name) == escaped

@@ -26,7 +26,10 @@ def test_every_lesson_with_sql_has_an_entry(lesson: Path) -> None:
         rf"          emit_sync_querier: true\n"
         rf"          emit_async_querier: false\n"
         rf"          emit_str_enum: true\n"
-        rf"          query_parameter_limit: -1\n",
+        rf"          query_parameter_limit: -1\n"
+        # Laid out for the project's ruff line length, not the plugin's default of 88.
+        rf"(?:          #.*\n)*"
+        rf"          line_length: 100\n",
         CONFIG,
     )
     assert entry, f"sqlc.yaml has no (or a different) entry for {name}"

@@ -68,3 +68,11 @@ SELECT
     $$ $2 $$ AS dollar_quoted,
     sqlc.arg(word)::text || sqlc.arg(word)::text AS doubled,
     1 + 1;
+
+-- name: ListEventFeelings :many
+-- One column: a list of values, not of one-field Row classes.
+SELECT feeling FROM events ORDER BY id;
+
+-- name: GetSampleFeeling :one
+-- One nullable column: `None` is both "no row" and "NULL".
+SELECT feeling FROM samples WHERE id = $1;

@@ -28,7 +28,9 @@ class ATableWithAReallyQuiteLongNameIndeedYe:
     a_column_with_an_extremely_long_name_for_layout_purposes_only: str | None
     another_column_with_an_extremely_long_name_for_layout_testing: Any | None
     yet_another_fairly_long_column_name: ARatherLongEnumerationTypeNameForTesting | None
-    the_list_of_enumeration_values_column: list[ARatherLongEnumerationTypeNameForTesting] | None
+    the_list_of_enumeration_values_column: (
+        list[ARatherLongEnumerationTypeNameForTesting] | None
+    )
     some_inet_addresses_column_name: list[Inet] | None
 
 

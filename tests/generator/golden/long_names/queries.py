@@ -30,7 +30,9 @@ SELECT a_column_with_an_extremely_long_name_for_layout_purposes_only, yet_anothe
 @dataclasses.dataclass(slots=True, kw_only=True)
 class SelectSomeColumnsFromTheTableWithTheReallyLongNameRow:
     a_column_with_an_extremely_long_name_for_layout_purposes_only: str | None
-    yet_another_fairly_long_column_name: models.ARatherLongEnumerationTypeNameForTesting | None
+    yet_another_fairly_long_column_name: (
+        models.ARatherLongEnumerationTypeNameForTesting | None
+    )
 
 
 BATCH_GET_THE_ROWS_OF_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME = """-- name: BatchGetTheRowsOfTheTableWithTheReallyQuiteLongName :batchmany
@@ -46,7 +48,9 @@ class BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameParams:
 @dataclasses.dataclass(slots=True, kw_only=True)
 class BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameRow:
     a_column_with_an_extremely_long_name_for_layout_purposes_only: str | None
-    yet_another_fairly_long_column_name: models.ARatherLongEnumerationTypeNameForTesting | None
+    yet_another_fairly_long_column_name: (
+        models.ARatherLongEnumerationTypeNameForTesting | None
+    )
 
 
 BATCH_ONE_OF_THE_ROWS_OF_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME = """-- name: BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongName :batchone
@@ -62,7 +66,9 @@ class BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameParams:
 @dataclasses.dataclass(slots=True, kw_only=True)
 class BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow:
     a_column_with_an_extremely_long_name_for_layout_purposes_only: str | None
-    yet_another_fairly_long_column_name: models.ARatherLongEnumerationTypeNameForTesting | None
+    yet_another_fairly_long_column_name: (
+        models.ARatherLongEnumerationTypeNameForTesting | None
+    )
 
 
 COPY_INTO_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES = """-- name: CopyIntoTheTableWithTheReallyQuiteLongNameIndeedYes :copyfrom
@@ -79,6 +85,14 @@ class CopyIntoTheTableWithTheReallyQuiteLongNameIndeedYesParams:
 
 UPDATE_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES = """-- name: UpdateTheTableWithTheReallyQuiteLongNameIndeedYes :execresult
 UPDATE a_table_with_a_really_quite_long_name_indeed_yes SET another_column_with_an_extremely_long_name_for_layout_testing = $1, yet_another_fairly_long_column_name = $2 WHERE id = $3
+"""
+
+LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE = """-- name: ListTheEnumerationValuesOfEveryRowInTheLongTable :many
+SELECT the_list_of_enumeration_values_column FROM a_table_with_a_really_quite_long_name_indeed_yes
+"""
+
+ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW = """-- name: OneEnumerationValueOfTheLongTableRow :one
+SELECT yet_another_fairly_long_column_name FROM a_table_with_a_really_quite_long_name_indeed_yes WHERE id = $1
 """
 
 
@@ -114,7 +128,10 @@ class Querier:
                 (
                     id,
                     a_column_with_an_extremely_long_name_for_layout_purposes_only,
-                    _optional(Jsonb, another_column_with_an_extremely_long_name_for_layout_testing),
+                    _optional(
+                        Jsonb,
+                        another_column_with_an_extremely_long_name_for_layout_testing,
+                    ),
                     yet_another_fairly_long_column_name,
                     _array(the_list_of_enumeration_values_column),
                     _array(some_inet_addresses_column_name),
@@ -122,24 +139,36 @@ class Querier:
             )
             row = cur.fetchone()
         return (
-            None if row is None else _a_table_with_a_really_quite_long_name_indeed_ye_from_row(row)
+            None
+            if row is None
+            else _a_table_with_a_really_quite_long_name_indeed_ye_from_row(row)
         )
 
     def select_some_columns_from_the_table_with_the_really_long_name(
-        self, *, another_column_with_an_extremely_long_name_for_layout_testing: Any | None
+        self,
+        *,
+        another_column_with_an_extremely_long_name_for_layout_testing: Any | None,
     ) -> list[SelectSomeColumnsFromTheTableWithTheReallyLongNameRow]:
         with self._cursor() as cur:
             cur.execute(
                 SELECT_SOME_COLUMNS_FROM_THE_TABLE_WITH_THE_REALLY_LONG_NAME,
-                (_optional(Jsonb, another_column_with_an_extremely_long_name_for_layout_testing),),
+                (
+                    _optional(
+                        Jsonb,
+                        another_column_with_an_extremely_long_name_for_layout_testing,
+                    ),
+                ),
             )
             return [
-                _select_some_columns_from_the_table_with_the_really_long_name_row_from_row(row)
+                _select_some_columns_from_the_table_with_the_really_long_name_row_from_row(
+                    row
+                )
                 for row in cur.fetchall()
             ]
 
     def batch_get_the_rows_of_the_table_with_the_really_quite_long_name(
-        self, params: Iterable[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameParams]
+        self,
+        params: Iterable[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameParams],
     ) -> list[list[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameRow]]:
         args = [(p.id,) for p in params]
         results: list[list[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameRow]] = []
@@ -165,10 +194,13 @@ class Querier:
                     return results
 
     def batch_one_of_the_rows_of_the_table_with_the_really_quite_long_name(
-        self, params: Iterable[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameParams]
+        self,
+        params: Iterable[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameParams],
     ) -> list[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow | None]:
         args = [(p.id,) for p in params]
-        results: list[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow | None] = []
+        results: list[
+            BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow | None
+        ] = []
         if not args:
             return results
         with self._cursor() as cur:
@@ -191,10 +223,13 @@ class Querier:
                     return results
 
     def copy_into_the_table_with_the_really_quite_long_name_indeed_yes(
-        self, params: Iterable[CopyIntoTheTableWithTheReallyQuiteLongNameIndeedYesParams]
+        self,
+        params: Iterable[CopyIntoTheTableWithTheReallyQuiteLongNameIndeedYesParams],
     ) -> int:
         with self._cursor() as cur:
-            with cur.copy(COPY_INTO_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES) as copy:
+            with cur.copy(
+                COPY_INTO_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES
+            ) as copy:
                 for p in params:
                     copy.write_row(
                         (
@@ -221,12 +256,39 @@ class Querier:
             cur.execute(
                 UPDATE_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES,
                 (
-                    _optional(Jsonb, another_column_with_an_extremely_long_name_for_layout_testing),
+                    _optional(
+                        Jsonb,
+                        another_column_with_an_extremely_long_name_for_layout_testing,
+                    ),
                     yet_another_fairly_long_column_name,
                     id,
                 ),
             )
-            return models.ExecResult(rowcount=cur.rowcount, statusmessage=cur.statusmessage)
+            return models.ExecResult(
+                rowcount=cur.rowcount, statusmessage=cur.statusmessage
+            )
+
+    def list_the_enumeration_values_of_every_row_in_the_long_table(
+        self,
+    ) -> list[list[models.ARatherLongEnumerationTypeNameForTesting] | None]:
+        with self._cursor() as cur:
+            cur.execute(LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE)
+            return [
+                _enum_array(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+                for row in cur.fetchall()
+            ]
+
+    def one_enumeration_value_of_the_long_table_row(
+        self, *, id: int
+    ) -> models.ARatherLongEnumerationTypeNameForTesting | None:
+        with self._cursor() as cur:
+            cur.execute(ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW, (id,))
+            row = cur.fetchone()
+        return (
+            None
+            if row is None
+            else _optional(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+        )
 
 
 class AsyncQuerier:
@@ -261,7 +323,10 @@ class AsyncQuerier:
                 (
                     id,
                     a_column_with_an_extremely_long_name_for_layout_purposes_only,
-                    _optional(Jsonb, another_column_with_an_extremely_long_name_for_layout_testing),
+                    _optional(
+                        Jsonb,
+                        another_column_with_an_extremely_long_name_for_layout_testing,
+                    ),
                     yet_another_fairly_long_column_name,
                     _array(the_list_of_enumeration_values_column),
                     _array(some_inet_addresses_column_name),
@@ -269,24 +334,36 @@ class AsyncQuerier:
             )
             row = await cur.fetchone()
         return (
-            None if row is None else _a_table_with_a_really_quite_long_name_indeed_ye_from_row(row)
+            None
+            if row is None
+            else _a_table_with_a_really_quite_long_name_indeed_ye_from_row(row)
         )
 
     async def select_some_columns_from_the_table_with_the_really_long_name(
-        self, *, another_column_with_an_extremely_long_name_for_layout_testing: Any | None
+        self,
+        *,
+        another_column_with_an_extremely_long_name_for_layout_testing: Any | None,
     ) -> list[SelectSomeColumnsFromTheTableWithTheReallyLongNameRow]:
         async with self._cursor() as cur:
             await cur.execute(
                 SELECT_SOME_COLUMNS_FROM_THE_TABLE_WITH_THE_REALLY_LONG_NAME,
-                (_optional(Jsonb, another_column_with_an_extremely_long_name_for_layout_testing),),
+                (
+                    _optional(
+                        Jsonb,
+                        another_column_with_an_extremely_long_name_for_layout_testing,
+                    ),
+                ),
             )
             return [
-                _select_some_columns_from_the_table_with_the_really_long_name_row_from_row(row)
+                _select_some_columns_from_the_table_with_the_really_long_name_row_from_row(
+                    row
+                )
                 for row in await cur.fetchall()
             ]
 
     async def batch_get_the_rows_of_the_table_with_the_really_quite_long_name(
-        self, params: Iterable[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameParams]
+        self,
+        params: Iterable[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameParams],
     ) -> list[list[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameRow]]:
         args = [(p.id,) for p in params]
         results: list[list[BatchGetTheRowsOfTheTableWithTheReallyQuiteLongNameRow]] = []
@@ -312,10 +389,13 @@ class AsyncQuerier:
                     return results
 
     async def batch_one_of_the_rows_of_the_table_with_the_really_quite_long_name(
-        self, params: Iterable[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameParams]
+        self,
+        params: Iterable[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameParams],
     ) -> list[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow | None]:
         args = [(p.id,) for p in params]
-        results: list[BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow | None] = []
+        results: list[
+            BatchOneOfTheRowsOfTheTableWithTheReallyQuiteLongNameRow | None
+        ] = []
         if not args:
             return results
         async with self._cursor() as cur:
@@ -338,7 +418,8 @@ class AsyncQuerier:
                     return results
 
     async def copy_into_the_table_with_the_really_quite_long_name_indeed_yes(
-        self, params: Iterable[CopyIntoTheTableWithTheReallyQuiteLongNameIndeedYesParams]
+        self,
+        params: Iterable[CopyIntoTheTableWithTheReallyQuiteLongNameIndeedYesParams],
     ) -> int:
         async with self._cursor() as cur:
             async with cur.copy(
@@ -370,12 +451,41 @@ class AsyncQuerier:
             await cur.execute(
                 UPDATE_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES,
                 (
-                    _optional(Jsonb, another_column_with_an_extremely_long_name_for_layout_testing),
+                    _optional(
+                        Jsonb,
+                        another_column_with_an_extremely_long_name_for_layout_testing,
+                    ),
                     yet_another_fairly_long_column_name,
                     id,
                 ),
             )
-            return models.ExecResult(rowcount=cur.rowcount, statusmessage=cur.statusmessage)
+            return models.ExecResult(
+                rowcount=cur.rowcount, statusmessage=cur.statusmessage
+            )
+
+    async def list_the_enumeration_values_of_every_row_in_the_long_table(
+        self,
+    ) -> list[list[models.ARatherLongEnumerationTypeNameForTesting] | None]:
+        async with self._cursor() as cur:
+            await cur.execute(
+                LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE
+            )
+            return [
+                _enum_array(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+                for row in await cur.fetchall()
+            ]
+
+    async def one_enumeration_value_of_the_long_table_row(
+        self, *, id: int
+    ) -> models.ARatherLongEnumerationTypeNameForTesting | None:
+        async with self._cursor() as cur:
+            await cur.execute(ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW, (id,))
+            row = await cur.fetchone()
+        return (
+            None
+            if row is None
+            else _optional(models.ARatherLongEnumerationTypeNameForTesting, row[0])
+        )
 
 
 def _a_table_with_a_really_quite_long_name_indeed_ye_from_row(
@@ -459,5 +569,6 @@ def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
     if isinstance(value, str):
         value = _TEXT_ARRAY.load(value.encode())
     return [
-        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
+        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item)
+        for item in value
     ]

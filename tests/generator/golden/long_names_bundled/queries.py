@@ -111,6 +111,33 @@ class UpdateTheTableWithTheReallyQuiteLongNameIndeedYesParams:
     id: int
 
 
+LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE = """-- name: ListTheEnumerationValuesOfEveryRowInTheLongTable :many
+SELECT the_list_of_enumeration_values_column FROM a_table_with_a_really_quite_long_name_indeed_yes
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListTheEnumerationValuesOfEveryRowInTheLongTableRow:
+    the_list_of_enumeration_values_column: (
+        list[models.ARatherLongEnumerationTypeNameForTesting] | None
+    )
+
+
+ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW = """-- name: OneEnumerationValueOfTheLongTableRow :one
+SELECT yet_another_fairly_long_column_name FROM a_table_with_a_really_quite_long_name_indeed_yes WHERE id = $1
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class OneEnumerationValueOfTheLongTableRowParams:
+    id: int
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class OneEnumerationValueOfTheLongTableRowRow:
+    yet_another_fairly_long_column_name: models.ARatherLongEnumerationTypeNameForTesting | None
+
+
 class Querier:
     """The queries of queries.sql, run in the connection's current transaction."""
 
@@ -247,6 +274,26 @@ class Querier:
             )
             return models.ExecResult(rowcount=cur.rowcount, statusmessage=cur.statusmessage)
 
+    def list_the_enumeration_values_of_every_row_in_the_long_table(
+        self,
+    ) -> list[ListTheEnumerationValuesOfEveryRowInTheLongTableRow]:
+        with self._cursor() as cur:
+            cur.execute(LIST_THE_ENUMERATION_VALUES_OF_EVERY_ROW_IN_THE_LONG_TABLE)
+            return [
+                _list_the_enumeration_values_of_every_row_in_the_long_table_row_from_row(row)
+                for row in cur.fetchall()
+            ]
+
+    def one_enumeration_value_of_the_long_table_row(
+        self, arg: OneEnumerationValueOfTheLongTableRowParams
+    ) -> OneEnumerationValueOfTheLongTableRowRow | None:
+        with self._cursor() as cur:
+            cur.execute(ONE_ENUMERATION_VALUE_OF_THE_LONG_TABLE_ROW, (arg.id,))
+            row = cur.fetchone()
+        return (
+            None if row is None else _one_enumeration_value_of_the_long_table_row_row_from_row(row)
+        )
+
 
 def _a_table_with_a_really_quite_long_name_indeed_ye_from_row(
     row: tuple[Any, ...],
@@ -294,6 +341,26 @@ def _batch_one_of_the_rows_of_the_table_with_the_really_quite_long_name_row_from
         a_column_with_an_extremely_long_name_for_layout_purposes_only=row[0],
         yet_another_fairly_long_column_name=_optional(
             models.ARatherLongEnumerationTypeNameForTesting, row[1]
+        ),
+    )
+
+
+def _list_the_enumeration_values_of_every_row_in_the_long_table_row_from_row(
+    row: tuple[Any, ...],
+) -> ListTheEnumerationValuesOfEveryRowInTheLongTableRow:
+    return ListTheEnumerationValuesOfEveryRowInTheLongTableRow(
+        the_list_of_enumeration_values_column=_enum_array(
+            models.ARatherLongEnumerationTypeNameForTesting, row[0]
+        ),
+    )
+
+
+def _one_enumeration_value_of_the_long_table_row_row_from_row(
+    row: tuple[Any, ...],
+) -> OneEnumerationValueOfTheLongTableRowRow:
+    return OneEnumerationValueOfTheLongTableRowRow(
+        yet_another_fairly_long_column_name=_optional(
+            models.ARatherLongEnumerationTypeNameForTesting, row[0]
         ),
     )
 

@@ -56,11 +56,6 @@ COUNT_SAMPLES = """-- name: CountSamples :one
 SELECT count(*) AS total FROM samples
 """
 
-
-class CountSamplesRow(pydantic.BaseModel):
-    total: int
-
-
 SET_FEELING = """-- name: SetFeeling :execrows
 UPDATE samples SET feeling = $1 WHERE id = ANY($2::bigint[])
 """
@@ -130,10 +125,6 @@ class ListEventsOfTypeParams(pydantic.BaseModel):
     type_: str
 
 
-class ListEventsOfTypeRow(pydantic.BaseModel):
-    id: int
-
-
 EVENTS_WITH_SAMPLES = """-- name: EventsWithSamples :many
 SELECT events.id, events."from", events.type, events.input, events.feeling, events.sample_id, samples.id, samples.small, samples.regular, samples.big, samples.single, samples.double, samples.exact, samples.cash, samples.flag, samples.body, samples.short, samples.fixed, samples.raw, samples.day, samples.clock, samples.zoned_clock, samples.moment, samples.zoned_moment, samples.duration, samples.identifier, samples.address, samples.network, samples.hardware, samples.document, samples.binary_document, samples.feeling, samples.numbers, samples.grid, samples.words, samples.feelings, samples.feeling_grid, samples.documents, samples.span, samples.period, samples.location, samples.feeling AS sample_feeling
 FROM events JOIN samples ON samples.id = events.sample_id
@@ -163,6 +154,15 @@ class PlaceholdersRow(pydantic.BaseModel):
     dollar_quoted: str
     doubled: Any | None
     column_5: int
+
+
+LIST_EVENT_FEELINGS = """-- name: ListEventFeelings :many
+SELECT feeling FROM events ORDER BY id
+"""
+
+GET_SAMPLE_FEELING = """-- name: GetSampleFeeling :one
+SELECT feeling FROM samples WHERE id = $1
+"""
 
 
 class Querier:
@@ -270,15 +270,19 @@ class Querier:
     ) -> list[ListSamplesByFeelingRow]:
         with self._cursor() as cur:
             cur.execute(LIST_SAMPLES_BY_FEELING, (_array(feelings),))
-            return [_list_samples_by_feeling_row_from_row(row) for row in cur.fetchall()]
+            return [
+                _list_samples_by_feeling_row_from_row(row) for row in cur.fetchall()
+            ]
 
-    def count_samples(self) -> CountSamplesRow | None:
+    def count_samples(self) -> int | None:
         with self._cursor() as cur:
             cur.execute(COUNT_SAMPLES)
             row = cur.fetchone()
-        return None if row is None else _count_samples_row_from_row(row)
+        return None if row is None else row[0]
 
-    def set_feeling(self, *, feeling: models.Mood | str | None, ids: Sequence[int]) -> int:
+    def set_feeling(
+        self, *, feeling: models.Mood | str | None, ids: Sequence[int]
+    ) -> int:
         with self._cursor() as cur:
             cur.execute(SET_FEELING, (feeling, _array(ids)))
             return cur.rowcount
@@ -286,7 +290,9 @@ class Querier:
     def touch_samples(self) -> models.ExecResult:
         with self._cursor() as cur:
             cur.execute(TOUCH_SAMPLES)
-            return models.ExecResult(rowcount=cur.rowcount, statusmessage=cur.statusmessage)
+            return models.ExecResult(
+                rowcount=cur.rowcount, statusmessage=cur.statusmessage
+            )
 
     def delete_sample(self, *, id: int) -> None:
         with self._cursor() as cur:
@@ -330,22 +336,24 @@ class Querier:
             # executemany(returning=True) leaves one result set per parameter set.
             while True:
                 row = cur.fetchone()
-                results.append(None if row is None else _get_event_inputs_row_from_row(row))
+                results.append(
+                    None if row is None else _get_event_inputs_row_from_row(row)
+                )
                 if not cur.nextset():
                     return results
 
     def list_events_of_type(
         self, params: Iterable[ListEventsOfTypeParams]
-    ) -> list[list[ListEventsOfTypeRow]]:
+    ) -> list[list[int]]:
         args = [(p.type_,) for p in params]
-        results: list[list[ListEventsOfTypeRow]] = []
+        results: list[list[int]] = []
         if not args:
             return results
         with self._cursor() as cur:
             cur.executemany(LIST_EVENTS_OF_TYPE, args, returning=True)
             # executemany(returning=True) leaves one result set per parameter set.
             while True:
-                results.append([_list_events_of_type_row_from_row(row) for row in cur.fetchall()])
+                results.append([row[0] for row in cur.fetchall()])
                 if not cur.nextset():
                     return results
 
@@ -360,6 +368,19 @@ class Querier:
             cur.execute(PLACEHOLDERS, (word,))
             row = cur.fetchone()
         return None if row is None else _placeholders_row_from_row(row)
+
+    def list_event_feelings(self) -> list[models.Mood]:
+        """One column: a list of values, not of one-field Row classes."""
+        with self._cursor() as cur:
+            cur.execute(LIST_EVENT_FEELINGS)
+            return [models.Mood(row[0]) for row in cur.fetchall()]
+
+    def get_sample_feeling(self, *, id: int) -> models.Mood | None:
+        """One nullable column: `None` is both "no row" and "NULL"."""
+        with self._cursor() as cur:
+            cur.execute(GET_SAMPLE_FEELING, (id,))
+            row = cur.fetchone()
+        return None if row is None else _optional(models.Mood, row[0])
 
 
 def _sample_from_row(row: tuple[Any, ...]) -> models.Sample:
@@ -402,17 +423,13 @@ def _sample_from_row(row: tuple[Any, ...]) -> models.Sample:
     )
 
 
-def _list_samples_by_feeling_row_from_row(row: tuple[Any, ...]) -> ListSamplesByFeelingRow:
+def _list_samples_by_feeling_row_from_row(
+    row: tuple[Any, ...],
+) -> ListSamplesByFeelingRow:
     return ListSamplesByFeelingRow(
         id=row[0],
         feeling=_optional(models.Mood, row[1]),
         feelings=_enum_array(models.Mood, row[2]),
-    )
-
-
-def _count_samples_row_from_row(row: tuple[Any, ...]) -> CountSamplesRow:
-    return CountSamplesRow(
-        total=row[0],
     )
 
 
@@ -431,12 +448,6 @@ def _get_event_inputs_row_from_row(row: tuple[Any, ...]) -> GetEventInputsRow:
     return GetEventInputsRow(
         id=row[0],
         input=row[1],
-    )
-
-
-def _list_events_of_type_row_from_row(row: tuple[Any, ...]) -> ListEventsOfTypeRow:
-    return ListEventsOfTypeRow(
-        id=row[0],
     )
 
 
@@ -489,5 +500,6 @@ def _enum_array(cls: Callable[[Any], Any], value: Any) -> Any:
     if isinstance(value, str):
         value = _TEXT_ARRAY.load(value.encode())
     return [
-        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item) for item in value
+        _enum_array(cls, item) if isinstance(item, list) else _optional(cls, item)
+        for item in value
     ]
