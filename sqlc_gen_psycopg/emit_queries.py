@@ -69,6 +69,19 @@ _ARRAY_RETURN = Group(
     "]",
     separator=" ",
 )
+# The wrapper a JSON parameter goes through, and the helper that applies it
+# unless the caller has wrapped the value already (Json or Jsonb).
+_JSON_HELPERS = {"Json": "_json", "Jsonb": "_jsonb"}
+
+
+def _json_helper(wrapper: str) -> tuple[str, ...]:
+    return (
+        f"def {_JSON_HELPERS[wrapper]}(value: Any) -> Any:",
+        f'{INDENT}"""A value for a {wrapper.lower()} parameter, wrapped unless it is already."""',
+        f"{INDENT}return value if isinstance(value, (Json, Jsonb)) else {wrapper}(value)",
+    )
+
+
 _TEXT_ARRAY_COMMENT = (
     "# psycopg does not know the OIDs of the schema's enums, so it returns an enum",
     "# array in PostgreSQL's text form, such as '{queued,running}'.",
@@ -382,7 +395,8 @@ class _QueryModule:
         kind = param.type.base.kind
         wrapper = _JSON_WRAPPERS.get(kind)
         if wrapper:
-            self.writer.use(Import("psycopg.types.json", wrapper))
+            self._need(wrapper)
+            wrapper = _JSON_HELPERS[wrapper]
         if param.type.dims:
             self._need("array")
             extra = [wrapper] if wrapper else []
@@ -455,6 +469,12 @@ class _QueryModule:
             signature = self._render(_def(*_ARRAY_SIGNATURE), "")
             returned = self._render(_ARRAY_RETURN, INDENT)
             self.writer.add([*signature, *_ARRAY_BODY, *returned], spaced=True)
+        for wrapper in sorted(_JSON_HELPERS):
+            if wrapper in self.helpers:
+                self.writer.use(
+                    Import("psycopg.types.json", "Json"), Import("psycopg.types.json", "Jsonb")
+                )
+                self.writer.add(list(_json_helper(wrapper)), spaced=True)
         if "enum_array" in self.helpers:
             self.writer.use(
                 Import("psycopg", "postgres"),

@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.generator.conftest import each_querier
 from tests.generator.golden.edge_cases import models
@@ -104,10 +105,13 @@ def test_void_results_are_none(querier: Any) -> None:
     assert querier.sleep() is None
 
 
-def test_json_parameters_take_plain_values(querier: Any) -> None:
+def test_json_parameters_take_plain_values_or_values_wrapped_already(querier: Any) -> None:
+    """A JSON parameter takes a plain value, and one the caller wrapped itself (it
+    is not wrapped twice, which psycopg could not serialize)."""
     gadget = querier.insert_gadget(GADGET)
     assert querier.set_gadget_json(json=[1, "two"], id=gadget.id) == 1
     assert querier.set_gadget_json(json=None, id=gadget.id) == 1
+    assert querier.set_gadget_json(json=Jsonb({"wrapped": True}), id=gadget.id) == 1
 
 
 def test_pydantic_fields_named_like_base_model_attributes_keep_the_column_name(

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from lessons.lesson03_concurrency_limits.db import models
 
@@ -85,7 +85,7 @@ class Querier:
         self, *, queue: str, task_name: str, display_name: str, input_: Any
     ) -> models.Task | None:
         with self._cursor() as cur:
-            cur.execute(CREATE_TASK, (queue, task_name, display_name, Jsonb(input_)))
+            cur.execute(CREATE_TASK, (queue, task_name, display_name, _jsonb(input_)))
             row = cur.fetchone()
         return None if row is None else _task_from_row(row)
 
@@ -101,11 +101,11 @@ class Querier:
 
     def complete_task(self, *, output: Any | None, id: int) -> None:
         with self._cursor() as cur:
-            cur.execute(COMPLETE_TASK, (_optional(Jsonb, output), id))
+            cur.execute(COMPLETE_TASK, (_optional(_jsonb, output), id))
 
     def fail_task(self, *, error: Any | None, id: int) -> None:
         with self._cursor() as cur:
-            cur.execute(FAIL_TASK, (_optional(Jsonb, error), id))
+            cur.execute(FAIL_TASK, (_optional(_jsonb, error), id))
 
     def get_task(self, *, id: int) -> models.Task | None:
         with self._cursor() as cur:
@@ -150,3 +150,8 @@ _T = TypeVar("_T")
 def _optional(convert: Callable[[Any], _T], value: Any) -> _T | None:
     """Convert a value unless it is NULL."""
     return None if value is None else convert(value)
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from lessons.lesson08_listen_notify.db import models
 
@@ -352,7 +352,7 @@ class Querier:
                     queue,
                     task_name,
                     display_name,
-                    Jsonb(input_),
+                    _jsonb(input_),
                     priority,
                     max_retries,
                     execution_timeout_seconds,
@@ -552,9 +552,9 @@ class Querier:
                     event_number,
                     kind,
                     name,
-                    Jsonb(input_),
+                    _jsonb(input_),
                     key,
-                    _optional(Jsonb, output),
+                    _optional(_jsonb, output),
                     child_task_id,
                     attempt,
                     worker_id,
@@ -763,3 +763,8 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from lessons.lesson09_durable_sleep.db import models
 
@@ -434,7 +434,7 @@ class Querier:
                     queue,
                     task_name,
                     display_name,
-                    Jsonb(input_),
+                    _jsonb(input_),
                     priority,
                     max_retries,
                     execution_timeout_seconds,
@@ -690,9 +690,9 @@ class Querier:
                     event_number,
                     kind,
                     name,
-                    Jsonb(input_),
+                    _jsonb(input_),
                     key,
-                    _optional(Jsonb, output),
+                    _optional(_jsonb, output),
                     child_task_id,
                     wake_after_seconds,
                     attempt,
@@ -938,3 +938,8 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)

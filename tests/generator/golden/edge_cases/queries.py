@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from . import models
 
@@ -120,7 +120,7 @@ class Querier:
                     arg.datetime_,
                     arg.date,
                     arg.models_,
-                    _optional(Jsonb, arg.json),
+                    _optional(_jsonb, arg.json),
                     arg.schema,
                     arg.copy_,
                     arg.dict_,
@@ -155,7 +155,7 @@ class Querier:
 
     def set_gadget_json(self, *, json: Any | None, id: int) -> int:
         with self._cursor() as cur:
-            cur.execute(SET_GADGET_JSON, (_optional(Jsonb, json), id))
+            cur.execute(SET_GADGET_JSON, (_optional(_jsonb, json), id))
             return cur.rowcount
 
     def copy_users(self, params: Iterable[CopyUsersParams]) -> int:
@@ -203,7 +203,7 @@ class AsyncQuerier:
                     arg.datetime_,
                     arg.date,
                     arg.models_,
-                    _optional(Jsonb, arg.json),
+                    _optional(_jsonb, arg.json),
                     arg.schema,
                     arg.copy_,
                     arg.dict_,
@@ -238,7 +238,7 @@ class AsyncQuerier:
 
     async def set_gadget_json(self, *, json: Any | None, id: int) -> int:
         async with self._cursor() as cur:
-            await cur.execute(SET_GADGET_JSON, (_optional(Jsonb, json), id))
+            await cur.execute(SET_GADGET_JSON, (_optional(_jsonb, json), id))
             return cur.rowcount
 
     async def copy_users(self, params: Iterable[CopyUsersParams]) -> int:
@@ -323,3 +323,8 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)

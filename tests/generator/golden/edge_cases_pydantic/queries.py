@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import psycopg
 import pydantic
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from tests.generator.golden.edge_cases_pydantic import models
 
@@ -116,7 +116,7 @@ class Querier:
                     arg.datetime_,
                     arg.date,
                     arg.models_,
-                    _optional(Jsonb, arg.json_),
+                    _optional(_jsonb, arg.json_),
                     arg.schema_,
                     arg.copy_,
                     arg.dict_,
@@ -151,7 +151,7 @@ class Querier:
 
     def set_gadget_json(self, *, json: Any | None, id: int) -> int:
         with self._cursor() as cur:
-            cur.execute(SET_GADGET_JSON, (_optional(Jsonb, json), id))
+            cur.execute(SET_GADGET_JSON, (_optional(_jsonb, json), id))
             return cur.rowcount
 
     def copy_users(self, params: Iterable[CopyUsersParams]) -> int:
@@ -236,3 +236,8 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)

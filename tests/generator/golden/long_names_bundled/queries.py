@@ -13,7 +13,7 @@ import psycopg
 from psycopg import postgres, pq
 from psycopg.adapt import Transformer
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 from . import models
 
@@ -159,7 +159,7 @@ class Querier:
                     arg.id,
                     arg.a_column_with_an_extremely_long_name_for_layout_purposes_only,
                     _optional(
-                        Jsonb, arg.another_column_with_an_extremely_long_name_for_layout_testing
+                        _jsonb, arg.another_column_with_an_extremely_long_name_for_layout_testing
                     ),
                     arg.yet_another_fairly_long_column_name,
                     _array(arg.the_list_of_enumeration_values_column),
@@ -179,7 +179,7 @@ class Querier:
                 SELECT_SOME_COLUMNS_FROM_THE_TABLE_WITH_THE_REALLY_LONG_NAME,
                 (
                     _optional(
-                        Jsonb, arg.another_column_with_an_extremely_long_name_for_layout_testing
+                        _jsonb, arg.another_column_with_an_extremely_long_name_for_layout_testing
                     ),
                 ),
             )
@@ -251,7 +251,7 @@ class Querier:
                             p.id,
                             p.a_column_with_an_extremely_long_name_for_layout_purposes_only,
                             _optional(
-                                Jsonb,
+                                _jsonb,
                                 p.another_column_with_an_extremely_long_name_for_layout_testing,
                             ),
                         ),
@@ -266,7 +266,7 @@ class Querier:
                 UPDATE_THE_TABLE_WITH_THE_REALLY_QUITE_LONG_NAME_INDEED_YES,
                 (
                     _optional(
-                        Jsonb, arg.another_column_with_an_extremely_long_name_for_layout_testing
+                        _jsonb, arg.another_column_with_an_extremely_long_name_for_layout_testing
                     ),
                     arg.yet_another_fairly_long_column_name,
                     arg.id,
@@ -382,6 +382,11 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)
 
 
 # psycopg does not know the OIDs of the schema's enums, so it returns an enum

@@ -241,15 +241,15 @@ class Querier:
                     address,
                     network,
                     hardware,
-                    _optional(Json, document),
-                    _optional(Jsonb, binary_document),
+                    _optional(_json, document),
+                    _optional(_jsonb, binary_document),
                     feeling,
                     _array(numbers),
                     _array(grid, dims=2),
                     _array(words),
                     _array(feelings),
                     _array(feeling_grid, dims=2),
-                    _array(documents, Jsonb),
+                    _array(documents, _jsonb),
                     span,
                     period,
                     location,
@@ -302,7 +302,7 @@ class Querier:
         self, *, from_: str, type_: str, input_: Any, sample_id: int | None
     ) -> models.Event | None:
         with self._cursor() as cur:
-            cur.execute(CREATE_EVENT, (from_, type_, Jsonb(input_), sample_id))
+            cur.execute(CREATE_EVENT, (from_, type_, _jsonb(input_), sample_id))
             row = cur.fetchone()
         return None if row is None else _event_from_row(row)
 
@@ -310,7 +310,7 @@ class Querier:
         with self._cursor() as cur:
             with cur.copy(COPY_EVENTS) as copy:
                 for p in params:
-                    copy.write_row((p.from_, p.type_, Jsonb(p.input_), p.feeling))
+                    copy.write_row((p.from_, p.type_, _jsonb(p.input_), p.feeling))
             return cur.rowcount
 
     def find_events(self, *, type_: str | None) -> list[models.Event]:
@@ -486,6 +486,16 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _json(value: Any) -> Any:
+    """A value for a json parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Json(value)
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)
 
 
 # psycopg does not know the OIDs of the schema's enums, so it returns an enum

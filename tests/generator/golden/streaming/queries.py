@@ -251,15 +251,15 @@ class Querier:
                     arg.address,
                     arg.network,
                     arg.hardware,
-                    _optional(Json, arg.document),
-                    _optional(Jsonb, arg.binary_document),
+                    _optional(_json, arg.document),
+                    _optional(_jsonb, arg.binary_document),
                     arg.feeling,
                     _array(arg.numbers),
                     _array(arg.grid, dims=2),
                     _array(arg.words),
                     _array(arg.feelings),
                     _array(arg.feeling_grid, dims=2),
-                    _array(arg.documents, Jsonb),
+                    _array(arg.documents, _jsonb),
                     arg.span,
                     arg.period,
                     arg.location,
@@ -310,7 +310,7 @@ class Querier:
         self, *, from_: str, type_: str, input_: Any, sample_id: int | None
     ) -> models.Event | None:
         with self._cursor() as cur:
-            cur.execute(CREATE_EVENT, (from_, type_, Jsonb(input_), sample_id))
+            cur.execute(CREATE_EVENT, (from_, type_, _jsonb(input_), sample_id))
             row = cur.fetchone()
         return None if row is None else _event_from_row(row)
 
@@ -318,7 +318,7 @@ class Querier:
         with self._cursor() as cur:
             with cur.copy(COPY_EVENTS) as copy:
                 for p in params:
-                    copy.write_row((p.from_, p.type_, Jsonb(p.input_), p.feeling))
+                    copy.write_row((p.from_, p.type_, _jsonb(p.input_), p.feeling))
             return cur.rowcount
 
     def find_events(self, *, type_: str | None) -> Generator[models.Event, None, None]:
@@ -430,15 +430,15 @@ class AsyncQuerier:
                     arg.address,
                     arg.network,
                     arg.hardware,
-                    _optional(Json, arg.document),
-                    _optional(Jsonb, arg.binary_document),
+                    _optional(_json, arg.document),
+                    _optional(_jsonb, arg.binary_document),
                     arg.feeling,
                     _array(arg.numbers),
                     _array(arg.grid, dims=2),
                     _array(arg.words),
                     _array(arg.feelings),
                     _array(arg.feeling_grid, dims=2),
-                    _array(arg.documents, Jsonb),
+                    _array(arg.documents, _jsonb),
                     arg.span,
                     arg.period,
                     arg.location,
@@ -489,7 +489,7 @@ class AsyncQuerier:
         self, *, from_: str, type_: str, input_: Any, sample_id: int | None
     ) -> models.Event | None:
         async with self._cursor() as cur:
-            await cur.execute(CREATE_EVENT, (from_, type_, Jsonb(input_), sample_id))
+            await cur.execute(CREATE_EVENT, (from_, type_, _jsonb(input_), sample_id))
             row = await cur.fetchone()
         return None if row is None else _event_from_row(row)
 
@@ -497,7 +497,9 @@ class AsyncQuerier:
         async with self._cursor() as cur:
             async with cur.copy(COPY_EVENTS) as copy:
                 for p in params:
-                    await copy.write_row((p.from_, p.type_, Jsonb(p.input_), p.feeling))
+                    await copy.write_row(
+                        (p.from_, p.type_, _jsonb(p.input_), p.feeling)
+                    )
             return cur.rowcount
 
     async def find_events(
@@ -675,6 +677,16 @@ def _array(
     if dims > 1:
         return [_array(item, wrap, dims - 1) for item in value]
     return [item if wrap is None or item is None else wrap(item) for item in value]
+
+
+def _json(value: Any) -> Any:
+    """A value for a json parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Json(value)
+
+
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter, wrapped unless it is already."""
+    return value if isinstance(value, (Json, Jsonb)) else Jsonb(value)
 
 
 # psycopg does not know the OIDs of the schema's enums, so it returns an enum
