@@ -446,3 +446,123 @@ def test_push_event_refuses_a_payload_it_cannot_store_and_stores_nothing(
         push(pool, "k", "a\x00b")
     with pool.connection() as conn:
         assert Querier(conn).list_external_events() == []
+
+
+def running_again_with_its_wait_open(pool: ConnectionPool, key: str) -> tuple[int, Task]:
+    """A task that waits for `key`, claimed again (woken for another reason, a
+    child, a deadline) while its wait is still open: the worker's id, and the task."""
+    with pool.connection() as conn:
+        queries = Querier(conn)
+        registered = queries.register_worker(name="test", queue=QUEUE, slots=1, lease_seconds=10)
+        assert registered is not None
+        task_id = enqueue(conn, "wait_for_key", {}, queue=QUEUE, durable=True)
+
+        def claim() -> list[Task]:
+            return queries.claim_tasks(
+                worker_id=registered.id,
+                queue=QUEUE,
+                task_names=[],
+                durable_task_names=["wait_for_key"],
+                max_tasks=1,
+            )
+
+        [task] = claim()
+        with pytest.raises(TaskSuspended):
+            context = DurableContext.load(pool, worker_id=registered.id, task=task, limits=LIMITS)
+            context.wait_for_event(key, timeout=60)
+        queries.wake_tasks(ids=[task_id])
+        [task] = claim()
+    return registered.id, task
+
+
+def blocked_by(pool: ConnectionPool, backend_pid: int) -> bool:
+    """Whether some session waits for a lock that the session `backend_pid` holds."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (backend_pid,),
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+def read_the_outcome_in_a_thread(
+    pool: ConnectionPool, worker_id: int, task: Task, key: str
+) -> tuple[threading.Thread, list[Any]]:
+    """The task's run reaching its wait, on a thread: what wait_for_event returned."""
+    returned: list[Any] = []
+    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    reader = threading.Thread(
+        target=lambda: returned.append(context.wait_for_event(key, timeout=60))
+    )
+    reader.start()
+    return reader, returned
+
+
+def replayed_outcome(pool: ConnectionPool, worker_id: int, task: Task, key: str) -> Any:
+    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    return context.wait_for_event(key, timeout=60)
+
+
+def test_a_task_that_reaches_its_wait_while_a_push_in_a_long_transaction_ends_it_gets_the_payload(
+    database: LessonDatabase,
+) -> None:
+    """The caller pushes inside a transaction of its own, and has not committed.
+    The task runs again and looks at its wait: the push holds the wait's row, so
+    the look waits for it. The caller commits; the look then reads the wait the
+    push ended, and must return the event's payload. Under READ COMMITTED, a look
+    that joined external_events got the newest version of the locked wait, but the
+    event as its own snapshot saw it, that is, not yet pushed: it returned None,
+    and a replay returned the real payload."""
+    pool = database.pool
+    worker_id, task = running_again_with_its_wait_open(pool, "k")
+    with connect(database.url, schema=database.schema) as caller:
+        caller.execute("BEGIN")
+        pushed = push_event(caller, "k", {"approved": True})
+        reader, returned = read_the_outcome_in_a_thread(pool, worker_id, task, "k")
+        wait_until(
+            lambda: blocked_by(pool, caller.info.backend_pid),
+            message="the task's look at its wait did not wait for the push",
+        )
+        caller.execute("COMMIT")
+        reader.join(timeout=10)
+    assert pushed.woke_task_ids == [task.id]
+    assert returned == [{"approved": True}]
+    assert replayed_outcome(pool, worker_id, task, "k") == {"approved": True}
+
+
+def test_a_task_that_reaches_its_wait_while_an_autocommit_push_ends_it_gets_the_payload(
+    database: LessonDatabase,
+) -> None:
+    """The same moment with a push in its own short transaction, held open for the
+    test between ending the wait and committing: its WakeTasks waits for a lock the
+    test holds on the task's row, as a push would behind the task's own worker or
+    a sweep. The task looks at its wait and waits for the push; the test lets the
+    push go, it commits, and the look must return the payload, not None."""
+    pool = database.pool
+    worker_id, task = running_again_with_its_wait_open(pool, "k")
+    with (
+        connect(database.url, schema=database.schema) as holder,
+        connect(database.url, schema=database.schema) as push_conn,
+    ):
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM tasks WHERE id = %s FOR SHARE", (task.id,))
+        pushed: list[PushedEvent] = []
+        pusher = threading.Thread(
+            target=lambda: pushed.append(push_event(push_conn, "k", {"approved": True}))
+        )
+        pusher.start()
+        wait_until(
+            lambda: blocked_by(pool, holder.info.backend_pid),
+            message="the push did not wait for the task's row",
+        )
+        reader, returned = read_the_outcome_in_a_thread(pool, worker_id, task, "k")
+        wait_until(
+            lambda: blocked_by(pool, push_conn.info.backend_pid),
+            message="the task's look at its wait did not wait for the push",
+        )
+        holder.execute("COMMIT")
+        pusher.join(timeout=10)
+        reader.join(timeout=10)
+    assert pushed[0].woke_task_ids == [task.id]
+    assert returned == [{"approved": True}]
+    assert replayed_outcome(pool, worker_id, task, "k") == {"approved": True}

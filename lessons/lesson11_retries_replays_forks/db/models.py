@@ -50,6 +50,7 @@ class EventWait:
     key: str
     timeout_at: datetime.datetime
     external_event_id: int | None
+    payload: Any | None
     ended_at: datetime.datetime | None
 
 

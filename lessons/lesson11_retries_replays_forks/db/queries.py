@@ -389,9 +389,12 @@ WHERE task_id = $2::bigint
 """
 
 COPY_EVENT_WAITS = """-- name: CopyEventWaits :execrows
-INSERT INTO event_waits (task_id, event_number, key, timeout_at, external_event_id, ended_at)
+INSERT INTO event_waits (
+    task_id, event_number, key, timeout_at, external_event_id, payload, ended_at
+)
 SELECT
-    $1::bigint, event_number, key, timeout_at, external_event_id, ended_at
+    $1::bigint, event_number, key, timeout_at, external_event_id, payload,
+    ended_at
 FROM event_waits
 WHERE task_id = $2::bigint
   AND event_number < $3::integer
@@ -476,19 +479,11 @@ VALUES ($1, $2, $3, $4)
 """
 
 GET_WAIT_FOR_SHARE = """-- name: GetWaitForShare :one
-SELECT
-    event_waits.task_id,
-    event_waits.event_number,
-    event_waits.key,
-    event_waits.timeout_at,
-    event_waits.external_event_id,
-    event_waits.ended_at,
-    external_events.payload
+SELECT task_id, event_number, key, timeout_at, external_event_id, ended_at, payload
 FROM event_waits
-LEFT JOIN external_events ON external_events.id = event_waits.external_event_id
-WHERE event_waits.task_id = $1
-  AND event_waits.event_number = $2
-FOR SHARE OF event_waits
+WHERE task_id = $1
+  AND event_number = $2
+FOR SHARE
 """
 
 
@@ -518,7 +513,7 @@ WHERE event_waits.task_id = $1::bigint
         AND tasks.status = 'running'
       FOR SHARE
   )
-RETURNING task_id, event_number, key, timeout_at, external_event_id, ended_at
+RETURNING task_id, event_number, key, timeout_at, external_event_id, payload, ended_at
 """
 
 PUSH_EVENT = """-- name: PushEvent :one
@@ -536,11 +531,13 @@ WITH open_waits AS (
     FOR UPDATE
 )
 UPDATE event_waits
-SET external_event_id = $1::bigint,
+SET external_event_id = pushed.id,
+    payload = pushed.payload,
     ended_at = now()
-FROM open_waits
+FROM open_waits, external_events AS pushed
 WHERE event_waits.task_id = open_waits.task_id
   AND event_waits.event_number = open_waits.event_number
+  AND pushed.id = $1::bigint
 RETURNING event_waits.task_id
 """
 
@@ -556,7 +553,7 @@ ORDER BY id
 """
 
 LIST_EVENT_WAITS = """-- name: ListEventWaits :many
-SELECT task_id, event_number, key, timeout_at, external_event_id, ended_at FROM event_waits
+SELECT task_id, event_number, key, timeout_at, external_event_id, payload, ended_at FROM event_waits
 ORDER BY task_id, event_number
 """
 
@@ -1024,6 +1021,12 @@ class Querier:
         this transaction ends, so that no push can end it between the waiting task
         looking at it and suspending: the push waits, then finds the task suspended,
         and wakes it (the lost wake-up of lesson 09, see WakeTasks).
+
+        Everything comes from the locked row. A look that waits for a push ending
+        the wait reads, once the push commits, the newest version of the row it
+        locked, but every other table as its snapshot saw it, from before the push
+        (READ COMMITTED): joined to external_events, it found the wait ended by an
+        event it could not see, and returned no payload, where a replay returned it.
         """
         with self._cursor() as cur:
             cur.execute(GET_WAIT_FOR_SHARE, (task_id, event_number))
@@ -1052,7 +1055,8 @@ class Querier:
 
     def deliver_event(self, *, external_event_id: int, key: str) -> list[DeliverEventRow]:
         """End, with this event, every open wait for its key whose deadline has not
-        passed, and return the waiting tasks, to be woken. Which waits are open is
+        passed, and return the waiting tasks, to be woken. Each wait gets the event's
+        payload in its own row (see GetWaitForShare). Which waits are open is
         what this statement sees when it begins: a wait recorded after that does
         not see this event. The rows are locked in order, and a push that finds a
         wait locked by another push waits for it, then finds it ended and leaves it
@@ -1272,7 +1276,8 @@ def _event_wait_from_row(row: tuple[Any, ...]) -> models.EventWait:
         key=row[2],
         timeout_at=row[3],
         external_event_id=row[4],
-        ended_at=row[5],
+        payload=row[5],
+        ended_at=row[6],
     )
 
 

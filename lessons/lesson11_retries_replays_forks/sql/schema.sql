@@ -171,7 +171,9 @@ CREATE TABLE external_events (
 -- is open (external_event_id), or by its timeout (ended_at with no event).
 -- Whoever ends it first, a push or the waiting task, ends it for good: the
 -- other finds it ended. A later attempt reads it here, so a replay sees the
--- same event as the run that first got it. A fork copies the waits of the
+-- same event as the run that first got it: the push copies the event's payload
+-- into the wait's row, so that the row the waiting task locks to look at its
+-- wait is all it reads (see GetWaitForShare). A fork copies the waits of the
 -- events it copies, ended as they are; an operator's replay deletes them.
 CREATE TABLE event_waits (
     task_id bigint NOT NULL,
@@ -181,11 +183,14 @@ CREATE TABLE event_waits (
     timeout_at timestamptz NOT NULL,
     -- The event that ended the wait; NULL while it is open, or if it timed out.
     external_event_id bigint REFERENCES external_events (id),
+    -- That event's payload, as the push that ended the wait copied it here.
+    payload jsonb,
     -- NULL while the wait is open.
     ended_at timestamptz,
     PRIMARY KEY (task_id, event_number),
     FOREIGN KEY (task_id, event_number) REFERENCES task_events (task_id, event_number),
-    CHECK (external_event_id IS NULL OR ended_at IS NOT NULL)
+    CHECK (external_event_id IS NULL OR ended_at IS NOT NULL),
+    CHECK ((external_event_id IS NULL) = (payload IS NULL))
 );
 
 -- The open waits, by key: what a push looks for. A wait leaves it when it ends,
