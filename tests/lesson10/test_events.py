@@ -566,3 +566,116 @@ def test_a_task_that_reaches_its_wait_while_an_autocommit_push_ends_it_gets_the_
     assert pushed[0].woke_task_ids == [task.id]
     assert returned == [{"approved": True}]
     assert replayed_outcome(pool, worker_id, task, "k") == {"approved": True}
+
+
+def test_a_push_retried_with_its_idempotency_key_is_one_event_and_ends_no_second_wait(
+    database: LessonDatabase,
+) -> None:
+    """A webhook pushes an approval; the reply is lost, and it pushes it again,
+    with the same idempotency key, once another task waits for the same key.
+    Without the key the retry was a second event, and ended that second wait."""
+    pool = database.pool
+    first_task_id = enqueue_wait(pool, "k", 30)
+    with worker(database):
+        wait_until(lambda: is_waiting(pool, first_task_id))
+        pushed = push_idempotent(pool, "k", "approved", "delivery-1")
+        first_task = wait_for_task(pool, first_task_id, timeout=10)
+        second_task_id = enqueue_wait(pool, "k", 30)
+        wait_until(lambda: is_waiting(pool, second_task_id))
+        retried = push_idempotent(pool, "k", "approved", "delivery-1")
+        assert is_waiting(pool, second_task_id), "the retried push ended the second wait"
+        another = push_idempotent(pool, "k", "approved again", "delivery-2")
+        second_task = wait_for_task(pool, second_task_id, timeout=10)
+
+    assert pushed == PushedEvent(id=pushed.id, woke_task_ids=[first_task_id], repeated=False)
+    assert retried == PushedEvent(id=pushed.id, woke_task_ids=[], repeated=True)
+    assert another.woke_task_ids == [second_task_id] and not another.repeated
+    assert first_task.output == {"payload": "approved"}
+    assert second_task.output == {"payload": "approved again"}
+    with pool.connection() as conn:
+        events = Querier(conn).list_external_events()
+    assert [(e.id, e.idempotency_key, e.pushes) for e in events] == [
+        (pushed.id, "delivery-1", 2),
+        (another.id, "delivery-2", 1),
+    ]
+
+
+def push_idempotent(pool: ConnectionPool, key: str, payload: Any, name: str) -> PushedEvent:
+    with pool.connection() as conn:
+        return push_event(conn, key, payload, idempotency_key=name)
+
+
+@pytest.mark.parametrize("first_ends", ["COMMIT", "ROLLBACK"])
+def test_a_push_with_the_idempotency_key_of_a_push_not_yet_committed_waits_for_it(
+    database: LessonDatabase, first_ends: str
+) -> None:
+    """Two pushes with one idempotency key, one step at a time: the first has
+    not committed when the second comes. The second waits for it, then, in the
+    same statement, finds its event (it committed) or makes its own (it rolled
+    back): one event either way, never two."""
+    pool = database.pool
+    with (
+        connect(database.url, schema=database.schema) as first,
+        connect(database.url, schema=database.schema) as second,
+    ):
+        first.execute("BEGIN")
+        first_event = push_event(first, "k", 1, idempotency_key="delivery-1")
+        second_result: list[PushedEvent] = []
+        pusher = threading.Thread(
+            target=lambda: second_result.append(
+                push_event(second, "k", 1, idempotency_key="delivery-1")
+            )
+        )
+        pusher.start()
+        wait_until(
+            lambda: blocked_by(pool, first.info.backend_pid),
+            message="the second push did not wait for the first",
+        )
+        first.execute(first_ends)
+        pusher.join(timeout=10)
+
+    with pool.connection() as conn:
+        [event] = Querier(conn).list_external_events()
+    [second_event] = second_result
+    if first_ends == "COMMIT":
+        assert second_event == PushedEvent(id=first_event.id, woke_task_ids=[], repeated=True)
+        assert (event.id, event.pushes) == (first_event.id, 2)
+    else:
+        assert not second_event.repeated and second_event.id != first_event.id
+        assert (event.id, event.pushes) == (second_event.id, 1)
+
+
+def test_an_idempotency_key_pushed_again_with_another_event_is_refused(
+    database: LessonDatabase,
+) -> None:
+    pool = database.pool
+    pushed = push_idempotent(pool, "k", {"approved": True, "by": "ada"}, "delivery-1")
+    for key, payload in (("k", {"approved": False}), ("other", {"approved": True, "by": "ada"})):
+        with pytest.raises(ValueError, match="idempotency key delivery-1 was pushed before"):
+            push_idempotent(pool, key, payload, "delivery-1")
+    # The same JSON in another order is the same payload (jsonb compares values).
+    assert push_idempotent(pool, "k", {"by": "ada", "approved": True}, "delivery-1").repeated
+    with pool.connection() as conn:
+        [event] = Querier(conn).list_external_events()
+    assert (event.id, event.pushes) == (pushed.id, 2)
+
+
+def test_the_push_event_command_pushed_again_with_its_idempotency_key_wakes_nobody(
+    database: LessonDatabase,
+) -> None:
+    pool = database.pool
+    task_id = enqueue_wait(pool, "approval:A-9", 30)
+    arguments = ["approval:A-9", "true", "--idempotency-key=delivery-1"]
+    with worker(database):
+        wait_until(lambda: is_waiting(pool, task_id))
+        pushed = run_push_command(*arguments, f"--schema={database.schema}")
+        task = wait_for_task(pool, task_id, timeout=10)
+        retried = run_push_command(*arguments, f"--schema={database.schema}")
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip() == f"event 1 pushed: approval:A-9; tasks it woke: {task_id}"
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.strip() == (
+        "event 1 was pushed before with idempotency key delivery-1: approval:A-9; "
+        "tasks it woke: none"
+    )
+    assert task.output == {"payload": True}

@@ -60,6 +60,8 @@ class ExternalEvent:
     key: str
     payload: Any
     pushed_at: datetime.datetime
+    idempotency_key: str | None
+    pushes: int
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

@@ -142,7 +142,14 @@ CREATE TABLE external_events (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     key text NOT NULL,
     payload jsonb NOT NULL,
-    pushed_at timestamptz NOT NULL DEFAULT now()
+    pushed_at timestamptz NOT NULL DEFAULT now(),
+    -- The client's own name for this push, when it gives one (a webhook's
+    -- delivery id): a client that did not get the reply pushes again with the
+    -- same name, and that is this event again, not a second one (see
+    -- PushEvent). UNIQUE lets many rows have none: NULLs are all distinct.
+    idempotency_key text UNIQUE,
+    -- How many pushes brought this event: more than 1 when a client retried it.
+    pushes integer NOT NULL DEFAULT 1
 );
 
 -- One row per wait for an external event, written with the wait's event in

@@ -517,9 +517,12 @@ RETURNING task_id, event_number, key, timeout_at, external_event_id, payload, en
 """
 
 PUSH_EVENT = """-- name: PushEvent :one
-INSERT INTO external_events (key, payload)
-VALUES ($1, $2)
-RETURNING id, key, payload, pushed_at
+INSERT INTO external_events (key, payload, idempotency_key)
+VALUES ($1, $2, $3)
+ON CONFLICT (idempotency_key) DO UPDATE
+SET pushes = external_events.pushes + 1
+WHERE external_events.key = excluded.key AND external_events.payload = excluded.payload
+RETURNING id, key, payload, pushed_at, idempotency_key, pushes
 """
 
 DELIVER_EVENT = """-- name: DeliverEvent :many
@@ -548,7 +551,7 @@ class DeliverEventRow:
 
 
 LIST_EXTERNAL_EVENTS = """-- name: ListExternalEvents :many
-SELECT id, key, payload, pushed_at FROM external_events
+SELECT id, key, payload, pushed_at, idempotency_key, pushes FROM external_events
 ORDER BY id
 """
 
@@ -1044,12 +1047,24 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _event_wait_from_row(row)
 
-    def push_event(self, *, key: str, payload: Any) -> models.ExternalEvent | None:
+    def push_event(
+        self, *, key: str, payload: Any, idempotency_key: str | None
+    ) -> models.ExternalEvent | None:
         """An external event arrives. DeliverEvent, in the same transaction, ends the
         waits it is for.
+
+        Unless it is one already here: a push with the idempotency key of an earlier
+        one is that event again (a retry after a lost reply). No row is inserted;
+        the earlier one comes back, its pushes counting this one, and the caller
+        delivers nothing. The statement decides alone, even for two pushes at once:
+        the second waits on the unique index for the first to commit, then updates
+        and returns the row the first inserted. (DO NOTHING would return no row,
+        and a SELECT in the same statement could not see a row committed after the
+        statement began.) A retry must push the same key and payload: for another,
+        the WHERE leaves the row as it is, and no row comes back.
         """
         with self._cursor() as cur:
-            cur.execute(PUSH_EVENT, (key, Jsonb(payload)))
+            cur.execute(PUSH_EVENT, (key, Jsonb(payload), idempotency_key))
             row = cur.fetchone()
         return None if row is None else _external_event_from_row(row)
 
@@ -1287,6 +1302,8 @@ def _external_event_from_row(row: tuple[Any, ...]) -> models.ExternalEvent:
         key=row[1],
         payload=row[2],
         pushed_at=row[3],
+        idempotency_key=row[4],
+        pushes=row[5],
     )
 
 

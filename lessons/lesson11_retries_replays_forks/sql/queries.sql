@@ -524,8 +524,21 @@ RETURNING *;
 -- name: PushEvent :one
 -- An external event arrives. DeliverEvent, in the same transaction, ends the
 -- waits it is for.
-INSERT INTO external_events (key, payload)
-VALUES (sqlc.arg(key), sqlc.arg(payload))
+--
+-- Unless it is one already here: a push with the idempotency key of an earlier
+-- one is that event again (a retry after a lost reply). No row is inserted;
+-- the earlier one comes back, its pushes counting this one, and the caller
+-- delivers nothing. The statement decides alone, even for two pushes at once:
+-- the second waits on the unique index for the first to commit, then updates
+-- and returns the row the first inserted. (DO NOTHING would return no row,
+-- and a SELECT in the same statement could not see a row committed after the
+-- statement began.) A retry must push the same key and payload: for another,
+-- the WHERE leaves the row as it is, and no row comes back.
+INSERT INTO external_events (key, payload, idempotency_key)
+VALUES (sqlc.arg(key), sqlc.arg(payload), sqlc.narg(idempotency_key))
+ON CONFLICT (idempotency_key) DO UPDATE
+SET pushes = external_events.pushes + 1
+WHERE external_events.key = excluded.key AND external_events.payload = excluded.payload
 RETURNING *;
 
 -- name: DeliverEvent :many
