@@ -140,7 +140,7 @@ def push_event(
                 f"idempotency key {idempotency_key} was pushed before with another key "
                 "or payload: a retry must push the same event"
             )
-        if event.pushes > 1:
+        if event.pushes > 1:  # an earlier push made it, and delivered it
             return PushedEvent(id=event.id, woke_task_ids=[], repeated=True)
         waiting = sorted(
             {row.task_id for row in queries.deliver_event(external_event_id=event.id, key=key)}
