@@ -446,3 +446,236 @@ def test_push_event_refuses_a_payload_it_cannot_store_and_stores_nothing(
         push(pool, "k", "a\x00b")
     with pool.connection() as conn:
         assert Querier(conn).list_external_events() == []
+
+
+def running_again_with_its_wait_open(pool: ConnectionPool, key: str) -> tuple[int, Task]:
+    """A task that waits for `key`, claimed again (woken for another reason, a
+    child, a deadline) while its wait is still open: the worker's id, and the task."""
+    with pool.connection() as conn:
+        queries = Querier(conn)
+        registered = queries.register_worker(name="test", queue=QUEUE, slots=1, lease_seconds=10)
+        assert registered is not None
+        task_id = enqueue(conn, "wait_for_key", {}, queue=QUEUE, durable=True)
+
+        def claim() -> list[Task]:
+            return queries.claim_tasks(
+                worker_id=registered.id,
+                queue=QUEUE,
+                task_names=[],
+                durable_task_names=["wait_for_key"],
+                max_tasks=1,
+            )
+
+        [task] = claim()
+        with pytest.raises(TaskSuspended):
+            context = DurableContext.load(pool, worker_id=registered.id, task=task, limits=LIMITS)
+            context.wait_for_event(key, timeout=60)
+        queries.wake_tasks(ids=[task_id])
+        [task] = claim()
+    return registered.id, task
+
+
+def blocked_by(pool: ConnectionPool, backend_pid: int) -> bool:
+    """Whether some session waits for a lock that the session `backend_pid` holds."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+            (backend_pid,),
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+def read_the_outcome_in_a_thread(
+    pool: ConnectionPool, worker_id: int, task: Task, key: str
+) -> tuple[threading.Thread, list[Any]]:
+    """The task's run reaching its wait, on a thread: what wait_for_event returned."""
+    returned: list[Any] = []
+    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    reader = threading.Thread(
+        target=lambda: returned.append(context.wait_for_event(key, timeout=60))
+    )
+    reader.start()
+    return reader, returned
+
+
+def replayed_outcome(pool: ConnectionPool, worker_id: int, task: Task, key: str) -> Any:
+    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    return context.wait_for_event(key, timeout=60)
+
+
+def test_a_task_that_reaches_its_wait_while_a_push_in_a_long_transaction_ends_it_gets_the_payload(
+    database: LessonDatabase,
+) -> None:
+    """The caller pushes inside a transaction of its own, and has not committed.
+    The task runs again and looks at its wait: the push holds the wait's row, so
+    the look waits for it. The caller commits; the look then reads the wait the
+    push ended, and must return the event's payload. Under READ COMMITTED, a look
+    that joined external_events got the newest version of the locked wait, but the
+    event as its own snapshot saw it, that is, not yet pushed: it returned None,
+    and a replay returned the real payload."""
+    pool = database.pool
+    worker_id, task = running_again_with_its_wait_open(pool, "k")
+    with connect(database.url, schema=database.schema) as caller:
+        caller.execute("BEGIN")
+        pushed = push_event(caller, "k", {"approved": True})
+        reader, returned = read_the_outcome_in_a_thread(pool, worker_id, task, "k")
+        wait_until(
+            lambda: blocked_by(pool, caller.info.backend_pid),
+            message="the task's look at its wait did not wait for the push",
+        )
+        caller.execute("COMMIT")
+        reader.join(timeout=10)
+    assert pushed.woke_task_ids == [task.id]
+    assert returned == [{"approved": True}]
+    assert replayed_outcome(pool, worker_id, task, "k") == {"approved": True}
+
+
+def test_a_task_that_reaches_its_wait_while_an_autocommit_push_ends_it_gets_the_payload(
+    database: LessonDatabase,
+) -> None:
+    """The same moment with a push in its own short transaction, held open for the
+    test between ending the wait and committing: its WakeTasks waits for a lock the
+    test holds on the task's row, as a push would behind the task's own worker or
+    a sweep. The task looks at its wait and waits for the push; the test lets the
+    push go, it commits, and the look must return the payload, not None."""
+    pool = database.pool
+    worker_id, task = running_again_with_its_wait_open(pool, "k")
+    with (
+        connect(database.url, schema=database.schema) as holder,
+        connect(database.url, schema=database.schema) as push_conn,
+    ):
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM tasks WHERE id = %s FOR SHARE", (task.id,))
+        pushed: list[PushedEvent] = []
+        pusher = threading.Thread(
+            target=lambda: pushed.append(push_event(push_conn, "k", {"approved": True}))
+        )
+        pusher.start()
+        wait_until(
+            lambda: blocked_by(pool, holder.info.backend_pid),
+            message="the push did not wait for the task's row",
+        )
+        reader, returned = read_the_outcome_in_a_thread(pool, worker_id, task, "k")
+        wait_until(
+            lambda: blocked_by(pool, push_conn.info.backend_pid),
+            message="the task's look at its wait did not wait for the push",
+        )
+        holder.execute("COMMIT")
+        pusher.join(timeout=10)
+        reader.join(timeout=10)
+    assert pushed[0].woke_task_ids == [task.id]
+    assert returned == [{"approved": True}]
+    assert replayed_outcome(pool, worker_id, task, "k") == {"approved": True}
+
+
+def test_a_push_retried_with_its_idempotency_key_is_one_event_and_ends_no_second_wait(
+    database: LessonDatabase,
+) -> None:
+    """A webhook pushes an approval; the reply is lost, and it pushes it again,
+    with the same idempotency key, once another task waits for the same key.
+    Without the key the retry was a second event, and ended that second wait."""
+    pool = database.pool
+    first_task_id = enqueue_wait(pool, "k", 30)
+    with worker(database):
+        wait_until(lambda: is_waiting(pool, first_task_id))
+        pushed = push_idempotent(pool, "k", "approved", "delivery-1")
+        first_task = wait_for_task(pool, first_task_id, timeout=10)
+        second_task_id = enqueue_wait(pool, "k", 30)
+        wait_until(lambda: is_waiting(pool, second_task_id))
+        retried = push_idempotent(pool, "k", "approved", "delivery-1")
+        assert is_waiting(pool, second_task_id), "the retried push ended the second wait"
+        another = push_idempotent(pool, "k", "approved again", "delivery-2")
+        second_task = wait_for_task(pool, second_task_id, timeout=10)
+
+    assert pushed == PushedEvent(id=pushed.id, woke_task_ids=[first_task_id], repeated=False)
+    assert retried == PushedEvent(id=pushed.id, woke_task_ids=[], repeated=True)
+    assert another.woke_task_ids == [second_task_id] and not another.repeated
+    assert first_task.output == {"payload": "approved"}
+    assert second_task.output == {"payload": "approved again"}
+    with pool.connection() as conn:
+        events = Querier(conn).list_external_events()
+    assert [(e.id, e.idempotency_key, e.pushes) for e in events] == [
+        (pushed.id, "delivery-1", 2),
+        (another.id, "delivery-2", 1),
+    ]
+
+
+def push_idempotent(pool: ConnectionPool, key: str, payload: Any, name: str) -> PushedEvent:
+    with pool.connection() as conn:
+        return push_event(conn, key, payload, idempotency_key=name)
+
+
+@pytest.mark.parametrize("first_ends", ["COMMIT", "ROLLBACK"])
+def test_a_push_with_the_idempotency_key_of_a_push_not_yet_committed_waits_for_it(
+    database: LessonDatabase, first_ends: str
+) -> None:
+    """Two pushes with one idempotency key, one step at a time: the first has
+    not committed when the second comes. The second waits for it, then, in the
+    same statement, finds its event (it committed) or makes its own (it rolled
+    back): one event either way, never two."""
+    pool = database.pool
+    with (
+        connect(database.url, schema=database.schema) as first,
+        connect(database.url, schema=database.schema) as second,
+    ):
+        first.execute("BEGIN")
+        first_event = push_event(first, "k", 1, idempotency_key="delivery-1")
+        second_result: list[PushedEvent] = []
+        pusher = threading.Thread(
+            target=lambda: second_result.append(
+                push_event(second, "k", 1, idempotency_key="delivery-1")
+            )
+        )
+        pusher.start()
+        wait_until(
+            lambda: blocked_by(pool, first.info.backend_pid),
+            message="the second push did not wait for the first",
+        )
+        first.execute(first_ends)
+        pusher.join(timeout=10)
+
+    with pool.connection() as conn:
+        [event] = Querier(conn).list_external_events()
+    [second_event] = second_result
+    if first_ends == "COMMIT":
+        assert second_event == PushedEvent(id=first_event.id, woke_task_ids=[], repeated=True)
+        assert (event.id, event.pushes) == (first_event.id, 2)
+    else:
+        assert not second_event.repeated and second_event.id != first_event.id
+        assert (event.id, event.pushes) == (second_event.id, 1)
+
+
+def test_an_idempotency_key_pushed_again_with_another_event_is_refused(
+    database: LessonDatabase,
+) -> None:
+    pool = database.pool
+    pushed = push_idempotent(pool, "k", {"approved": True, "by": "ada"}, "delivery-1")
+    for key, payload in (("k", {"approved": False}), ("other", {"approved": True, "by": "ada"})):
+        with pytest.raises(ValueError, match="idempotency key delivery-1 was pushed before"):
+            push_idempotent(pool, key, payload, "delivery-1")
+    # The same JSON in another order is the same payload (jsonb compares values).
+    assert push_idempotent(pool, "k", {"by": "ada", "approved": True}, "delivery-1").repeated
+    with pool.connection() as conn:
+        [event] = Querier(conn).list_external_events()
+    assert (event.id, event.pushes) == (pushed.id, 2)
+
+
+def test_the_push_event_command_pushed_again_with_its_idempotency_key_wakes_nobody(
+    database: LessonDatabase,
+) -> None:
+    pool = database.pool
+    task_id = enqueue_wait(pool, "approval:A-9", 30)
+    arguments = ["approval:A-9", "true", "--idempotency-key=delivery-1"]
+    with worker(database):
+        wait_until(lambda: is_waiting(pool, task_id))
+        pushed = run_push_command(*arguments, f"--schema={database.schema}")
+        task = wait_for_task(pool, task_id, timeout=10)
+        retried = run_push_command(*arguments, f"--schema={database.schema}")
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip() == f"event 1 pushed: approval:A-9; tasks it woke: {task_id}"
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.strip() == (
+        "event 1 was pushed before with idempotency key delivery-1: approval:A-9; "
+        "tasks it woke: none"
+    )
+    assert task.output == {"payload": True}

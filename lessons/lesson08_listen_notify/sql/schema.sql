@@ -131,6 +131,31 @@ CREATE TABLE task_events (
 -- notification is delivered when the transaction that sent it commits, and
 -- only to sessions listening at that moment: it is a hint ("look now"), never
 -- the work itself, and polling stays as the fallback.
+--
+-- A channel's name is an identifier, 63 bytes at most, and pg_notify refuses a
+-- longer one: with a schema name that leaves no room for the suffix, every
+-- enqueue would fail. So such a schema is refused here, once, when its tables
+-- are created, with the limit in the message. (A shorter name derived from
+-- the schema, say a hash, would accept every schema, but a channel would no
+-- longer say whose it is, and the triggers, the listener and whoever reads
+-- pg_listening_channels() would all have to share the rule.)
+DO $$
+DECLARE
+    -- This lesson's channels, less the schema's name.
+    suffixes text[] := ARRAY['.task_queued', '.child_finished'];
+    longest integer := (SELECT max(octet_length(suffix)) FROM unnest(suffixes) AS suffix);
+BEGIN
+    IF octet_length(current_schema()) + longest > 63 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'name_too_long',
+            MESSAGE = format(
+                'schema name %s is too long for this lesson''s notifications: a schema '
+                'name may have %s bytes at most, so that its channels (<schema>%s) fit '
+                'in 63', current_schema(), 63 - longest, array_to_string(suffixes, ', <schema>')
+            );
+    END IF;
+END;
+$$;
 
 -- Enqueueing: one notification per queue per INSERT statement, however many
 -- rows it inserts. A statement-level trigger runs once per statement, and the

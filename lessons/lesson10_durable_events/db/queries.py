@@ -357,19 +357,11 @@ VALUES ($1, $2, $3, $4)
 """
 
 GET_WAIT_FOR_SHARE = """-- name: GetWaitForShare :one
-SELECT
-    event_waits.task_id,
-    event_waits.event_number,
-    event_waits.key,
-    event_waits.timeout_at,
-    event_waits.external_event_id,
-    event_waits.ended_at,
-    external_events.payload
+SELECT task_id, event_number, key, timeout_at, external_event_id, ended_at, payload
 FROM event_waits
-LEFT JOIN external_events ON external_events.id = event_waits.external_event_id
-WHERE event_waits.task_id = $1
-  AND event_waits.event_number = $2
-FOR SHARE OF event_waits
+WHERE task_id = $1
+  AND event_number = $2
+FOR SHARE
 """
 
 
@@ -399,13 +391,16 @@ WHERE event_waits.task_id = $1::bigint
         AND tasks.status = 'running'
       FOR SHARE
   )
-RETURNING task_id, event_number, key, timeout_at, external_event_id, ended_at
+RETURNING task_id, event_number, key, timeout_at, external_event_id, payload, ended_at
 """
 
 PUSH_EVENT = """-- name: PushEvent :one
-INSERT INTO external_events (key, payload)
-VALUES ($1, $2)
-RETURNING id, key, payload, pushed_at
+INSERT INTO external_events (key, payload, idempotency_key)
+VALUES ($1, $2, $3)
+ON CONFLICT (idempotency_key) DO UPDATE
+SET pushes = external_events.pushes + 1
+WHERE external_events.key = excluded.key AND external_events.payload = excluded.payload
+RETURNING id, key, payload, pushed_at, idempotency_key, pushes
 """
 
 DELIVER_EVENT = """-- name: DeliverEvent :many
@@ -417,11 +412,13 @@ WITH open_waits AS (
     FOR UPDATE
 )
 UPDATE event_waits
-SET external_event_id = $1::bigint,
+SET external_event_id = pushed.id,
+    payload = pushed.payload,
     ended_at = now()
-FROM open_waits
+FROM open_waits, external_events AS pushed
 WHERE event_waits.task_id = open_waits.task_id
   AND event_waits.event_number = open_waits.event_number
+  AND pushed.id = $1::bigint
 RETURNING event_waits.task_id
 """
 
@@ -432,12 +429,12 @@ class DeliverEventRow:
 
 
 LIST_EXTERNAL_EVENTS = """-- name: ListExternalEvents :many
-SELECT id, key, payload, pushed_at FROM external_events
+SELECT id, key, payload, pushed_at, idempotency_key, pushes FROM external_events
 ORDER BY id
 """
 
 LIST_EVENT_WAITS = """-- name: ListEventWaits :many
-SELECT task_id, event_number, key, timeout_at, external_event_id, ended_at FROM event_waits
+SELECT task_id, event_number, key, timeout_at, external_event_id, payload, ended_at FROM event_waits
 ORDER BY task_id, event_number
 """
 
@@ -819,6 +816,12 @@ class Querier:
         this transaction ends, so that no push can end it between the waiting task
         looking at it and suspending: the push waits, then finds the task suspended,
         and wakes it (the lost wake-up of lesson 09, see WakeTasks).
+
+        Everything comes from the locked row. A look that waits for a push ending
+        the wait reads, once the push commits, the newest version of the row it
+        locked, but every other table as its snapshot saw it, from before the push
+        (READ COMMITTED): joined to external_events, it found the wait ended by an
+        event it could not see, and returned no payload, where a replay returned it.
         """
         with self._cursor() as cur:
             cur.execute(GET_WAIT_FOR_SHARE, (task_id, event_number))
@@ -836,18 +839,31 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _event_wait_from_row(row)
 
-    def push_event(self, *, key: str, payload: Any) -> models.ExternalEvent | None:
+    def push_event(
+        self, *, key: str, payload: Any, idempotency_key: str | None
+    ) -> models.ExternalEvent | None:
         """An external event arrives. DeliverEvent, in the same transaction, ends the
         waits it is for.
+
+        Unless it is one already here: a push with the idempotency key of an earlier
+        one is that event again (a retry after a lost reply). No row is inserted;
+        the earlier one comes back, its pushes counting this one, and the caller
+        delivers nothing. The statement decides alone, even for two pushes at once:
+        the second waits on the unique index for the first to commit, then updates
+        and returns the row the first inserted. (DO NOTHING would return no row,
+        and a SELECT in the same statement could not see a row committed after the
+        statement began.) A retry must push the same key and payload: for another,
+        the WHERE leaves the row as it is, and no row comes back.
         """
         with self._cursor() as cur:
-            cur.execute(PUSH_EVENT, (key, _jsonb(payload)))
+            cur.execute(PUSH_EVENT, (key, _jsonb(payload), idempotency_key))
             row = cur.fetchone()
         return None if row is None else _external_event_from_row(row)
 
     def deliver_event(self, *, external_event_id: int, key: str) -> list[DeliverEventRow]:
         """End, with this event, every open wait for its key whose deadline has not
-        passed, and return the waiting tasks, to be woken. Which waits are open is
+        passed, and return the waiting tasks, to be woken. Each wait gets the event's
+        payload in its own row (see GetWaitForShare). Which waits are open is
         what this statement sees when it begins: a wait recorded after that does
         not see this event. The rows are locked in order, and a push that finds a
         wait locked by another push waits for it, then finds it ended and leaves it
@@ -1035,7 +1051,8 @@ def _event_wait_from_row(row: tuple[Any, ...]) -> models.EventWait:
         key=row[2],
         timeout_at=row[3],
         external_event_id=row[4],
-        ended_at=row[5],
+        payload=row[5],
+        ended_at=row[6],
     )
 
 
@@ -1045,6 +1062,8 @@ def _external_event_from_row(row: tuple[Any, ...]) -> models.ExternalEvent:
         key=row[1],
         payload=row[2],
         pushed_at=row[3],
+        idempotency_key=row[4],
+        pushes=row[5],
     )
 
 

@@ -86,13 +86,20 @@ def wait_for_task(
 
 @dataclass(frozen=True)
 class PushedEvent:
-    """An external event, once pushed: its id, and the tasks whose waits it ended."""
+    """An external event, once pushed: its id, and the tasks whose waits it ended.
+
+    `repeated`: an earlier push with the same idempotency key made this event,
+    and this push changed nothing (it woke nobody).
+    """
 
     id: int
     woke_task_ids: list[int]
+    repeated: bool
 
 
-def push_event(conn: psycopg.Connection[Any], key: str, payload: Any) -> PushedEvent:
+def push_event(
+    conn: psycopg.Connection[Any], key: str, payload: Any, *, idempotency_key: str | None = None
+) -> PushedEvent:
     """Push an external event: it ends the waits for `key` that are open now.
 
     A wait is open from the moment its task recorded it (`ctx.wait_for_event`)
@@ -101,6 +108,14 @@ def push_event(conn: psycopg.Connection[Any], key: str, payload: Any) -> PushedE
     begins later does not see it. A wait already ended by another event keeps
     that one: the first event wins. The event is kept either way, in
     `external_events`.
+
+    A client that may push the same event twice (it retries when it gets no
+    reply, as webhooks do) names each push with an `idempotency_key` of its
+    own: a push that repeats an earlier one's key is that event again. It
+    returns the same event, `repeated`, and ends no wait, not even one opened
+    since. A repeat must carry the same key and payload, or it is refused
+    (`ValueError`). A key is taken only once the push that gave it commits: a
+    second push with it waits until then.
 
     The event, the ends of the waits and the wake-ups of their tasks are one
     transaction (a savepoint, if `conn` is in one of its own).
@@ -114,17 +129,22 @@ def push_event(conn: psycopg.Connection[Any], key: str, payload: Any) -> PushedE
     with conn.transaction():
         queries = Querier(conn)
         try:
-            event = queries.push_event(key=key, payload=payload)
+            event = queries.push_event(key=key, payload=payload, idempotency_key=idempotency_key)
         except psycopg.DataError as error:
             # JSON that jsonb still refuses: a string holding the character U+0000.
             raise ValueError(
                 f"the payload of event {key} cannot be stored: {first_line(error)}"
             ) from error
-        if event is None:  # INSERT ... RETURNING always returns the row
-            raise RuntimeError(f"pushing event {key} returned no row")
+        if event is None:  # only a repeat of another event returns no row
+            raise ValueError(
+                f"idempotency key {idempotency_key} was pushed before with another key "
+                "or payload: a retry must push the same event"
+            )
+        if event.pushes > 1:  # an earlier push made it, and delivered it
+            return PushedEvent(id=event.id, woke_task_ids=[], repeated=True)
         waiting = sorted(
             {row.task_id for row in queries.deliver_event(external_event_id=event.id, key=key)}
         )
         if waiting:
             queries.wake_tasks(ids=waiting)
-    return PushedEvent(id=event.id, woke_task_ids=waiting)
+    return PushedEvent(id=event.id, woke_task_ids=waiting, repeated=False)

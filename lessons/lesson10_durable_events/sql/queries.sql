@@ -379,19 +379,17 @@ VALUES (sqlc.arg(task_id), sqlc.arg(event_number), sqlc.arg(key), sqlc.arg(timeo
 -- this transaction ends, so that no push can end it between the waiting task
 -- looking at it and suspending: the push waits, then finds the task suspended,
 -- and wakes it (the lost wake-up of lesson 09, see WakeTasks).
-SELECT
-    event_waits.task_id,
-    event_waits.event_number,
-    event_waits.key,
-    event_waits.timeout_at,
-    event_waits.external_event_id,
-    event_waits.ended_at,
-    external_events.payload
+--
+-- Everything comes from the locked row. A look that waits for a push ending
+-- the wait reads, once the push commits, the newest version of the row it
+-- locked, but every other table as its snapshot saw it, from before the push
+-- (READ COMMITTED): joined to external_events, it found the wait ended by an
+-- event it could not see, and returned no payload, where a replay returned it.
+SELECT task_id, event_number, key, timeout_at, external_event_id, ended_at, payload
 FROM event_waits
-LEFT JOIN external_events ON external_events.id = event_waits.external_event_id
-WHERE event_waits.task_id = sqlc.arg(task_id)
-  AND event_waits.event_number = sqlc.arg(event_number)
-FOR SHARE OF event_waits;
+WHERE task_id = sqlc.arg(task_id)
+  AND event_number = sqlc.arg(event_number)
+FOR SHARE;
 
 -- name: TimeOutWait :one
 -- End an open wait whose deadline has passed, with no event. Fenced, like
@@ -415,13 +413,27 @@ RETURNING *;
 -- name: PushEvent :one
 -- An external event arrives. DeliverEvent, in the same transaction, ends the
 -- waits it is for.
-INSERT INTO external_events (key, payload)
-VALUES (sqlc.arg(key), sqlc.arg(payload))
+--
+-- Unless it is one already here: a push with the idempotency key of an earlier
+-- one is that event again (a retry after a lost reply). No row is inserted;
+-- the earlier one comes back, its pushes counting this one, and the caller
+-- delivers nothing. The statement decides alone, even for two pushes at once:
+-- the second waits on the unique index for the first to commit, then updates
+-- and returns the row the first inserted. (DO NOTHING would return no row,
+-- and a SELECT in the same statement could not see a row committed after the
+-- statement began.) A retry must push the same key and payload: for another,
+-- the WHERE leaves the row as it is, and no row comes back.
+INSERT INTO external_events (key, payload, idempotency_key)
+VALUES (sqlc.arg(key), sqlc.arg(payload), sqlc.narg(idempotency_key))
+ON CONFLICT (idempotency_key) DO UPDATE
+SET pushes = external_events.pushes + 1
+WHERE external_events.key = excluded.key AND external_events.payload = excluded.payload
 RETURNING *;
 
 -- name: DeliverEvent :many
 -- End, with this event, every open wait for its key whose deadline has not
--- passed, and return the waiting tasks, to be woken. Which waits are open is
+-- passed, and return the waiting tasks, to be woken. Each wait gets the event's
+-- payload in its own row (see GetWaitForShare). Which waits are open is
 -- what this statement sees when it begins: a wait recorded after that does
 -- not see this event. The rows are locked in order, and a push that finds a
 -- wait locked by another push waits for it, then finds it ended and leaves it
@@ -434,11 +446,13 @@ WITH open_waits AS (
     FOR UPDATE
 )
 UPDATE event_waits
-SET external_event_id = sqlc.arg(external_event_id)::bigint,
+SET external_event_id = pushed.id,
+    payload = pushed.payload,
     ended_at = now()
-FROM open_waits
+FROM open_waits, external_events AS pushed
 WHERE event_waits.task_id = open_waits.task_id
   AND event_waits.event_number = open_waits.event_number
+  AND pushed.id = sqlc.arg(external_event_id)::bigint
 RETURNING event_waits.task_id;
 
 -- name: ListExternalEvents :many

@@ -142,7 +142,14 @@ CREATE TABLE external_events (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     key text NOT NULL,
     payload jsonb NOT NULL,
-    pushed_at timestamptz NOT NULL DEFAULT now()
+    pushed_at timestamptz NOT NULL DEFAULT now(),
+    -- The client's own name for this push, when it gives one (a webhook's
+    -- delivery id): a client that did not get the reply pushes again with the
+    -- same name, and that is this event again, not a second one (see
+    -- PushEvent). UNIQUE lets many rows have none: NULLs are all distinct.
+    idempotency_key text UNIQUE,
+    -- How many pushes brought this event: more than 1 when a client retried it.
+    pushes integer NOT NULL DEFAULT 1
 );
 
 -- One row per wait for an external event, written with the wait's event in
@@ -150,7 +157,9 @@ CREATE TABLE external_events (
 -- is open (external_event_id), or by its timeout (ended_at with no event).
 -- Whoever ends it first, a push or the waiting task, ends it for good: the
 -- other finds it ended. A later attempt reads it here, so a replay sees the
--- same event as the run that first got it.
+-- same event as the run that first got it: the push copies the event's payload
+-- into the wait's row, so that the row the waiting task locks to look at its
+-- wait is all it reads (see GetWaitForShare).
 CREATE TABLE event_waits (
     task_id bigint NOT NULL,
     event_number integer NOT NULL,
@@ -159,11 +168,14 @@ CREATE TABLE event_waits (
     timeout_at timestamptz NOT NULL,
     -- The event that ended the wait; NULL while it is open, or if it timed out.
     external_event_id bigint REFERENCES external_events (id),
+    -- That event's payload, as the push that ended the wait copied it here.
+    payload jsonb,
     -- NULL while the wait is open.
     ended_at timestamptz,
     PRIMARY KEY (task_id, event_number),
     FOREIGN KEY (task_id, event_number) REFERENCES task_events (task_id, event_number),
-    CHECK (external_event_id IS NULL OR ended_at IS NOT NULL)
+    CHECK (external_event_id IS NULL OR ended_at IS NOT NULL),
+    CHECK ((external_event_id IS NULL) = (payload IS NULL))
 );
 
 -- The open waits, by key: what a push looks for. A wait leaves it when it ends,
@@ -187,6 +199,31 @@ CREATE INDEX event_waits_open_idx ON event_waits (key) WHERE ended_at IS NULL;
 -- notification is delivered when the transaction that sent it commits, and
 -- only to sessions listening at that moment: it is a hint ("look now"), never
 -- the work itself, and polling stays as the fallback.
+--
+-- A channel's name is an identifier, 63 bytes at most, and pg_notify refuses a
+-- longer one: with a schema name that leaves no room for the suffix, every
+-- enqueue would fail. So such a schema is refused here, once, when its tables
+-- are created, with the limit in the message. (A shorter name derived from
+-- the schema, say a hash, would accept every schema, but a channel would no
+-- longer say whose it is, and the triggers, the listener and whoever reads
+-- pg_listening_channels() would all have to share the rule.)
+DO $$
+DECLARE
+    -- This lesson's channels, less the schema's name.
+    suffixes text[] := ARRAY['.task_queued'];
+    longest integer := (SELECT max(octet_length(suffix)) FROM unnest(suffixes) AS suffix);
+BEGIN
+    IF octet_length(current_schema()) + longest > 63 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'name_too_long',
+            MESSAGE = format(
+                'schema name %s is too long for this lesson''s notifications: a schema '
+                'name may have %s bytes at most, so that its channels (<schema>%s) fit '
+                'in 63', current_schema(), 63 - longest, array_to_string(suffixes, ', <schema>')
+            );
+    END IF;
+END;
+$$;
 
 -- Enqueueing: one notification per queue per INSERT statement, however many
 -- rows it inserts. A statement-level trigger runs once per statement, and the

@@ -50,6 +50,7 @@ class EventWait:
     key: str
     timeout_at: datetime.datetime
     external_event_id: int | None
+    payload: Any | None
     ended_at: datetime.datetime | None
 
 
@@ -59,6 +60,8 @@ class ExternalEvent:
     key: str
     payload: Any
     pushed_at: datetime.datetime
+    idempotency_key: str | None
+    pushes: int
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

@@ -1,12 +1,15 @@
 """Push an external event from the command line, as a person or a webhook would.
 
-    python -m lessons.lesson11_retries_replays_forks.tools.push_event KEY JSON [--schema SCHEMA]
+    python -m lessons.lesson11_retries_replays_forks.tools.push_event KEY JSON \\
+        [--idempotency-key NAME] [--schema SCHEMA]
 
     python -m lessons.lesson11_retries_replays_forks.tools.push_event \\
         approval:A-1 '{"approved": true}'
 
 The event ends the waits for KEY that are open now (see `engine/client.py`),
-and the command says which tasks it woke. The database comes from DATABASE_URL
+and the command says which tasks it woke. A webhook that retries gives each
+delivery a name of its own, `--idempotency-key`: a push that repeats it is the
+same event again, and wakes nobody. The database comes from DATABASE_URL
 (or the embedded server); `--schema` says which schema holds the lesson's
 tables (`lesson_11` unless told otherwise).
 """
@@ -30,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__ or "")
     parser.add_argument("key", help='what the event is about, e.g. "approval:A-1"')
     parser.add_argument("payload", metavar="JSON", help="what it says, as JSON")
+    parser.add_argument(
+        "--idempotency-key",
+        metavar="NAME",
+        help="this push's own name: pushed again with it, the event is not pushed twice",
+    )
     parser.add_argument("--schema", default=LESSON.schema)
     options = parser.parse_args(argv)
     configure_logging(options.verbose)
@@ -40,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with connect(schema=options.schema) as conn:
-            event = push_event(conn, options.key, payload)
+            event = push_event(conn, options.key, payload, idempotency_key=options.idempotency_key)
     except (DatabaseUnavailable, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -52,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     woke = ", ".join(str(task_id) for task_id in event.woke_task_ids) or "none"
-    print(f"event {event.id} pushed: {options.key}; tasks it woke: {woke}")
+    if event.repeated:
+        print(
+            f"event {event.id} was pushed before with idempotency key "
+            f"{options.idempotency_key}: {options.key}; tasks it woke: {woke}"
+        )
+    else:
+        print(f"event {event.id} pushed: {options.key}; tasks it woke: {woke}")
     return 0
 
 
