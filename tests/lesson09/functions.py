@@ -44,6 +44,12 @@ def call_a_child(ctx: DurableContext, input: dict[str, Any]) -> Any:
     return ctx.call("echo", {"n": input["n"]})
 
 
+def call_children_in_sequence(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo `input["children"]` times, one after the other, on this task's queue:
+    each call suspends the task once, and each run replays every child before it."""
+    return [ctx.call("echo", {"n": n}) for n in range(input["children"])]
+
+
 def spawn_sleep_then_wait(ctx: DurableContext, input: dict[str, Any]) -> Any:
     """Spawn a child, sleep while it runs, then wait for it: the child finishes
     first and wakes its parent early, and the parent must go back to sleep."""
@@ -85,6 +91,7 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
     "nap": nap,
     "call_a_child": call_a_child,
+    "call_children_in_sequence": call_children_in_sequence,
     "spawn_sleep_then_wait": spawn_sleep_then_wait,
     "swallow_the_suspension": swallow_the_suspension,
     "call_on_the_children_queue": call_on_the_children_queue,

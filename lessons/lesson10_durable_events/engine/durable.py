@@ -27,7 +27,12 @@ the function's run, and the worker's slot is free. When the child finishes, it
 makes its parent runnable again (its row names its parent); a worker claims
 it, and the function runs from the top, replaying its history (recorded steps
 return at once, recorded children are not spawned again) until it gets back
-to the wait, which now finds the child finished. The sleep works the same way:
+to the wait, which now finds the child finished. A run reads the history
+once, with the outcome of each child it names: a finished child is final, so
+its replayed wait returns at once, with no statement and no suspension, and a
+run costs one read plus the work that is new, however long the history.
+
+The sleep works the same way:
 
     ctx.sleep(3600)
 
@@ -164,15 +169,14 @@ class ChildTaskFailed(NonRetryableError):
     the same failed child.
     """
 
-    def __init__(self, child: Task) -> None:
-        error = (child.output or {}).get("error") or {}
-        self.child_id = child.id
-        self.task_name = child.task_name
+    def __init__(self, child_id: int, task_name: str, output: Any) -> None:
+        error = (output or {}).get("error") or {}
+        self.child_id = child_id
+        self.task_name = task_name
         self.error_type: str = error.get("type", "")
         self.error_message: str = error.get("message", "")
         super().__init__(
-            f"child task {child.id} ({child.task_name}) failed: "
-            f"{self.error_type}: {self.error_message}"
+            f"child task {child_id} ({task_name}) failed: {self.error_type}: {self.error_message}"
         )
 
 
@@ -203,6 +207,14 @@ class ChildTask:
     task_name: str
 
 
+@dataclass(frozen=True)
+class FinishedChild:
+    """How a child task ended (completed or failed), and its output: final, never changed."""
+
+    status: TaskStatus
+    output: Any
+
+
 class DurableContext:
     """One attempt of a durable task: its history, and the way to add to it."""
 
@@ -214,6 +226,7 @@ class DurableContext:
         task_id: int,
         attempt: int,
         history: list[TaskEvent],
+        finished_children: dict[int, FinishedChild],
         queue: str,
         claimed_at: datetime,
         limits: TransactionLimits,
@@ -231,6 +244,9 @@ class DurableContext:
         self.limits = limits
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
+        # The children of that history that had finished when this run loaded
+        # it, by task id: their waits replay from here, without a statement.
+        self._finished_children = finished_children
         self._next_event_number = 1
         # The first mismatch, kept so that a function that catches it (say, with
         # `except Exception`) still cannot go on, or complete.
@@ -250,14 +266,23 @@ class DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         if task.started_at is None:  # the claim sets it
             raise ValueError(f"task {task.id} has not been claimed")
+        # One read for the whole run: the events, and each child's outcome.
         with pool.connection() as conn:
-            history = Querier(conn).list_task_events(task_id=task.id)
+            rows = Querier(conn).list_task_history_with_children(task_id=task.id)
+        finished_children = {
+            row.task_event.child_task_id: FinishedChild(row.child_status, row.child_output)
+            for row in rows
+            if row.task_event.child_task_id is not None
+            and row.child_status is not None
+            and row.child_status in FINISHED_STATUSES
+        }
         return cls(
             pool,
             worker_id=worker_id,
             task_id=task.id,
             attempt=task.attempt,
-            history=history,
+            history=[row.task_event for row in rows],
+            finished_children=finished_children,
             queue=task.queue,
             claimed_at=task.started_at,
             limits=limits,
@@ -332,9 +357,21 @@ class DurableContext:
         own row is the record of its result, and reading it again on a later
         attempt gives the same answer. A child that has not finished suspends
         this task (`TaskSuspended`): it holds no slot while it waits, and the
-        child's end makes it runnable again.
+        child's end makes it runnable again. A child that had finished when this
+        run loaded its history is final: its outcome is returned at once, with
+        no statement and no suspension, so that replaying n finished children
+        costs nothing but the one read of `load` (suspending and looking for
+        each of them made every run cost n writes, and n children n^2).
         """
         self._check_not_suspended()
+        finished = self._finished_children.get(child.id) or self._suspend_unless_finished(child)
+        crash_point("wait_for_child:finished")
+        if finished.status == TaskStatus.FAILED:
+            raise ChildTaskFailed(child.id, child.task_name, finished.output)
+        return finished.output
+
+    def _suspend_unless_finished(self, child: ChildTask) -> FinishedChild:
+        """The child's outcome if it has finished by now; else suspend the task until it has."""
         # A task thread may wait for locks: a lock timeout would fail the attempt.
         with (
             self.pool.connection() as conn,
@@ -358,10 +395,7 @@ class DurableContext:
         if not finished:
             crash_point("wait_for_child:suspended")
             self._stop(suspension)
-        crash_point("wait_for_child:finished")
-        if row.status == TaskStatus.FAILED:
-            raise ChildTaskFailed(row)
-        return row.output
+        return FinishedChild(row.status, row.output)
 
     def call(
         self,

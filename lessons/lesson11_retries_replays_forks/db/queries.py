@@ -334,6 +334,25 @@ WHERE task_id = $1
 ORDER BY event_number
 """
 
+LIST_TASK_HISTORY_WITH_CHILDREN = """-- name: ListTaskHistoryWithChildren :many
+SELECT
+    task_events.task_id, task_events.event_number, task_events.kind, task_events.name, task_events.input, task_events.key, task_events.output, task_events.child_task_id, task_events.wake_at, task_events.attempt, task_events.recorded_at, task_events.copied_from_task_id,
+    child.status AS child_status,
+    child.output AS child_output
+FROM task_events
+LEFT JOIN tasks AS child ON child.id = task_events.child_task_id
+WHERE task_events.task_id = $1
+ORDER BY task_events.event_number
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListTaskHistoryWithChildrenRow:
+    task_event: models.TaskEvent
+    child_status: models.TaskStatus | None
+    child_output: Any | None
+
+
 LOCK_TASK = """-- name: LockTask :one
 
 SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event FROM tasks
@@ -906,6 +925,18 @@ class Querier:
             cur.execute(LIST_TASK_EVENTS, (task_id,))
             return [_task_event_from_row(row) for row in cur.fetchall()]
 
+    def list_task_history_with_children(
+        self, *, task_id: int
+    ) -> list[ListTaskHistoryWithChildrenRow]:
+        """A durable task's history, in the order it was written, as a run loads it:
+        each child event with its child's status and output. A finished child is
+        final (a child is not durable, and nothing runs it again), so the run
+        replays its wait from this one read, without a statement of its own.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_TASK_HISTORY_WITH_CHILDREN, (task_id,))
+            return [_list_task_history_with_children_row_from_row(row) for row in cur.fetchall()]
+
     def lock_task(self, *, id: int) -> models.Task | None:
         """Replays and forks: an operator runs a finished durable task again (see
         reruns.py, which checks what may be replayed or forked, and history_tool.py).
@@ -1215,6 +1246,16 @@ def _task_event_from_row(row: tuple[Any, ...]) -> models.TaskEvent:
         attempt=row[9],
         recorded_at=row[10],
         copied_from_task_id=row[11],
+    )
+
+
+def _list_task_history_with_children_row_from_row(
+    row: tuple[Any, ...],
+) -> ListTaskHistoryWithChildrenRow:
+    return ListTaskHistoryWithChildrenRow(
+        task_event=_task_event_from_row(row[0:12]),
+        child_status=_optional(models.TaskStatus, row[12]),
+        child_output=row[13],
     )
 
 

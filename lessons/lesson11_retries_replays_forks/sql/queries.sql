@@ -353,6 +353,20 @@ SELECT * FROM task_events
 WHERE task_id = sqlc.arg(task_id)
 ORDER BY event_number;
 
+-- name: ListTaskHistoryWithChildren :many
+-- A durable task's history, in the order it was written, as a run loads it:
+-- each child event with its child's status and output. A finished child is
+-- final (a child is not durable, and nothing runs it again), so the run
+-- replays its wait from this one read, without a statement of its own.
+SELECT
+    sqlc.embed(task_events),
+    child.status AS child_status,
+    child.output AS child_output
+FROM task_events
+LEFT JOIN tasks AS child ON child.id = task_events.child_task_id
+WHERE task_events.task_id = sqlc.arg(task_id)
+ORDER BY task_events.event_number;
+
 -- Replays and forks: an operator runs a finished durable task again (see
 -- reruns.py, which checks what may be replayed or forked, and history_tool.py).
 
