@@ -73,6 +73,20 @@ def spawn_and_return(ctx: DurableContext, input: Any) -> Any:
     return child.id
 
 
+def refuse(input: Any) -> Any:
+    """A child task that fails, every attempt."""
+    raise ValueError(f"refused {input}")
+
+
+def fail_on_one_of_two_children(ctx: DurableContext, input: Any) -> Any:
+    """Spawn a child nobody runs (event 1) and one that fails (event 2), then wait
+    for the failing one: the task fails on ChildTaskFailed, the first still queued."""
+    queued = ctx.spawn_child("echo", {"never": "run"}, queue=UNSERVED_QUEUE)
+    failing = ctx.spawn_child("refuse", {"child": 2}, max_retries=0)
+    ctx.wait_for_child(failing)
+    return ctx.wait_for_child(queued)
+
+
 def always_fail(ctx: DurableContext, input: Any) -> Any:
     raise ConnectionError(f"attempt {ctx.attempt} fails, like every attempt")
 
@@ -115,7 +129,7 @@ def new_kind(ctx: DurableContext, input: Any) -> Any:
     return {"new": ctx.call("echo", input)}
 
 
-FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo}
+FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo, "refuse": refuse}
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
@@ -123,6 +137,7 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "sleep_wait_then_call": sleep_wait_then_call,
     "versioned_labels": versioned_labels,
     "spawn_and_return": spawn_and_return,
+    "fail_on_one_of_two_children": fail_on_one_of_two_children,
     "always_fail": always_fail,
     "record_nothing": record_nothing,
     "wait_for_ever": wait_for_ever,
