@@ -326,6 +326,25 @@ WHERE EXISTS (
 RETURNING task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at
 """
 
+TIME_OUT_CHILD_WAIT = """-- name: TimeOutChildWait :one
+UPDATE task_events
+SET output = '{"timed_out": true}'::jsonb
+WHERE task_events.task_id = $1::bigint
+  AND task_events.event_number = $2::integer
+  AND task_events.kind = 'child_wait'
+  AND task_events.output IS NULL
+  AND EXISTS (
+    SELECT 1
+    FROM tasks
+    WHERE tasks.id = $1::bigint
+      AND tasks.attempt = $3::integer
+      AND tasks.worker_id = $4::bigint
+      AND tasks.status = 'running'
+    FOR SHARE
+  )
+RETURNING task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at
+"""
+
 LIST_TASK_EVENTS = """-- name: ListTaskEvents :many
 SELECT task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at FROM task_events
 WHERE task_id = $1
@@ -718,6 +737,23 @@ class Querier:
                     worker_id,
                 ),
             )
+            row = cur.fetchone()
+        return None if row is None else _task_event_from_row(row)
+
+    def time_out_child_wait(
+        self, *, task_id: int, event_number: int, attempt: int, worker_id: int
+    ) -> models.TaskEvent | None:
+        """End a child wait (wait_for_child with a timeout) whose deadline came before
+        its child finished: its event's output becomes {"timed_out": true}, once
+        (the only change an event ever gets), and every later run replays the
+        timeout, whenever the child finishes. No row comes back for a wait already
+        ended.
+
+        Fenced, like AppendEvent, and FOR SHARE for the same reason: only while this
+        worker still owns the attempt.
+        """
+        with self._cursor() as cur:
+            cur.execute(TIME_OUT_CHILD_WAIT, (task_id, event_number, attempt, worker_id))
             row = cur.fetchone()
         return None if row is None else _task_event_from_row(row)
 

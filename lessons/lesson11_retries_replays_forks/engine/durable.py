@@ -38,7 +38,16 @@ The sleep works the same way:
 
 records the wake-up time (computed once, on the database's clock) in the
 history and suspends the task until then. When the task is claimed again the
-replayed sleep finds its time has come, and the function goes on. And so does
+replayed sleep finds its time has come, and the function goes on.
+
+A wait for a child has no limit unless it is given one:
+
+    payment = ctx.call("charge_payment", {...}, timeout=600)
+
+records the deadline once, like a sleep's wake-up, and suspends the task
+until the child finishes or the deadline comes. Past the deadline with the
+child unfinished, the wait records its timeout and raises `ChildTimeout`;
+every later run replays the same outcome, whenever the child finishes. And so does
 the wait for an external event:
 
     approval = ctx.wait_for_event("approval:A-1", timeout=86400)
@@ -143,6 +152,23 @@ class EventTimeout(NonRetryableError):
         self.key = key
         self.timeout = timeout
         super().__init__(f"no event {key} within {timeout} s")
+
+
+class ChildTimeout(NonRetryableError):
+    """A child task had not finished by the deadline its parent's wait recorded.
+
+    The timeout is recorded (the wait's event says so), so a replay raises it
+    again, however the child ends. The child is not stopped: it runs whenever a
+    worker gets to it (children cannot be cancelled yet). Catch it to carry on
+    another way; left uncaught, it fails the task at once, without a retry: a
+    retry would replay the same timeout.
+    """
+
+    def __init__(self, child_id: int, task_name: str, timeout: float) -> None:
+        self.child_id = child_id
+        self.task_name = task_name
+        self.timeout = timeout
+        super().__init__(f"child task {child_id} ({task_name}) did not finish within {timeout} s")
 
 
 class NonDeterminismError(NonRetryableError):
@@ -350,7 +376,7 @@ class DurableContext:
         crash_point("spawn_child:after_commit")
         return ChildTask(id=child.id, task_name=task_name)
 
-    def wait_for_child(self, child: ChildTask) -> Any:
+    def wait_for_child(self, child: ChildTask, *, timeout: float | None = None) -> Any:
         """Return the child task's output once it has finished; suspend the task until then.
 
         Raises `ChildTaskFailed` if it failed. Waiting is no event: the child's
@@ -362,16 +388,58 @@ class DurableContext:
         no statement and no suspension, so that replaying n finished children
         costs nothing but the one read of `load` (suspending and looking for
         each of them made every run cost n writes, and n children n^2).
+
+        Without a `timeout` (the default) the wait has no limit: a child on a
+        queue no worker serves suspends this task for ever. With one (seconds),
+        the wait is an event of its own, a child wait, whose deadline the
+        database computes once (its now + timeout); the task is suspended until
+        the child finishes or the deadline comes. A run that finds the deadline
+        passed and the child unfinished records the timeout, and raises
+        `ChildTimeout`; every later run replays that outcome.
         """
         self._check_not_suspended()
-        finished = self._finished_children.get(child.id) or self._suspend_unless_finished(child)
+        if timeout is None:
+            finished = self._finished_children.get(child.id) or self._suspend_unless_finished(child)
+        else:
+            finished = self._wait_with_timeout(child, timeout)
         crash_point("wait_for_child:finished")
         if finished.status == TaskStatus.FAILED:
             raise ChildTaskFailed(child.id, child.task_name, finished.output)
         return finished.output
 
-    def _suspend_unless_finished(self, child: ChildTask) -> FinishedChild:
-        """The child's outcome if it has finished by now; else suspend the task until it has."""
+    def _wait_with_timeout(self, child: ChildTask, timeout: float) -> FinishedChild:
+        """The child's outcome, from a child wait that records its deadline once."""
+        if timeout <= 0:
+            raise ValueError(f"a wait needs a positive timeout, not {timeout} s")
+        event_number = self._take_event_number()
+        input = {"child_task_id": child.id, "timeout": timeout}
+        wait = self._replay(event_number, EventKind.CHILD_WAIT, child.task_name, input)
+        if wait is None:
+            # One statement: a run that stops before it suspends replays this event.
+            with self.pool.connection() as conn:
+                wait = self._append(
+                    conn,
+                    event_number,
+                    EventKind.CHILD_WAIT,
+                    child.task_name,
+                    input,
+                    wake_after_seconds=timeout,
+                )
+        elif wait.output is not None:  # TimeOutChildWait recorded the timeout
+            raise ChildTimeout(child.id, child.task_name, timeout)
+        finished = self._finished_children.get(child.id)
+        return finished or self._suspend_unless_finished(child, wait=wait)
+
+    def _suspend_unless_finished(
+        self, child: ChildTask, *, wait: TaskEvent | None = None
+    ) -> FinishedChild:
+        """The child's outcome if it has finished by now; else suspend the task until it has.
+
+        `wait` is the event of a child wait: the task is suspended until its
+        deadline at the latest, and a run claimed at or after that deadline
+        records the timeout instead, and raises `ChildTimeout`.
+        """
+        deadline = wait.wake_at if wait is not None else None
         # A task thread may wait for locks: a lock timeout would fail the attempt.
         with (
             self.pool.connection() as conn,
@@ -384,14 +452,18 @@ class DurableContext:
             # and the look below sees it. Look first, and a child could finish in
             # between, find us still running, wake nobody, and leave us
             # suspended for ever.
-            suspension = self._suspend(conn, wake_at=None)
+            suspension = self._suspend(conn, wake_at=deadline)
             row = Querier(conn).get_task(id=child.id)
             if row is None:
                 raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
             finished = row.status in FINISHED_STATUSES
+            timed_out = not finished and deadline is not None and deadline <= self.claimed_at
             crash_point("wait_for_child:before_commit")
-            if finished:
+            if finished or timed_out:
                 raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
+        if wait is not None and timed_out:
+            self._time_out(wait)
+            raise ChildTimeout(child.id, child.task_name, wait.input["timeout"])
         if not finished:
             crash_point("wait_for_child:suspended")
             self._stop(suspension)
@@ -404,10 +476,14 @@ class DurableContext:
         *,
         queue: str | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float | None = None,
     ) -> Any:
-        """Spawn a child task and wait for it: its output, or `ChildTaskFailed`."""
+        """Spawn a child task and wait for it: its output, `ChildTaskFailed` or `ChildTimeout`.
+
+        No `timeout` (the default): the wait has no limit (see `wait_for_child`).
+        """
         child = self.spawn_child(task_name, input, queue=queue, max_retries=max_retries)
-        return self.wait_for_child(child)
+        return self.wait_for_child(child, timeout=timeout)
 
     def sleep(self, seconds: float) -> None:
         """Pause the durable function for `seconds`, without holding a worker.
@@ -597,6 +673,21 @@ class DurableContext:
                 "this worker no longer owns that attempt"
             )
         return TaskSuspended(self.task_id, wake_at)
+
+    def _time_out(self, wait: TaskEvent) -> None:
+        """Record, fenced, that the child wait `wait` ended at its deadline."""
+        with self.pool.connection() as conn:
+            ended = Querier(conn).time_out_child_wait(
+                task_id=self.task_id,
+                event_number=wait.event_number,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+        if ended is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: timeout of event "
+                f"{wait.event_number} rejected, this worker no longer owns that attempt"
+            )
 
     def _stop(self, suspension: TaskSuspended) -> NoReturn:
         """End this run: raise `suspension`, and again at every later operation."""

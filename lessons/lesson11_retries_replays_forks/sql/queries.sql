@@ -347,6 +347,32 @@ WHERE EXISTS (
 )
 RETURNING *;
 
+-- name: TimeOutChildWait :one
+-- End a child wait (wait_for_child with a timeout) whose deadline came before
+-- its child finished: its event's output becomes {"timed_out": true}, once
+-- (the only change an event ever gets), and every later run replays the
+-- timeout, whenever the child finishes. No row comes back for a wait already
+-- ended.
+--
+-- Fenced, like AppendEvent, and FOR SHARE for the same reason: only while this
+-- worker still owns the attempt.
+UPDATE task_events
+SET output = '{"timed_out": true}'::jsonb
+WHERE task_events.task_id = sqlc.arg(task_id)::bigint
+  AND task_events.event_number = sqlc.arg(event_number)::integer
+  AND task_events.kind = 'child_wait'
+  AND task_events.output IS NULL
+  AND EXISTS (
+    SELECT 1
+    FROM tasks
+    WHERE tasks.id = sqlc.arg(task_id)::bigint
+      AND tasks.attempt = sqlc.arg(attempt)::integer
+      AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+      AND tasks.status = 'running'
+    FOR SHARE
+  )
+RETURNING *;
+
 -- name: ListTaskEvents :many
 -- A durable task's history, in the order it was written.
 SELECT * FROM task_events
