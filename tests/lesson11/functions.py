@@ -13,6 +13,7 @@ from lessons.lesson11_retries_replays_forks.demo.tasks import (
 )
 from lessons.lesson11_retries_replays_forks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
 from lessons.lesson11_retries_replays_forks.engine.durable import (
+    ChildTimeout,
     DurableContext,
     DurableFunction,
     EventTimeout,
@@ -71,6 +72,22 @@ def spawn_and_return(ctx: DurableContext, input: Any) -> Any:
     child = ctx.spawn_child("echo", {"never": "run"}, queue=UNSERVED_QUEUE)
     ctx.run_step("echo", echo, {"spawned": child.id})
     return child.id
+
+
+def call_children_in_sequence(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo `input["children"]` times, one after the other: each run replays
+    every child before the new one."""
+    return [ctx.call("echo", {"n": n}) for n in range(input["children"])]
+
+
+def call_with_a_timeout(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Event 1 a child on `input["queue"]`, event 2 its wait with a timeout of
+    `input["timeout"]` s, event 3 a step that records what the wait gave."""
+    try:
+        output = ctx.call("echo", {"n": input["n"]}, queue=input["queue"], timeout=input["timeout"])
+    except ChildTimeout:
+        output = "timed out"
+    return ctx.run_step("echo", echo, {"output": output})
 
 
 def refuse(input: Any) -> Any:
@@ -138,6 +155,8 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "versioned_labels": versioned_labels,
     "spawn_and_return": spawn_and_return,
     "fail_on_one_of_two_children": fail_on_one_of_two_children,
+    "call_children_in_sequence": call_children_in_sequence,
+    "call_with_a_timeout": call_with_a_timeout,
     "always_fail": always_fail,
     "record_nothing": record_nothing,
     "wait_for_ever": wait_for_ever,
