@@ -10,6 +10,7 @@ from lessons.lesson09_durable_sleep.demo.tasks import DURABLE_FUNCTIONS as LESSO
 from lessons.lesson09_durable_sleep.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
 from lessons.lesson09_durable_sleep.engine.crash_points import FREEZE_AT
 from lessons.lesson09_durable_sleep.engine.durable import (
+    ChildTimeout,
     DurableContext,
     DurableFunction,
     TaskSuspended,
@@ -18,6 +19,9 @@ from lessons.lesson09_durable_sleep.engine.worker import TaskFunction
 
 # The children of the functions below run on this queue.
 CHILDREN_QUEUE = "children"
+
+# A queue no worker serves: a child sent there never finishes.
+UNSERVED_QUEUE = "unserved"
 
 # In a process whose environment holds it, spawn_two_children_then_wait makes
 # its value the freeze point (COURSE_FREEZE_AT) once its first child is spawned:
@@ -42,6 +46,27 @@ def nap(ctx: DurableContext, input: dict[str, Any]) -> Any:
 def call_a_child(ctx: DurableContext, input: dict[str, Any]) -> Any:
     """Call echo, on this task's own queue, and return what it returns."""
     return ctx.call("echo", {"n": input["n"]})
+
+
+def call_children_in_sequence(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo `input["children"]` times, one after the other, on this task's queue:
+    each call suspends the task once, and each run replays every child before it."""
+    return [ctx.call("echo", {"n": n}) for n in range(input["children"])]
+
+
+def call_with_a_timeout(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo on `input["queue"]` with a timeout of `input["timeout"]` s, then a
+    step that records what the call gave: the child's output, or "timed out"."""
+    try:
+        output = ctx.call("echo", {"n": input["n"]}, queue=input["queue"], timeout=input["timeout"])
+    except ChildTimeout:
+        output = "timed out"
+    return ctx.run_step("after", echo, {"output": output})
+
+
+def wait_for_an_unserved_child(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo on a queue nobody serves, with a timeout it does not catch."""
+    return ctx.call("echo", {"n": input["n"]}, queue=UNSERVED_QUEUE, timeout=input["timeout"])
 
 
 def spawn_sleep_then_wait(ctx: DurableContext, input: dict[str, Any]) -> Any:
@@ -85,6 +110,9 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
     "nap": nap,
     "call_a_child": call_a_child,
+    "call_children_in_sequence": call_children_in_sequence,
+    "call_with_a_timeout": call_with_a_timeout,
+    "wait_for_an_unserved_child": wait_for_an_unserved_child,
     "spawn_sleep_then_wait": spawn_sleep_then_wait,
     "swallow_the_suspension": swallow_the_suspension,
     "call_on_the_children_queue": call_on_the_children_queue,

@@ -13,6 +13,7 @@ from lessons.lesson11_retries_replays_forks.demo.tasks import (
 )
 from lessons.lesson11_retries_replays_forks.demo.tasks import FUNCTIONS as LESSON_FUNCTIONS
 from lessons.lesson11_retries_replays_forks.engine.durable import (
+    ChildTimeout,
     DurableContext,
     DurableFunction,
     EventTimeout,
@@ -73,6 +74,36 @@ def spawn_and_return(ctx: DurableContext, input: Any) -> Any:
     return child.id
 
 
+def call_children_in_sequence(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Call echo `input["children"]` times, one after the other: each run replays
+    every child before the new one."""
+    return [ctx.call("echo", {"n": n}) for n in range(input["children"])]
+
+
+def call_with_a_timeout(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Event 1 a child on `input["queue"]`, event 2 its wait with a timeout of
+    `input["timeout"]` s, event 3 a step that records what the wait gave."""
+    try:
+        output = ctx.call("echo", {"n": input["n"]}, queue=input["queue"], timeout=input["timeout"])
+    except ChildTimeout:
+        output = "timed out"
+    return ctx.run_step("echo", echo, {"output": output})
+
+
+def refuse(input: Any) -> Any:
+    """A child task that fails, every attempt."""
+    raise ValueError(f"refused {input}")
+
+
+def fail_on_one_of_two_children(ctx: DurableContext, input: Any) -> Any:
+    """Spawn a child nobody runs (event 1) and one that fails (event 2), then wait
+    for the failing one: the task fails on ChildTaskFailed, the first still queued."""
+    queued = ctx.spawn_child("echo", {"never": "run"}, queue=UNSERVED_QUEUE)
+    failing = ctx.spawn_child("refuse", {"child": 2}, max_retries=0)
+    ctx.wait_for_child(failing)
+    return ctx.wait_for_child(queued)
+
+
 def always_fail(ctx: DurableContext, input: Any) -> Any:
     raise ConnectionError(f"attempt {ctx.attempt} fails, like every attempt")
 
@@ -115,7 +146,7 @@ def new_kind(ctx: DurableContext, input: Any) -> Any:
     return {"new": ctx.call("echo", input)}
 
 
-FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo}
+FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo, "refuse": refuse}
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
@@ -123,6 +154,9 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "sleep_wait_then_call": sleep_wait_then_call,
     "versioned_labels": versioned_labels,
     "spawn_and_return": spawn_and_return,
+    "fail_on_one_of_two_children": fail_on_one_of_two_children,
+    "call_children_in_sequence": call_children_in_sequence,
+    "call_with_a_timeout": call_with_a_timeout,
     "always_fail": always_fail,
     "record_nothing": record_nothing,
     "wait_for_ever": wait_for_ever,

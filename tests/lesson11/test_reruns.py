@@ -415,8 +415,10 @@ def test_what_cannot_be_replayed_or_forked_is_refused_and_changes_nothing(
         f"task {finished_id} has events 1 to 4: there is no event 5 to fork at": lambda conn: fork(
             conn, finished_id, at_event=5
         ),
-        f"child task {left_behind.output} of event 2 is queued: fork at event 2 or before, "
-        "or wait until it has finished": lambda conn: fork(conn, left_behind_id, at_event=3),
+        f"child task {left_behind.output} of event 2 is queued: task {left_behind_id} cannot "
+        "be forked until its children have finished (they cannot be cancelled yet)": lambda conn: (
+            fork(conn, left_behind_id, at_event=3)
+        ),
     }
     for message, operation in refusals.items():
         with database.pool.connection() as conn, pytest.raises(RerunRefused) as refused:

@@ -13,6 +13,7 @@ class EventKind(enum.StrEnum):
     STEP = "step"
     CHILD = "child"
     SLEEP = "sleep"
+    CHILD_WAIT = "child_wait"
 
 
 class TaskStatus(enum.StrEnum):

@@ -27,13 +27,27 @@ the function's run, and the worker's slot is free. When the child finishes, it
 makes its parent runnable again (its row names its parent); a worker claims
 it, and the function runs from the top, replaying its history (recorded steps
 return at once, recorded children are not spawned again) until it gets back
-to the wait, which now finds the child finished. The sleep works the same way:
+to the wait, which now finds the child finished. A run reads the history
+once, with the outcome of each child it names: a finished child is final, so
+its replayed wait returns at once, with no statement and no suspension, and a
+run costs one read plus the work that is new, however long the history.
+
+The sleep works the same way:
 
     ctx.sleep(3600)
 
 records the wake-up time (computed once, on the database's clock) in the
 history and suspends the task until then. When the task is claimed again the
 replayed sleep finds its time has come, and the function goes on.
+
+A wait for a child has no limit unless it is given one:
+
+    payment = ctx.call("charge_payment", {...}, timeout=600)
+
+records the deadline once, like a sleep's wake-up, and suspends the task
+until the child finishes or the deadline comes. Past the deadline with the
+child unfinished, the wait records its timeout and raises `ChildTimeout`;
+every later run replays the same outcome, whenever the child finishes.
 
 Events are numbered in the order the function makes its operations: the first
 operation of every attempt is event 1, the second event 2, and so on. That is
@@ -116,6 +130,23 @@ class TaskSuspended(BaseException):
         super().__init__(f"task {task_id} suspended {until}")
 
 
+class ChildTimeout(NonRetryableError):
+    """A child task had not finished by the deadline its parent's wait recorded.
+
+    The timeout is recorded (the wait's event says so), so a replay raises it
+    again, however the child ends. The child is not stopped: it runs whenever a
+    worker gets to it (children cannot be cancelled yet). Catch it to carry on
+    another way; left uncaught, it fails the task at once, without a retry: a
+    retry would replay the same timeout.
+    """
+
+    def __init__(self, child_id: int, task_name: str, timeout: float) -> None:
+        self.child_id = child_id
+        self.task_name = task_name
+        self.timeout = timeout
+        super().__init__(f"child task {child_id} ({task_name}) did not finish within {timeout} s")
+
+
 class NonDeterminismError(NonRetryableError):
     """This attempt made another call than the history recorded at the same event number.
 
@@ -140,15 +171,14 @@ class ChildTaskFailed(NonRetryableError):
     the same failed child.
     """
 
-    def __init__(self, child: Task) -> None:
-        error = (child.output or {}).get("error") or {}
-        self.child_id = child.id
-        self.task_name = child.task_name
+    def __init__(self, child_id: int, task_name: str, output: Any) -> None:
+        error = (output or {}).get("error") or {}
+        self.child_id = child_id
+        self.task_name = task_name
         self.error_type: str = error.get("type", "")
         self.error_message: str = error.get("message", "")
         super().__init__(
-            f"child task {child.id} ({child.task_name}) failed: "
-            f"{self.error_type}: {self.error_message}"
+            f"child task {child_id} ({task_name}) failed: {self.error_type}: {self.error_message}"
         )
 
 
@@ -179,6 +209,14 @@ class ChildTask:
     task_name: str
 
 
+@dataclass(frozen=True)
+class FinishedChild:
+    """How a child task ended (completed or failed), and its output: final, never changed."""
+
+    status: TaskStatus
+    output: Any
+
+
 class DurableContext:
     """One attempt of a durable task: its history, and the way to add to it."""
 
@@ -190,6 +228,7 @@ class DurableContext:
         task_id: int,
         attempt: int,
         history: list[TaskEvent],
+        finished_children: dict[int, FinishedChild],
         queue: str,
         claimed_at: datetime,
         limits: TransactionLimits,
@@ -207,6 +246,9 @@ class DurableContext:
         self.limits = limits
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
+        # The children of that history that had finished when this run loaded
+        # it, by task id: their waits replay from here, without a statement.
+        self._finished_children = finished_children
         self._next_event_number = 1
         # The first mismatch, kept so that a function that catches it (say, with
         # `except Exception`) still cannot go on, or complete.
@@ -226,14 +268,23 @@ class DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         if task.started_at is None:  # the claim sets it
             raise ValueError(f"task {task.id} has not been claimed")
+        # One read for the whole run: the events, and each child's outcome.
         with pool.connection() as conn:
-            history = Querier(conn).list_task_events(task_id=task.id)
+            rows = Querier(conn).list_task_history_with_children(task_id=task.id)
+        finished_children = {
+            row.task_event.child_task_id: FinishedChild(row.child_status, row.child_output)
+            for row in rows
+            if row.task_event.child_task_id is not None
+            and row.child_status is not None
+            and row.child_status in FINISHED_STATUSES
+        }
         return cls(
             pool,
             worker_id=worker_id,
             task_id=task.id,
             attempt=task.attempt,
-            history=history,
+            history=[row.task_event for row in rows],
+            finished_children=finished_children,
             queue=task.queue,
             claimed_at=task.started_at,
             limits=limits,
@@ -301,16 +352,70 @@ class DurableContext:
         crash_point("spawn_child:after_commit")
         return ChildTask(id=child.id, task_name=task_name)
 
-    def wait_for_child(self, child: ChildTask) -> Any:
+    def wait_for_child(self, child: ChildTask, *, timeout: float | None = None) -> Any:
         """Return the child task's output once it has finished; suspend the task until then.
 
         Raises `ChildTaskFailed` if it failed. Waiting is no event: the child's
         own row is the record of its result, and reading it again on a later
         attempt gives the same answer. A child that has not finished suspends
         this task (`TaskSuspended`): it holds no slot while it waits, and the
-        child's end makes it runnable again.
+        child's end makes it runnable again. A child that had finished when this
+        run loaded its history is final: its outcome is returned at once, with
+        no statement and no suspension, so that replaying n finished children
+        costs nothing but the one read of `load` (suspending and looking for
+        each of them made every run cost n writes, and n children n^2).
+
+        Without a `timeout` (the default) the wait has no limit: a child on a
+        queue no worker serves suspends this task for ever. With one (seconds),
+        the wait is an event of its own, a child wait, whose deadline the
+        database computes once (its now + timeout); the task is suspended until
+        the child finishes or the deadline comes. A run that finds the deadline
+        passed and the child unfinished records the timeout, and raises
+        `ChildTimeout`; every later run replays that outcome.
         """
         self._check_not_suspended()
+        if timeout is None:
+            finished = self._finished_children.get(child.id) or self._suspend_unless_finished(child)
+        else:
+            finished = self._wait_with_timeout(child, timeout)
+        crash_point("wait_for_child:finished")
+        if finished.status == TaskStatus.FAILED:
+            raise ChildTaskFailed(child.id, child.task_name, finished.output)
+        return finished.output
+
+    def _wait_with_timeout(self, child: ChildTask, timeout: float) -> FinishedChild:
+        """The child's outcome, from a child wait that records its deadline once."""
+        if timeout <= 0:
+            raise ValueError(f"a wait needs a positive timeout, not {timeout} s")
+        event_number = self._take_event_number()
+        input = {"child_task_id": child.id, "timeout": timeout}
+        wait = self._replay(event_number, EventKind.CHILD_WAIT, child.task_name, input)
+        if wait is None:
+            # One statement: a run that stops before it suspends replays this event.
+            with self.pool.connection() as conn:
+                wait = self._append(
+                    conn,
+                    event_number,
+                    EventKind.CHILD_WAIT,
+                    child.task_name,
+                    input,
+                    wake_after_seconds=timeout,
+                )
+        elif wait.output is not None:  # TimeOutChildWait recorded the timeout
+            raise ChildTimeout(child.id, child.task_name, timeout)
+        finished = self._finished_children.get(child.id)
+        return finished or self._suspend_unless_finished(child, wait=wait)
+
+    def _suspend_unless_finished(
+        self, child: ChildTask, *, wait: TaskEvent | None = None
+    ) -> FinishedChild:
+        """The child's outcome if it has finished by now; else suspend the task until it has.
+
+        `wait` is the event of a child wait: the task is suspended until its
+        deadline at the latest, and a run claimed at or after that deadline
+        records the timeout instead, and raises `ChildTimeout`.
+        """
+        deadline = wait.wake_at if wait is not None else None
         # A task thread may wait for locks: a lock timeout would fail the attempt.
         with (
             self.pool.connection() as conn,
@@ -323,21 +428,22 @@ class DurableContext:
             # and the look below sees it. Look first, and a child could finish in
             # between, find us still running, wake nobody, and leave us
             # suspended for ever.
-            suspension = self._suspend(conn, wake_at=None)
+            suspension = self._suspend(conn, wake_at=deadline)
             row = Querier(conn).get_task(id=child.id)
             if row is None:
                 raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
             finished = row.status in FINISHED_STATUSES
+            timed_out = not finished and deadline is not None and deadline <= self.claimed_at
             crash_point("wait_for_child:before_commit")
-            if finished:
+            if finished or timed_out:
                 raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
+        if wait is not None and timed_out:
+            self._time_out(wait)
+            raise ChildTimeout(child.id, child.task_name, wait.input["timeout"])
         if not finished:
             crash_point("wait_for_child:suspended")
             self._stop(suspension)
-        crash_point("wait_for_child:finished")
-        if row.status == TaskStatus.FAILED:
-            raise ChildTaskFailed(row)
-        return row.output
+        return FinishedChild(row.status, row.output)
 
     def call(
         self,
@@ -346,10 +452,14 @@ class DurableContext:
         *,
         queue: str | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float | None = None,
     ) -> Any:
-        """Spawn a child task and wait for it: its output, or `ChildTaskFailed`."""
+        """Spawn a child task and wait for it: its output, `ChildTaskFailed` or `ChildTimeout`.
+
+        No `timeout` (the default): the wait has no limit (see `wait_for_child`).
+        """
         child = self.spawn_child(task_name, input, queue=queue, max_retries=max_retries)
-        return self.wait_for_child(child)
+        return self.wait_for_child(child, timeout=timeout)
 
     def sleep(self, seconds: float) -> None:
         """Pause the durable function for `seconds`, without holding a worker.
@@ -447,6 +557,21 @@ class DurableContext:
                 "this worker no longer owns that attempt"
             )
         return TaskSuspended(self.task_id, wake_at)
+
+    def _time_out(self, wait: TaskEvent) -> None:
+        """Record, fenced, that the child wait `wait` ended at its deadline."""
+        with self.pool.connection() as conn:
+            ended = Querier(conn).time_out_child_wait(
+                task_id=self.task_id,
+                event_number=wait.event_number,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+        if ended is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: timeout of event "
+                f"{wait.event_number} rejected, this worker no longer owns that attempt"
+            )
 
     def _stop(self, suspension: TaskSuspended) -> NoReturn:
         """End this run: raise `suspension`, and again at every later operation."""

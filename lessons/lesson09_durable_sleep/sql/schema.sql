@@ -96,15 +96,18 @@ CREATE INDEX tasks_schedule_deadline_idx ON tasks (schedule_deadline)
 
 -- What a durable operation is: a step, a function the durable function ran in
 -- its own attempt, with its input and the output it returned; a child, a task
--- the durable function put on the queue (its id is in child_task_id); or a
--- sleep, a pause until the time in wake_at.
-CREATE TYPE event_kind AS ENUM ('step', 'child', 'sleep');
+-- the durable function put on the queue (its id is in child_task_id); a
+-- sleep, a pause until the time in wake_at; or a child wait, a wait for a
+-- child with a timeout (its id in input), until the deadline in wake_at at the
+-- latest.
+CREATE TYPE event_kind AS ENUM ('step', 'child', 'sleep', 'child_wait');
 
 -- The history of durable tasks: one row per durable operation, numbered 1, 2,
 -- 3... in the order the function made them. Rows are only ever added, never
--- changed or deleted, and the primary key makes sure that an event number is
--- written at most once: a later attempt *reads* events 1..n, it does not write
--- them again.
+-- deleted, and changed once at most (a child wait that times out records it in
+-- its output), and the primary key makes sure that an event number is written
+-- at most once: a later attempt *reads* events 1..n, it does not write them
+-- again.
 CREATE TABLE task_events (
     task_id bigint NOT NULL REFERENCES tasks (id),
     event_number integer NOT NULL CHECK (event_number > 0),
@@ -131,7 +134,7 @@ CREATE TABLE task_events (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, event_number),
     CHECK ((kind = 'child') = (child_task_id IS NOT NULL)),
-    CHECK ((kind = 'sleep') = (wake_at IS NOT NULL))
+    CHECK ((kind IN ('sleep', 'child_wait')) = (wake_at IS NOT NULL))
 );
 
 -- Wake-ups. Each worker LISTENs on the channel below (see listener.py):

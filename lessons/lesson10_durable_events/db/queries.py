@@ -326,11 +326,49 @@ WHERE EXISTS (
 RETURNING task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at
 """
 
+TIME_OUT_CHILD_WAIT = """-- name: TimeOutChildWait :one
+UPDATE task_events
+SET output = '{"timed_out": true}'::jsonb
+WHERE task_events.task_id = $1::bigint
+  AND task_events.event_number = $2::integer
+  AND task_events.kind = 'child_wait'
+  AND task_events.output IS NULL
+  AND EXISTS (
+    SELECT 1
+    FROM tasks
+    WHERE tasks.id = $1::bigint
+      AND tasks.attempt = $3::integer
+      AND tasks.worker_id = $4::bigint
+      AND tasks.status = 'running'
+    FOR SHARE
+  )
+RETURNING task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at
+"""
+
 LIST_TASK_EVENTS = """-- name: ListTaskEvents :many
 SELECT task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt, recorded_at FROM task_events
 WHERE task_id = $1
 ORDER BY event_number
 """
+
+LIST_TASK_HISTORY_WITH_CHILDREN = """-- name: ListTaskHistoryWithChildren :many
+SELECT
+    task_events.task_id, task_events.event_number, task_events.kind, task_events.name, task_events.input, task_events.key, task_events.output, task_events.child_task_id, task_events.wake_at, task_events.attempt, task_events.recorded_at,
+    child.status AS child_status,
+    child.output AS child_output
+FROM task_events
+LEFT JOIN tasks AS child ON child.id = task_events.child_task_id
+WHERE task_events.task_id = $1
+ORDER BY task_events.event_number
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListTaskHistoryWithChildrenRow:
+    task_event: models.TaskEvent
+    child_status: models.TaskStatus | None
+    child_output: Any | None
+
 
 LIMIT_TRANSACTION = """-- name: LimitTransaction :exec
 SELECT
@@ -778,11 +816,40 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _task_event_from_row(row)
 
+    def time_out_child_wait(
+        self, *, task_id: int, event_number: int, attempt: int, worker_id: int
+    ) -> models.TaskEvent | None:
+        """End a child wait (wait_for_child with a timeout) whose deadline came before
+        its child finished: its event's output becomes {"timed_out": true}, once
+        (the only change an event ever gets), and every later run replays the
+        timeout, whenever the child finishes. No row comes back for a wait already
+        ended.
+
+        Fenced, like AppendEvent, and FOR SHARE for the same reason: only while this
+        worker still owns the attempt.
+        """
+        with self._cursor() as cur:
+            cur.execute(TIME_OUT_CHILD_WAIT, (task_id, event_number, attempt, worker_id))
+            row = cur.fetchone()
+        return None if row is None else _task_event_from_row(row)
+
     def list_task_events(self, *, task_id: int) -> list[models.TaskEvent]:
         """A durable task's history, in the order it was written."""
         with self._cursor() as cur:
             cur.execute(LIST_TASK_EVENTS, (task_id,))
             return [_task_event_from_row(row) for row in cur.fetchall()]
+
+    def list_task_history_with_children(
+        self, *, task_id: int
+    ) -> list[ListTaskHistoryWithChildrenRow]:
+        """A durable task's history, in the order it was written, as a run loads it:
+        each child event with its child's status and output. A finished child is
+        final (a child is not durable, and nothing runs it again), so the run
+        replays its wait from this one read, without a statement of its own.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_TASK_HISTORY_WITH_CHILDREN, (task_id,))
+            return [_list_task_history_with_children_row_from_row(row) for row in cur.fetchall()]
 
     def limit_transaction(self, *, idle_milliseconds: int, lock_milliseconds: int) -> None:
         """Bound the transaction this statement runs in (set_config(..., true) lasts
@@ -1022,6 +1089,16 @@ def _task_event_from_row(row: tuple[Any, ...]) -> models.TaskEvent:
         wake_at=row[8],
         attempt=row[9],
         recorded_at=row[10],
+    )
+
+
+def _list_task_history_with_children_row_from_row(
+    row: tuple[Any, ...],
+) -> ListTaskHistoryWithChildrenRow:
+    return ListTaskHistoryWithChildrenRow(
+        task_event=_task_event_from_row(row[0:11]),
+        child_status=_optional(models.TaskStatus, row[11]),
+        child_output=row[12],
     )
 
 

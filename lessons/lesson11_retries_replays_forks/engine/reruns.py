@@ -22,9 +22,14 @@ task has completed or failed (a running task that is stuck is timed out or
 reassigned by lesson 04's sweeps, and its retries run out), then replay or
 fork it.
 
-A fork also refuses to share a child that has not finished: a child's end
-wakes its parent (lesson 09), the task that spawned it, never a fork that
-reuses it, so the fork would wait for it for ever.
+Both also refuse a task with a child that has not finished, until children
+can be cancelled (a later lesson). A task can end with one still queued (it
+failed on another child's `ChildTaskFailed`, or never waited for it), and that
+child still runs, and does what it does, whenever a worker gets to it: a
+replay, or a fork from its event or before, would spawn it again, and its
+effect would happen twice. A fork after its event would share it, and wait
+for it for ever: a child's end wakes its parent (lesson 09), the task that
+spawned it, never a fork that reuses it.
 
 Each runs in one transaction that starts by locking the task's row, so that two
 operators (or two clicks) replaying and forking the same task run one after the
@@ -68,6 +73,7 @@ def replay(conn: psycopg.Connection[Any], task_id: int) -> Replay:
     with conn.transaction():
         queries = Querier(conn)
         task = lock_rerunnable(queries, task_id, "replayed")
+        check_children_finished(task.id, queries.list_history(task_id=task.id), "replayed")
         queries.delete_event_waits(task_id=task.id)  # they belong to the events
         cleared = queries.delete_task_events(task_id=task.id)
         queued = queries.replay_task(id=task.id)
@@ -95,7 +101,7 @@ def fork(conn: psycopg.Connection[Any], task_id: int, *, at_event: int) -> Task:
             raise RerunRefused(
                 f"task {task_id} has events 1 to {last}: there is no event {at_event} to fork at"
             )
-        check_children_finished(history[: at_event - 1])
+        check_children_finished(source.id, history, "forked")
         forked = queries.create_fork(source_task_id=source.id, at_event=at_event)
         if forked is None:  # INSERT ... SELECT of a row we hold locked
             raise RuntimeError(f"forking task {task_id} created no task")
@@ -107,14 +113,14 @@ def fork(conn: psycopg.Connection[Any], task_id: int, *, at_event: int) -> Task:
     return forked
 
 
-def check_children_finished(shared: list[ListHistoryRow]) -> None:
-    """Refuse a fork that would share a child that has not finished (see above)."""
-    for event in shared:
+def check_children_finished(task_id: int, history: list[ListHistoryRow], done: str) -> None:
+    """Refuse to rerun a task whose history holds a child that has not finished (see above)."""
+    for event in history:
         if event.child_task_id is not None and event.child_status not in FINISHED_STATUSES:
             raise RerunRefused(
                 f"child task {event.child_task_id} of event {event.event_number} is "
-                f"{event.child_status}: fork at event {event.event_number} or before, or "
-                "wait until it has finished"
+                f"{event.child_status}: task {task_id} cannot be {done} until its children "
+                "have finished (they cannot be cancelled yet)"
             )
 
 

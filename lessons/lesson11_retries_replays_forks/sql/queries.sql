@@ -347,11 +347,51 @@ WHERE EXISTS (
 )
 RETURNING *;
 
+-- name: TimeOutChildWait :one
+-- End a child wait (wait_for_child with a timeout) whose deadline came before
+-- its child finished: its event's output becomes {"timed_out": true}, once
+-- (the only change an event ever gets), and every later run replays the
+-- timeout, whenever the child finishes. No row comes back for a wait already
+-- ended.
+--
+-- Fenced, like AppendEvent, and FOR SHARE for the same reason: only while this
+-- worker still owns the attempt.
+UPDATE task_events
+SET output = '{"timed_out": true}'::jsonb
+WHERE task_events.task_id = sqlc.arg(task_id)::bigint
+  AND task_events.event_number = sqlc.arg(event_number)::integer
+  AND task_events.kind = 'child_wait'
+  AND task_events.output IS NULL
+  AND EXISTS (
+    SELECT 1
+    FROM tasks
+    WHERE tasks.id = sqlc.arg(task_id)::bigint
+      AND tasks.attempt = sqlc.arg(attempt)::integer
+      AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+      AND tasks.status = 'running'
+    FOR SHARE
+  )
+RETURNING *;
+
 -- name: ListTaskEvents :many
 -- A durable task's history, in the order it was written.
 SELECT * FROM task_events
 WHERE task_id = sqlc.arg(task_id)
 ORDER BY event_number;
+
+-- name: ListTaskHistoryWithChildren :many
+-- A durable task's history, in the order it was written, as a run loads it:
+-- each child event with its child's status and output. A finished child is
+-- final (a child is not durable, and nothing runs it again), so the run
+-- replays its wait from this one read, without a statement of its own.
+SELECT
+    sqlc.embed(task_events),
+    child.status AS child_status,
+    child.output AS child_output
+FROM task_events
+LEFT JOIN tasks AS child ON child.id = task_events.child_task_id
+WHERE task_events.task_id = sqlc.arg(task_id)
+ORDER BY task_events.event_number;
 
 -- Replays and forks: an operator runs a finished durable task again (see
 -- reruns.py, which checks what may be replayed or forked, and history_tool.py).

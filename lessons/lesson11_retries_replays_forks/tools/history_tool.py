@@ -13,7 +13,8 @@ the course (DATABASE_URL, else the embedded server), and `--schema` says which
 schema holds the tables: this lesson's unless told otherwise.
 
 What cannot be done (an unknown task, an event outside the history, a task that
-is still running) is one line on stderr and exit code 1. A command line that
+is still running, or one with a child that is) is one line on stderr and exit
+code 1. A command line that
 does not parse, or a database that cannot be reached, is exit code 2.
 """
 
