@@ -468,11 +468,16 @@ class DurableContext:
     def _replay(
         self, event_number: int, kind: EventKind, name: str, input: Any
     ) -> TaskEvent | None:
-        """The recorded event for this operation, if there is one and it records this call."""
+        """The recorded event for this operation, if there is one and it records this call.
+
+        Every operation calls it before it does anything else, so the call's key
+        is built first: a call that cannot have one (`InvalidStepData`) runs nothing.
+        """
+        key = event_key(kind, name, input)
         recorded = self._history.get(event_number)
         if recorded is None:
             return None
-        if recorded.key != event_key(kind, name, input):
+        if recorded.key != key:
             raise self._mismatch(recorded, describe_call(kind, name, input))
         log.info(
             "task %d event %d (%s %s): replayed from the history",
@@ -532,8 +537,17 @@ class DurableContext:
 
 
 def event_key(kind: EventKind, name: str, input: Any) -> str:
-    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
-    call = canonical_json([str(kind), name, input])
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input].
+
+    An input that is JSON but has no canonical form is refused (`InvalidStepData`):
+    `{1: "a", "b": 2}`, whose keys of two types cannot be sorted.
+    """
+    try:
+        call = canonical_json([str(kind), name, input])
+    except TypeError as error:
+        raise InvalidStepData(
+            f"the input of {kind} {name} has no canonical JSON form, so no key: {error}"
+        ) from error
     return hashlib.sha256(call.encode()).hexdigest()
 
 
