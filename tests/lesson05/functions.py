@@ -48,6 +48,28 @@ def three_steps(ctx: DurableContext, input: dict[str, Any]) -> dict[str, Any]:
     return outputs
 
 
+def count_in_a_file(input: dict[str, Any]) -> str:
+    """Append this step's name to the file `input["runs"]` (no database: a cut
+    connection cannot lose the count), then wait at `input["gate"]`, if any."""
+    with open(input["runs"], "a") as runs:
+        runs.write(f"{input['step']}\n")
+    if input["gate"] is not None:
+        wait_for_gate(input["gate"])
+    return str(input["step"])
+
+
+def four_steps_through_a_blip(ctx: DurableContext, input: dict[str, Any]) -> list[Any]:
+    """Steps one to four, each counted in `input["runs"]`; step two waits at `input["gate"]`."""
+    return [
+        ctx.run_step(
+            step,
+            count_in_a_file,
+            {"runs": input["runs"], "step": step, "gate": input["gate"] if step == "two" else None},
+        )
+        for step in ("one", "two", "three", "four")
+    ]
+
+
 def return_a_tuple_and_none(ctx: DurableContext, input: Any) -> Any:
     """Steps whose outputs change shape on the way through JSON; fail attempt 1 after them."""
     pair = ctx.run_step("pair", lambda _: (1, 2), None)
@@ -100,4 +122,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "return_a_nul": return_a_nul,
     "return_a_lone_surrogate": return_a_lone_surrogate,
     "step_out_of_stock": step_out_of_stock,
+    "four_steps_through_a_blip": four_steps_through_a_blip,
 }

@@ -53,6 +53,7 @@ from .shared import (
     to_json,
 )
 from .slots import Slots
+from .statement_retries import StatementRetries
 from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,12 @@ class Worker:
             return None
 
         def with_context(input: Any) -> Any:
-            context = DurableContext.load(self.pool, worker_id=self.id, task=task)
+            context = DurableContext.load(
+                self.pool,
+                worker_id=self.id,
+                task=task,
+                retries=StatementRetries.for_worker(self.inactivity_threshold),
+            )
             return durable_function(context, input)
 
         return with_context
