@@ -28,6 +28,8 @@ FUNCTIONS_MODULE = "tests.lesson05.functions"
 # Long enough that a blip of two seconds and the retries after it fit well inside.
 INACTIVITY_THRESHOLD = 10.0
 BLIP_SECONDS = 2.0
+# Longer than the statement retries' window (half the threshold), shorter than a lease.
+OUTAGE_SECONDS = 6.5
 
 
 @pytest.fixture
@@ -45,22 +47,8 @@ def runs_of(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def test_a_blip_while_a_step_is_recorded_costs_neither_a_rerun_nor_a_retry(
-    database: LessonDatabase, tmp_path: Path, proxy: DatabaseProxy
-) -> None:
-    """Four steps, `max_retries=0`: the connections are cut while step two returns
-    (its event is being written), for two seconds. The task completes on attempt 1,
-    every step run exactly once."""
-    runs, gate = tmp_path / "runs", tmp_path / "gate"
-    with database.pool.connection() as conn:
-        task_id = enqueue(
-            conn,
-            "four_steps_through_a_blip",
-            {"runs": str(runs), "gate": str(gate)},
-            durable=True,
-            max_retries=0,
-        )
-    with WorkerProcess(
+def worker_through(proxy: DatabaseProxy, database: LessonDatabase) -> WorkerProcess:
+    return WorkerProcess(
         schema=database.schema,
         functions=FUNCTIONS_MODULE,
         slots=1,
@@ -69,7 +57,29 @@ def test_a_blip_while_a_step_is_recorded_costs_neither_a_rerun_nor_a_retry(
         inactivity_threshold=INACTIVITY_THRESHOLD,
         verbose=True,
         environment={"DATABASE_URL": proxy.url},
-    ) as worker:
+    )
+
+
+def enqueue_four_steps(database: LessonDatabase, runs: Path, gate: Path) -> int:
+    with database.pool.connection() as conn:
+        return enqueue(
+            conn,
+            "four_steps_through_a_blip",
+            {"runs": str(runs), "gate": str(gate)},
+            durable=True,
+            max_retries=0,
+        )
+
+
+def test_a_blip_while_a_step_is_recorded_costs_neither_a_rerun_nor_a_retry(
+    database: LessonDatabase, tmp_path: Path, proxy: DatabaseProxy
+) -> None:
+    """Four steps, `max_retries=0`: the connections are cut while step two returns
+    (its event is being written), for two seconds. The task completes on attempt 1,
+    every step run exactly once."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    task_id = enqueue_four_steps(database, runs, gate)
+    with worker_through(proxy, database) as worker:
         worker.start()
         wait_until(lambda: runs_of(runs) == ["one", "two"], timeout=30, message=worker.log)
         proxy.cut()
@@ -82,3 +92,28 @@ def test_a_blip_while_a_step_is_recorded_costs_neither_a_rerun_nor_a_retry(
     assert task.output == ["one", "two", "three", "four"]
     assert runs_of(runs) == ["one", "two", "three", "four"]
     assert "again in" in log  # the cut was met, and ridden out
+
+
+def test_an_outage_longer_than_the_retries_costs_the_task_no_retry(
+    database: LessonDatabase, tmp_path: Path, proxy: DatabaseProxy
+) -> None:
+    """The same flow, the connections cut for longer than the statement retries
+    last: step two's event cannot be written, and the attempt ends. The
+    infrastructure ended it, not the task: it goes back to the queue without
+    counting against `max_retries=0`, and attempt 2 replays step one, runs step
+    two again (its output was never recorded) and completes."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    task_id = enqueue_four_steps(database, runs, gate)
+    with worker_through(proxy, database) as worker:
+        worker.start()
+        wait_until(lambda: runs_of(runs) == ["one", "two"], timeout=30, message=worker.log)
+        proxy.cut()
+        open_gate(gate)
+        time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for work
+        proxy.restore()
+        task = wait_for_task(database.pool, task_id, timeout=60)
+        log = worker.log()
+    assert task.status == TaskStatus.COMPLETED and task.attempt == 2, (task, log)
+    assert task.infrastructure_attempts == 1, task
+    assert runs_of(runs) == ["one", "two", "two", "three", "four"]
+    assert "DatabaseUnreachable" in log or "unreachable" in log
