@@ -18,10 +18,12 @@ a durable function must make the same operations in the same order every time
 it runs (lesson 06 checks that it does).
 
 Every operation uses its own short statement: no transaction stays open while
-the function, or one of its steps, runs. And every statement rides out a
-connection blip (`statement_retries.py`): tried again on a transient error, for
-up to half the worker's inactivity threshold, after looking in the history for
-what an earlier try may have written.
+the function, or one of its steps, runs.
+
+And every statement rides out a connection blip (`statement_retries.py`):
+tried again on a transient error, for up to half the worker's inactivity
+threshold, after looking in the history for what an earlier try may have
+committed.
 """
 
 from __future__ import annotations
