@@ -35,6 +35,7 @@ from lessons.lesson10_durable_events.engine.durable import (
     LostOwnership,
     TaskSuspended,
 )
+from lessons.lesson10_durable_events.engine.statement_retries import StatementRetries
 from lessons.lesson10_durable_events.engine.transactions import TransactionLimits
 from lessons.lesson10_durable_events.engine.worker import Worker
 from lessons.lesson10_durable_events.tools.worker_process import WorkerProcess
@@ -46,6 +47,7 @@ LESSON = "lesson10_durable_events"
 QUEUE = "waits"
 # The limits of a worker whose inactivity threshold is 10 s, for contexts made by hand.
 LIMITS = TransactionLimits.for_worker(10)
+RETRIES = StatementRetries.for_worker(10)
 # Lesson 08's fallback: waits must end by notifications and timers, not polls.
 POLL_INTERVAL = 5.0
 HEARTBEAT_INTERVAL = 0.1
@@ -224,7 +226,9 @@ def test_a_push_while_the_task_looks_at_its_open_wait_waits_for_it_then_wakes_it
             max_tasks=1,
         )
         with pytest.raises(TaskSuspended):
-            context = DurableContext.load(pool, worker_id=registered.id, task=task, limits=LIMITS)
+            context = DurableContext.load(
+                pool, worker_id=registered.id, task=task, limits=LIMITS, retries=RETRIES
+            )
             context.wait_for_event("k", timeout=60)
         queries.wake_tasks(ids=[task_id])  # woken for another reason: runs again
         [task] = queries.claim_tasks(
@@ -383,7 +387,9 @@ def test_waiting_is_fenced_a_refused_wait_writes_nothing(database: LessonDatabas
             durable_task_names=["wait_for_key"],
             max_tasks=1,
         )
-    context = DurableContext.load(pool, worker_id=registered.id + 1, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=registered.id + 1, task=task, limits=LIMITS, retries=RETRIES
+    )
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):
         context.wait_for_event("k", timeout=60)
     with pool.connection() as conn:
