@@ -356,7 +356,7 @@ class DurableContext:
             self.retries,
             f"task {self.task_id}: waiting for child task {child.id}",
             lambda conn: self._suspend_then_look(conn, child),
-            resolve=lambda conn: (None, self._suspended_earlier(conn, wake_at=None)),
+            resolve=self._suspended_earlier_without_row,
         )
         if suspension is not None:
             crash_point("wait_for_child:suspended")
@@ -538,6 +538,13 @@ class DurableContext:
         ):
             return TaskSuspended(self.task_id, wake_at)
         return None
+
+    def _suspended_earlier_without_row(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[None, TaskSuspended] | None:
+        """`_suspended_earlier`, as a look that suspended returns it: with no row."""
+        suspension = self._suspended_earlier(conn, wake_at=None)
+        return None if suspension is None else (None, suspension)
 
     def _stop(self, suspension: TaskSuspended) -> NoReturn:
         """End this run: raise `suspension`, and again at every later operation."""
