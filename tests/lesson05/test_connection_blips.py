@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lessons.lesson05_durable_event_log.db.models import TaskStatus
+from lessons.lesson05_durable_event_log.db.queries import Querier
 from lessons.lesson05_durable_event_log.engine.client import enqueue, wait_for_task
 from lessons.lesson05_durable_event_log.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
@@ -41,6 +42,15 @@ def database(lesson_database: Callable[..., LessonDatabase]) -> LessonDatabase:
 def proxy(database_url: str) -> Iterator[DatabaseProxy]:
     with DatabaseProxy(database_url) as running:
         yield running
+
+
+FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED)
+
+
+def get_status(database: LessonDatabase, task_id: int) -> TaskStatus | None:
+    with database.pool.connection() as conn:
+        task = Querier(conn).get_task(id=task_id)
+    return task.status if task else None
 
 
 def runs_of(path: Path) -> list[str]:
@@ -117,3 +127,37 @@ def test_an_outage_longer_than_the_retries_costs_the_task_no_retry(
     assert task.infrastructure_attempts == 1, task
     assert runs_of(runs) == ["one", "two", "two", "three", "four"]
     assert "DatabaseUnreachable" in log or "unreachable" in log
+
+
+def test_repeated_blips_through_a_whole_flow_cost_neither_a_rerun_nor_a_retry(
+    database: LessonDatabase, tmp_path: Path, proxy: DatabaseProxy
+) -> None:
+    """Four steps of 0.4 s each, `max_retries=0`, the connections cut for 0.5 s
+    every 0.8 s from the start of step one until the task has finished: every
+    step's event, and the history read, meet cuts. The task completes on attempt
+    1, every step run exactly once."""
+    runs = tmp_path / "runs"
+    with database.pool.connection() as conn:
+        task_id = enqueue(
+            conn,
+            "four_steps_through_a_blip",
+            {"runs": str(runs), "pause": 0.4},
+            durable=True,
+            max_retries=0,
+        )
+    with worker_through(proxy, database) as worker:
+        worker.start()
+        wait_until(lambda: runs_of(runs) == ["one"], timeout=30, message=worker.log)
+        blips = 0
+        while get_status(database, task_id) not in FINISHED and blips < 30:
+            proxy.cut()
+            time.sleep(0.5)  # a blip, not a wait for work
+            proxy.restore()
+            blips += 1
+            time.sleep(0.3)
+        task = wait_for_task(database.pool, task_id, timeout=60)
+        log = worker.log()
+    assert blips >= 2, blips
+    assert task.status == TaskStatus.COMPLETED and task.attempt == 1, (task, log)
+    assert task.infrastructure_attempts == 0
+    assert runs_of(runs) == ["one", "two", "three", "four"]
