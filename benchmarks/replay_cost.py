@@ -46,6 +46,7 @@ from lessons.lesson09_durable_sleep.engine.durable import (
     DurableFunction,
     event_key,
 )
+from lessons.lesson09_durable_sleep.engine.statement_retries import StatementRetries
 from lessons.lesson09_durable_sleep.engine.transactions import TransactionLimits
 from lessons.lesson09_durable_sleep.engine.worker import TaskFunction, Worker
 
@@ -58,6 +59,7 @@ QUEUE = "replay"
 KINDS = ("step", "child", "sleep")
 SLEEP_SECONDS = 60.0
 LIMITS = TransactionLimits.for_worker(10.0)
+RETRIES = StatementRetries.for_worker(10.0)
 
 # Counts every UPDATE that suspends a task, rolled back or not: nextval() is
 # not undone by a rollback.
@@ -215,7 +217,9 @@ def measure_replay(pool: CountingPool, kind: str, events: int, runs: int) -> Rep
 
 def replay_once(pool: ConnectionPool, worker_id: int, task: Task) -> float:
     started = time.perf_counter()
-    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=worker_id, task=task, limits=LIMITS, retries=RETRIES
+    )
     replay_everything(context, task.input)
     context.check_whole_history_replayed()
     return time.perf_counter() - started

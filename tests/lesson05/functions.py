@@ -7,6 +7,7 @@ process that ran it, so the tests count what really ran, not what the engine say
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -46,6 +47,36 @@ def three_steps(ctx: DurableContext, input: dict[str, Any]) -> dict[str, Any]:
         }
         outputs[step] = ctx.run_step(step, counted_step, step_input)["nonce"]
     return outputs
+
+
+def count_in_a_file(input: dict[str, Any]) -> str:
+    """Append this step's name to the file `input["runs"]` (no database: a cut
+    connection cannot lose the count), then wait at `input["gate"]`, if any, and
+    for `input["pause"]` seconds."""
+    with open(input["runs"], "a") as runs:
+        runs.write(f"{input['step']}\n")
+    if input["gate"] is not None:
+        wait_for_gate(input["gate"])
+    time.sleep(input["pause"])
+    return str(input["step"])
+
+
+def four_steps_through_a_blip(ctx: DurableContext, input: dict[str, Any]) -> list[Any]:
+    """Steps one to four, each counted in `input["runs"]` and lasting `input["pause"]`
+    seconds (0 if not given); step two waits at `input["gate"]`, if given."""
+    return [
+        ctx.run_step(
+            step,
+            count_in_a_file,
+            {
+                "runs": input["runs"],
+                "step": step,
+                "gate": input.get("gate") if step == "two" else None,
+                "pause": input.get("pause", 0),
+            },
+        )
+        for step in ("one", "two", "three", "four")
+    ]
 
 
 def return_a_tuple_and_none(ctx: DurableContext, input: Any) -> Any:
@@ -100,4 +131,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "return_a_nul": return_a_nul,
     "return_a_lone_surrogate": return_a_lone_surrogate,
     "step_out_of_stock": step_out_of_stock,
+    "four_steps_through_a_blip": four_steps_through_a_blip,
 }

@@ -260,6 +260,7 @@ def test_append_event_is_fenced_and_an_event_number_is_written_once(
             attempts=[claimed.attempt],
             succeeded=[True],
             retryable=[False],
+            infrastructure=[False],
             outputs=["{}"],
         )
         assert append(2) is None, "an append after the attempt ended"

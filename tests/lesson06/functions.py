@@ -65,6 +65,21 @@ def swallow_the_mismatch(ctx: DurableContext, input: Any) -> Any:
     return "pretended all was well"
 
 
+# How many times `count_run` has run, in this process (the worker runs in-process).
+STEP_RUNS = {"count_run": 0}
+
+
+def count_run(input: Any) -> Any:
+    STEP_RUNS["count_run"] += 1
+    return input
+
+
+def step_with_an_unkeyable_input(ctx: DurableContext, input: Any) -> Any:
+    """One step whose input is JSON (keys become strings) but has no canonical form:
+    its keys, an int and a str, cannot be sorted."""
+    return ctx.run_step("s", count_run, {1: "a", "b": 2})
+
+
 def stall_in_step_two(input: Any) -> Any:
     if current_task().attempt == 1:
         wait_for_gate(input["gate"])
@@ -88,4 +103,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "equal_inputs_built_differently": equal_inputs_built_differently,
     "swallow_the_mismatch": swallow_the_mismatch,
     "two_steps_stalling_on_attempt_1": two_steps_stalling_on_attempt_1,
+    "step_with_an_unkeyable_input": step_with_an_unkeyable_input,
 }

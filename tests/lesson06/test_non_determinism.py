@@ -27,7 +27,7 @@ from lessons.lesson06_non_determinism.engine.client import enqueue, wait_for_tas
 from lessons.lesson06_non_determinism.engine.worker import Worker
 from lessons.lesson06_non_determinism.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
-from tests.lesson06.functions import DURABLE_FUNCTIONS
+from tests.lesson06.functions import DURABLE_FUNCTIONS, STEP_RUNS
 from tests.waiting import wait_until
 
 LESSON = "lesson06_non_determinism"
@@ -174,6 +174,21 @@ def test_the_key_is_the_sha256_of_the_canonical_json_of_kind_name_and_input(
     )
     assert canonical == '["step","reserve",{"cents":4200,"note":"Zoë 🫖","sku":"teapot"}]'
     assert event.key == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_an_input_without_a_canonical_form_is_refused_before_the_step_runs(
+    database: LessonDatabase,
+) -> None:
+    """`{1: "a", "b": 2}` is JSON, but its keys cannot be sorted, so it has no key: the
+    step must be refused before it runs, not after, on every one of its attempts."""
+    STEP_RUNS["count_run"] = 0
+    task = run(database, "step_with_an_unkeyable_input", None, max_retries=3)
+    assert task.status == TaskStatus.FAILED and task.attempt == 1, task
+    kind, message = error_of(task)
+    assert kind == "InvalidStepData", message
+    assert message.startswith("the input of step s has no canonical JSON form"), message
+    assert STEP_RUNS["count_run"] == 0
+    assert history(database.pool, task.id) == []
 
 
 def test_a_function_that_catches_the_error_still_fails(database: LessonDatabase) -> None:

@@ -53,6 +53,11 @@ def scripted_children(ctx: DurableContext, input: dict[str, Any]) -> Any:
     return [child.id for child in children]
 
 
+def call_echo(ctx: DurableContext, input: Any) -> Any:
+    """Call one echo child, and return its output."""
+    return ctx.call("echo", {"n": 1}, queue=CHILDREN_QUEUE)
+
+
 def call_then_fail_on_attempt_1(ctx: DurableContext, input: Any) -> Any:
     """Call echo, and fail attempt 1 after the child has completed."""
     output = ctx.call("echo", {"n": 1}, queue=CHILDREN_QUEUE)
@@ -97,6 +102,7 @@ FUNCTIONS: dict[str, TaskFunction] = {
 }
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
+    "call_echo": call_echo,
     **LESSON_DURABLE_FUNCTIONS,
     "scripted_children": scripted_children,
     "call_then_fail_on_attempt_1": call_then_fail_on_attempt_1,

@@ -10,15 +10,21 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
 from lessons.lesson07_durable_tasks.db.models import EventKind, Task, TaskEvent, TaskStatus
 from lessons.lesson07_durable_tasks.db.queries import Querier
 from lessons.lesson07_durable_tasks.demo.tasks import ORDER_STEPS_QUEUE, ORDERS_QUEUE
+from lessons.lesson07_durable_tasks.engine import durable
 from lessons.lesson07_durable_tasks.engine.client import enqueue, wait_for_task
 from lessons.lesson07_durable_tasks.engine.durable import DurableContext, LostOwnership
-from lessons.lesson07_durable_tasks.engine.transactions import TransactionLimits
+from lessons.lesson07_durable_tasks.engine.statement_retries import StatementRetries
+from lessons.lesson07_durable_tasks.engine.transactions import (
+    TransactionLimits,
+    bounded_transaction,
+)
 from lessons.lesson07_durable_tasks.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson07.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS, UNSERVED_QUEUE
@@ -204,6 +210,7 @@ def test_spawning_is_fenced_and_a_refused_spawn_creates_no_child(
             cancelled=threading.Event(),
             poll_interval=POLL_INTERVAL,
             limits=TransactionLimits.for_worker(1.0),
+            retries=StatementRetries.for_worker(1.0),
         )
 
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):
@@ -266,3 +273,30 @@ def test_the_same_children_replay_without_creating_any(database: LessonDatabase)
     assert task.status == TaskStatus.COMPLETED and task.attempt == 2, task
     children = [t.id for t in all_tasks(database.pool) if t.id != task.id]
     assert task.output == children and len(children) == 2
+
+
+def test_a_spawn_whose_commit_reply_is_lost_finds_its_child_through_the_event(
+    database: LessonDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies just after spawn_child's transaction commits, before its
+    reply arrives (played here: the transaction commits, then the error a dead
+    connection raises). The commit is ambiguous; the retry reads the history, finds
+    the event with this call's key, and returns the child it names: one child, the
+    task completes on attempt 1, `max_retries=0`."""
+    lost_replies: list[str] = []
+
+    @contextmanager
+    def commit_then_lose_the_reply(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with bounded_transaction(*args, **kwargs) as transaction:
+            yield transaction
+        if not lost_replies:
+            lost_replies.append("lost")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(durable, "bounded_transaction", commit_then_lose_the_reply)
+    task = run(database, "call_echo", None, max_retries=0)
+    assert lost_replies == ["lost"]
+    assert (task.status, task.attempt, task.output) == (TaskStatus.COMPLETED, 1, {"n": 1}), task
+    children = [row for row in all_tasks(database.pool) if row.id != task.id]
+    assert len(children) == 1, children
+    assert [event.child_task_id for event in history(database.pool, task.id)] == [children[0].id]

@@ -194,6 +194,7 @@ def test_claims_and_results_are_silent_and_a_retry_notifies(
                 attempts=[claimed.attempt],
                 succeeded=[succeeded],
                 retryable=[True],
+                infrastructure=[False],
                 outputs=["{}"],
             )
 
@@ -364,6 +365,7 @@ def test_a_finished_child_notifies_its_parent_and_nothing_else_does(
                 attempts=[task.attempt for task in claimed],
                 succeeded=[succeeded] * 2,
                 retryable=[True] * 2,
+                infrastructure=[False] * 2,
                 outputs=["{}"] * 2,
             )
 

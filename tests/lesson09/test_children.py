@@ -187,6 +187,7 @@ def test_a_child_that_finishes_while_its_parent_suspends_waits_for_it_then_wakes
                     attempts=[1],
                     succeeded=[True],
                     retryable=[False],
+                    infrastructure=[False],
                     outputs=["{}"],
                 )
                 wake_parents(queries, finished)

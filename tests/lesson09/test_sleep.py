@@ -36,6 +36,7 @@ from lessons.lesson09_durable_sleep.engine.durable import (
     LostOwnership,
     TaskSuspended,
 )
+from lessons.lesson09_durable_sleep.engine.statement_retries import StatementRetries
 from lessons.lesson09_durable_sleep.engine.transactions import TransactionLimits
 from lessons.lesson09_durable_sleep.engine.worker import Worker, listener_name
 from lessons.lesson09_durable_sleep.tools.worker_process import WorkerProcess
@@ -252,7 +253,11 @@ def test_suspending_is_fenced_a_refused_sleep_writes_nothing(database: LessonDat
 
     def context(worker_id: int) -> DurableContext:
         return DurableContext.load(
-            pool, worker_id=worker_id, task=task, limits=TransactionLimits.for_worker(10)
+            pool,
+            worker_id=worker_id,
+            task=task,
+            limits=TransactionLimits.for_worker(10),
+            retries=StatementRetries.for_worker(10),
         )
 
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):

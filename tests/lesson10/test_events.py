@@ -35,6 +35,7 @@ from lessons.lesson10_durable_events.engine.durable import (
     LostOwnership,
     TaskSuspended,
 )
+from lessons.lesson10_durable_events.engine.statement_retries import StatementRetries
 from lessons.lesson10_durable_events.engine.transactions import TransactionLimits
 from lessons.lesson10_durable_events.engine.worker import Worker
 from lessons.lesson10_durable_events.tools.worker_process import WorkerProcess
@@ -46,6 +47,7 @@ LESSON = "lesson10_durable_events"
 QUEUE = "waits"
 # The limits of a worker whose inactivity threshold is 10 s, for contexts made by hand.
 LIMITS = TransactionLimits.for_worker(10)
+RETRIES = StatementRetries.for_worker(10)
 # Lesson 08's fallback: waits must end by notifications and timers, not polls.
 POLL_INTERVAL = 5.0
 HEARTBEAT_INTERVAL = 0.1
@@ -224,7 +226,9 @@ def test_a_push_while_the_task_looks_at_its_open_wait_waits_for_it_then_wakes_it
             max_tasks=1,
         )
         with pytest.raises(TaskSuspended):
-            context = DurableContext.load(pool, worker_id=registered.id, task=task, limits=LIMITS)
+            context = DurableContext.load(
+                pool, worker_id=registered.id, task=task, limits=LIMITS, retries=RETRIES
+            )
             context.wait_for_event("k", timeout=60)
         queries.wake_tasks(ids=[task_id])  # woken for another reason: runs again
         [task] = queries.claim_tasks(
@@ -383,7 +387,9 @@ def test_waiting_is_fenced_a_refused_wait_writes_nothing(database: LessonDatabas
             durable_task_names=["wait_for_key"],
             max_tasks=1,
         )
-    context = DurableContext.load(pool, worker_id=registered.id + 1, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=registered.id + 1, task=task, limits=LIMITS, retries=RETRIES
+    )
     with pytest.raises(LostOwnership, match="no longer owns that attempt"):
         context.wait_for_event("k", timeout=60)
     with pool.connection() as conn:
@@ -468,7 +474,9 @@ def running_again_with_its_wait_open(pool: ConnectionPool, key: str) -> tuple[in
 
         [task] = claim()
         with pytest.raises(TaskSuspended):
-            context = DurableContext.load(pool, worker_id=registered.id, task=task, limits=LIMITS)
+            context = DurableContext.load(
+                pool, worker_id=registered.id, task=task, limits=LIMITS, retries=RETRIES
+            )
             context.wait_for_event(key, timeout=60)
         queries.wake_tasks(ids=[task_id])
         [task] = claim()
@@ -490,7 +498,9 @@ def read_the_outcome_in_a_thread(
 ) -> tuple[threading.Thread, list[Any]]:
     """The task's run reaching its wait, on a thread: what wait_for_event returned."""
     returned: list[Any] = []
-    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=worker_id, task=task, limits=LIMITS, retries=RETRIES
+    )
     reader = threading.Thread(
         target=lambda: returned.append(context.wait_for_event(key, timeout=60))
     )
@@ -499,7 +509,9 @@ def read_the_outcome_in_a_thread(
 
 
 def replayed_outcome(pool: ConnectionPool, worker_id: int, task: Task, key: str) -> Any:
-    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=worker_id, task=task, limits=LIMITS, retries=RETRIES
+    )
     return context.wait_for_event(key, timeout=60)
 
 

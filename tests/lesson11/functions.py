@@ -47,6 +47,12 @@ def step_then_three_children(ctx: DurableContext, input: dict[str, Any]) -> Any:
     return {"step": step, "children": children}
 
 
+def step_with_an_unkeyable_input(ctx: DurableContext, input: Any) -> Any:
+    """One step whose input is JSON (keys become strings) but has no canonical form:
+    its keys, ints and strs, cannot be sorted."""
+    return ctx.run_step("s", count_run, {1: "a", "b": 2, "label": "unkeyable"})
+
+
 def sleep_wait_then_call(ctx: DurableContext, input: dict[str, Any]) -> Any:
     """Event 1 a sleep, event 2 a wait for the event `input["key"]`, event 3 a child."""
     ctx.sleep(input["sleep"])
@@ -151,6 +157,7 @@ FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo, "refuse"
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
     "step_then_three_children": step_then_three_children,
+    "step_with_an_unkeyable_input": step_with_an_unkeyable_input,
     "sleep_wait_then_call": sleep_wait_then_call,
     "versioned_labels": versioned_labels,
     "spawn_and_return": spawn_and_return,

@@ -22,6 +22,7 @@ from lessons.lesson11_retries_replays_forks.engine.client import (
     push_event,
 )
 from lessons.lesson11_retries_replays_forks.engine.durable import DurableContext, TaskSuspended
+from lessons.lesson11_retries_replays_forks.engine.statement_retries import StatementRetries
 from lessons.lesson11_retries_replays_forks.engine.transactions import TransactionLimits
 from tests.conftest import LessonDatabase
 from tests.lesson11.helpers import LESSON
@@ -30,6 +31,7 @@ from tests.waiting import wait_until
 QUEUE = "waits"
 # The limits of a worker whose inactivity threshold is 10 s, for contexts made by hand.
 LIMITS = TransactionLimits.for_worker(10)
+RETRIES = StatementRetries.for_worker(10)
 
 
 @pytest.fixture
@@ -43,7 +45,9 @@ def waiting_task(pool: ConnectionPool, worker_id: int, key: str, queue: str = QU
         enqueue(conn, "wait_for_ever", {}, queue=queue, durable=True)
     [task] = claim(pool, worker_id, queue)
     with pytest.raises(TaskSuspended):
-        context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+        context = DurableContext.load(
+            pool, worker_id=worker_id, task=task, limits=LIMITS, retries=RETRIES
+        )
         context.wait_for_event(key, timeout=60)
     return task
 
@@ -94,7 +98,9 @@ def read_the_outcome_in_a_thread(
 ) -> tuple[threading.Thread, list[Any]]:
     """The task's run reaching its wait, on a thread: what wait_for_event returned."""
     returned: list[Any] = []
-    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=worker_id, task=task, limits=LIMITS, retries=RETRIES
+    )
     reader = threading.Thread(
         target=lambda: returned.append(context.wait_for_event(key, timeout=60))
     )
@@ -103,7 +109,9 @@ def read_the_outcome_in_a_thread(
 
 
 def replayed_outcome(pool: ConnectionPool, worker_id: int, task: Task, key: str) -> Any:
-    context = DurableContext.load(pool, worker_id=worker_id, task=task, limits=LIMITS)
+    context = DurableContext.load(
+        pool, worker_id=worker_id, task=task, limits=LIMITS, retries=RETRIES
+    )
     return context.wait_for_event(key, timeout=60)
 
 

@@ -197,3 +197,55 @@ def test_old_and_new_workers_during_a_rolling_deploy_of_a_durable_function(
         assert not claimed_by_old & new_ids, "an old worker claimed a task of the new kind"
         for process in [*old, new]:
             assert process.stop() == 0, process.log()
+
+
+def test_a_blip_while_an_order_records_its_step_costs_no_rerun_and_no_retry(
+    database: LessonDatabase, tmp_path: Path, proxy: DatabaseProxy
+) -> None:
+    """One durable order, `max_retries=0`, its worker's connections cut for 2 s
+    (threshold 10 s: no worker looks dead) at the moment its gate step returns and
+    its event is written. The durable context tries its statements again through
+    the blip: the order completes on attempt 1, charged and confirmed once."""
+    pool = database.pool
+    gate = tmp_path / "gate"
+    with worker(
+        database, heartbeat_interval=0.5, inactivity_threshold=10.0, database_url=proxy.url
+    ) as process:
+        process.start()
+        with pool.connection() as conn:
+            task_id = enqueue(
+                conn,
+                "order_at_gate",
+                {
+                    "order_id": "BLIP-1",
+                    "card": "4242",
+                    "email": "ada@example.com",
+                    "gate": str(gate),
+                },
+                queue=ORDERS_QUEUE,
+                durable=True,
+                max_retries=0,
+            )
+        deadline = time.monotonic() + 20
+        while not at_the_gate(pool, task_id):
+            assert time.monotonic() < deadline, "the order did not reach the gate"
+            time.sleep(0.02)
+        proxy.cut()
+        gate.touch()  # the step returns now, and its event meets the cut
+        time.sleep(2.0)  # the blip itself, not a wait for work
+        proxy.restore()
+        task = wait_for_task(pool, task_id, timeout=60)
+        log = process.log()
+    assert (task.status, task.attempt) == (TaskStatus.COMPLETED, 1), (task, log)
+    assert task.infrastructure_attempts == 0
+    with pool.connection() as conn:
+        queries = Querier(conn)
+        charges = Counter(charge.order_id for charge in queries.list_charges())
+        emails = Counter(email.order_id for email in queries.list_emails())
+    assert charges == Counter(["BLIP-1"]) and emails == Counter(["BLIP-1"])
+    assert [(event.event_number, event.attempt) for event in history(pool, task_id)] == [
+        (1, 1),
+        (2, 1),
+        (3, 1),
+    ]
+    assert "again in" in log  # the cut was met, and ridden out

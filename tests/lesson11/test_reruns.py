@@ -232,6 +232,7 @@ def test_an_attempt_from_before_a_replay_stays_fenced_out(database: LessonDataba
             attempts=[first.attempt],
             succeeded=[False],
             retryable=[False],
+            infrastructure=[False],
             outputs=['{"error": {"type": "Test", "message": "failed"}}'],
         )
         replay(conn, task_id)

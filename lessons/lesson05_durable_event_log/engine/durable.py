@@ -19,6 +19,11 @@ it runs (lesson 06 checks that it does).
 
 Every operation uses its own short statement: no transaction stays open while
 the function, or one of its steps, runs.
+
+And every statement rides out a connection blip (`statement_retries.py`):
+tried again on a transient error, for up to half the worker's inactivity
+threshold, after looking in the history for what an earlier try may have
+committed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from psycopg_pool import ConnectionPool
 from ..db.models import EventKind, Task, TaskEvent
 from ..db.queries import Querier
 from .shared import NonRetryableError, first_line, to_json
+from .statement_retries import StatementRetries, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +82,36 @@ class DurableContext:
         task_id: int,
         attempt: int,
         history: list[TaskEvent],
+        retries: StatementRetries,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.task_id = task_id
         self.attempt = attempt
+        # How long each statement is tried again through a connection blip.
+        self.retries = retries
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         self._next_event_number = 1
 
     @classmethod
-    def load(cls, pool: ConnectionPool, *, worker_id: int, task: Task) -> DurableContext:
+    def load(
+        cls, pool: ConnectionPool, *, worker_id: int, task: Task, retries: StatementRetries
+    ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
-        with pool.connection() as conn:
-            history = Querier(conn).list_task_events(task_id=task.id)
+        history = with_retries(
+            pool,
+            retries,
+            f"task {task.id}: reading its history",
+            lambda conn: Querier(conn).list_task_events(task_id=task.id),
+        )
         return cls(
-            pool, worker_id=worker_id, task_id=task.id, attempt=task.attempt, history=history
+            pool,
+            worker_id=worker_id,
+            task_id=task.id,
+            attempt=task.attempt,
+            history=history,
+            retries=retries,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -129,19 +149,36 @@ class DurableContext:
     def _append(
         self, event_number: int, kind: EventKind, name: str, input: Any, output: Any
     ) -> TaskEvent:
-        """Write one event, fenced: only while this worker still owns the attempt."""
+        """Write one event, fenced: only while this worker still owns the attempt.
+
+        A try whose connection died may have been committed: the next try finds
+        the event in the history (written by this attempt, at this number) and
+        returns it, rather than write it again.
+        """
+
+        def append(conn: psycopg.Connection[Any]) -> TaskEvent | None:
+            return Querier(conn).append_event(
+                task_id=self.task_id,
+                event_number=event_number,
+                kind=kind,
+                name=name,
+                input_=input,
+                output=output,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+
+        def recorded(conn: psycopg.Connection[Any]) -> TaskEvent | None:
+            return self._recorded_event(conn, event_number, kind, name)
+
         try:
-            with self.pool.connection() as conn:
-                event = Querier(conn).append_event(
-                    task_id=self.task_id,
-                    event_number=event_number,
-                    kind=kind,
-                    name=name,
-                    input_=input,
-                    output=output,
-                    attempt=self.attempt,
-                    worker_id=self.worker_id,
-                )
+            event = with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {event_number} ({kind} {name})",
+                append,
+                resolve=recorded,
+            )
         except psycopg.DataError as error:
             # JSON that jsonb still refuses: a string holding the character U+0000.
             raise InvalidStepData(
@@ -154,6 +191,19 @@ class DurableContext:
             )
         log.info("task %d event %d (%s %s): recorded", self.task_id, event_number, kind, name)
         return event
+
+    def _recorded_event(
+        self, conn: psycopg.Connection[Any], event_number: int, kind: EventKind, name: str
+    ) -> TaskEvent | None:
+        """Event `event_number` of the history, if this attempt wrote it for this call."""
+        for event in Querier(conn).list_task_events(task_id=self.task_id):
+            if (
+                event.event_number == event_number
+                and event.attempt == self.attempt
+                and (event.kind, event.name) == (kind, name)
+            ):
+                return event
+        return None
 
 
 def check_json(what: str, value: Any) -> None:

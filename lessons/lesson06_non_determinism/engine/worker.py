@@ -53,6 +53,7 @@ from .shared import (
     to_json,
 )
 from .slots import Slots
+from .statement_retries import DatabaseUnreachable, StatementRetries
 from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -296,6 +297,16 @@ class Worker:
                 with self._attempts_lost_lock:
                     self._attempts_lost += 1
                 return
+            except DatabaseUnreachable as error:
+                # The database, not the task: back to the queue, not charged.
+                log.info("task %d (%s): %s", task.id, task.display_name, error)
+                self.record_failure(
+                    task,
+                    error_document(type(error).__name__, exception_message(error)),
+                    retryable=True,
+                    infrastructure=True,
+                )
+                return
             except NonRetryableError as error:
                 log.info("task %d (%s) failed for good: %r", task.id, task.display_name, error)
                 self.record_failure(
@@ -333,7 +344,12 @@ class Worker:
             return None
 
         def with_context(input: Any) -> Any:
-            context = DurableContext.load(self.pool, worker_id=self.id, task=task)
+            context = DurableContext.load(
+                self.pool,
+                worker_id=self.id,
+                task=task,
+                retries=StatementRetries.for_worker(self.inactivity_threshold),
+            )
             output = durable_function(context, input)
             context.check_whole_history_replayed()
             return output
@@ -343,8 +359,17 @@ class Worker:
     def record_success(self, task: Task, output_json: str) -> None:
         self._result_writer().submit(AttemptOutcome.completed(task, output_json))
 
-    def record_failure(self, task: Task, error: dict[str, Any], *, retryable: bool) -> None:
-        self._result_writer().submit(AttemptOutcome.failed(task, error, retryable=retryable))
+    def record_failure(
+        self,
+        task: Task,
+        error: dict[str, Any],
+        *,
+        retryable: bool,
+        infrastructure: bool = False,
+    ) -> None:
+        self._result_writer().submit(
+            AttemptOutcome.failed(task, error, retryable=retryable, infrastructure=infrastructure)
+        )
 
     def _result_writer(self) -> ResultWriter:
         if self._results is None:

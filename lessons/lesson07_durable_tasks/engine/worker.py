@@ -54,6 +54,7 @@ from .shared import (
     to_json,
 )
 from .slots import Slots
+from .statement_retries import DatabaseUnreachable, StatementRetries
 from .sweeper import Sweeper
 from .transactions import TransactionLimits
 
@@ -301,6 +302,16 @@ class Worker:
                 with self._attempts_lost_lock:
                     self._attempts_lost += 1
                 return
+            except DatabaseUnreachable as error:
+                # The database, not the task: back to the queue, not charged.
+                log.info("task %d (%s): %s", task.id, task.display_name, error)
+                self.record_failure(
+                    task,
+                    error_document(type(error).__name__, exception_message(error)),
+                    retryable=True,
+                    infrastructure=True,
+                )
+                return
             except NonRetryableError as error:
                 log.info("task %d (%s) failed for good: %r", task.id, task.display_name, error)
                 self.record_failure(
@@ -346,6 +357,7 @@ class Worker:
                 cancelled=current_task().cancelled,
                 poll_interval=self.poll_interval,
                 limits=self._transaction_limits,
+                retries=StatementRetries.for_worker(self.inactivity_threshold),
             )
             output = durable_function(context, input)
             context.check_whole_history_replayed()
@@ -356,8 +368,17 @@ class Worker:
     def record_success(self, task: Task, output_json: str) -> None:
         self._result_writer().submit(AttemptOutcome.completed(task, output_json))
 
-    def record_failure(self, task: Task, error: dict[str, Any], *, retryable: bool) -> None:
-        self._result_writer().submit(AttemptOutcome.failed(task, error, retryable=retryable))
+    def record_failure(
+        self,
+        task: Task,
+        error: dict[str, Any],
+        *,
+        retryable: bool,
+        infrastructure: bool = False,
+    ) -> None:
+        self._result_writer().submit(
+            AttemptOutcome.failed(task, error, retryable=retryable, infrastructure=infrastructure)
+        )
 
     def _result_writer(self) -> ResultWriter:
         if self._results is None:

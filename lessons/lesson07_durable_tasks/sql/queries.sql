@@ -54,6 +54,11 @@ RETURNING *;
 -- queue when the error is retryable and retries are left. Outputs arrive as
 -- JSON text.
 --
+-- An attempt ended by the infrastructure (infrastructure: the database stayed
+-- out of reach) goes back to the queue, and is counted in
+-- infrastructure_attempts, which every retry rule subtracts: it costs the
+-- task none of its retries.
+--
 -- Fenced: a row changes only while this worker still owns that attempt, that
 -- is, the task is running, on this worker, at this attempt. A worker that was
 -- presumed dead and comes back cannot overwrite the work of the worker that
@@ -62,9 +67,13 @@ RETURNING *;
 UPDATE tasks
 SET status = CASE
         WHEN finished.succeeded THEN 'completed'::task_status
-        WHEN finished.retryable AND tasks.attempt <= tasks.max_retries THEN 'queued'::task_status
+        WHEN finished.retryable
+            AND tasks.attempt - tasks.infrastructure_attempts - finished.infrastructure::integer
+                <= tasks.max_retries
+            THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
+    infrastructure_attempts = tasks.infrastructure_attempts + finished.infrastructure::integer,
     output = finished.output::jsonb
 FROM (
     -- Parallel arrays, one element per attempt, turned into rows.
@@ -73,6 +82,7 @@ FROM (
         unnest(sqlc.arg(attempts)::integer[]) AS attempt,
         unnest(sqlc.arg(succeeded)::boolean[]) AS succeeded,
         unnest(sqlc.arg(retryable)::boolean[]) AS retryable,
+        unnest(sqlc.arg(infrastructure)::boolean[]) AS infrastructure,
         unnest(sqlc.arg(outputs)::text[]) AS output
 ) AS finished
 WHERE tasks.id = finished.id
@@ -169,7 +179,7 @@ WITH overdue AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt <= max_retries THEN 'queued'::task_status
+        WHEN attempt - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -210,7 +220,7 @@ WITH lost AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt <= max_retries THEN 'queued'::task_status
+        WHEN attempt - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(

@@ -28,7 +28,7 @@ VALUES (
     now() + $8::double precision * interval '1 second',
     $9, $10
 )
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
 """
 
 CLAIM_TASKS = """-- name: ClaimTasks :many
@@ -53,16 +53,20 @@ SET status = 'running',
     started_at = now(),
     schedule_deadline = NULL
 WHERE id IN (SELECT id FROM claimable)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
 """
 
 FINISH_ATTEMPTS = """-- name: FinishAttempts :many
 UPDATE tasks
 SET status = CASE
         WHEN finished.succeeded THEN 'completed'::task_status
-        WHEN finished.retryable AND tasks.attempt <= tasks.max_retries THEN 'queued'::task_status
+        WHEN finished.retryable
+            AND tasks.attempt - tasks.infrastructure_attempts - finished.infrastructure::integer
+                <= tasks.max_retries
+            THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
+    infrastructure_attempts = tasks.infrastructure_attempts + finished.infrastructure::integer,
     output = finished.output::jsonb
 FROM (
     -- Parallel arrays, one element per attempt, turned into rows.
@@ -71,7 +75,8 @@ FROM (
         unnest($3::integer[]) AS attempt,
         unnest($4::boolean[]) AS succeeded,
         unnest($5::boolean[]) AS retryable,
-        unnest($6::text[]) AS output
+        unnest($6::boolean[]) AS infrastructure,
+        unnest($7::text[]) AS output
 ) AS finished
 WHERE tasks.id = finished.id
   AND tasks.attempt = finished.attempt
@@ -89,12 +94,12 @@ class FinishAttemptsRow:
 
 
 GET_TASK = """-- name: GetTask :one
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id FROM tasks
 WHERE id = $1
 """
 
 LIST_TASKS = """-- name: ListTasks :many
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id FROM tasks
 ORDER BY id
 """
 
@@ -172,7 +177,7 @@ SET status = 'failed',
         )
     ))
 WHERE id IN (SELECT id FROM expired)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
 """
 
 TIME_OUT_RUNNING_TASKS = """-- name: TimeOutRunningTasks :many
@@ -187,7 +192,7 @@ WITH overdue AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt <= max_retries THEN 'queued'::task_status
+        WHEN attempt - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -199,7 +204,7 @@ SET status = CASE
         )
     ))
 WHERE id IN (SELECT id FROM overdue)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
 """
 
 REASSIGN_TASKS_OF_LOST_WORKERS = """-- name: ReassignTasksOfLostWorkers :many
@@ -217,7 +222,7 @@ WITH lost AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt <= max_retries THEN 'queued'::task_status
+        WHEN attempt - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -225,7 +230,7 @@ SET status = CASE
         'message', format('worker %s stopped heartbeating during attempt %s', worker_id, attempt)
     ))
 WHERE id IN (SELECT id FROM lost)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id
 """
 
 APPEND_EVENT = """-- name: AppendEvent :one
@@ -399,12 +404,18 @@ class Querier:
         attempts: Sequence[int],
         succeeded: Sequence[bool],
         retryable: Sequence[bool],
+        infrastructure: Sequence[bool],
         outputs: Sequence[str],
     ) -> list[FinishAttemptsRow]:
         """Record how attempts ended, many in one statement: completed with an output,
         or failed with an error document, in which case the task goes back to the
         queue when the error is retryable and retries are left. Outputs arrive as
         JSON text.
+
+        An attempt ended by the infrastructure (infrastructure: the database stayed
+        out of reach) goes back to the queue, and is counted in
+        infrastructure_attempts, which every retry rule subtracts: it costs the
+        task none of its retries.
 
         Fenced: a row changes only while this worker still owns that attempt, that
         is, the task is running, on this worker, at this attempt. A worker that was
@@ -421,6 +432,7 @@ class Querier:
                     _array(attempts),
                     _array(succeeded),
                     _array(retryable),
+                    _array(infrastructure),
                     _array(outputs),
                 ),
             )
@@ -651,12 +663,13 @@ def _task_from_row(row: tuple[Any, ...]) -> models.Task:
         priority=row[8],
         attempt=row[9],
         max_retries=row[10],
-        execution_timeout=row[11],
-        schedule_deadline=row[12],
-        worker_id=row[13],
-        started_at=row[14],
-        durable=row[15],
-        parent_id=row[16],
+        infrastructure_attempts=row[11],
+        execution_timeout=row[12],
+        schedule_deadline=row[13],
+        worker_id=row[14],
+        started_at=row[15],
+        durable=row[16],
+        parent_id=row[17],
     )
 
 

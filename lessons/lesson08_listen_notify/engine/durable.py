@@ -41,6 +41,11 @@ Every operation uses its own short statement: no transaction stays open while
 the function, or one of its steps, runs. The one transaction of two statements,
 spawning a child, is bounded (`transactions.py`): a worker frozen in the middle
 of it loses its session, and its locks, within half its inactivity threshold.
+
+And every statement, every transaction, rides out a connection blip
+(`statement_retries.py`): tried again on a transient error, for up to half the
+worker's inactivity threshold, after looking in the history for what an
+earlier try may have committed.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from .shared import (
     first_line,
     to_json,
 )
+from .statement_retries import StatementRetries, with_retries
 from .transactions import TransactionLimits, bounded_transaction
 
 log = logging.getLogger(__name__)
@@ -159,6 +165,7 @@ class DurableContext:
         wakeup: threading.Event,
         poll_interval: float,
         limits: TransactionLimits,
+        retries: StatementRetries,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -175,6 +182,8 @@ class DurableContext:
         self.poll_interval = poll_interval
         # The bounds of this context's transactions (the worker's).
         self.limits = limits
+        # How long each statement is tried again through a connection blip.
+        self.retries = retries
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         self._next_event_number = 1
@@ -193,10 +202,15 @@ class DurableContext:
         wakeup: threading.Event,
         poll_interval: float,
         limits: TransactionLimits,
+        retries: StatementRetries,
     ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
-        with pool.connection() as conn:
-            history = Querier(conn).list_task_events(task_id=task.id)
+        history = with_retries(
+            pool,
+            retries,
+            f"task {task.id}: reading its history",
+            lambda conn: Querier(conn).list_task_events(task_id=task.id),
+        )
         return cls(
             pool,
             worker_id=worker_id,
@@ -208,6 +222,7 @@ class DurableContext:
             wakeup=wakeup,
             poll_interval=poll_interval,
             limits=limits,
+            retries=retries,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -229,8 +244,17 @@ class DurableContext:
             return recorded.output
         output = function(input)
         check_json(f"the output of step {name}", output)
-        with self.pool.connection() as conn:
-            event = self._append(conn, event_number, EventKind.STEP, name, input, output=output)
+        event = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {event_number} (step {name})",
+            lambda conn: self._append(
+                conn, event_number, EventKind.STEP, name, input, output=output
+            ),
+            resolve=lambda conn: self._recorded_event(
+                conn, event_number, EventKind.STEP, name, input
+            ),
+        )
         return event.output
 
     def spawn_child(
@@ -257,20 +281,36 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
-        # A task thread may wait for locks: a lock timeout would fail the attempt.
-        with (
-            self.pool.connection() as conn,
-            bounded_transaction(conn, self.limits, wait_for_locks=True),
-        ):
-            child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
-            # Refused when this attempt is no longer ours: the exception leaves the
-            # transaction, which rolls back, so the child is never created either.
-            self._append(
-                conn, event_number, EventKind.CHILD, task_name, input, child_task_id=child.id
-            )
-            crash_point("spawn_child:before_commit")
+
+        def spawn(conn: psycopg.Connection[Any]) -> ChildTask:
+            # A task thread may wait for locks: a lock timeout would fail the attempt.
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
+                # Refused when this attempt is no longer ours: the exception leaves the
+                # transaction, which rolls back, so the child is never created either.
+                self._append(
+                    conn, event_number, EventKind.CHILD, task_name, input, child_task_id=child.id
+                )
+                crash_point("spawn_child:before_commit")
+            return ChildTask(id=child.id, task_name=task_name)
+
+        def spawned_earlier(conn: psycopg.Connection[Any]) -> ChildTask | None:
+            # A commit whose reply was lost: the event, if it is there, names the
+            # child that try created. Never create a second one.
+            event = self._recorded_event(conn, event_number, EventKind.CHILD, task_name, input)
+            if event is None or event.child_task_id is None:
+                return None
+            return ChildTask(id=event.child_task_id, task_name=task_name)
+
+        spawned = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {event_number} (child {task_name})",
+            spawn,
+            resolve=spawned_earlier,
+        )
         crash_point("spawn_child:after_commit")
-        return ChildTask(id=child.id, task_name=task_name)
+        return spawned
 
     def wait_for_child(self, child: ChildTask) -> Any:
         """Wait until the child task has finished, and return its output.
@@ -360,8 +400,12 @@ class DurableContext:
 
     def _finished(self, child: ChildTask) -> Task | None:
         """The child's row once it is completed or failed; None while it is not."""
-        with self.pool.connection() as conn:
-            row = Querier(conn).get_task(id=child.id)
+        row = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id}: looking at child task {child.id}",
+            lambda conn: Querier(conn).get_task(id=child.id),
+        )
         if row is None:
             raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
         return row if row.status in FINISHED_STATUSES else None
@@ -376,11 +420,16 @@ class DurableContext:
     def _replay(
         self, event_number: int, kind: EventKind, name: str, input: Any
     ) -> TaskEvent | None:
-        """The recorded event for this operation, if there is one and it records this call."""
+        """The recorded event for this operation, if there is one and it records this call.
+
+        Every operation calls it before it does anything else, so the call's key
+        is built first: a call that cannot have one (`InvalidStepData`) runs nothing.
+        """
+        key = event_key(kind, name, input)
         recorded = self._history.get(event_number)
         if recorded is None:
             return None
-        if recorded.key != event_key(kind, name, input):
+        if recorded.key != key:
             raise self._mismatch(recorded, describe_call(kind, name, input))
         log.info(
             "task %d event %d (%s %s): replayed from the history",
@@ -436,10 +485,42 @@ class DurableContext:
         log.info("task %d event %d (%s %s): recorded", self.task_id, event_number, kind, name)
         return event
 
+    def _recorded_event(
+        self,
+        conn: psycopg.Connection[Any],
+        event_number: int,
+        kind: EventKind,
+        name: str,
+        input: Any,
+    ) -> TaskEvent | None:
+        """Event `event_number` of the history, if this attempt wrote it for this call.
+
+        What resolves a write whose commit is in doubt (its connection died
+        before the reply came): the event there, with this call's key, was written.
+        """
+        key = event_key(kind, name, input)
+        for event in Querier(conn).list_task_events(task_id=self.task_id):
+            if (
+                event.event_number == event_number
+                and event.attempt == self.attempt
+                and event.key == key
+            ):
+                return event
+        return None
+
 
 def event_key(kind: EventKind, name: str, input: Any) -> str:
-    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
-    call = canonical_json([str(kind), name, input])
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input].
+
+    An input that is JSON but has no canonical form is refused (`InvalidStepData`):
+    `{1: "a", "b": 2}`, whose keys of two types cannot be sorted.
+    """
+    try:
+        call = canonical_json([str(kind), name, input])
+    except TypeError as error:
+        raise InvalidStepData(
+            f"the input of {kind} {name} has no canonical JSON form, so no key: {error}"
+        ) from error
     return hashlib.sha256(call.encode()).hexdigest()
 
 

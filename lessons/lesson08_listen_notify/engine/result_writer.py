@@ -49,6 +49,9 @@ class AttemptOutcome:
     succeeded: bool
     # Only for failures: may the task be tried again, if it has retries left?
     retryable: bool
+    # Only for failures: did the infrastructure end the attempt (the database
+    # stayed out of reach)? Then it goes back to the queue, uncharged.
+    infrastructure: bool
     # The result when it succeeded, the error document when it failed, as JSON text.
     output_json: str
 
@@ -60,17 +63,26 @@ class AttemptOutcome:
             display_name=task.display_name,
             succeeded=True,
             retryable=False,
+            infrastructure=False,
             output_json=output_json,
         )
 
     @classmethod
-    def failed(cls, task: Task, error: dict[str, Any], *, retryable: bool) -> AttemptOutcome:
+    def failed(
+        cls,
+        task: Task,
+        error: dict[str, Any],
+        *,
+        retryable: bool,
+        infrastructure: bool = False,
+    ) -> AttemptOutcome:
         return cls(
             task_id=task.id,
             attempt=task.attempt,
             display_name=task.display_name,
             succeeded=False,
-            retryable=retryable,
+            retryable=retryable or infrastructure,
+            infrastructure=infrastructure,
             output_json=json.dumps(error),
         )
 
@@ -86,6 +98,7 @@ class AttemptOutcome:
             display_name=self.display_name,
             succeeded=False,
             retryable=False,
+            infrastructure=False,
             output_json=json.dumps(document),
         )
 
@@ -222,6 +235,7 @@ class ResultWriter:
                     attempts=[outcome.attempt for outcome in outcomes],
                     succeeded=[outcome.succeeded for outcome in outcomes],
                     retryable=[outcome.retryable for outcome in outcomes],
+                    infrastructure=[outcome.infrastructure for outcome in outcomes],
                     outputs=[outcome.output_json for outcome in outcomes],
                 )
             finally:

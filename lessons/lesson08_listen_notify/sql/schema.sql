@@ -45,9 +45,14 @@ CREATE TABLE tasks (
     priority integer NOT NULL DEFAULT 0,
     -- The number of the current (or last) attempt: 0 until the task first starts.
     attempt integer NOT NULL DEFAULT 0,
-    -- A failed attempt is retried while attempt <= max_retries, so a task runs
-    -- at most max_retries + 1 times.
+    -- A failed attempt is retried while attempt - infrastructure_attempts <=
+    -- max_retries, so a task runs at most max_retries + 1 times, not counting the
+    -- attempts the infrastructure ended.
     max_retries integer NOT NULL DEFAULT 3,
+    -- Attempts that ended because the database stayed out of reach (a durable
+    -- operation ran out of statement retries): not the task's fault, so the
+    -- retry rules subtract them, and they cost none of max_retries.
+    infrastructure_attempts integer NOT NULL DEFAULT 0,
     -- An attempt running longer than this fails (NULL: no limit).
     execution_timeout interval,
     -- A task not started by this time fails without running (NULL: no limit).

@@ -65,6 +65,7 @@ class Task:
     priority: int
     attempt: int
     max_retries: int
+    infrastructure_attempts: int
     execution_timeout: datetime.timedelta | None
     schedule_deadline: datetime.datetime | None
     worker_id: int | None

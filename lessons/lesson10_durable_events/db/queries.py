@@ -28,7 +28,7 @@ VALUES (
     now() + $8::double precision * interval '1 second',
     $9, $10
 )
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
 """
 
 CLAIM_TASKS = """-- name: ClaimTasks :many
@@ -75,16 +75,20 @@ SET status = 'running',
     schedule_deadline = NULL,
     wake_at = NULL
 WHERE id IN (SELECT id FROM claimable)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
 """
 
 FINISH_ATTEMPTS = """-- name: FinishAttempts :many
 UPDATE tasks
 SET status = CASE
         WHEN finished.succeeded THEN 'completed'::task_status
-        WHEN finished.retryable AND tasks.attempt <= tasks.max_retries THEN 'queued'::task_status
+        WHEN finished.retryable
+            AND tasks.attempt - tasks.infrastructure_attempts - finished.infrastructure::integer
+                <= tasks.max_retries
+            THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
+    infrastructure_attempts = tasks.infrastructure_attempts + finished.infrastructure::integer,
     output = finished.output::jsonb
 FROM (
     -- Parallel arrays, one element per attempt, turned into rows.
@@ -93,7 +97,8 @@ FROM (
         unnest($3::integer[]) AS attempt,
         unnest($4::boolean[]) AS succeeded,
         unnest($5::boolean[]) AS retryable,
-        unnest($6::text[]) AS output
+        unnest($6::boolean[]) AS infrastructure,
+        unnest($7::text[]) AS output
 ) AS finished
 WHERE tasks.id = finished.id
   AND tasks.attempt = finished.attempt
@@ -119,7 +124,7 @@ WHERE id = $2
   AND attempt = $3
   AND worker_id = $4::bigint
   AND status = 'running'
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
 """
 
 WAKE_TASKS = """-- name: WakeTasks :many
@@ -160,12 +165,12 @@ class SecondsUntilNextWakeUpRow:
 
 
 GET_TASK = """-- name: GetTask :one
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at FROM tasks
 WHERE id = $1
 """
 
 LIST_TASKS = """-- name: ListTasks :many
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at FROM tasks
 ORDER BY id
 """
 
@@ -243,7 +248,7 @@ SET status = 'failed',
         )
     ))
 WHERE id IN (SELECT id FROM expired)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
 """
 
 TIME_OUT_RUNNING_TASKS = """-- name: TimeOutRunningTasks :many
@@ -258,7 +263,7 @@ WITH overdue AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt <= max_retries THEN 'queued'::task_status
+        WHEN attempt - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -270,7 +275,7 @@ SET status = CASE
         )
     ))
 WHERE id IN (SELECT id FROM overdue)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
 """
 
 REASSIGN_TASKS_OF_LOST_WORKERS = """-- name: ReassignTasksOfLostWorkers :many
@@ -288,7 +293,7 @@ WITH lost AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt <= max_retries THEN 'queued'::task_status
+        WHEN attempt - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -296,7 +301,7 @@ SET status = CASE
         'message', format('worker %s stopped heartbeating during attempt %s', worker_id, attempt)
     ))
 WHERE id IN (SELECT id FROM lost)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at
 """
 
 APPEND_EVENT = """-- name: AppendEvent :one
@@ -599,12 +604,18 @@ class Querier:
         attempts: Sequence[int],
         succeeded: Sequence[bool],
         retryable: Sequence[bool],
+        infrastructure: Sequence[bool],
         outputs: Sequence[str],
     ) -> list[FinishAttemptsRow]:
         """Record how attempts ended, many in one statement: completed with an output,
         or failed with an error document, in which case the task goes back to the
         queue when the error is retryable and retries are left. Outputs arrive as
         JSON text.
+
+        An attempt ended by the infrastructure (infrastructure: the database stayed
+        out of reach) goes back to the queue, and is counted in
+        infrastructure_attempts, which every retry rule subtracts: it costs the
+        task none of its retries.
 
         Fenced: a row changes only while this worker still owns that attempt, that
         is, the task is running, on this worker, at this attempt. A worker that was
@@ -621,6 +632,7 @@ class Querier:
                     _array(attempts),
                     _array(succeeded),
                     _array(retryable),
+                    _array(infrastructure),
                     _array(outputs),
                 ),
             )
@@ -1010,13 +1022,14 @@ def _task_from_row(row: tuple[Any, ...]) -> models.Task:
         priority=row[8],
         attempt=row[9],
         max_retries=row[10],
-        execution_timeout=row[11],
-        schedule_deadline=row[12],
-        worker_id=row[13],
-        started_at=row[14],
-        durable=row[15],
-        parent_id=row[16],
-        wake_at=row[17],
+        infrastructure_attempts=row[11],
+        execution_timeout=row[12],
+        schedule_deadline=row[13],
+        worker_id=row[14],
+        started_at=row[15],
+        durable=row[16],
+        parent_id=row[17],
+        wake_at=row[18],
     )
 
 

@@ -4,6 +4,7 @@
 - `crash_points`: the moments a test can have this process killed or frozen at;
 - `transactions`: the limits every multi-statement engine transaction runs under;
 - `client`: enqueue a task, wait for its result, push an external event;
+- `statement_retries`: a durable operation's statements, tried again through a blip;
 - `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
 - `result_writer`, `heartbeat`, `sweeper`, `listener`, `poller`: the worker's peers;

@@ -78,6 +78,11 @@ opening a wait for an event, looking at it) are bounded (`transactions.py`):
 a worker frozen in the middle of one loses its session, and its locks, within
 half its inactivity threshold.
 
+And every statement, every transaction, rides out a connection blip
+(`statement_retries.py`): tried again on a transient error, for up to half the
+worker's inactivity threshold, after looking in the history (or, for a
+suspension, at the task's row) for what an earlier try may have committed.
+
 A suspension does not end the attempt, and costs no retry: the task goes on
 with the same attempt number when it is claimed again, on whichever worker
 claims it. Suspending is a fenced write, like every other.
@@ -106,6 +111,7 @@ from .shared import (
     first_line,
     to_json,
 )
+from .statement_retries import StatementRetries, with_retries
 from .transactions import TransactionLimits, bounded_transaction
 
 log = logging.getLogger(__name__)
@@ -256,6 +262,7 @@ class DurableContext:
         queue: str,
         claimed_at: datetime,
         limits: TransactionLimits,
+        retries: StatementRetries,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
@@ -268,6 +275,8 @@ class DurableContext:
         self.claimed_at = claimed_at
         # The bounds of this context's transactions (the worker's).
         self.limits = limits
+        # How long each statement is tried again through a connection blip.
+        self.retries = retries
         # What earlier attempts recorded, by event number.
         self._history = {event.event_number: event for event in history}
         # The children of that history that had finished when this run loaded
@@ -288,13 +297,18 @@ class DurableContext:
         worker_id: int,
         task: Task,
         limits: TransactionLimits,
+        retries: StatementRetries,
     ) -> DurableContext:
         """A context for the current attempt of `task`, with the history recorded so far."""
         if task.started_at is None:  # the claim sets it
             raise ValueError(f"task {task.id} has not been claimed")
         # One read for the whole run: the events, and each child's outcome.
-        with pool.connection() as conn:
-            rows = Querier(conn).list_task_history_with_children(task_id=task.id)
+        rows = with_retries(
+            pool,
+            retries,
+            f"task {task.id}: reading its history",
+            lambda conn: Querier(conn).list_task_history_with_children(task_id=task.id),
+        )
         finished_children = {
             row.task_event.child_task_id: FinishedChild(row.child_status, row.child_output)
             for row in rows
@@ -312,6 +326,7 @@ class DurableContext:
             queue=task.queue,
             claimed_at=task.started_at,
             limits=limits,
+            retries=retries,
         )
 
     def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
@@ -333,8 +348,17 @@ class DurableContext:
             return recorded.output
         output = function(input)
         check_json(f"the output of step {name}", output)
-        with self.pool.connection() as conn:
-            event = self._append(conn, event_number, EventKind.STEP, name, input, output=output)
+        event = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {event_number} (step {name})",
+            lambda conn: self._append(
+                conn, event_number, EventKind.STEP, name, input, output=output
+            ),
+            resolve=lambda conn: self._recorded_event(
+                conn, event_number, EventKind.STEP, name, input
+            ),
+        )
         return event.output
 
     def spawn_child(
@@ -361,20 +385,36 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
-        # A task thread may wait for locks: a lock timeout would fail the attempt.
-        with (
-            self.pool.connection() as conn,
-            bounded_transaction(conn, self.limits, wait_for_locks=True),
-        ):
-            child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
-            # Refused when this attempt is no longer ours: the exception leaves the
-            # transaction, which rolls back, so the child is never created either.
-            self._append(
-                conn, event_number, EventKind.CHILD, task_name, input, child_task_id=child.id
-            )
-            crash_point("spawn_child:before_commit")
+
+        def spawn(conn: psycopg.Connection[Any]) -> ChildTask:
+            # A task thread may wait for locks: a lock timeout would fail the attempt.
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
+                # Refused when this attempt is no longer ours: the exception leaves the
+                # transaction, which rolls back, so the child is never created either.
+                self._append(
+                    conn, event_number, EventKind.CHILD, task_name, input, child_task_id=child.id
+                )
+                crash_point("spawn_child:before_commit")
+            return ChildTask(id=child.id, task_name=task_name)
+
+        def spawned_earlier(conn: psycopg.Connection[Any]) -> ChildTask | None:
+            # A commit whose reply was lost: the event, if it is there, names the
+            # child that try created. Never create a second one.
+            event = self._recorded_event(conn, event_number, EventKind.CHILD, task_name, input)
+            if event is None or event.child_task_id is None:
+                return None
+            return ChildTask(id=event.child_task_id, task_name=task_name)
+
+        spawned = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {event_number} (child {task_name})",
+            spawn,
+            resolve=spawned_earlier,
+        )
         crash_point("spawn_child:after_commit")
-        return ChildTask(id=child.id, task_name=task_name)
+        return spawned
 
     def wait_for_child(self, child: ChildTask, *, timeout: float | None = None) -> Any:
         """Return the child task's output once it has finished; suspend the task until then.
@@ -440,11 +480,34 @@ class DurableContext:
         records the timeout instead, and raises `ChildTimeout`.
         """
         deadline = wait.wake_at if wait is not None else None
+        row, timed_out, suspension = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id}: waiting for child task {child.id}",
+            lambda conn: self._suspend_then_look(conn, child, deadline),
+            resolve=self._suspended_earlier_without_child,
+        )
+        if wait is not None and timed_out:
+            self._time_out(wait)
+            raise ChildTimeout(child.id, child.task_name, wait.input["timeout"])
+        if suspension is not None:
+            crash_point("wait_for_child:suspended")
+            self._stop(suspension)
+        if row is None:  # only a suspension comes back without the child's row
+            raise RuntimeError(f"task {self.task_id}: no row for child task {child.id}")
+        return FinishedChild(row.status, row.output)
+
+    def _suspend_then_look(
+        self, conn: psycopg.Connection[Any], child: ChildTask, deadline: datetime | None
+    ) -> tuple[Task | None, bool, TaskSuspended | None]:
+        """Suspend the task (until `deadline` at the latest) and look at the child.
+
+        Returns the child's row when it has finished, and True when the deadline
+        has passed and it has not (either way the suspension is undone); else the
+        suspension.
+        """
         # A task thread may wait for locks: a lock timeout would fail the attempt.
-        with (
-            self.pool.connection() as conn,
-            bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction,
-        ):
+        with bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction:
             # Suspend first, then look. Suspending locks this task's row until we
             # commit. A child finishing now must take that lock to wake us
             # (WakeTasks): it waits for our commit, finds us suspended, and wakes
@@ -461,13 +524,11 @@ class DurableContext:
             crash_point("wait_for_child:before_commit")
             if finished or timed_out:
                 raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
-        if wait is not None and timed_out:
-            self._time_out(wait)
-            raise ChildTimeout(child.id, child.task_name, wait.input["timeout"])
-        if not finished:
-            crash_point("wait_for_child:suspended")
-            self._stop(suspension)
-        return FinishedChild(row.status, row.output)
+        if finished:
+            return row, False, None
+        if timed_out:
+            return None, True, None
+        return None, False, suspension
 
     def call(
         self,
@@ -506,18 +567,38 @@ class DurableContext:
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no wake_at")
             if recorded.wake_at <= self.claimed_at:
                 return  # the sleep was over when this run began
-            with self.pool.connection() as conn:
-                suspension = self._suspend(conn, wake_at=recorded.wake_at)
-            self._stop(suspension)
-        with (
-            self.pool.connection() as conn,
-            bounded_transaction(conn, self.limits, wait_for_locks=True),
-        ):
-            event = self._append(
-                conn, event_number, EventKind.SLEEP, "sleep", input, wake_after_seconds=seconds
+            wake_at = recorded.wake_at
+            self._stop(
+                with_retries(
+                    self.pool,
+                    self.retries,
+                    f"task {self.task_id} event {event_number} (sleep): suspending again",
+                    lambda conn: self._suspend(conn, wake_at=wake_at),
+                    resolve=lambda conn: self._suspended_earlier(conn, wake_at=wake_at),
+                )
             )
-            suspension = self._suspend(conn, wake_at=event.wake_at)
-            crash_point("sleep:before_commit")
+
+        def start_sleeping(conn: psycopg.Connection[Any]) -> TaskSuspended:
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                event = self._append(
+                    conn, event_number, EventKind.SLEEP, "sleep", input, wake_after_seconds=seconds
+                )
+                suspension = self._suspend(conn, wake_at=event.wake_at)
+                crash_point("sleep:before_commit")
+            return suspension
+
+        def slept_earlier(conn: psycopg.Connection[Any]) -> TaskSuspended | None:
+            # The event and the suspension commit together: the event is the proof.
+            event = self._recorded_event(conn, event_number, EventKind.SLEEP, "sleep", input)
+            return None if event is None else TaskSuspended(self.task_id, event.wake_at)
+
+        suspension = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {event_number} (sleep)",
+            start_sleeping,
+            resolve=slept_earlier,
+        )
         crash_point("sleep:suspended")
         self._stop(suspension)
 
@@ -540,26 +621,39 @@ class DurableContext:
         input = {"timeout": timeout}
         recorded = self._replay(event_number, EventKind.WAIT, key, input)
         if recorded is None:
-            # A task thread may wait for locks: a lock timeout would fail the attempt.
-            with (
-                self.pool.connection() as conn,
-                bounded_transaction(conn, self.limits, wait_for_locks=True),
-            ):
-                event = self._append(
-                    conn, event_number, EventKind.WAIT, key, input, wake_after_seconds=timeout
-                )
-                if event.wake_at is None:  # the CHECK on task_events rules it out
-                    raise RuntimeError(
-                        f"event {event_number} of task {self.task_id} has no wake_at"
+
+            def open_the_wait(conn: psycopg.Connection[Any]) -> TaskSuspended:
+                # A task thread may wait for locks: a lock timeout would fail the attempt.
+                with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                    event = self._append(
+                        conn, event_number, EventKind.WAIT, key, input, wake_after_seconds=timeout
                     )
-                Querier(conn).open_wait(
-                    task_id=self.task_id,
-                    event_number=event_number,
-                    key=key,
-                    timeout_at=event.wake_at,
-                )
-                suspension = self._suspend(conn, wake_at=event.wake_at)
-                crash_point("wait_for_event:before_commit")
+                    if event.wake_at is None:  # the CHECK on task_events rules it out
+                        raise RuntimeError(
+                            f"event {event_number} of task {self.task_id} has no wake_at"
+                        )
+                    Querier(conn).open_wait(
+                        task_id=self.task_id,
+                        event_number=event_number,
+                        key=key,
+                        timeout_at=event.wake_at,
+                    )
+                    suspension = self._suspend(conn, wake_at=event.wake_at)
+                    crash_point("wait_for_event:before_commit")
+                return suspension
+
+            def opened_earlier(conn: psycopg.Connection[Any]) -> TaskSuspended | None:
+                # The event, the wait and the suspension commit together.
+                event = self._recorded_event(conn, event_number, EventKind.WAIT, key, input)
+                return None if event is None else TaskSuspended(self.task_id, event.wake_at)
+
+            suspension = with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {event_number} (wait {key})",
+                open_the_wait,
+                resolve=opened_earlier,
+            )
             crash_point("wait_for_event:suspended")
             self._stop(suspension)
         wait = self._ended_wait(recorded)
@@ -623,10 +717,26 @@ class DurableContext:
         skips locked wait rows, as one would skip a locked child. A wait past
         its deadline is ended here, with no event.
         """
-        with (
-            self.pool.connection() as conn,
-            bounded_transaction(conn, self.limits, wait_for_locks=True),
-        ):
+        wait, suspension = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {recorded.event_number}: looking at its wait",
+            lambda conn: self._look_at_wait(conn, recorded),
+            resolve=self._suspended_earlier_without_wait,
+        )
+        if suspension is not None:
+            self._stop(suspension)
+        if wait is None:  # only a suspension comes back without the wait
+            raise RuntimeError(f"task {self.task_id}: no wait for event {recorded.event_number}")
+        return wait
+
+    def _look_at_wait(
+        self, conn: psycopg.Connection[Any], recorded: TaskEvent
+    ) -> tuple[GetWaitForShareRow | None, TaskSuspended | None]:
+        """The wait when it has ended (here, if its deadline has passed); the
+        suspension until its deadline when it has not. A try repeated after a
+        timeout that did commit finds the wait ended."""
+        with bounded_transaction(conn, self.limits, wait_for_locks=True):
             queries = Querier(conn)
             wait = queries.get_wait_for_share(
                 task_id=self.task_id, event_number=recorded.event_number
@@ -636,27 +746,26 @@ class DurableContext:
                     f"event {recorded.event_number} of task {self.task_id} has no wait"
                 )
             if wait.ended_at is not None:
-                return wait
+                return wait, None
             if wait.timeout_at > self.claimed_at:
                 suspension = self._suspend(conn, wake_at=wait.timeout_at)
                 crash_point("wait_for_event:suspended_again")
-            else:
-                timed_out = queries.time_out_wait(
-                    task_id=self.task_id,
-                    event_number=recorded.event_number,
-                    attempt=self.attempt,
-                    worker_id=self.worker_id,
+                return None, suspension
+            timed_out = queries.time_out_wait(
+                task_id=self.task_id,
+                event_number=recorded.event_number,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+            if timed_out is None:
+                raise LostOwnership(
+                    f"task {self.task_id} attempt {self.attempt}: timeout of event "
+                    f"{recorded.event_number} rejected, this worker no longer owns that attempt"
                 )
-                if timed_out is None:
-                    raise LostOwnership(
-                        f"task {self.task_id} attempt {self.attempt}: timeout of event "
-                        f"{recorded.event_number} rejected, this worker no longer owns that attempt"
-                    )
-                log.info(
-                    "task %d event %d: %s timed out", self.task_id, recorded.event_number, wait.key
-                )
-                return replace(wait, ended_at=timed_out.ended_at)
-        self._stop(suspension)
+            log.info(
+                "task %d event %d: %s timed out", self.task_id, recorded.event_number, wait.key
+            )
+            return replace(wait, ended_at=timed_out.ended_at), None
 
     def _suspend(self, conn: psycopg.Connection[Any], wake_at: datetime | None) -> TaskSuspended:
         """Mark the task suspended until `wake_at` (None: until a child finishes), fenced.
@@ -689,6 +798,38 @@ class DurableContext:
                 f"{wait.event_number} rejected, this worker no longer owns that attempt"
             )
 
+    def _suspended_earlier(
+        self, conn: psycopg.Connection[Any], wake_at: datetime | None
+    ) -> TaskSuspended | None:
+        """The suspension an earlier try committed, if the task is suspended at this attempt.
+
+        What resolves a suspension whose commit is in doubt: suspended, at this
+        attempt, by this worker, the task is as that try left it. Running, it was
+        not (or another worker has it now, and the next try says so).
+        """
+        task = Querier(conn).get_task(id=self.task_id)
+        if (
+            task is not None
+            and task.status == TaskStatus.SUSPENDED
+            and (task.attempt, task.worker_id) == (self.attempt, self.worker_id)
+        ):
+            return TaskSuspended(self.task_id, wake_at)
+        return None
+
+    def _suspended_earlier_without_child(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[None, bool, TaskSuspended] | None:
+        """`_suspended_earlier`, as `_suspend_then_look` returns it: no row, no timeout."""
+        suspension = self._suspended_earlier(conn, wake_at=None)
+        return None if suspension is None else (None, False, suspension)
+
+    def _suspended_earlier_without_wait(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[None, TaskSuspended] | None:
+        """`_suspended_earlier`, as `_look_at_wait` returns it: with no wait."""
+        suspension = self._suspended_earlier(conn, wake_at=None)
+        return None if suspension is None else (None, suspension)
+
     def _stop(self, suspension: TaskSuspended) -> NoReturn:
         """End this run: raise `suspension`, and again at every later operation."""
         self._suspended = suspension
@@ -709,11 +850,16 @@ class DurableContext:
     def _replay(
         self, event_number: int, kind: EventKind, name: str, input: Any
     ) -> TaskEvent | None:
-        """The recorded event for this operation, if there is one and it records this call."""
+        """The recorded event for this operation, if there is one and it records this call.
+
+        Every operation calls it before it does anything else, so the call's key
+        is built first: a call that cannot have one (`InvalidStepData`) runs nothing.
+        """
+        key = event_key(kind, name, input)
         recorded = self._history.get(event_number)
         if recorded is None:
             return None
-        if recorded.key != event_key(kind, name, input):
+        if recorded.key != key:
             raise self._mismatch(recorded, describe_call(kind, name, input))
         log.info(
             "task %d event %d (%s %s): replayed from the history",
@@ -771,10 +917,42 @@ class DurableContext:
         log.info("task %d event %d (%s %s): recorded", self.task_id, event_number, kind, name)
         return event
 
+    def _recorded_event(
+        self,
+        conn: psycopg.Connection[Any],
+        event_number: int,
+        kind: EventKind,
+        name: str,
+        input: Any,
+    ) -> TaskEvent | None:
+        """Event `event_number` of the history, if this attempt wrote it for this call.
+
+        What resolves a write whose commit is in doubt (its connection died
+        before the reply came): the event there, with this call's key, was written.
+        """
+        key = event_key(kind, name, input)
+        for event in Querier(conn).list_task_events(task_id=self.task_id):
+            if (
+                event.event_number == event_number
+                and event.attempt == self.attempt
+                and event.key == key
+            ):
+                return event
+        return None
+
 
 def event_key(kind: EventKind, name: str, input: Any) -> str:
-    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input]."""
-    call = canonical_json([str(kind), name, input])
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input].
+
+    An input that is JSON but has no canonical form is refused (`InvalidStepData`):
+    `{1: "a", "b": 2}`, whose keys of two types cannot be sorted.
+    """
+    try:
+        call = canonical_json([str(kind), name, input])
+    except TypeError as error:
+        raise InvalidStepData(
+            f"the input of {kind} {name} has no canonical JSON form, so no key: {error}"
+        ) from error
     return hashlib.sha256(call.encode()).hexdigest()
 
 

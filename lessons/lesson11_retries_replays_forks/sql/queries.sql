@@ -81,6 +81,11 @@ RETURNING *;
 -- queue when the error is retryable and retries are left. Outputs arrive as
 -- JSON text.
 --
+-- An attempt ended by the infrastructure (infrastructure: the database stayed
+-- out of reach) goes back to the queue, and is counted in
+-- infrastructure_attempts, which every retry rule subtracts: it costs the
+-- task none of its retries.
+--
 -- Fenced: a row changes only while this worker still owns that attempt, that
 -- is, the task is running, on this worker, at this attempt. A worker that was
 -- presumed dead and comes back cannot overwrite the work of the worker that
@@ -90,10 +95,12 @@ UPDATE tasks
 SET status = CASE
         WHEN finished.succeeded THEN 'completed'::task_status
         WHEN finished.retryable
-            AND tasks.attempt - tasks.attempts_before_replay <= tasks.max_retries
+            AND tasks.attempt - tasks.attempts_before_replay - tasks.infrastructure_attempts
+                - finished.infrastructure::integer <= tasks.max_retries
             THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
+    infrastructure_attempts = tasks.infrastructure_attempts + finished.infrastructure::integer,
     output = finished.output::jsonb
 FROM (
     -- Parallel arrays, one element per attempt, turned into rows.
@@ -102,6 +109,7 @@ FROM (
         unnest(sqlc.arg(attempts)::integer[]) AS attempt,
         unnest(sqlc.arg(succeeded)::boolean[]) AS succeeded,
         unnest(sqlc.arg(retryable)::boolean[]) AS retryable,
+        unnest(sqlc.arg(infrastructure)::boolean[]) AS infrastructure,
         unnest(sqlc.arg(outputs)::text[]) AS output
 ) AS finished
 WHERE tasks.id = finished.id
@@ -255,7 +263,7 @@ WITH overdue AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt - attempts_before_replay <= max_retries THEN 'queued'::task_status
+        WHEN attempt - attempts_before_replay - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -296,7 +304,7 @@ WITH lost AS (
 )
 UPDATE tasks
 SET status = CASE
-        WHEN attempt - attempts_before_replay <= max_retries THEN 'queued'::task_status
+        WHEN attempt - attempts_before_replay - infrastructure_attempts <= max_retries THEN 'queued'::task_status
         ELSE 'failed'::task_status
     END,
     output = jsonb_build_object('error', jsonb_build_object(
@@ -413,7 +421,9 @@ UPDATE tasks
 SET status = 'queued',
     output = NULL,
     wake_at = NULL,
-    attempts_before_replay = attempt
+    attempts_before_replay = attempt,
+    -- attempts_before_replay already counts them: the fresh budget starts clean.
+    infrastructure_attempts = 0
 WHERE id = sqlc.arg(id) AND status IN ('completed', 'failed')
 RETURNING *;
 

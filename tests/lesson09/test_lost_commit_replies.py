@@ -1,0 +1,106 @@
+"""Lesson 09: a durable transaction whose commit reply is lost (the connection died
+after the server committed) is resolved, not repeated, and not charged.
+
+Played in this process: a transaction of the durable context commits, then
+raises the error a dead connection raises, so that each operation meets an
+ambiguous commit (spawn_child, sleep's first suspension, wait_for_child's
+suspend-then-look, which may also have rolled back). The retry must find what the
+commit wrote: the child through its event, a suspension through the task's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from lessons.lesson09_durable_sleep.db.models import TaskStatus
+from lessons.lesson09_durable_sleep.db.queries import Querier
+from lessons.lesson09_durable_sleep.engine import durable
+from lessons.lesson09_durable_sleep.engine.client import enqueue, wait_for_task
+from lessons.lesson09_durable_sleep.engine.transactions import bounded_transaction
+from lessons.lesson09_durable_sleep.engine.worker import Worker
+from tests.conftest import LessonDatabase
+from tests.lesson09.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS
+
+LESSON = "lesson09_durable_sleep"
+QUEUE = "parents"
+
+
+@pytest.fixture
+def database(lesson_database: Callable[..., LessonDatabase]) -> LessonDatabase:
+    return lesson_database(LESSON, max_size=16)
+
+
+@pytest.fixture
+def lost_replies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first three durable transactions commit, then lose their reply: here
+    the spawn, the sleep, and the wait_for_child that finds its child finished
+    (so it rolled back, and its retry, the fourth, gets through). The list names
+    the transactions that lost their reply."""
+    lost: list[str] = []
+    calls = [0]
+
+    @contextmanager
+    def commit_then_lose_the_reply(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        calls[0] += 1
+        with bounded_transaction(*args, **kwargs) as transaction:
+            yield transaction
+        if calls[0] <= 3:
+            lost.append(f"transaction {calls[0]}")
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(durable, "bounded_transaction", commit_then_lose_the_reply)
+    return lost
+
+
+@contextmanager
+def workers(database: LessonDatabase) -> Iterator[None]:
+    with ExitStack() as stack:
+        for queue in (QUEUE, CHILDREN_QUEUE):
+            stack.enter_context(
+                Worker(
+                    database.pool,
+                    FUNCTIONS,
+                    durable_functions=DURABLE_FUNCTIONS,
+                    queue=queue,
+                    slots=2,
+                    poll_interval=0.05,
+                    heartbeat_interval=0.1,
+                    inactivity_threshold=2.0,
+                )
+            )
+        yield
+
+
+def test_lost_commit_replies_of_spawn_sleep_and_wait_are_resolved_not_repeated(
+    database: LessonDatabase, lost_replies: list[str]
+) -> None:
+    pool = database.pool
+    with pool.connection() as conn:
+        task_id = enqueue(
+            conn,
+            "spawn_sleep_then_wait",
+            {"n": 7, "seconds": 1},
+            queue=QUEUE,
+            durable=True,
+            max_retries=0,
+        )
+    with workers(database):
+        task = wait_for_task(pool, task_id, timeout=30)
+    assert (task.status, task.attempt, task.output) == (TaskStatus.COMPLETED, 1, {"n": 7}), task
+    assert lost_replies == ["transaction 1", "transaction 2", "transaction 3"]
+    with pool.connection() as conn:
+        queries = Querier(conn)
+        children = [row for row in queries.list_tasks() if row.parent_id == task_id]
+        events = queries.list_task_events(task_id=task_id)
+    assert len(children) == 1, children
+    assert [(event.event_number, event.kind, event.attempt) for event in events] == [
+        (1, "child", 1),
+        (2, "sleep", 1),
+        (3, "step", 1),
+    ]
+    assert events[0].child_task_id == children[0].id
