@@ -133,12 +133,6 @@ WHERE id = $1
 RETURNING last_heartbeat_at
 """
 
-
-@dataclasses.dataclass(slots=True, kw_only=True)
-class RecordHeartbeatRow:
-    last_heartbeat_at: datetime.datetime
-
-
 MARK_WORKER_STOPPED = """-- name: MarkWorkerStopped :exec
 UPDATE workers
 SET stopped_at = now()
@@ -401,14 +395,14 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _worker_from_row(row)
 
-    def record_heartbeat(self, *, id: int) -> RecordHeartbeatRow | None:
+    def record_heartbeat(self, *, id: int) -> datetime.datetime | None:
         """Extend this worker's lease by its own length, from now. Returns the time of
         the beat, on the database's clock.
         """
         with self._cursor() as cur:
             cur.execute(RECORD_HEARTBEAT, (id,))
             row = cur.fetchone()
-        return None if row is None else _record_heartbeat_row_from_row(row)
+        return None if row is None else row[0]
 
     def mark_worker_stopped(self, *, id: int) -> None:
         with self._cursor() as cur:
@@ -564,12 +558,6 @@ def _worker_from_row(row: tuple[Any, ...]) -> models.Worker:
         lease_seconds=row[6],
         lease_expires_at=row[7],
         stopped_at=row[8],
-    )
-
-
-def _record_heartbeat_row_from_row(row: tuple[Any, ...]) -> RecordHeartbeatRow:
-    return RecordHeartbeatRow(
-        last_heartbeat_at=row[0],
     )
 
 

@@ -142,9 +142,7 @@ def push_event(
             )
         if event.pushes > 1:  # an earlier push made it, and delivered it
             return PushedEvent(id=event.id, woke_task_ids=[], repeated=True)
-        waiting = sorted(
-            {row.task_id for row in queries.deliver_event(external_event_id=event.id, key=key)}
-        )
+        waiting = sorted(set(queries.deliver_event(external_event_id=event.id, key=key)))
         if waiting:
             queries.wake_tasks(ids=waiting)
     return PushedEvent(id=event.id, woke_task_ids=waiting, repeated=False)

@@ -108,12 +108,12 @@ class Poller:
         """The poll interval, or less when a suspended task of this queue is due sooner."""
         try:
             with self.pool.connection() as conn:
-                row = Querier(conn).seconds_until_next_wake_up(
+                seconds = Querier(conn).seconds_until_next_wake_up(
                     queue=self.queue, max_seconds=self.poll_interval
                 )
         except psycopg.Error:
             return self.poll_interval  # the database may be restarting
-        return row.seconds if row is not None else self.poll_interval
+        return seconds if seconds is not None else self.poll_interval
 
     def claim_tasks(self, max_tasks: int) -> list[Task]:
         with self.pool.connection() as conn:

@@ -158,12 +158,6 @@ FROM tasks
 WHERE queue = $2 AND status = 'suspended'
 """
 
-
-@dataclasses.dataclass(slots=True, kw_only=True)
-class SecondsUntilNextWakeUpRow:
-    seconds: float
-
-
 GET_TASK = """-- name: GetTask :one
 SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event FROM tasks
 WHERE id = $1
@@ -203,12 +197,6 @@ SET last_heartbeat_at = now(),
 WHERE id = $1
 RETURNING last_heartbeat_at
 """
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
-class RecordHeartbeatRow:
-    last_heartbeat_at: datetime.datetime
-
 
 MARK_WORKER_STOPPED = """-- name: MarkWorkerStopped :exec
 UPDATE workers
@@ -587,12 +575,6 @@ WHERE event_waits.task_id = open_waits.task_id
 RETURNING event_waits.task_id
 """
 
-
-@dataclasses.dataclass(slots=True, kw_only=True)
-class DeliverEventRow:
-    task_id: int
-
-
 LIST_EXTERNAL_EVENTS = """-- name: ListExternalEvents :many
 SELECT id, key, payload, pushed_at, idempotency_key, pushes FROM external_events
 ORDER BY id
@@ -797,9 +779,7 @@ class Querier:
             cur.execute(WAKE_TASKS, (_array(ids),))
             return [_wake_tasks_row_from_row(row) for row in cur.fetchall()]
 
-    def seconds_until_next_wake_up(
-        self, *, max_seconds: float, queue: str
-    ) -> SecondsUntilNextWakeUpRow | None:
+    def seconds_until_next_wake_up(self, *, max_seconds: float, queue: str) -> float | None:
         """How long until the next suspended task of this queue is due, on the
         database's clock: 0 when one is due already, and at most max_seconds (also
         when none waits for a time: least() ignores NULL).
@@ -807,7 +787,7 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(SECONDS_UNTIL_NEXT_WAKE_UP, (max_seconds, queue))
             row = cur.fetchone()
-        return None if row is None else _seconds_until_next_wake_up_row_from_row(row)
+        return None if row is None else row[0]
 
     def get_task(self, *, id: int) -> models.Task | None:
         with self._cursor() as cur:
@@ -834,14 +814,14 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _worker_from_row(row)
 
-    def record_heartbeat(self, *, id: int) -> RecordHeartbeatRow | None:
+    def record_heartbeat(self, *, id: int) -> datetime.datetime | None:
         """Extend this worker's lease by its own length, from now. Returns the time of
         the beat, on the database's clock.
         """
         with self._cursor() as cur:
             cur.execute(RECORD_HEARTBEAT, (id,))
             row = cur.fetchone()
-        return None if row is None else _record_heartbeat_row_from_row(row)
+        return None if row is None else row[0]
 
     def mark_worker_stopped(self, *, id: int) -> None:
         with self._cursor() as cur:
@@ -1147,7 +1127,7 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _external_event_from_row(row)
 
-    def deliver_event(self, *, external_event_id: int, key: str) -> list[DeliverEventRow]:
+    def deliver_event(self, *, external_event_id: int, key: str) -> list[int]:
         """End, with this event, every open wait for its key whose deadline has not
         passed, and return the waiting tasks, to be woken. Each wait gets the event's
         payload in its own row (see GetWaitForShare). Which waits are open is
@@ -1158,7 +1138,7 @@ class Querier:
         """
         with self._cursor() as cur:
             cur.execute(DELIVER_EVENT, (external_event_id, key))
-            return [_deliver_event_row_from_row(row) for row in cur.fetchall()]
+            return [row[0] for row in cur.fetchall()]
 
     def list_external_events(self) -> list[models.ExternalEvent]:
         with self._cursor() as cur:
@@ -1260,12 +1240,6 @@ def _wake_tasks_row_from_row(row: tuple[Any, ...]) -> WakeTasksRow:
     )
 
 
-def _seconds_until_next_wake_up_row_from_row(row: tuple[Any, ...]) -> SecondsUntilNextWakeUpRow:
-    return SecondsUntilNextWakeUpRow(
-        seconds=row[0],
-    )
-
-
 def _count_tasks_by_status_row_from_row(row: tuple[Any, ...]) -> CountTasksByStatusRow:
     return CountTasksByStatusRow(
         status=models.TaskStatus(row[0]),
@@ -1284,12 +1258,6 @@ def _worker_from_row(row: tuple[Any, ...]) -> models.Worker:
         lease_seconds=row[6],
         lease_expires_at=row[7],
         stopped_at=row[8],
-    )
-
-
-def _record_heartbeat_row_from_row(row: tuple[Any, ...]) -> RecordHeartbeatRow:
-    return RecordHeartbeatRow(
-        last_heartbeat_at=row[0],
     )
 
 
@@ -1394,12 +1362,6 @@ def _external_event_from_row(row: tuple[Any, ...]) -> models.ExternalEvent:
         pushed_at=row[3],
         idempotency_key=row[4],
         pushes=row[5],
-    )
-
-
-def _deliver_event_row_from_row(row: tuple[Any, ...]) -> DeliverEventRow:
-    return DeliverEventRow(
-        task_id=row[0],
     )
 
 

@@ -80,7 +80,7 @@ class Heartbeat:
         running = self.running.snapshot()
         try:
             queries = Querier(self._connected())
-            beat = queries.record_heartbeat(id=self.worker_id)
+            beat_at = queries.record_heartbeat(id=self.worker_id)
             owned = {
                 (row.id, row.attempt)
                 for row in queries.list_owned_attempts(worker_id=self.worker_id)
@@ -89,10 +89,10 @@ class Heartbeat:
             self._healthy_since = None
             self._disconnect()
             raise
-        if beat is None:  # the worker's row is never deleted while it runs
+        if beat_at is None:  # the worker's row is never deleted while it runs
             raise RuntimeError(f"worker {self.worker_id} has no row to renew")
         if self._healthy_since is None:
-            self._healthy_since = beat.last_heartbeat_at
+            self._healthy_since = beat_at
         for attempt in running:
             if (attempt.id, attempt.attempt) not in owned and not attempt.cancelled.is_set():
                 log.info(
