@@ -4,8 +4,8 @@ after the server committed) is resolved, not repeated, and not charged.
 Played in this process: a transaction of the durable context commits, then
 raises the error a dead connection raises, so that each operation meets an
 ambiguous commit (spawn_child, sleep's first suspension, wait_for_child's
-suspend-then-look, which may also have rolled back). The retry must find what the
-commit wrote: the child through its event, a suspension through the task's row.
+suspend-then-look). The retry must find what the commit wrote: the child through
+its event, a suspension through the task's row.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from lessons.lesson09_durable_sleep.db.models import TaskStatus
 from lessons.lesson09_durable_sleep.db.queries import Querier
@@ -25,6 +26,7 @@ from lessons.lesson09_durable_sleep.engine.transactions import bounded_transacti
 from lessons.lesson09_durable_sleep.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson09.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS
+from tests.waiting import wait_until
 
 LESSON = "lesson09_durable_sleep"
 QUEUE = "parents"
@@ -37,10 +39,8 @@ def database(lesson_database: Callable[..., LessonDatabase]) -> LessonDatabase:
 
 @pytest.fixture
 def lost_replies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The first three durable transactions commit, then lose their reply: here
-    the spawn, the sleep, and the wait_for_child that finds its child finished
-    (so it rolled back, and its retry, the fourth, gets through). The list names
-    the transactions that lost their reply."""
+    """The first three durable transactions commit, then lose their reply. The
+    list names the transactions that lost their reply."""
     lost: list[str] = []
     calls = [0]
 
@@ -57,22 +57,24 @@ def lost_replies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return lost
 
 
+def worker(database: LessonDatabase, queue: str) -> Worker:
+    return Worker(
+        database.pool,
+        FUNCTIONS,
+        durable_functions=DURABLE_FUNCTIONS,
+        queue=queue,
+        slots=2,
+        poll_interval=0.05,
+        heartbeat_interval=0.1,
+        inactivity_threshold=2.0,
+    )
+
+
 @contextmanager
 def workers(database: LessonDatabase) -> Iterator[None]:
     with ExitStack() as stack:
         for queue in (QUEUE, CHILDREN_QUEUE):
-            stack.enter_context(
-                Worker(
-                    database.pool,
-                    FUNCTIONS,
-                    durable_functions=DURABLE_FUNCTIONS,
-                    queue=queue,
-                    slots=2,
-                    poll_interval=0.05,
-                    heartbeat_interval=0.1,
-                    inactivity_threshold=2.0,
-                )
-            )
+            stack.enter_context(worker(database, queue))
         yield
 
 
@@ -92,7 +94,9 @@ def test_lost_commit_replies_of_spawn_sleep_and_wait_are_resolved_not_repeated(
     with workers(database):
         task = wait_for_task(pool, task_id, timeout=30)
     assert (task.status, task.attempt, task.output) == (TaskStatus.COMPLETED, 1, {"n": 7}), task
-    assert lost_replies == ["transaction 1", "transaction 2", "transaction 3"]
+    # The spawn and the sleep; the wait then finds its child finished in the
+    # history it loaded, and needs no transaction at all.
+    assert lost_replies == ["transaction 1", "transaction 2"]
     with pool.connection() as conn:
         queries = Querier(conn)
         children = [row for row in queries.list_tasks() if row.parent_id == task_id]
@@ -104,3 +108,46 @@ def test_lost_commit_replies_of_spawn_sleep_and_wait_are_resolved_not_repeated(
         (3, "step", 1),
     ]
     assert events[0].child_task_id == children[0].id
+
+
+def test_a_lost_commit_reply_of_a_wait_that_suspended_is_resolved_by_the_task_row(
+    database: LessonDatabase, lost_replies: list[str]
+) -> None:
+    """No worker serves the children's queue yet, so wait_for_child meets a child
+    that has not finished: its suspend-then-look commits the suspension and loses
+    the reply. The retry finds the task suspended, at this attempt, by this
+    worker, and stops there instead of suspending again; the child's end wakes
+    it, and it completes on attempt 1 with one child."""
+    pool = database.pool
+    with pool.connection() as conn:
+        task_id = enqueue(
+            conn,
+            "call_on_the_children_queue",
+            {"n": 3},
+            queue=QUEUE,
+            durable=True,
+            max_retries=0,
+        )
+    with worker(database, QUEUE) as parents:
+        wait_until(
+            lambda: (
+                lost_replies == ["transaction 1", "transaction 2"]
+                and get_status(pool, task_id) == TaskStatus.SUSPENDED
+            ),
+            message=lambda: f"{lost_replies}, {get_status(pool, task_id)}",
+        )
+        with worker(database, CHILDREN_QUEUE):
+            task = wait_for_task(pool, task_id, timeout=30)
+    assert (task.status, task.attempt, task.output) == (TaskStatus.COMPLETED, 1, {"n": 3}), task
+    # Suspending again would have been refused (the task was suspended already),
+    # and the run would have stopped as one that lost its ownership.
+    assert parents.attempts_lost == 0
+    with pool.connection() as conn:
+        children = [row for row in Querier(conn).list_tasks() if row.parent_id == task_id]
+    assert len(children) == 1, children
+
+
+def get_status(pool: ConnectionPool, task_id: int) -> TaskStatus | None:
+    with pool.connection() as conn:
+        task = Querier(conn).get_task(id=task_id)
+    return task.status if task is not None else None
