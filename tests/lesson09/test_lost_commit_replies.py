@@ -130,9 +130,11 @@ def test_a_lost_commit_reply_of_a_wait_that_suspended_is_resolved_by_the_task_ro
         )
     with worker(database, QUEUE) as parents:
         wait_until(
+            # The run has ended (its retry found the suspension), not only suspended.
             lambda: (
                 lost_replies == ["transaction 1", "transaction 2"]
                 and get_status(pool, task_id) == TaskStatus.SUSPENDED
+                and parents.slots_in_use == 0
             ),
             message=lambda: f"{lost_replies}, {get_status(pool, task_id)}",
         )
