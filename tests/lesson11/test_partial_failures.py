@@ -138,7 +138,11 @@ def test_an_outage_of_three_leases_loses_no_durable_order_and_charges_each_once(
         finished = [wait_for_task(pool, task_id, timeout=60) for task_id in ids]
         logs = "\n".join(process.log() for process in workers)
         for task in finished:
-            assert (task.status, task.attempt) == (TaskStatus.COMPLETED, 1), (task, logs)
+            # Completed, and no attempt charged to its budget of none: a durable
+            # operation that met the database still out of reach may end its
+            # attempt as the infrastructure's (lesson 05), which is not charged.
+            charged = task.attempt - task.infrastructure_attempts
+            assert (task.status, charged) == (TaskStatus.COMPLETED, 1), (task, logs)
         with pool.connection() as conn:
             queries = Querier(conn)
             charges = Counter(charge.order_id for charge in queries.list_charges())

@@ -13,6 +13,12 @@ committed before the connection died. So before each new try, the operation's
 if the write is there, it was made, and the operation returns that instead of
 writing again.
 
+After an outage the pool reconnects in the background, backing off (one
+second, then two, four...), and may have no connection to give for seconds
+after the database is back: a try that cannot get a pooled connection at once
+opens one of its own (`shared.connect_like`), as the heartbeat does, rather
+than wait for the pool and run out of time.
+
 The retries stop at `window_seconds`, half the worker's inactivity threshold:
 past that, the worker's lease is at risk anyway, and another worker may take
 the task. The operation then raises `DatabaseUnreachable`, which the worker
@@ -24,14 +30,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .shared import first_line, is_transient
+from .shared import connect_like, first_line, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +92,7 @@ def with_retries(
     while True:
         tries += 1
         try:
-            # Never wait for a connection past the window: the pool reconnects
-            # in the background, and would make us wait up to its own timeout.
-            timeout = max(deadline - time.monotonic(), retries.first_backoff_seconds)
-            with pool.connection(timeout=timeout) as conn:
+            with _connection(pool, retries.first_backoff_seconds, what) as conn:
                 if tries > 1 and resolve is not None:
                     resolved = resolve(conn)
                     if resolved is not None:
@@ -106,3 +110,25 @@ def with_retries(
             log.warning("%s: try %d failed, again in %.2f s: %s", what, tries, backoff, error)
             time.sleep(backoff)
             backoff = min(backoff * 2, retries.max_backoff_seconds)
+
+
+@contextmanager
+def _connection(
+    pool: ConnectionPool, wait_seconds: float, what: str
+) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of the pool, or one of our own if the pool has none within `wait_seconds`.
+
+    A pool sized as the worker sizes it (a connection per slot) has one to give
+    at once, unless it is reconnecting after an outage.
+    """
+    try:
+        conn = pool.getconn(timeout=wait_seconds)
+    except PoolTimeout:
+        log.info("%s: the pool has no connection yet, using one of its own", what)
+        with connect_like(pool, application_name="durable context") as own:
+            yield own
+        return
+    try:
+        yield conn
+    finally:
+        pool.putconn(conn)
