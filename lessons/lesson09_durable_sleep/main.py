@@ -60,7 +60,10 @@ REMINDERS_PER_FLOW = 3
 SECONDS_BETWEEN_REMINDERS = 1.0
 SLOTS = 2
 # How much later than its sleep allows a reminder may go out before we call it late.
-LATENESS_ALLOWED = 0.5
+# A wake-up the timer missed would wait for the fallback poll, up to POLL_INTERVAL
+# later; how late within that the 40 replays on 2 slots come is the CPU's business
+# (a busy machine adds a second), so the check is that the timer woke them, not the poll.
+LATENESS_ALLOWED = POLL_INTERVAL / 2
 SAMPLE_EVERY = 0.05
 
 
@@ -203,15 +206,14 @@ def scenario_reminders(pool: ConnectionPool, checks: Checks) -> None:
     print(f"  What the database showed, every {SAMPLE_EVERY} s (a line when it changed):")
     print_timeline(samples)
     check_reminders(pool, checks, task_ids)
-    all_asleep = [s for s in samples if s.counts[TaskStatus.SUSPENDED] == FLOWS]
+    # On a quiet machine all of them fall asleep before the first wakes; on a busy
+    # one the first may wake sooner. Either way, more sleepers than slots at one
+    # moment is the proof that a sleeping flow holds no slot.
+    most_asleep = max(s.counts[TaskStatus.SUSPENDED] for s in samples)
     checks.check(
-        bool(all_asleep),
-        f"all {FLOWS} flows slept at the same time, on a worker with {SLOTS} slots",
-        f"at most {max(s.counts[TaskStatus.SUSPENDED] for s in samples)} at once",
-    )
-    checks.check(
-        all(s.counts[TaskStatus.RUNNING] == 0 for s in all_asleep),
-        "while they all slept, no task was running: both slots were free",
+        most_asleep > SLOTS,
+        f"{most_asleep} of the {FLOWS} flows slept at the same time, on a worker with "
+        f"{SLOTS} slots: a sleeping flow holds no slot",
     )
     held_slots_would_take = FLOWS * (REMINDERS_PER_FLOW - 1) * SECONDS_BETWEEN_REMINDERS / SLOTS
     checks.check(
