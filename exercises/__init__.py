@@ -9,11 +9,9 @@ every check both ways; both find the exercises here.
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -63,18 +61,6 @@ def all_exercises(lesson: str | None = None) -> list[Exercise]:
             if match:
                 found.append(Exercise(directory.name[-2:], int(match["number"]), check))
     return sorted(found, key=lambda exercise: (exercise.lesson, exercise.number))
-
-
-def lesson_module(lesson_package: str, module: str, *, exercise: str) -> ModuleType:
-    """`lessons.<lesson_package>.<module>`, or the check fails saying which exercise asks
-    for it (a learner who has not written the module yet sees that, not an ImportError)."""
-    name = f"lessons.{lesson_package}.{module}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and name.startswith(error.name):
-            pytest.fail(f"there is no {name} yet: see exercise {exercise}", pytrace=False)
-        raise
 
 
 def expect(holds: bool, message: str) -> None:
