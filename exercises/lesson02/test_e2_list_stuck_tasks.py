@@ -90,16 +90,14 @@ def test_the_command_lists_the_task_a_killed_worker_left_running(
         worker.process.kill()
         worker.wait_for_exit()
 
-    expect(
-        list_tasks(schema, "running") == [(stuck, "wait_at_gate")],
-        f"--status running should list task {stuck} (wait_at_gate), left running by the "
-        f"killed worker; it listed {list_tasks(schema, 'running')}",
-    )
-    expect(
-        list_tasks(schema, "completed") == [(done, "record_execution")],
-        f"--status completed should list task {done} alone",
-    )
-    expect(
-        list_tasks(schema, "failed") == [(unknown, "no_such_task")],
-        f"--status failed should list task {unknown} alone",
-    )
+    expected = {
+        "running": [(stuck, "wait_at_gate")],
+        "completed": [(done, "record_execution")],
+        "failed": [(unknown, "no_such_task")],
+    }
+    for status, tasks in expected.items():
+        listed = list_tasks(schema, status)
+        expect(
+            listed == tasks,
+            f"--status {status} should list {tasks} (id, task name); it listed {listed}",
+        )
