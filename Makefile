@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # sqlc finds its process plugin (sqlc-gen-psycopg) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo lesson test generate check bench bench-peers
+.PHONY: install demo lesson test exercise exercises-proof generate check bench bench-peers
 
 install: $(INSTALLED)
 
@@ -28,6 +28,15 @@ lesson: install
 test: install
 	$(PYTHON) -m pytest
 
+## Check your attempt at an exercise of a lesson's README: make exercise N=04 E=1
+exercise: install
+	$(PYTHON) -m exercises.check $(N) $(E)
+
+## CI's proof of every exercise: its check fails on the lesson as shipped and passes
+## with the reference solution applied (in a copy of the repository; a few minutes).
+exercises-proof: install
+	$(PYTHON) -m exercises.prove
+
 ## Regenerate every lesson's db/ package from its SQL.
 generate: install
 	$(VENV)/bin/sqlc generate
@@ -36,7 +45,7 @@ generate: install
 check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy lessons sqlc_gen_psycopg benchmarks tests
+	$(VENV)/bin/mypy lessons sqlc_gen_psycopg benchmarks tests exercises
 	$(VENV)/bin/sqlc diff
 
 ## Lesson 04's worker: burn-down, the pgbench ceiling of its SQL, latency, memory (a few minutes).
