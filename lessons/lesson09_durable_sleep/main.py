@@ -81,7 +81,7 @@ class Sample:
     counts: Counter[TaskStatus]
 
 
-def order(order_id: str) -> dict[str, Any]:
+def order_input(order_id: str) -> dict[str, Any]:
     return {
         "order_id": order_id,
         "card": "4242-4242-4242-4242",
@@ -263,7 +263,7 @@ def scenario_one_slot_orders(pool: ConnectionPool, checks: Checks) -> None:
             enqueue(
                 conn,
                 "process_order",
-                order(f"B-{n}"),
+                order_input(f"B-{n}"),
                 queue=ORDERS_QUEUE,
                 durable=True,
             )
@@ -328,7 +328,7 @@ def panic_order(pool: ConnectionPool, checks: Checks, point: str) -> None:
         print("  the order and its children take turns in it.")
         with pool.connection() as conn:
             task_id = enqueue(
-                conn, "process_order", order("B-2001"), queue=ORDERS_QUEUE, durable=True
+                conn, "process_order", order_input("B-2001"), queue=ORDERS_QUEUE, durable=True
             )
         print(f"  Enqueued order B-2001 (task {task_id}).")
         exit_code, last_logged, at_death = let_die(pool, first, point)
