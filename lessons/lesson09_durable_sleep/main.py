@@ -372,7 +372,10 @@ def let_die(
     say so, and return its exit code, the last line it logged, and the tasks as it left them."""
     story = PANIC_POINTS[point]
     if story.kill_when is not None:
-        wait_until(functools.partial(story.kill_when, pool), f"the moment to kill A: {point}")
+        # Generous: on a busy machine, 40 flows on two slots take a while to fall asleep.
+        wait_until(
+            functools.partial(story.kill_when, pool), f"the moment to kill A: {point}", timeout=60
+        )
         first.kill()
     exit_code = first.wait(timeout=30)
     for line in textwrap.wrap(story.dies.format(setting=f"{CRASH_AT}={point}"), width=78):
