@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +22,10 @@ from lessons.common.database import DatabaseUnavailable, create_pool, reset_sche
 
 EXIT_GUARANTEE_BROKEN = 1
 EXIT_NO_DATABASE = 2
+EXIT_USAGE = 2
+
+# What `--panic=list` asks for instead of a crash point.
+LIST_PANIC_POINTS = "list"
 
 LESSON_DIRECTORY_NAME = re.compile(r"^lesson[0-9]{2}_")
 
@@ -104,6 +108,50 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     return parser
+
+
+def add_panic_option(parser: argparse.ArgumentParser, *, default: str, help: str) -> None:
+    """`--panic` (at the lesson's `default` crash point), `--panic=POINT`, `--panic=list`."""
+    parser.add_argument(
+        "--panic",
+        nargs="?",
+        const=default,
+        metavar="POINT",
+        help=f"{help}; at crash point POINT (default {default}), or --panic=list to list them",
+    )
+
+
+def chosen_panic_point(
+    chosen: str | None, points: Mapping[str, str], not_offered: Mapping[str, str]
+) -> str | None:
+    """The crash point `--panic` chose, or None for a run without it.
+
+    `points` maps each point the demonstration can die at to one line (where the
+    worker is, what survives); `not_offered`, each point of the crash table it
+    cannot, to why. `--panic=list` prints both and exits 0; any other point gets
+    one line on stderr, and exit code 2.
+    """
+    if chosen is None or chosen in points:
+        return chosen
+    if chosen == LIST_PANIC_POINTS:
+        width = max(map(len, [*points, *not_offered]))
+        for point, about in points.items():
+            print(f"{point:<{width}}  {about}")
+        for point, why in not_offered.items():
+            print(f"{point:<{width}}  (not offered: {why})")
+        sys.exit(0)
+    valid = ", ".join(points)
+    if chosen in not_offered:
+        print(
+            f"error: --panic={chosen}: {not_offered[chosen]}; choose one of {valid}",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"error: --panic={chosen} is no crash point of this lesson; choose one of {valid}",
+            file=sys.stderr,
+        )
+    sys.exit(EXIT_USAGE)
 
 
 def run_lesson(demonstrate: Callable[[], bool]) -> NoReturn:
