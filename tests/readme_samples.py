@@ -16,8 +16,9 @@ order, once both are normalized. Normalizing a text:
   more hex digits (event keys, tracking numbers) `<hex>`; any other number, with its
   decimal point or thousands separators, `<n>`. So durations, counts, ids, PIDs,
   timestamps and dates compare equal whatever their value;
-- each run of spaces becomes one space, each line is stripped, and the blank lines
-  at the start and the end are dropped. Blank lines inside compare like any line.
+- each run of spaces becomes one space, and each line is stripped. The output's
+  blank lines at its start and its end are dropped; any other blank line compares
+  like any line.
 
 A sample line that is exactly `...` stands for any number of lines, none included.
 """
@@ -66,17 +67,30 @@ class ReadmeSample:
 
     def mismatch(self, output: str, database_description: str) -> str | None:
         """None when the sample has the shape of `output`, else a readable line diff."""
-        sample = normalize_lines(self.lines)
-        real = normalize_lines(real_output_as_readme_shows_it(output, database_description))
+        sample = [normalize(line) for line in self.lines]
+        real = without_blank_ends(
+            [normalize(line) for line in real_output(output, database_description)]
+        )
         if lines_match(sample, real):
             return None
+        # The longest start of the sample that the output has, in order: the line
+        # after it is the first one the output does not have where the sample says.
+        matched = max(
+            k for k in range(len(sample) + 1) if lines_match([*sample[:k], ANY_LINES], real)
+        )
+        first_missing = (
+            f"README line {self.line_number + 2 + matched}: {self.lines[matched].strip()!r}"
+            if matched < len(sample)
+            else "the output has lines after the sample's last"
+        )
         diff = difflib.unified_diff(
             sample, real, f"{self.where} (normalized)", "real output (normalized)", lineterm=""
         )
         return (
             f"the sample at {self.where} does not have the shape of the output of "
-            f"`python main.py{''.join(' ' + a for a in self.arguments)}` "
-            f"(a sample line `{ANY_LINES}` stands for any lines):\n" + "\n".join(diff)
+            f"`python main.py{''.join(' ' + a for a in self.arguments)}`; first line "
+            f"not matched: {first_missing}. A sample line `{ANY_LINES}` stands for any "
+            "lines.\n" + "\n".join(diff)
         )
 
 
@@ -92,9 +106,7 @@ def samples_in(readme: Path) -> list[ReadmeSample]:
             raise ValueError(f"{readme}:{index + 1}: not a sample marker: {line!r}")
         if index + 1 >= len(lines) or not lines[index + 1].startswith("```"):
             raise ValueError(f"{readme}:{index + 1}: a marker must be followed by a fenced block")
-        end = next(
-            (i for i in range(index + 2, len(lines)) if lines[i].startswith("```")), None
-        )
+        end = next((i for i in range(index + 2, len(lines)) if lines[i].startswith("```")), None)
         if end is None:
             raise ValueError(f"{readme}:{index + 2}: the fenced block never ends")
         samples.append(
@@ -108,20 +120,17 @@ def samples_in(readme: Path) -> list[ReadmeSample]:
     return samples
 
 
-def real_output_as_readme_shows_it(output: str, database_description: str) -> list[str]:
+def real_output(output: str, database_description: str) -> list[str]:
     """The real output with the database and the repository spelled as the READMEs do."""
     text = output.replace(database_description, README_DATABASE)
     text = text.replace(str(REPOSITORY_ROOT), README_REPOSITORY_PATH)
     return text.splitlines()
 
 
-def normalize_lines(lines: tuple[str, ...] | list[str]) -> list[str]:
-    normalized = [normalize(line) for line in lines]
-    while normalized and not normalized[0]:
-        normalized.pop(0)
-    while normalized and not normalized[-1]:
-        normalized.pop()
-    return normalized
+def without_blank_ends(lines: list[str]) -> list[str]:
+    start = next((i for i, line in enumerate(lines) if line), len(lines))
+    end = next((i for i in range(len(lines), start, -1) if lines[i - 1]), start)
+    return lines[start:end]
 
 
 def normalize(line: str) -> str:
