@@ -20,7 +20,7 @@ order, once both are normalized. Normalizing a text:
   blank lines at its start and its end are dropped; any other blank line compares
   like any line.
 
-A sample line that is exactly `...` stands for any number of lines, none included.
+A sample line that is exactly `...` stands for any number of lines, zero included.
 """
 
 from __future__ import annotations
