@@ -1,7 +1,10 @@
-"""Every lesson's main.py runs its demonstration, checks its guarantee, and exits 0.
+"""Every lesson's main.py runs its demonstration, checks its guarantee, and exits 0, and
+prints what its README's samples show.
 
 A main.py is how a reader meets a lesson (`make demo`, `make lesson N=07 ARGS=--panic`):
-each run below is one a reader makes, with what its output must show.
+each run below is one a reader makes, with what its output must show. Each runs once per
+session: the README samples are compared with the output of the same run (how, see
+`tests/readme_samples.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from lessons.common.database import describe_url
+from tests.readme_samples import ReadmeSample, samples_in
 from tests.worker_processes import REPOSITORY_ROOT
 
 
@@ -60,19 +65,90 @@ MAIN_SCRIPT_RUNS = [
 ]
 
 
+README_SAMPLES = [
+    sample
+    for readme in sorted(REPOSITORY_ROOT.glob("lessons/lesson[0-9][0-9]_*/README.md"))
+    for sample in samples_in(readme)
+]
+
+
+class MainScriptOutputs:
+    """The completed runs of this session, so that no main.py runs twice."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._completed: dict[MainScriptRun, subprocess.CompletedProcess[str]] = {}
+
+    def of(self, run: MainScriptRun) -> subprocess.CompletedProcess[str]:
+        if run not in self._completed:
+            self._completed[run] = subprocess.run(
+                [sys.executable, str(REPOSITORY_ROOT / run.path), *run.arguments],
+                env={**os.environ, "DATABASE_URL": self.database_url},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        return self._completed[run]
+
+    @property
+    def database_description(self) -> str:
+        """How main.py describes the database it is given (lesson 01 prints it)."""
+        return f"DATABASE_URL ({describe_url(self.database_url)})"
+
+
+@pytest.fixture(scope="session")
+def main_script_outputs(database_url: str) -> MainScriptOutputs:
+    return MainScriptOutputs(database_url)
+
+
+def run_of(sample: ReadmeSample) -> MainScriptRun:
+    """The run a sample shows; a sample of a run this module does not make is an error."""
+    for run in MAIN_SCRIPT_RUNS:
+        if run.path == sample.main_script and run.arguments == sample.arguments:
+            return run
+    raise LookupError(
+        f"{sample.where} shows `python main.py {' '.join(sample.arguments)}`, "
+        "a run that MAIN_SCRIPT_RUNS does not make"
+    )
+
+
+def sample_id(sample: ReadmeSample) -> str:
+    """`lesson07-line412`: the lesson, and the line of the sample's marker."""
+    return f"{sample.readme.parent.name.split('_', 1)[0]}-line{sample.line_number}"
+
+
 @pytest.mark.parametrize("run", MAIN_SCRIPT_RUNS, ids=lambda run: run.test_id)
-def test_main_checks_its_guarantee_and_exits_0(database_url: str, run: MainScriptRun) -> None:
+def test_main_checks_its_guarantee_and_exits_0(
+    main_script_outputs: MainScriptOutputs, run: MainScriptRun
+) -> None:
     """The script exits 0, says that the lesson's guarantee held, reports no FAIL among its
     checks, and prints what the lesson is about."""
-    completed = subprocess.run(
-        [sys.executable, str(REPOSITORY_ROOT / run.path), *run.arguments],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    completed = main_script_outputs.of(run)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "The lesson's guarantee held." in completed.stdout
     assert "FAIL" not in completed.stdout
     for expected in run.prints:
         assert expected in completed.stdout
+
+
+@pytest.mark.parametrize("sample", README_SAMPLES, ids=sample_id)
+def test_readme_sample_has_the_shape_of_the_real_output(
+    main_script_outputs: MainScriptOutputs, sample: ReadmeSample
+) -> None:
+    """What a README shows main.py printing, it prints: the same lines in the same order,
+    whatever numbers, ids and times a run gives."""
+    run = run_of(sample)
+    completed = main_script_outputs.of(run)
+    if completed.returncode != 0:
+        pytest.skip(
+            f"the run failed: see test_main_checks_its_guarantee_and_exits_0[{run.test_id}]"
+        )
+    mismatch = sample.mismatch(completed.stdout, main_script_outputs.database_description)
+    if mismatch is not None:
+        pytest.fail(mismatch, pytrace=False)
+
+
+def test_every_main_script_run_has_a_sample_in_its_readme() -> None:
+    """A reader sees what each run prints before running it, and the sample is checked."""
+    shown = {run_of(sample) for sample in README_SAMPLES}
+    assert [run.test_id for run in MAIN_SCRIPT_RUNS if run not in shown] == []

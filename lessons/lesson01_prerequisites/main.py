@@ -34,10 +34,11 @@ def demonstrate() -> bool:
     location = locate_database()
     print(f"Database: {location.description}")
     with connect() as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-        server_version = row[0] if row else "unknown"
-        major_row = conn.execute("SHOW server_version_num").fetchone()
-        major = int(major_row[0]) // 10000 if major_row else 0
+        row = conn.execute("SHOW server_version_num").fetchone()
+        version_number = int(row[0]) if row else 0
+    # 180006 is 18.6: the number, without the suffix a packager may add to server_version.
+    major, minor = divmod(version_number, 10000)
+    server_version = f"{major}.{minor}"
     print(f"Server version: PostgreSQL {server_version}")
     checks.check(major >= 14, "the server is PostgreSQL 14 or newer", f"found {server_version}")
 

@@ -419,7 +419,7 @@ def test_the_push_event_command_ends_a_wait_and_says_which_task_it_woke(
         )
         task = wait_for_task(pool, task_id, timeout=10)
     assert pushed.returncode == 0, pushed.stderr
-    assert pushed.stdout.strip() == f"event 1 pushed: approval:A-9; tasks it woke: {task_id}"
+    assert pushed.stdout.strip() == f"event 1 pushed: approval:A-9; it woke task {task_id}"
     assert task.output == {"payload": {"approved": True}}
 
 
@@ -684,10 +684,9 @@ def test_the_push_event_command_pushed_again_with_its_idempotency_key_wakes_nobo
         task = wait_for_task(pool, task_id, timeout=10)
         retried = run_push_command(*arguments, f"--schema={database.schema}")
     assert pushed.returncode == 0, pushed.stderr
-    assert pushed.stdout.strip() == f"event 1 pushed: approval:A-9; tasks it woke: {task_id}"
+    assert pushed.stdout.strip() == f"event 1 pushed: approval:A-9; it woke task {task_id}"
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.strip() == (
-        "event 1 was pushed before with idempotency key delivery-1: approval:A-9; "
-        "tasks it woke: none"
+        "event 1 was pushed before with idempotency key delivery-1: approval:A-9; it woke no task"
     )
     assert task.output == {"payload": True}

@@ -7,7 +7,7 @@
         approval:A-1 '{"approved": true}'
 
 The event ends the waits for KEY that are open now (see `engine/client.py`),
-and the command says which tasks it woke. A webhook that retries gives each
+and the command says which tasks it woke, by id. A webhook that retries gives each
 delivery a name of its own, `--idempotency-key`: a push that repeats it is the
 same event again, and wakes nobody. The database comes from DATABASE_URL
 (or the embedded server); `--schema` says which schema holds the lesson's
@@ -59,15 +59,22 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    woke = ", ".join(str(task_id) for task_id in event.woke_task_ids) or "none"
     if event.repeated:
         print(
             f"event {event.id} was pushed before with idempotency key "
-            f"{options.idempotency_key}: {options.key}; tasks it woke: {woke}"
+            f"{options.idempotency_key}: {options.key}; {woken(event.woke_task_ids)}"
         )
     else:
-        print(f"event {event.id} pushed: {options.key}; tasks it woke: {woke}")
+        print(f"event {event.id} pushed: {options.key}; {woken(event.woke_task_ids)}")
     return 0
+
+
+def woken(task_ids: list[int]) -> str:
+    """Which tasks the push woke, by id: `it woke task 3`, `it woke tasks 3, 5`."""
+    if not task_ids:
+        return "it woke no task"
+    noun = "task" if len(task_ids) == 1 else "tasks"
+    return f"it woke {noun} " + ", ".join(str(task_id) for task_id in task_ids)
 
 
 if __name__ == "__main__":
