@@ -10,8 +10,22 @@ presumed dead); the course defaults are 1 s and 10 s.
 from __future__ import annotations
 
 import datetime
+import sys
 import time
 from collections.abc import Callable
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed. Run "
+        "`make lesson N=04`, or `make install` and then "
+        "`.venv/bin/python lessons/lesson04_queue_improvements/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 

@@ -19,7 +19,21 @@ call and the new call.
 from __future__ import annotations
 
 import json
+import sys
 import time
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed. Run "
+        "`make lesson N=06`, or `make install` and then "
+        "`.venv/bin/python lessons/lesson06_non_determinism/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 

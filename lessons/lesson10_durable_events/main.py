@@ -20,6 +20,19 @@ import subprocess
 import sys
 from typing import Any
 
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed. Run "
+        "`make lesson N=10`, or `make install` and then "
+        "`.venv/bin/python lessons/lesson10_durable_events/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import (

@@ -20,7 +20,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from contextlib import redirect_stderr, redirect_stdout
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed. Run "
+        "`make lesson N=11`, or `make install` and then "
+        "`.venv/bin/python lessons/lesson11_retries_replays_forks/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 
