@@ -96,6 +96,14 @@ def error_of(task: Task) -> tuple[str, str]:
     return error.get("type", ""), error.get("message", "")
 
 
+def describe_task(task: Task) -> str:
+    """The fields of a task a FAIL line needs: its whole row runs to a kilobyte."""
+    return (
+        f"task {task.id} {task.status} on attempt {task.attempt} "
+        f"by worker {task.worker_id}: {task.output}"
+    )
+
+
 def started_at(task: Task) -> datetime.datetime:
     if task.started_at is None:
         raise ValueError(f"task {task.id} never started")
@@ -340,7 +348,7 @@ def scenario_fencing(pool: ConnectionPool, checks: Checks) -> None:
     checks.check(
         final == finished_by_second,
         "the recorded result is still the one of the worker that took over",
-        f"now {final}",
+        f"now {describe_task(final)}, not {describe_task(finished_by_second)}",
     )
 
 

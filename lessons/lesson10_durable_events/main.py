@@ -187,7 +187,7 @@ def check_outcomes(pool: ConnectionPool, checks: Checks, orders: dict[str, Task]
         and charges_and_emails(pool, "A-1") == (1, 1),
         "A-1 was approved by the first event for it, charged once and emailed once; "
         "the late rejection changed nothing",
-        f"{orders['A-1'].output}, wait {approved_wait}",
+        f"{orders['A-1'].output}, wait {describe_wait(pool, approved_wait)}",
     )
     checks.check(
         status("A-2") == "rejected" and charges_and_emails(pool, "A-2") == (0, 0),
@@ -204,7 +204,7 @@ def check_outcomes(pool: ConnectionPool, checks: Checks, orders: dict[str, Task]
             and charges_and_emails(pool, order_id) == (0, 0),
             f"{order_id} timed out ({why}), no sooner than its deadline, and the timeout "
             "is recorded",
-            f"{orders[order_id].output}, wait {wait}",
+            f"{orders[order_id].output}, wait {describe_wait(pool, wait)}",
         )
     checks.check(
         all(task.attempt == 1 for task in orders.values()),
