@@ -17,9 +17,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=01`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson01_prerequisites/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson01_prerequisites/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

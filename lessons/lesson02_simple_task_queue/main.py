@@ -14,9 +14,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=02`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson02_simple_task_queue/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson02_simple_task_queue/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

@@ -15,9 +15,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=03`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson03_concurrency_limits/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson03_concurrency_limits/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

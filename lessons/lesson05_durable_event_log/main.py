@@ -20,9 +20,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=05`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson05_durable_event_log/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson05_durable_event_log/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

@@ -28,9 +28,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=06`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson06_non_determinism/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson06_non_determinism/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

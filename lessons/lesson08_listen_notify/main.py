@@ -24,9 +24,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=08`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson08_listen_notify/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson08_listen_notify/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

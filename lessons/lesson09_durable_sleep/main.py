@@ -32,9 +32,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=09`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson09_durable_sleep/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson09_durable_sleep/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)

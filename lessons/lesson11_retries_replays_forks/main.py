@@ -29,9 +29,8 @@ try:
     import lessons.common.cli  # noqa: F401
 except ModuleNotFoundError:
     print(
-        f"error: this Python ({sys.executable}) does not have the course installed. Run "
-        "`make lesson N=11`, or `make install` and then "
-        "`.venv/bin/python lessons/lesson11_retries_replays_forks/main.py`.",
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson11_retries_replays_forks/main.py`.",
         file=sys.stderr,
     )
     sys.exit(2)
