@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # sqlc finds its process plugin (sqlc-gen-psycopg) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo lesson test exercise exercises-proof generate check bench bench-peers
+.PHONY: install demo lesson diff test exercise exercises-proof generate check bench bench-peers
 
 install: $(INSTALLED)
 
@@ -23,6 +23,11 @@ demo: install
 ## Run one lesson: make lesson N=07 ARGS=--panic
 lesson: install
 	$(PYTHON) -m lessons.common.demo --lesson $(N) -- $(ARGS)
+
+## Lesson N as the change from the lesson before it: make diff N=04
+## (its SQL, engine, demo, tools and main.py; no README, no generated db/).
+diff: install
+	@$(PYTHON) -m lessons.common.lesson_diff $(N)
 
 ## The whole test suite.
 test: install

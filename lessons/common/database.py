@@ -44,9 +44,16 @@ TCP_LIMITS: dict[str, Any] = {
     "tcp_user_timeout": 10_000,
 }
 
+# Seconds to wait for a server to answer at all (an address that drops packets).
+CONNECT_TIMEOUT = 10
+
 
 class DatabaseUnavailable(Exception):
-    """No database could be reached. The message says where we looked and what to do."""
+    """The database settings lead to no usable database.
+
+    The message is one line: the URL tried (never its password), what is wrong,
+    and the one thing to do about it.
+    """
 
 
 @dataclass(frozen=True)
@@ -127,8 +134,11 @@ def connect(url: str | None = None, *, schema: str | None = None) -> psycopg.Con
     """One connection, autocommit, optionally with `schema` as its search_path."""
     target = url or database_url()
     try:
-        return psycopg.connect(target, autocommit=True, connect_timeout=10, **_search_path(schema))
-    except psycopg.OperationalError as error:
+        return psycopg.connect(
+            target, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **_search_path(schema)
+        )
+    # ProgrammingError: a string that is not a connection string at all.
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as error:
         raise _unavailable(target, error) from error
 
 
@@ -154,7 +164,13 @@ def create_pool(
         target,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, **TCP_LIMITS, **_search_path(schema)},
+        kwargs={
+            "autocommit": True,
+            # The same as the direct attempt's, which overrides one in the URL.
+            "connect_timeout": CONNECT_TIMEOUT,
+            **TCP_LIMITS,
+            **_search_path(schema),
+        },
         name=name or schema,
         open=False,
     )
@@ -165,9 +181,13 @@ def create_pool(
 def reset_schema(schema: str, schema_sql: Path, *, url: str | None = None) -> None:
     """Drop `schema` with everything in it, re-create it and apply `schema_sql` inside it."""
     check_schema_name(schema)
-    with connect(url) as conn, conn.transaction():
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    target = url or database_url()
+    with connect(target) as conn, conn.transaction():
+        try:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise _may_not_reset_schema(target, conn, error) from error
         conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         # A whole file of DDL: psycopg sends it as one simple-protocol batch.
         conn.execute(schema_sql.read_text().encode())
@@ -192,17 +212,101 @@ def _search_path(schema: str | None) -> dict[str, Any]:
     return {"options": f"-c search_path={schema}"}
 
 
+MALFORMED_ADVICE = "DATABASE_URL must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE."
+
+# What a failed connection attempt means, told by the words libpq and the server
+# use, and the one thing to do about it. (A server whose lc_messages is not English
+# words its own reasons differently; those get the last, general advice.)
+_DIAGNOSES: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r"connection refused|no such file or directory", re.IGNORECASE),
+        "No server listens there: start it, or correct the host and port in DATABASE_URL.",
+    ),
+    (
+        re.compile(r"failed to resolve host|could not translate host name", re.IGNORECASE),
+        "This machine knows no such host: correct the host name in DATABASE_URL.",
+    ),
+    (
+        re.compile(r'role ".*" does not exist'),
+        "The server is up but has no such role: name one it has in DATABASE_URL.",
+    ),
+    (
+        re.compile(r"password authentication failed|no password supplied"),
+        "The server is up but refused the credentials: correct the user name and password "
+        "in DATABASE_URL.",
+    ),
+    (
+        re.compile(r"no pg_hba\.conf entry"),
+        "The server is up but does not let this role in from this machine: connect as "
+        "another role, or add an entry to the server's pg_hba.conf.",
+    ),
+    (
+        re.compile(r'database ".*" does not exist'),
+        "The server is up but has no such database: create it (createdb NAME) or name "
+        "one it has in DATABASE_URL.",
+    ),
+    (
+        re.compile(r"too many clients|remaining connection slots"),
+        "The server has no connection left: stop the workers you left running, or raise "
+        "its max_connections.",
+    ),
+    (
+        re.compile(r"timeout expired"),
+        f"No answer within {CONNECT_TIMEOUT} s: check the host and port in DATABASE_URL, "
+        "and that no firewall is in the way.",
+    ),
+    (
+        re.compile(r"invalid .*value|invalid connection option|invalid URI|missing \"=\""),
+        MALFORMED_ADVICE,
+    ),
+]
+
+# `user:password@` in a URL, and `password=...` in a URL's query or a key=value string.
+_PASSWORD_IN_URL = re.compile(r"([^\s:@/\"']+):[^\s@/\"']*@")
+_PASSWORD_PARAMETER = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'\"]+)")
+
+
+def without_password(text: str) -> str:
+    """`text` (a connection string, or a message quoting one) with every password masked."""
+    return _PASSWORD_PARAMETER.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1:***@", text))
+
+
+def _reason(error: BaseException) -> str:
+    """The driver's reason in a few words: `Connection refused`, `role "x" does not exist`."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    # "connection failed: connection to server at "h", port 1 failed: FATAL:  <reason>"
+    reason = first_line.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    return reason or type(error).__name__
+
+
 def _unavailable(url: str, error: BaseException) -> DatabaseUnavailable:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = _reason(error)
     if os.environ.get("DATABASE_URL"):
-        advice = (
-            "Start that server, correct DATABASE_URL, or unset DATABASE_URL "
-            "to use the embedded PostgreSQL."
-        )
-        source = "DATABASE_URL"
+        where = f"{url} (DATABASE_URL)"
+        if isinstance(error, psycopg.ProgrammingError):
+            advice = MALFORMED_ADVICE  # only a malformed string fails before connecting
+        else:
+            advice = next(
+                (advice for pattern, advice in _DIAGNOSES if pattern.search(reason)),
+                "Correct DATABASE_URL, or unset it to use the embedded PostgreSQL.",
+            )
     else:
+        where = f"{url} (the embedded server)"
         advice = f"Delete {EMBEDDED_DATA_DIRECTORY} to start the embedded server afresh."
-        source = "the embedded server"
+    # The reason may quote the URL, as a malformed one's does.
     return DatabaseUnavailable(
-        f"cannot connect to PostgreSQL at {describe_url(url)} (from {source}): {reason}. {advice}"
+        without_password(f"cannot connect to PostgreSQL at {where}: {reason}.") + f" {advice}"
+    )
+
+
+def _may_not_reset_schema(
+    url: str, conn: psycopg.Connection[TupleRow], error: BaseException
+) -> DatabaseUnavailable:
+    """A role that may connect but not drop and create the lesson's schema (a classroom's
+    usual slip): it lacks CREATE on the database, or another role owns the schema."""
+    user, database = conn.info.user, conn.info.dbname
+    return DatabaseUnavailable(
+        f"cannot re-create the lesson's schema at {without_password(url)}: {_reason(error)}. "
+        f"Connect as a role that may create schemas in database {database} (GRANT CREATE ON "
+        f"DATABASE {database} TO {user}) and owns the lesson's schema, if it exists already."
     )

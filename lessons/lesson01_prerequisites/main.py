@@ -11,6 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson01_prerequisites/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 from lessons.common.cli import Checks, argument_parser, configure_logging, run_lesson
 from lessons.common.database import connect, locate_database
 

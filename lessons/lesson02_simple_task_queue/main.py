@@ -6,6 +6,19 @@ python lessons/lesson02_simple_task_queue/main.py [-v]
 from __future__ import annotations
 
 import json
+import sys
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson02_simple_task_queue/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson
 from lessons.lesson02_simple_task_queue.db.models import TaskStatus

@@ -9,6 +9,18 @@ import sys
 import time
 from typing import Any
 
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson03_concurrency_limits/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import Checks, Lesson, argument_parser, configure_logging, run_lesson

@@ -10,8 +10,21 @@ presumed dead); the course defaults are 1 s and 10 s.
 from __future__ import annotations
 
 import datetime
+import sys
 import time
 from collections.abc import Callable
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson04_queue_improvements/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 
@@ -80,6 +93,14 @@ def error_of(task: Task) -> tuple[str, str]:
     """The (type, message) of a failed task's error document."""
     error = (task.output or {}).get("error") or {}
     return error.get("type", ""), error.get("message", "")
+
+
+def describe_task(task: Task) -> str:
+    """The fields of a task a FAIL line needs: its whole row runs to a kilobyte."""
+    return (
+        f"task {task.id} {task.status} on attempt {task.attempt} "
+        f"by worker {task.worker_id}: {task.output}"
+    )
 
 
 def started_at(task: Task) -> datetime.datetime:
@@ -331,7 +352,7 @@ def scenario_fencing(pool: ConnectionPool, checks: Checks) -> None:
     checks.check(
         final == finished_by_second,
         "the recorded result is still the one of the worker that took over",
-        f"now {final}",
+        f"now {describe_task(final)}, not {describe_task(finished_by_second)}",
     )
 
 

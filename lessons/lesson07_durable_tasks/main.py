@@ -20,9 +20,22 @@ and emailed exactly once.
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 import time
 from dataclasses import dataclass
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson07_durable_tasks/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 

@@ -11,11 +11,24 @@ to the first line of the task's function, both on this machine's clock.
 from __future__ import annotations
 
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson08_listen_notify/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg import sql
 from psycopg_pool import ConnectionPool

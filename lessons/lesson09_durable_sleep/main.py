@@ -24,12 +24,25 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import sys
 import textwrap
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson09_durable_sleep/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 

@@ -30,6 +30,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson10_durable_events/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 from psycopg_pool import ConnectionPool
 
 from lessons.common.cli import (
@@ -200,7 +212,7 @@ def check_outcomes(pool: ConnectionPool, checks: Checks, orders: dict[str, Task]
         and charges_and_emails(pool, "A-1") == (1, 1),
         "A-1 was approved by the first event for it, charged once and emailed once; "
         "the late rejection changed nothing",
-        f"{orders['A-1'].output}, wait {approved_wait}",
+        f"{orders['A-1'].output}, wait {describe_wait(pool, approved_wait)}",
     )
     checks.check(
         status("A-2") == "rejected" and charges_and_emails(pool, "A-2") == (0, 0),
@@ -217,7 +229,7 @@ def check_outcomes(pool: ConnectionPool, checks: Checks, orders: dict[str, Task]
             and charges_and_emails(pool, order_id) == (0, 0),
             f"{order_id} timed out ({why}), no sooner than its deadline, and the timeout "
             "is recorded",
-            f"{orders[order_id].output}, wait {wait}",
+            f"{orders[order_id].output}, wait {describe_wait(pool, wait)}",
         )
     checks.check(
         all(task.attempt == 1 for task in orders.values()),

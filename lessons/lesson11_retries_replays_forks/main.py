@@ -29,10 +29,23 @@ import io
 import json
 import os
 import subprocess
+import sys
 import textwrap
 from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
+
+# A Python without the course installed (`make install` puts it in .venv) would stop at
+# the imports below with "No module named 'lessons'": say what to run instead.
+try:
+    import lessons.common.cli  # noqa: F401
+except ModuleNotFoundError:
+    print(
+        f"error: this Python ({sys.executable}) does not have the course installed: run "
+        "`make install`, then `.venv/bin/python lessons/lesson11_retries_replays_forks/main.py`.",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from psycopg_pool import ConnectionPool
 

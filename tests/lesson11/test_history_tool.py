@@ -228,7 +228,9 @@ def test_a_schema_without_the_lesson_s_tables_is_one_line_and_exit_code_2(
 def test_an_unreachable_database_is_one_line_and_exit_code_2(database: LessonDatabase) -> None:
     completed = tool(database, "list", url="postgresql://nobody@127.0.0.1:1/nothing")
     line = refused(completed, 2)
-    assert line.startswith("error: cannot connect to PostgreSQL at nobody@127.0.0.1:1/nothing")
+    assert line.startswith(
+        "error: cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/nothing"
+    )
 
 
 @pytest.mark.parametrize(
