@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
@@ -28,6 +29,17 @@ EXIT_USAGE = 2
 LIST_PANIC_POINTS = "list"
 
 LESSON_DIRECTORY_NAME = re.compile(r"^lesson[0-9]{2}_")
+
+# On a shared classroom server each learner sets COURSE_LEARNER, and lesson NN
+# lives in the schema lesson_NN_<learner>: two learners never drop each other's
+# tables. Child processes inherit the variable, so a worker process or a tool
+# started without --schema finds the same schema as the main.py that started it.
+LEARNER_VARIABLE = "COURSE_LEARNER"
+# At most 20 characters keeps every name built from the schema within
+# PostgreSQL's 63 bytes: lesson 08's NOTIFY channels need a schema name of 48
+# bytes at most (51 from lesson 09 on), and a listener's application_name is
+# "<schema> worker <id> listener".
+LEARNER_NAME = re.compile(r"^[a-z0-9_]{1,20}$")
 
 
 @dataclass(frozen=True)
@@ -55,8 +67,10 @@ class Lesson:
 
     @property
     def schema(self) -> str:
-        """Each lesson lives in its own Postgres schema, so lessons never see each other."""
-        return f"lesson_{self.number}"
+        """Each lesson lives in its own Postgres schema, so lessons never see each other;
+        with COURSE_LEARNER set, each learner has their own schema of each lesson."""
+        learner = learner_name()
+        return f"lesson_{self.number}" if learner is None else f"lesson_{self.number}_{learner}"
 
     @property
     def schema_sql(self) -> Path:
@@ -67,6 +81,27 @@ class Lesson:
 
     def pool(self, *, max_size: int = 4) -> ConnectionPool:
         return create_pool(self.schema, max_size=max_size)
+
+
+def learner_name() -> str | None:
+    """COURSE_LEARNER, or None when it is unset or empty.
+
+    A value that cannot be part of a schema name ends the process with one line
+    and exit code 2, like a missing database: it is read wherever a lesson's
+    schema is (a main.py, a worker process, a tool's --schema default), before
+    any of them has anything to clean up.
+    """
+    learner = os.environ.get(LEARNER_VARIABLE, "")
+    if not learner:
+        return None
+    if not LEARNER_NAME.match(learner):
+        print(
+            f"error: {LEARNER_VARIABLE}={learner!r} cannot name a schema: use 1 to 20 "
+            "lower-case letters, digits and _, such as ana or learner_07",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_NO_DATABASE)
+    return learner
 
 
 @dataclass

@@ -11,7 +11,8 @@ and the command says which tasks it woke, by id. A webhook that retries gives ea
 delivery a name of its own, `--idempotency-key`: a push that repeats it is the
 same event again, and wakes nobody. The database comes from DATABASE_URL
 (or the embedded server); `--schema` says which schema holds the lesson's
-tables (`lesson_11` unless told otherwise).
+tables (`lesson_11`, or `lesson_11_<learner>` with COURSE_LEARNER set, unless
+told otherwise).
 """
 
 from __future__ import annotations
