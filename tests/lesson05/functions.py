@@ -117,6 +117,24 @@ def step_out_of_stock(ctx: DurableContext, input: Any) -> Any:
     return ctx.run_step("reserve", reserve, None)
 
 
+def pack_in_place(order: dict[str, Any]) -> int:
+    """A step that changes the input it was given: adds a lid to its items, drops its note."""
+    record(order["schema"], current_task().id, "ran pack")
+    order["items"].append("lid")
+    del order["note"]
+    return len(order["items"])
+
+
+def pack_then_fail_on_attempt_1(ctx: DurableContext, input: dict[str, Any]) -> int:
+    """Step pack, whose function changes its input in place; attempt 1 fails after it,
+    so that attempt 2 calls the step again, with the input built afresh."""
+    order = {"schema": input["schema"], "items": ["teapot", "cup"], "note": "fragile"}
+    packed: int = ctx.run_step("pack", pack_in_place, order)
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 fails after its step")
+    return packed
+
+
 def plain(input: Any) -> Any:
     return input
 
@@ -132,4 +150,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "return_a_lone_surrogate": return_a_lone_surrogate,
     "step_out_of_stock": step_out_of_stock,
     "four_steps_through_a_blip": four_steps_through_a_blip,
+    "pack_then_fail_on_attempt_1": pack_then_fail_on_attempt_1,
 }

@@ -139,6 +139,23 @@ def test_a_replayed_step_returns_exactly_what_its_first_run_returned(
     ]
 
 
+def test_a_step_that_changes_its_input_in_place_records_the_input_it_was_called_with(
+    database: LessonDatabase,
+) -> None:
+    """The step adds to a list of its input and deletes one of its keys: its event
+    holds the input as the step was called with it, not what the step left of it.
+    Attempt 2 replays the step."""
+    pool = database.pool
+    task_id = enqueue_durable(pool, "pack_then_fail_on_attempt_1", {"schema": database.schema})
+    with local_worker(database):
+        task = wait_for_task(pool, task_id)
+    assert task.status == TaskStatus.COMPLETED and task.attempt == 2, task
+    assert task.output == 3
+    assert [event for event, _, _ in step_runs(pool, task_id)] == ["ran pack"]
+    [event] = history(pool, task_id)
+    assert event.input == {"schema": database.schema, "items": ["teapot", "cup"], "note": "fragile"}
+
+
 def test_a_worker_killed_mid_step_is_replaced_and_the_history_replayed(
     database: LessonDatabase, tmp_path: Path
 ) -> None:

@@ -65,8 +65,9 @@ def swallow_the_mismatch(ctx: DurableContext, input: Any) -> Any:
     return "pretended all was well"
 
 
-# How many times `count_run` has run, in this process (the worker runs in-process).
-STEP_RUNS = {"count_run": 0}
+# How many times `count_run` and `pack_in_place` have run, in this process (the
+# worker runs in-process).
+STEP_RUNS = {"count_run": 0, "pack_in_place": 0}
 
 
 def count_run(input: Any) -> Any:
@@ -78,6 +79,24 @@ def step_with_an_unkeyable_input(ctx: DurableContext, input: Any) -> Any:
     """One step whose input is JSON (keys become strings) but has no canonical form:
     its keys, an int and a str, cannot be sorted."""
     return ctx.run_step("s", count_run, {1: "a", "b": 2})
+
+
+def pack_in_place(order: dict[str, Any]) -> int:
+    """A step that changes the input it was given: adds a lid to its items, drops its note."""
+    STEP_RUNS["pack_in_place"] += 1
+    order["items"].append("lid")
+    del order["note"]
+    return len(order["items"])
+
+
+def pack_then_fail_on_attempt_1(ctx: DurableContext, input: Any) -> int:
+    """Step pack, whose function changes its input in place; attempt 1 fails after it,
+    so that attempt 2 calls the step again, with the input built afresh."""
+    order = {"items": ["teapot", "cup"], "note": "fragile"}
+    packed: int = ctx.run_step("pack", pack_in_place, order)
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 fails after its step")
+    return packed
 
 
 def stall_in_step_two(input: Any) -> Any:
@@ -104,4 +123,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "swallow_the_mismatch": swallow_the_mismatch,
     "two_steps_stalling_on_attempt_1": two_steps_stalling_on_attempt_1,
     "step_with_an_unkeyable_input": step_with_an_unkeyable_input,
+    "pack_then_fail_on_attempt_1": pack_then_fail_on_attempt_1,
 }

@@ -162,6 +162,21 @@ def test_an_unchanged_function_is_never_flagged_whatever_order_its_inputs_were_b
     ]
 
 
+def test_a_step_that_changes_its_input_in_place_replays_without_a_mismatch(
+    database: LessonDatabase,
+) -> None:
+    """The step adds to a list of its input and deletes one of its keys: its event
+    holds the input (and the key) of the call as it was made, not what the step left
+    of it, so attempt 2, which makes the same call, replays the step."""
+    STEP_RUNS["pack_in_place"] = 0
+    task = run(database, "pack_then_fail_on_attempt_1", None)
+    assert task.status == TaskStatus.COMPLETED and task.attempt == 2, task
+    assert task.output == 3
+    assert STEP_RUNS["pack_in_place"] == 1
+    [event] = history(database.pool, task.id)
+    assert event.input == {"items": ["teapot", "cup"], "note": "fragile"}
+
+
 def test_the_key_is_the_sha256_of_the_canonical_json_of_kind_name_and_input(
     database: LessonDatabase,
 ) -> None:

@@ -3,6 +3,7 @@ next to the lesson's own: process_order and its children come from the lesson.""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ from tests.recording import wait_for_gate
 # its children to a queue no worker serves: only its history matters.
 CHILDREN_QUEUE = "children"
 UNSERVED_QUEUE = "unserved"
+
+# How many times each counted step has run, in this process (the tests run their
+# workers in-process).
+STEP_RUNS: Counter[str] = Counter()
 
 
 def echo(input: Any) -> Any:
@@ -80,6 +85,24 @@ def spawn_a_child_with_a_nul(ctx: DurableContext, input: Any) -> Any:
     return ctx.spawn_child("echo", {"note": "a\x00b"}, queue=CHILDREN_QUEUE).id
 
 
+def pack_in_place(order: dict[str, Any]) -> int:
+    """A step that changes the input it was given: adds a lid to its items, drops its note."""
+    STEP_RUNS["pack_in_place"] += 1
+    order["items"].append("lid")
+    del order["note"]
+    return len(order["items"])
+
+
+def pack_then_fail_on_attempt_1(ctx: DurableContext, input: Any) -> int:
+    """Step pack, whose function changes its input in place; attempt 1 fails after it,
+    so that attempt 2 calls the step again, with the input built afresh."""
+    order = {"items": ["teapot", "cup"], "note": "fragile"}
+    packed: int = ctx.run_step("pack", pack_in_place, order)
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 fails after its step")
+    return packed
+
+
 def hold_at_gate(input: dict[str, str]) -> dict[str, Any]:
     """Touch the file `input["started"]`, then wait for `input["gate"]`: a step that
     runs, with no database, for as long as the test wants."""
@@ -110,4 +133,5 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "call_a_flaky_child": call_a_flaky_child,
     "spawn_a_child_with_a_nul": spawn_a_child_with_a_nul,
     "process_order_at_gate": process_order_at_gate,
+    "pack_then_fail_on_attempt_1": pack_then_fail_on_attempt_1,
 }

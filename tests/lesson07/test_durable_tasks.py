@@ -1,6 +1,7 @@
 """Lesson 07, with workers in this process: a child is spawned once and reused on
 replay; spawning and recording are one fenced transaction; a failed child raises
-in its parent; changing the children a function calls between attempts is caught.
+in its parent; changing the children a function calls between attempts is caught;
+a step that changes its input in place replays as it was called.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from lessons.lesson07_durable_tasks.engine.transactions import (
 )
 from lessons.lesson07_durable_tasks.engine.worker import Worker
 from tests.conftest import LessonDatabase
-from tests.lesson07.functions import CHILDREN_QUEUE, DURABLE_FUNCTIONS, FUNCTIONS, UNSERVED_QUEUE
+from tests.lesson07.functions import (
+    CHILDREN_QUEUE,
+    DURABLE_FUNCTIONS,
+    FUNCTIONS,
+    STEP_RUNS,
+    UNSERVED_QUEUE,
+)
 
 LESSON = "lesson07_durable_tasks"
 PARENTS_QUEUE = "parents"
@@ -300,3 +307,18 @@ def test_a_spawn_whose_commit_reply_is_lost_finds_its_child_through_the_event(
     children = [row for row in all_tasks(database.pool) if row.id != task.id]
     assert len(children) == 1, children
     assert [event.child_task_id for event in history(database.pool, task.id)] == [children[0].id]
+
+
+def test_a_step_that_changes_its_input_in_place_replays_without_a_mismatch(
+    database: LessonDatabase,
+) -> None:
+    """The step adds to a list of its input and deletes one of its keys: its event
+    holds the input (and the key) of the call as it was made, not what the step left
+    of it, so attempt 2, which makes the same call, replays the step."""
+    STEP_RUNS["pack_in_place"] = 0
+    task = run(database, "pack_then_fail_on_attempt_1", None)
+    assert task.status == TaskStatus.COMPLETED and task.attempt == 2, task
+    assert task.output == 3
+    assert STEP_RUNS["pack_in_place"] == 1
+    [event] = history(database.pool, task.id)
+    assert event.input == {"items": ["teapot", "cup"], "note": "fragile"}

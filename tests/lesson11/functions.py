@@ -53,6 +53,24 @@ def step_with_an_unkeyable_input(ctx: DurableContext, input: Any) -> Any:
     return ctx.run_step("s", count_run, {1: "a", "b": 2, "label": "unkeyable"})
 
 
+def pack_in_place(order: dict[str, Any]) -> int:
+    """A step that changes the input it was given: adds a lid to its items, drops its note."""
+    STEP_RUNS["pack_in_place"] += 1
+    order["items"].append("lid")
+    del order["note"]
+    return len(order["items"])
+
+
+def pack_then_fail_on_attempt_1(ctx: DurableContext, input: Any) -> int:
+    """Step pack, whose function changes its input in place; attempt 1 fails after it,
+    so that attempt 2 calls the step again, with the input built afresh."""
+    order = {"items": ["teapot", "cup"], "note": "fragile"}
+    packed: int = ctx.run_step("pack", pack_in_place, order)
+    if ctx.attempt == 1:
+        raise ConnectionError("attempt 1 fails after its step")
+    return packed
+
+
 def sleep_wait_then_call(ctx: DurableContext, input: dict[str, Any]) -> Any:
     """Event 1 a sleep, event 2 a wait for the event `input["key"]`, event 3 a child."""
     ctx.sleep(input["sleep"])
@@ -158,6 +176,7 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
     "step_then_three_children": step_then_three_children,
     "step_with_an_unkeyable_input": step_with_an_unkeyable_input,
+    "pack_then_fail_on_attempt_1": pack_then_fail_on_attempt_1,
     "sleep_wait_then_call": sleep_wait_then_call,
     "versioned_labels": versioned_labels,
     "spawn_and_return": spawn_and_return,

@@ -28,11 +28,14 @@ committed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from ..db.models import EventKind, Task, TaskEvent
@@ -69,6 +72,31 @@ DurableFunction = Callable[["DurableContext", Any], Any]
 
 # A step takes a JSON input and returns a JSON output.
 StepFunction = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """An operation as its event will record it, taken before the operation runs anything.
+
+    A step may change the input it was given (append to a list of it, delete one
+    of its keys), and its event must record the input it was called with, not
+    what the step left of it. So the input's JSON is written out first, and the
+    event stores that text.
+    """
+
+    kind: EventKind
+    name: str
+    # The input as JSON text: what the event stores.
+    input_json: str
+
+    @classmethod
+    def of(cls, kind: EventKind, name: str, input: Any) -> Call:
+        """The call, with its input as JSON text (`check_json` says whether it can be stored)."""
+        return cls(kind, name, input_json=json.dumps(input))
+
+    def __str__(self) -> str:
+        """The call as log lines and errors name it: `step print_label`."""
+        return f"{self.kind} {self.name}"
 
 
 class DurableContext:
@@ -136,9 +164,11 @@ class DurableContext:
             )
             return recorded.output
         check_json(f"the input of step {name}", input)
+        # Before the step runs: it may change its input.
+        call = Call.of(EventKind.STEP, name, input)
         output = function(input)
         check_json(f"the output of step {name}", output)
-        event = self._append(event_number, EventKind.STEP, name, input, output)
+        event = self._append(event_number, call, output)
         return event.output
 
     def _take_event_number(self) -> int:
@@ -146,9 +176,7 @@ class DurableContext:
         self._next_event_number += 1
         return event_number
 
-    def _append(
-        self, event_number: int, kind: EventKind, name: str, input: Any, output: Any
-    ) -> TaskEvent:
+    def _append(self, event_number: int, call: Call, output: Any) -> TaskEvent:
         """Write one event, fenced: only while this worker still owns the attempt.
 
         A try whose connection died may have been committed: the next try finds
@@ -160,50 +188,58 @@ class DurableContext:
             return Querier(conn).append_event(
                 task_id=self.task_id,
                 event_number=event_number,
-                kind=kind,
-                name=name,
-                input_=input,
+                kind=call.kind,
+                name=call.name,
+                input_=written_json(call.input_json),
                 output=output,
                 attempt=self.attempt,
                 worker_id=self.worker_id,
             )
 
         def recorded(conn: psycopg.Connection[Any]) -> TaskEvent | None:
-            return self._recorded_event(conn, event_number, kind, name)
+            return self._recorded_event(conn, event_number, call)
 
         try:
             event = with_retries(
                 self.pool,
                 self.retries,
-                f"task {self.task_id} event {event_number} ({kind} {name})",
+                f"task {self.task_id} event {event_number} ({call})",
                 append,
                 resolve=recorded,
             )
         except psycopg.DataError as error:
             # JSON that jsonb still refuses: a string holding the character U+0000.
             raise InvalidStepData(
-                f"event {event_number} ({kind} {name}) cannot be stored: {first_line(error)}"
+                f"event {event_number} ({call}) cannot be stored: {first_line(error)}"
             ) from error
         if event is None:
             raise LostOwnership(
-                f"task {self.task_id} attempt {self.attempt}: event {event_number} ({kind} "
-                f"{name}) rejected, this worker no longer owns that attempt"
+                f"task {self.task_id} attempt {self.attempt}: event {event_number} ({call}) "
+                "rejected, this worker no longer owns that attempt"
             )
-        log.info("task %d event %d (%s %s): recorded", self.task_id, event_number, kind, name)
+        log.info("task %d event %d (%s): recorded", self.task_id, event_number, call)
         return event
 
     def _recorded_event(
-        self, conn: psycopg.Connection[Any], event_number: int, kind: EventKind, name: str
+        self, conn: psycopg.Connection[Any], event_number: int, call: Call
     ) -> TaskEvent | None:
         """Event `event_number` of the history, if this attempt wrote it for this call."""
         for event in Querier(conn).list_task_events(task_id=self.task_id):
             if (
                 event.event_number == event_number
                 and event.attempt == self.attempt
-                and (event.kind, event.name) == (kind, name)
+                and (event.kind, event.name) == (call.kind, call.name)
             ):
                 return event
         return None
+
+
+def written_json(text: str) -> Jsonb:
+    """JSON text already written out, for a jsonb parameter: sent as it is.
+
+    (A plain `str` would be sent as a JSON string, its text in quotes.)
+    """
+    return Jsonb(text, dumps=lambda written: written)
 
 
 def check_json(what: str, value: Any) -> None:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from ..db.models import EventKind, Task, TaskEvent, TaskStatus
@@ -137,6 +138,35 @@ DurableFunction = Callable[["DurableContext", Any], Any]
 
 # A step takes a JSON input and returns a JSON output.
 StepFunction = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """An operation as its event will record it, taken before the operation runs anything.
+
+    A step may change the input it was given (append to a list of it, delete one
+    of its keys), and its event must record the input it was called with, not
+    what the step left of it: the next attempt makes the same call again, and the
+    key of the changed input would not match it. So the key and the input's JSON
+    are taken first, and the event stores them.
+    """
+
+    kind: EventKind
+    name: str
+    # What the history compares (`event_key`).
+    key: str
+    # The input as canonical JSON text: what the event stores, and a mismatch shows.
+    input_json: str
+
+    @classmethod
+    def of(cls, kind: EventKind, name: str, input: Any) -> Call:
+        """The call, with its key and its input as canonical JSON text (`check_json`
+        says whether it can be stored; `InvalidStepData` if it has no key)."""
+        return cls(kind, name, key=event_key(kind, name, input), input_json=canonical_json(input))
+
+    def __str__(self) -> str:
+        """The call as log lines and errors name it: `step print_label`."""
+        return f"{self.kind} {self.name}"
 
 
 @dataclass(frozen=True)
@@ -231,7 +261,9 @@ class DurableContext:
         """
         event_number = self._take_event_number()
         check_json(f"the input of step {name}", input)
-        recorded = self._replay(event_number, EventKind.STEP, name, input)
+        # Before the step runs: it may change its input.
+        call = Call.of(EventKind.STEP, name, input)
+        recorded = self._replay(event_number, call)
         if recorded is not None:
             return recorded.output
         output = function(input)
@@ -239,13 +271,9 @@ class DurableContext:
         event = with_retries(
             self.pool,
             self.retries,
-            f"task {self.task_id} event {event_number} (step {name})",
-            lambda conn: self._append(
-                conn, event_number, EventKind.STEP, name, input, output=output
-            ),
-            resolve=lambda conn: self._recorded_event(
-                conn, event_number, EventKind.STEP, name, input
-            ),
+            f"task {self.task_id} event {event_number} ({call})",
+            lambda conn: self._append(conn, event_number, call, output=output),
+            resolve=lambda conn: self._recorded_event(conn, event_number, call),
         )
         return event.output
 
@@ -268,7 +296,8 @@ class DurableContext:
         """
         event_number = self._take_event_number()
         check_json(f"the input of child task {task_name}", input)
-        recorded = self._replay(event_number, EventKind.CHILD, task_name, input)
+        call = Call.of(EventKind.CHILD, task_name, input)
+        recorded = self._replay(event_number, call)
         if recorded is not None:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
@@ -277,19 +306,17 @@ class DurableContext:
         def spawn(conn: psycopg.Connection[Any]) -> ChildTask:
             # A task thread may wait for locks: a lock timeout would fail the attempt.
             with bounded_transaction(conn, self.limits, wait_for_locks=True):
-                child = self._create_child(conn, task_name, input, queue or self.queue, max_retries)
+                child = self._create_child(conn, call, queue or self.queue, max_retries)
                 # Refused when this attempt is no longer ours: the exception leaves the
                 # transaction, which rolls back, so the child is never created either.
-                self._append(
-                    conn, event_number, EventKind.CHILD, task_name, input, child_task_id=child.id
-                )
+                self._append(conn, event_number, call, child_task_id=child.id)
                 crash_point("spawn_child:before_commit")
             return ChildTask(id=child.id, task_name=task_name)
 
         def spawned_earlier(conn: psycopg.Connection[Any]) -> ChildTask | None:
             # A commit whose reply was lost: the event, if it is there, names the
             # child that try created. Never create a second one.
-            event = self._recorded_event(conn, event_number, EventKind.CHILD, task_name, input)
+            event = self._recorded_event(conn, event_number, call)
             if event is None or event.child_task_id is None:
                 return None
             return ChildTask(id=event.child_task_id, task_name=task_name)
@@ -297,7 +324,7 @@ class DurableContext:
         spawned = with_retries(
             self.pool,
             self.retries,
-            f"task {self.task_id} event {event_number} (child {task_name})",
+            f"task {self.task_id} event {event_number} ({call})",
             spawn,
             resolve=spawned_earlier,
         )
@@ -352,20 +379,16 @@ class DurableContext:
             raise self._mismatch(missing, "none (the function returned)")
 
     def _create_child(
-        self,
-        conn: psycopg.Connection[Any],
-        task_name: str,
-        input: Any,
-        queue: str,
-        max_retries: int,
+        self, conn: psycopg.Connection[Any], call: Call, queue: str, max_retries: int
     ) -> Task:
-        """Insert the child's row: an ordinary task, queued, no timeouts."""
+        """Insert the child's row: an ordinary task, queued, no timeouts, with the
+        input its event records."""
         try:
             child = Querier(conn).create_task(
                 queue=queue,
-                task_name=task_name,
-                display_name=task_name,
-                input_=input,
+                task_name=call.name,
+                display_name=call.name,
+                input_=written_json(call.input_json),
                 priority=0,
                 max_retries=max_retries,
                 execution_timeout_seconds=None,
@@ -375,10 +398,10 @@ class DurableContext:
         except psycopg.DataError as error:
             # JSON that jsonb still refuses: a string holding the character U+0000.
             raise InvalidStepData(
-                f"the input of child task {task_name} cannot be stored: {first_line(error)}"
+                f"the input of child task {call.name} cannot be stored: {first_line(error)}"
             ) from error
         if child is None:  # INSERT ... RETURNING always returns the row
-            raise RuntimeError(f"creating child task {task_name} returned no row")
+            raise RuntimeError(f"creating child task {call.name} returned no row")
         return child
 
     def _finished(self, child: ChildTask) -> Task | None:
@@ -400,33 +423,27 @@ class DurableContext:
         self._next_event_number += 1
         return event_number
 
-    def _replay(
-        self, event_number: int, kind: EventKind, name: str, input: Any
-    ) -> TaskEvent | None:
+    def _replay(self, event_number: int, call: Call) -> TaskEvent | None:
         """The recorded event for this operation, if there is one and it records this call.
 
-        Every operation calls it before it does anything else, so the call's key
-        is built first: a call that cannot have one (`InvalidStepData`) runs nothing.
+        Every operation takes its `Call` before it does anything else: a call
+        that cannot have a key (`InvalidStepData`) runs nothing.
         """
-        key = event_key(kind, name, input)
         recorded = self._history.get(event_number)
         if recorded is None:
             return None
-        if recorded.key != key:
-            raise self._mismatch(recorded, describe_call(kind, name, input))
+        if recorded.key != call.key:
+            raise self._mismatch(recorded, describe_call(call.kind, call.name, call.input_json))
         log.info(
-            "task %d event %d (%s %s): replayed from the history",
-            self.task_id,
-            event_number,
-            kind,
-            name,
+            "task %d event %d (%s): replayed from the history", self.task_id, event_number, call
         )
         return recorded
 
     def _mismatch(self, recorded: TaskEvent, new_call: str) -> NonDeterminismError:
         self._non_determinism = NonDeterminismError(
             f"event {recorded.event_number} does not match the history: recorded "
-            f"{describe_call(recorded.kind, recorded.name, recorded.input)}, new call {new_call}"
+            f"{describe_call(recorded.kind, recorded.name, canonical_json(recorded.input))}, "
+            f"new call {new_call}"
         )
         return self._non_determinism
 
@@ -434,9 +451,7 @@ class DurableContext:
         self,
         conn: psycopg.Connection[Any],
         event_number: int,
-        kind: EventKind,
-        name: str,
-        input: Any,
+        call: Call,
         *,
         output: Any = None,
         child_task_id: int | None = None,
@@ -446,10 +461,10 @@ class DurableContext:
             event = Querier(conn).append_event(
                 task_id=self.task_id,
                 event_number=event_number,
-                kind=kind,
-                name=name,
-                input_=input,
-                key=event_key(kind, name, input),
+                kind=call.kind,
+                name=call.name,
+                input_=written_json(call.input_json),
+                key=call.key,
                 output=output,
                 child_task_id=child_task_id,
                 attempt=self.attempt,
@@ -458,35 +473,29 @@ class DurableContext:
         except psycopg.DataError as error:
             # JSON that jsonb still refuses: a string holding the character U+0000.
             raise InvalidStepData(
-                f"event {event_number} ({kind} {name}) cannot be stored: {first_line(error)}"
+                f"event {event_number} ({call}) cannot be stored: {first_line(error)}"
             ) from error
         if event is None:
             raise LostOwnership(
-                f"task {self.task_id} attempt {self.attempt}: event {event_number} ({kind} "
-                f"{name}) rejected, this worker no longer owns that attempt"
+                f"task {self.task_id} attempt {self.attempt}: event {event_number} ({call}) "
+                "rejected, this worker no longer owns that attempt"
             )
-        log.info("task %d event %d (%s %s): recorded", self.task_id, event_number, kind, name)
+        log.info("task %d event %d (%s): recorded", self.task_id, event_number, call)
         return event
 
     def _recorded_event(
-        self,
-        conn: psycopg.Connection[Any],
-        event_number: int,
-        kind: EventKind,
-        name: str,
-        input: Any,
+        self, conn: psycopg.Connection[Any], event_number: int, call: Call
     ) -> TaskEvent | None:
         """Event `event_number` of the history, if this attempt wrote it for this call.
 
         What resolves a write whose commit is in doubt (its connection died
         before the reply came): the event there, with this call's key, was written.
         """
-        key = event_key(kind, name, input)
         for event in Querier(conn).list_task_events(task_id=self.task_id):
             if (
                 event.event_number == event_number
                 and event.attempt == self.attempt
-                and event.key == key
+                and event.key == call.key
             ):
                 return event
         return None
@@ -507,9 +516,20 @@ def event_key(kind: EventKind, name: str, input: Any) -> str:
     return hashlib.sha256(call.encode()).hexdigest()
 
 
-def describe_call(kind: EventKind, name: str, input: Any) -> str:
-    """A call as people read it in an error message: step print_label({"order_id":"A-1"})."""
-    return f"{kind} {name}({canonical_json(input)})"
+def describe_call(kind: EventKind, name: str, input_json: str) -> str:
+    """A call as people read it in an error message: step print_label({"order_id":"A-1"}).
+
+    `input_json` is the canonical JSON of its input.
+    """
+    return f"{kind} {name}({input_json})"
+
+
+def written_json(text: str) -> Jsonb:
+    """JSON text already written out, for a jsonb parameter: sent as it is.
+
+    (A plain `str` would be sent as a JSON string, its text in quotes.)
+    """
+    return Jsonb(text, dumps=lambda written: written)
 
 
 def check_json(what: str, value: Any) -> None:
