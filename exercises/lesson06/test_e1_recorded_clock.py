@@ -1,4 +1,4 @@
-"""Lesson 06, exercise 1: `ctx.now()`, the time as the history recorded it.
+"""`ctx.now()`, the time as the history recorded it.
 
 A durable function that reads the clock itself decides from a value that changes on
 every attempt. Add `DurableContext.now()`, which returns the time (seconds since the

@@ -1,4 +1,4 @@
-"""Lesson 06, exercise 2: one number, one key.
+"""One number, one key.
 
 `{"parcels": 3}` and `{"parcels": 3.0}` are the same call for Python (3 == 3.0) and
 for jsonb, but not for the key: a deploy that computes a number with `/` instead of

@@ -1,4 +1,4 @@
-"""Lesson 07, exercise 1: a new crash point, `run_step:before_record`.
+"""A new crash point, `run_step:before_record`.
 
 Add the crash point `run_step:before_record`: a step has run, its event is not yet
 written. The check kills a worker process there (COURSE_CRASH_AT) and asserts what

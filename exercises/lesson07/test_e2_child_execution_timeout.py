@@ -1,4 +1,4 @@
-"""Lesson 07, exercise 2: a child that hangs fails, and its parent carries on.
+"""A child that hangs fails, and its parent carries on.
 
 Give `spawn_child` and `call` an `execution_timeout` parameter (seconds, None by
 default), the child's own execution timeout. The check calls a child that never

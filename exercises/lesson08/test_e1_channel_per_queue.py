@@ -1,4 +1,4 @@
-"""Lesson 08, exercise 1: a notification channel per queue.
+"""A notification channel per queue.
 
 Every worker hears of every enqueue on `<schema>.task_queued`, and drops those of
 other queues. Give each queue a channel of its own, `<schema>.task_queued.<queue>`,

@@ -1,4 +1,4 @@
-"""Lesson 08, exercise 2: a client's wait woken by a notification, not by its poll.
+"""A client's wait woken by a notification, not by its poll.
 
 `client.wait_for_task` reads the task every `poll_interval` until it has finished.
 Make a task's end notify `<schema>.task_finished` (payload: the task's id), and

@@ -1,4 +1,4 @@
-"""Lesson 09, exercise 1: `ctx.sleep_until(when)`, a sleep to a time of day.
+"""`ctx.sleep_until(when)`, a sleep to a time of day.
 
 "Send the reminder at 09:00" is a time, not a duration, and a duration computed from
 the clock in the durable function would change from one run to the next. Add

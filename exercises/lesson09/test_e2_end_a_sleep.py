@@ -1,4 +1,4 @@
-"""Lesson 09, exercise 2: cut a sleep short.
+"""Cut a sleep short.
 
 An operator wants a reminder flow that sleeps for an hour to go on now. Add
 `client.end_sleep(conn, task_id) -> bool`: it ends the sleep a suspended task is in,

@@ -1,4 +1,4 @@
-"""Lesson 10, exercise 1: a wait for an event that matches.
+"""A wait for an event that matches.
 
 A wait ends with the first event pushed for its key, whatever it says. Give
 `wait_for_event` a `matching` parameter (a JSON object, None by default): the wait

@@ -1,4 +1,4 @@
-"""Lesson 10, exercise 2: a wait for the first of several events.
+"""A wait for the first of several events.
 
 An order waits for its approval or its cancellation, whichever comes first. Add
 `ctx.wait_for_any_event(keys, *, timeout)`, which returns `(key, payload)`: the key

@@ -1,4 +1,4 @@
-"""Lesson 11, exercise 1: fork with another input.
+"""Fork with another input.
 
 A task that ran with a wrong input (a mistyped email address) can only be forked with
 the same one. Give the tool's `fork` an `--input JSON` option: the fork runs on that

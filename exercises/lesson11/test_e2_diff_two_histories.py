@@ -1,4 +1,4 @@
-"""Lesson 11, exercise 2: `history_tool diff A B`, where two runs part.
+"""`history_tool diff A B`, where two runs part.
 
 A fork's history is its source's up to the fork's event, and its own after it: where
 exactly did the fixed code take another path? Add a `diff A B` command that prints,
