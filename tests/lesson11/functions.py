@@ -143,16 +143,24 @@ def wait_for_ever(ctx: DurableContext, input: Any) -> Any:
 
 
 def wait_at_gate(input: dict[str, Any]) -> dict[str, Any]:
-    """A step that returns once the file `input["gate"]` exists (the test creates it)."""
+    """A step that says it has reached the gate (it creates the file `input["arrived"]`),
+    then returns once the file `input["gate"]` exists (the test creates it)."""
+    Path(input["arrived"]).touch()
     while not Path(input["gate"]).exists():
         time.sleep(0.02)
     return {"passed": input["gate"]}
 
 
+def arrival_file(gate: str, order_id: str) -> str:
+    """The file an order's gate step creates once it runs: the order is at the gate."""
+    return f"{gate}.{order_id}.arrived"
+
+
 def order_at_gate(ctx: DurableContext, order: dict[str, Any]) -> Any:
     """An order held, running, at the gate (a step), then charged and confirmed by
     the lesson's two children: what a worker is busy with when the database goes."""
-    ctx.run_step("wait_at_gate", wait_at_gate, {"gate": order["gate"]})
+    arrived = arrival_file(order["gate"], order["order_id"])
+    ctx.run_step("wait_at_gate", wait_at_gate, {"gate": order["gate"], "arrived": arrived})
     payment = ctx.call(
         "charge_payment",
         {"order_id": order["order_id"], "card": order["card"], "amount_cents": 4200},
