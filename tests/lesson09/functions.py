@@ -16,6 +16,7 @@ from lessons.lesson09_durable_sleep.engine.durable import (
     TaskSuspended,
 )
 from lessons.lesson09_durable_sleep.engine.worker import TaskFunction
+from tests.recording import wait_for_gate
 
 # The children of the functions below run on this queue.
 CHILDREN_QUEUE = "children"
@@ -31,6 +32,11 @@ ARM_FREEZE_AT = "TEST_ARM_FREEZE_AT"
 
 def echo(input: Any) -> Any:
     return input
+
+
+def hold_slot(input: dict[str, Any]) -> None:
+    """Occupy a slot of its worker until the test opens `input["gate"]`."""
+    wait_for_gate(input["gate"])
 
 
 def nap(ctx: DurableContext, input: dict[str, Any]) -> Any:
@@ -104,7 +110,7 @@ def swallow_the_suspension(ctx: DurableContext, input: dict[str, Any]) -> Any:
     return "slept"
 
 
-FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo}
+FUNCTIONS: dict[str, TaskFunction] = {**LESSON_FUNCTIONS, "echo": echo, "hold_slot": hold_slot}
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     **LESSON_DURABLE_FUNCTIONS,
