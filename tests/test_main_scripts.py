@@ -53,7 +53,12 @@ MAIN_SCRIPT_RUNS = [
     MainScriptRun("lessons/lesson08_listen_notify/main.py"),
     MainScriptRun("lessons/lesson09_durable_sleep/main.py"),
     MainScriptRun("lessons/lesson09_durable_sleep/main.py", arguments=("--panic",)),
+    MainScriptRun(
+        "lessons/lesson09_durable_sleep/main.py",
+        arguments=("--panic=finish_attempts:before_commit",),
+    ),
     MainScriptRun("lessons/lesson10_durable_events/main.py"),
+    MainScriptRun("lessons/lesson10_durable_events/main.py", arguments=("--panic",)),
     MainScriptRun(
         "lessons/lesson11_retries_replays_forks/main.py",
         # The counts the lesson is about, as main.py prints them.
@@ -62,6 +67,7 @@ MAIN_SCRIPT_RUNS = [
             "ok    after the replay: the order is charged twice, and a third email sent",
         ),
     ),
+    MainScriptRun("lessons/lesson11_retries_replays_forks/main.py", arguments=("--panic",)),
 ]
 
 

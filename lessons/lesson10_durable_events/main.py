@@ -4,7 +4,7 @@
 
 `process_order` now waits for a person to approve the order: an external
 event `approval:<order id>`, pushed with `push_event` (here, its command), for
-two seconds at most. Four orders wait at once, suspended. A-1 is approved, and
+APPROVAL_TIMEOUT (5 s) at most. Four orders wait at once, suspended. A-1 is approved, and
 then, too late, rejected: the first event wins. A-2 is rejected. Nobody
 decides about A-3, which times out. A-4's approval is pushed before the order
 waits for it: an event only ends the waits already open, so A-4 times out too.
