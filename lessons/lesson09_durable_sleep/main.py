@@ -30,6 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 # A Python without the course installed (`make install` puts it in .venv) would stop at
@@ -161,10 +162,15 @@ def print_timeline(samples: list[Sample]) -> None:
 
 
 def gaps_between_reminders(reminders: list[Reminder]) -> list[float]:
-    """Seconds between each reminder and the one before it in the same flow (database clock)."""
+    """Seconds between each reminder and the one before it in the same flow (database clock).
+    A reminder sent twice counts from its first sending."""
+    first_sent_at: dict[tuple[int, int], datetime] = {}
+    for reminder in reminders:
+        key = (reminder.task_id, reminder.number)
+        first_sent_at[key] = min(reminder.sent_at, first_sent_at.get(key, reminder.sent_at))
     sent_at = defaultdict(list)
-    for reminder in sorted(reminders, key=lambda r: (r.task_id, r.number)):
-        sent_at[reminder.task_id].append(reminder.sent_at)
+    for (task_id, _), at in sorted(first_sent_at.items()):
+        sent_at[task_id].append(at)
     return [
         (later - earlier).total_seconds()
         for times in sent_at.values()
@@ -212,9 +218,22 @@ def check_reminders(
         f"all {FLOWS} flows completed, {attempts}: a suspension costs no retry",
         f"{Counter((t.status, t.attempt) for t in tasks)}",
     )
+    # A step is at least once: one that A was running when it died, before its event
+    # was recorded, runs again on B. So a flow A was running may send one reminder twice;
+    # what a replay must never do is send again a reminder its history records.
+    sent_twice = Counter(task_id for (task_id, _), times in sent.items() if times > 1)
+    if retried:
+        sent_once = (
+            "every reminder was sent once, but for at most one per flow A was running when "
+            "it died (a step cut off before its event was recorded runs again)"
+        )
+    else:
+        sent_once = "every reminder was sent exactly once"
     checks.check(
-        len(sent) == FLOWS * REMINDERS_PER_FLOW and set(sent.values()) == {1},
-        "every reminder was sent exactly once: replays did not send the earlier ones again",
+        len(sent) == FLOWS * REMINDERS_PER_FLOW
+        and max(sent.values()) <= 2
+        and all(task_id in retried and times == 1 for task_id, times in sent_twice.items()),
+        f"{sent_once}: replays did not send the earlier ones again",
         f"{len(reminders)} reminders for {len(sent)} (flow, number) pairs",
     )
     if on_time:
