@@ -45,7 +45,9 @@ def database(lesson_database: Callable[..., LessonDatabase]) -> LessonDatabase:
 
 def test_a_retry_sees_the_times_the_first_attempt_saw(database: LessonDatabase) -> None:
     if not hasattr(DurableContext, "now"):
-        pytest.fail("lesson 06 has no `DurableContext.now` yet: see exercise 1 in its README")
+        pytest.fail(
+            "lesson 06 has no `DurableContext.now` yet: see exercise 1 in its README", pytrace=False
+        )
     SEEN.clear()
     before = time.time()
     with database.pool.connection() as conn:

@@ -93,7 +93,8 @@ def test_a_whole_float_is_the_same_call_as_its_int(database: LessonDatabase) -> 
     if task.status == TaskStatus.FAILED:
         pytest.fail(
             f"the retry that called weigh with 3.0 where attempt 1 had 3 failed: "
-            f"{(task.output or {}).get('error')}: see exercise 2 in lesson 06's README"
+            f"{(task.output or {}).get('error')}: see exercise 2 in lesson 06's README",
+            pytrace=False,
         )
     assert task.status == TaskStatus.COMPLETED and task.attempt == 2, (
         f"task {task.id}: {task.status} on attempt {task.attempt}: {task.output}"

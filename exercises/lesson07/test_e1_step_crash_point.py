@@ -84,7 +84,8 @@ def test_a_worker_killed_between_a_step_and_its_event_runs_the_step_again(
         if exit_code(first) is None:
             pytest.fail(
                 f"the worker completed the task instead of dying at {POINT}: lesson 07 has "
-                "no such crash point yet: see exercise 1 in its README"
+                "no such crash point yet: see exercise 1 in its README",
+                pytrace=False,
             )
         assert exit_code(first) == -9, f"the worker exited with {exit_code(first)}, not SIGKILL"
         assert runs_of(runs) == 1, "the worker should die after the step ran, once"

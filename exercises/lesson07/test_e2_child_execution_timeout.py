@@ -74,7 +74,8 @@ def test_a_hanging_child_times_out_and_its_parent_completes(
         if "execution_timeout" not in inspect.signature(method).parameters:
             pytest.fail(
                 f"lesson 07's DurableContext.{method.__name__} has no `execution_timeout` "
-                "parameter yet: see exercise 2 in its README"
+                "parameter yet: see exercise 2 in its README",
+                pytrace=False,
             )
     gate = tmp_path / "gate"
     with database.pool.connection() as conn:

@@ -89,6 +89,7 @@ def test_a_worker_wakes_up_on_its_queue_channel(database: LessonDatabase) -> Non
         except TimeoutError:
             pytest.fail(
                 f"the worker of queue mine did not wake up on {channel(database, 'mine')} "
-                "(see exercise 1 in lesson 08's README)"
+                "(see exercise 1 in lesson 08's README)",
+                pytrace=False,
             )
         assert task.status == TaskStatus.COMPLETED, task.output

@@ -112,7 +112,8 @@ def test_a_wait_returns_when_the_task_ends_not_at_its_next_poll(
                 f"wait_for_task had not returned {waited_for:.1f} s after the task was "
                 f"let finish, with poll_interval={FALLBACK_POLL:.0f}: it should wake when the "
                 "task's end is announced, not at its next poll (see exercise 2 in lesson "
-                "08's README)"
+                "08's README)",
+                pytrace=False,
             )
     [outcome] = waited
     if isinstance(outcome, BaseException):

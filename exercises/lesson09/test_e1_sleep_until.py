@@ -47,7 +47,8 @@ def database(lesson_database: Callable[..., LessonDatabase]) -> LessonDatabase:
 def run_until(database: LessonDatabase, until: datetime) -> int:
     if not hasattr(DurableContext, "sleep_until"):
         pytest.fail(
-            "lesson 09 has no `DurableContext.sleep_until` yet: see exercise 1 in its README"
+            "lesson 09 has no `DurableContext.sleep_until` yet: see exercise 1 in its README",
+            pytrace=False,
         )
     RUNS[0] = 0
     with database.pool.connection() as conn:

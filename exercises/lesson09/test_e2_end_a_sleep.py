@@ -54,7 +54,9 @@ def get_task(database: LessonDatabase, task_id: int) -> Task:
 def test_a_sleep_that_was_ended_is_over(database: LessonDatabase) -> None:
     end_sleep: Callable[..., bool] | None = getattr(client, "end_sleep", None)
     if end_sleep is None:
-        pytest.fail("lesson 09 has no `client.end_sleep` yet: see exercise 2 in its README")
+        pytest.fail(
+            "lesson 09 has no `client.end_sleep` yet: see exercise 2 in its README", pytrace=False
+        )
     RUNS[0] = 0
     with database.pool.connection() as conn:
         task_id = client.enqueue(conn, "remind_twice", None, durable=True)
@@ -82,7 +84,8 @@ def test_a_sleep_that_was_ended_is_over(database: LessonDatabase) -> None:
             if task.status == TaskStatus.SUSPENDED and RUNS[0] >= 2:
                 pytest.fail(
                     f"the task ran again, and went back to sleep until {task.wake_at}: "
-                    "its replay still finds the sleep's old wake-up time in the history"
+                    "its replay still finds the sleep's old wake-up time in the history",
+                    pytrace=False,
                 )
             return None
 

@@ -51,7 +51,8 @@ def test_an_event_that_does_not_match_leaves_the_wait_open(database: LessonDatab
     if "matching" not in inspect.signature(DurableContext.wait_for_event).parameters:
         pytest.fail(
             "lesson 10's wait_for_event has no `matching` parameter yet: "
-            "see exercise 1 in its README"
+            "see exercise 1 in its README",
+            pytrace=False,
         )
     with database.pool.connection() as conn:
         task_id = enqueue(conn, "wait_for_an_approval", None, durable=True)

@@ -61,7 +61,9 @@ def is_suspended(database: LessonDatabase, task_id: int) -> Callable[[], bool]:
 def test_the_first_event_of_any_key_ends_the_wait(database: LessonDatabase) -> None:
     if not hasattr(DurableContext, "wait_for_any_event"):
         pytest.fail(
-            "lesson 10 has no `DurableContext.wait_for_any_event` yet: see exercise 2 in its README"
+            "lesson 10 has no `DurableContext.wait_for_any_event` yet: "
+            "see exercise 2 in its README",
+            pytrace=False,
         )
     with database.pool.connection() as conn:
         cancelled = enqueue(conn, "approve_or_cancel", {"id": "A-1", "timeout": 60}, durable=True)

@@ -73,7 +73,8 @@ def test_a_fork_runs_on_the_input_it_was_given(database: LessonDatabase) -> None
         if result.returncode != 0:
             pytest.fail(
                 f"history_tool fork --input exited {result.returncode}: {result.stderr.strip()}"
-                " (see exercise 1 in lesson 11's README)"
+                " (see exercise 1 in lesson 11's README)",
+                pytrace=False,
             )
         with database.pool.connection() as conn:
             forks = wait_until(

@@ -96,7 +96,8 @@ def test_diff_says_where_a_fork_parts_from_its_source(
     if exit_code != 0:
         pytest.fail(
             f"history_tool diff exited {exit_code}: {err.strip()[-300:]} "
-            "(see exercise 2 in lesson 11's README)"
+            "(see exercise 2 in lesson 11's README)",
+            pytrace=False,
         )
     expected = {1: "same", 2: "other output", 3: "other call", 4: f"only in task {fork_id}"}
     assert verdicts(out) == expected, f"history_tool diff {source_id} {fork_id} printed:\n{out}"
