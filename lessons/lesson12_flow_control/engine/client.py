@@ -1,0 +1,277 @@
+"""Putting tasks on the queue, waiting for their results, and pushing external events;
+and the flow-control settings: a queue's concurrency limit, and rate limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.models import AtLimit, ConcurrencyLimit, RateLimit, Task
+from ..db.queries import Querier
+from .shared import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE, FINISHED_STATUSES, first_line, to_json
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    task_name: str,
+    input: Any,
+    *,
+    queue: str = DEFAULT_QUEUE,
+    display_name: str | None = None,
+    priority: int = 0,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    execution_timeout: float | None = None,
+    schedule_timeout: float | None = None,
+    durable: bool = False,
+    concurrency_key: str | None = None,
+    rate_limit: str | None = None,
+    rate_units: int = 1,
+) -> int:
+    """Add a task to `queue` and return its id.
+
+    It takes a connection, not a pool, so that a caller can enqueue inside its
+    own transaction: the task then exists if and only if that transaction commits.
+    An input that is not JSON is refused here, before anything is written.
+
+    - `priority`: higher runs first; equal priorities run in enqueueing order.
+    - `max_retries`: how many times a failed attempt is tried again.
+    - `execution_timeout`: seconds an attempt may run before it is failed.
+    - `schedule_timeout`: seconds the task may wait for its first start before
+      it is failed without running.
+    - `durable`: run it with a durable function, which keeps a history.
+    - `concurrency_key`: the tenant, user or account the task belongs to; the
+      queue's concurrency limit (`set_concurrency_limit`) applies per key. With
+      `cancel_newest` or `cancel_in_progress`, the key's row stays locked until
+      the caller's transaction ends: keep that transaction short.
+    - `rate_limit`, `rate_units`: the task starts only when the rate limit
+      (`set_rate_limit`) has `rate_units` units left in its window.
+
+    A task the queue's limit rejects at once (`cancel_newest`, its key full) is
+    still created, failed with ConcurrencyLimitReached, so that its id says
+    what happened to it.
+    """
+    if max_retries < 0:
+        raise ValueError(f"max_retries cannot be negative, not {max_retries}")
+    for name, seconds in (("execution", execution_timeout), ("schedule", schedule_timeout)):
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"the {name} timeout must be positive, not {seconds}")
+    to_json(input, f"the input of {task_name}")
+    queries = Querier(conn)
+    if rate_limit is not None:
+        check_rate_units(queries, rate_limit, rate_units)
+    with conn.transaction():
+        if concurrency_key is not None:
+            apply_limit_strategy(queries, queue, concurrency_key)
+        task = create_task(
+            queries,
+            queue=queue,
+            task_name=task_name,
+            display_name=display_name or task_name,
+            input=input,
+            priority=priority,
+            max_retries=max_retries,
+            execution_timeout=execution_timeout,
+            schedule_timeout=schedule_timeout,
+            durable=durable,
+            concurrency_key=concurrency_key,
+            rate_limit=rate_limit,
+            rate_units=rate_units if rate_limit is not None else None,
+        )
+    return task.id
+
+
+def check_rate_units(queries: Querier, rate_limit: str, rate_units: int) -> None:
+    """Refuse a task that names no rate limit there is, or that could never start."""
+    limit = queries.get_rate_limit(name=rate_limit)
+    if limit is None:
+        raise ValueError(f"there is no rate limit {rate_limit!r}: set it with set_rate_limit")
+    if not 0 < rate_units <= limit.units:
+        raise ValueError(
+            f"a task takes 1 to {limit.units} units of rate limit {rate_limit!r}, not {rate_units}"
+        )
+
+
+def apply_limit_strategy(queries: Querier, queue: str, concurrency_key: str) -> None:
+    """Before a keyed task is created: refuse a queue with no limit, and for the
+    cancelling strategies lock the key and cancel what must be cancelled."""
+    limit = queries.get_concurrency_limit(queue=queue)
+    if limit is None:
+        raise ValueError(
+            f"queue {queue!r} has no concurrency limit: set one with set_concurrency_limit "
+            "before enqueueing tasks with a concurrency key"
+        )
+    if limit.at_limit == AtLimit.WAIT:
+        return
+    # The key's tasks are counted (cancel_newest) or cancelled
+    # (cancel_in_progress) under its lock, so two enqueues of the key at once
+    # take their turns and the second sees the first's task.
+    queries.lock_concurrency_key(queue=queue, key=concurrency_key)
+    if limit.at_limit == AtLimit.CANCEL_IN_PROGRESS:
+        queries.supersede_queued_tasks(queue=queue, key=concurrency_key, keep=limit.max_per_key - 1)
+
+
+def create_task(
+    queries: Querier,
+    *,
+    queue: str,
+    task_name: str,
+    display_name: str,
+    input: Any,
+    priority: int,
+    max_retries: int,
+    execution_timeout: float | None,
+    schedule_timeout: float | None,
+    durable: bool,
+    concurrency_key: str | None,
+    rate_limit: str | None,
+    rate_units: int | None,
+) -> Task:
+    try:
+        task = queries.create_task(
+            queue=queue,
+            task_name=task_name,
+            display_name=display_name or task_name,
+            input_=input,
+            priority=priority,
+            max_retries=max_retries,
+            execution_timeout_seconds=execution_timeout,
+            schedule_timeout_seconds=schedule_timeout,
+            durable=durable,
+            parent_id=None,  # only a durable task's context spawns children
+            concurrency_key=concurrency_key,
+            rate_limit=rate_limit,
+            rate_units=rate_units,
+        )
+    except psycopg.DataError as error:
+        # JSON that jsonb still refuses: a string holding U+0000.
+        raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
+    if task is None:  # the queue's limit was removed since apply_limit_strategy looked
+        raise ValueError(f"queue {queue!r} has no concurrency limit any more")
+    return task
+
+
+def set_concurrency_limit(
+    conn: psycopg.Connection[Any],
+    queue: str,
+    max_per_key: int,
+    *,
+    at_limit: AtLimit = AtLimit.WAIT,
+    hold_while_suspended: bool = False,
+) -> ConcurrencyLimit:
+    """At most `max_per_key` tasks of `queue` with the same concurrency key run at once.
+
+    `at_limit` says what happens to a task enqueued while its key is full (wait,
+    cancel_newest, cancel_in_progress), and `hold_while_suspended` whether a
+    suspended durable task keeps its slot (see schema.sql). A change applies to
+    the tasks enqueued after it; a lower limit stops no running task.
+    """
+    if max_per_key <= 0:
+        raise ValueError(f"max_per_key must be positive, not {max_per_key}")
+    limit = Querier(conn).set_concurrency_limit(
+        queue=queue,
+        max_per_key=max_per_key,
+        at_limit=at_limit,
+        hold_while_suspended=hold_while_suspended,
+    )
+    if limit is None:  # INSERT ... RETURNING always returns the row
+        raise RuntimeError(f"setting the concurrency limit of {queue} returned no row")
+    return limit
+
+
+def set_rate_limit(
+    conn: psycopg.Connection[Any], name: str, units: int, per_seconds: float
+) -> RateLimit:
+    """A rate limit: at most `units` units granted in any window of `per_seconds`."""
+    if units <= 0 or per_seconds <= 0:
+        raise ValueError(
+            f"a rate limit needs positive units and duration, not {units} per {per_seconds} s"
+        )
+    limit = Querier(conn).set_rate_limit(name=name, units=units, per_seconds=per_seconds)
+    if limit is None:  # INSERT ... RETURNING always returns the row
+        raise RuntimeError(f"setting rate limit {name} returned no row")
+    return limit
+
+
+def wait_for_task(
+    pool: ConnectionPool, task_id: int, *, timeout: float = 10.0, poll_interval: float = 0.05
+) -> Task:
+    """Poll until the task is completed or failed, and return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with pool.connection() as conn:
+            task = Querier(conn).get_task(id=task_id)
+        if task is None:
+            raise LookupError(f"there is no task {task_id}")
+        if task.status in FINISHED_STATUSES:
+            return task
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task_id} is still {task.status} after {timeout} s")
+        time.sleep(poll_interval)
+
+
+@dataclass(frozen=True)
+class PushedEvent:
+    """An external event, once pushed: its id, and the tasks whose waits it ended.
+
+    `repeated`: an earlier push with the same idempotency key made this event,
+    and this push changed nothing (it woke nobody).
+    """
+
+    id: int
+    woke_task_ids: list[int]
+    repeated: bool
+
+
+def push_event(
+    conn: psycopg.Connection[Any], key: str, payload: Any, *, idempotency_key: str | None = None
+) -> PushedEvent:
+    """Push an external event: it ends the waits for `key` that are open now.
+
+    A wait is open from the moment its task recorded it (`ctx.wait_for_event`)
+    until an event ends it or its deadline passes. So an event ends the waits
+    for its key recorded before it was pushed, and only those; a wait that
+    begins later does not see it. A wait already ended by another event keeps
+    that one: the first event wins. The event is kept either way, in
+    `external_events`.
+
+    A client that may push the same event twice (it retries when it gets no
+    reply, as webhooks do) names each push with an `idempotency_key` of its
+    own: a push that repeats an earlier one's key is that event again. It
+    returns the same event, `repeated`, and ends no wait, not even one opened
+    since. A repeat must carry the same key and payload, or it is refused
+    (`ValueError`). A key is taken only once the push that gave it commits: a
+    second push with it waits until then.
+
+    The event, the ends of the waits and the wake-ups of their tasks are one
+    transaction (a savepoint, if `conn` is in one of its own).
+
+    Unlike the engine's, this transaction has no limits (see
+    `transactions.py`): it is the caller's, on the caller's connection. Behind
+    a worker frozen with a wait's row locked, it waits until the server ends
+    that worker's transaction, within half the worker's inactivity threshold.
+    """
+    to_json(payload, f"the payload of event {key}")
+    with conn.transaction():
+        queries = Querier(conn)
+        try:
+            event = queries.push_event(key=key, payload=payload, idempotency_key=idempotency_key)
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise ValueError(
+                f"the payload of event {key} cannot be stored: {first_line(error)}"
+            ) from error
+        if event is None:  # only a repeat of another event returns no row
+            raise ValueError(
+                f"idempotency key {idempotency_key} was pushed before with another key "
+                "or payload: a retry must push the same event"
+            )
+        if event.pushes > 1:  # an earlier push made it, and delivered it
+            return PushedEvent(id=event.id, woke_task_ids=[], repeated=True)
+        waiting = sorted(set(queries.deliver_event(external_event_id=event.id, key=key)))
+        if waiting:
+            queries.wake_tasks(ids=waiting)
+    return PushedEvent(id=event.id, woke_task_ids=waiting, repeated=False)

@@ -1,0 +1,157 @@
+"""The poller: a thread that claims tasks for the free slots and hands them on.
+
+A task is claimed by one `UPDATE ... RETURNING` statement that marks it
+running, so no two workers ever get the same task. The claim's LIMIT is the
+number of free slots, so a task is never claimed only to wait in this process
+while another worker sits idle. And it claims only tasks whose function this
+worker has (a durable function for a durable task, a plain one for a plain
+task): a task no worker can run waits on the queue for one that can (a new
+kind of task during a rolling deploy) instead of failing.
+
+The poller claims when told there may be work (`wake()`: the listener heard a
+notification, or has just reconnected), or when `poll_interval` has passed
+without one: polling stays as the fallback for notifications that never
+arrive. A suspended task due to wake up is not new work, and nobody announces
+it, so an idle poller waits no longer than the next wake-up time it can see.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.models import Task
+from ..db.queries import Querier
+from .slots import Slots
+
+log = logging.getLogger(__name__)
+
+# How many keys a claim's walk visits at most, when most keys are full: the
+# bound on what one claim costs (one index probe per key visited).
+KEYS_VISITED_PER_CLAIM = 200
+
+
+def last_key_served(after_key: str, tasks: list[Task]) -> str:
+    """The key a claim's walk, which started after `after_key`, served last.
+
+    The walk visits the keys after `after_key` in order, then goes round to
+    the first: the last key it served is the greatest it served at or before
+    `after_key` if it went round, else the greatest it served.
+    """
+    keys = {task.concurrency_key for task in tasks if task.concurrency_key is not None}
+    if not keys:
+        return after_key
+    went_round = [key for key in keys if key <= after_key]
+    return max(went_round) if went_round else max(keys)
+
+
+class Poller:
+    """Claims tasks of one queue, one slot each, and passes each to `start_task`."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        queue: str,
+        poll_interval: float,
+        slots: Slots,
+        task_names: Callable[[], list[str]],
+        durable_task_names: Callable[[], list[str]],
+        start_task: Callable[[Task], None],
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.queue = queue
+        # How long to wait before asking again when the queue was empty, unless
+        # a notification, or the next wake-up time, comes first. Only a fallback.
+        self.poll_interval = poll_interval
+        self.slots = slots
+        # The names of the plain and of the durable tasks this worker can run,
+        # asked before every claim.
+        self.task_names = task_names
+        self.durable_task_names = durable_task_names
+        # Runs a claimed task, whose slot is already taken, and gives the slot back.
+        self.start_task = start_task
+        self._stopping = threading.Event()
+        # Set when there may be new work: by wake(), and by stop(). The loop
+        # waits on it, for poll_interval at most.
+        self._work_may_be_waiting = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"poller-{queue}", daemon=True)
+        # Where the next claim's walk over the keys starts: after the last key
+        # this worker's claims served. The keys take their turns per worker; a
+        # new worker starts from the first key.
+        self._last_key_served = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """There may be new work: claim now, without waiting for the next poll."""
+        self._work_may_be_waiting.set()
+
+    def stop(self) -> None:
+        """Claim nothing more. Tasks already handed on go on running."""
+        self._stopping.set()
+        self._work_may_be_waiting.set()  # the loop may be waiting for work
+        self.slots.close()  # or for a free slot
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            free_slots = self.slots.wait_for_free()
+            if free_slots == 0:
+                break  # stopping
+            # Cleared *before* the claim: a notification that arrives while the
+            # claim runs sets it again, and the wait below returns at once. Clear
+            # it after the claim, and that notification would be lost.
+            self._work_may_be_waiting.clear()
+            try:
+                tasks = self.claim_tasks(free_slots)
+            except psycopg.Error:
+                # The database may be restarting; try again at the next poll.
+                log.exception("could not claim tasks from queue %r", self.queue)
+                tasks = []
+            for task in tasks:
+                self.slots.take()
+                self.start_task(task)
+            if not tasks and not self._stopping.is_set():
+                # Nothing to do: wait for a notification, or until the next
+                # wake-up time, or poll_interval at most. (stop() sets the flag
+                # after _stopping, so if it came after the clear() above, this
+                # wait returns at once.)
+                self._work_may_be_waiting.wait(self._time_until_next_poll())
+
+    def _time_until_next_poll(self) -> float:
+        """The poll interval, or less when a suspended task of this queue is due sooner."""
+        try:
+            with self.pool.connection() as conn:
+                seconds = Querier(conn).seconds_until_next_wake_up(
+                    queue=self.queue, max_seconds=self.poll_interval
+                )
+        except psycopg.Error:
+            return self.poll_interval  # the database may be restarting
+        return seconds if seconds is not None else self.poll_interval
+
+    def claim_tasks(self, max_tasks: int) -> list[Task]:
+        with self.pool.connection() as conn:
+            tasks = Querier(conn).claim_tasks(
+                worker_id=self.worker_id,
+                queue=self.queue,
+                task_names=self.task_names(),
+                durable_task_names=self.durable_task_names(),
+                max_tasks=max_tasks,
+                after_key=self._last_key_served,
+                # Enough open keys to fill every free slot; and a bound on the
+                # walk when most keys are full.
+                max_keys=max_tasks,
+                max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
+            )
+        self._last_key_served = last_key_served(self._last_key_served, tasks)
+        if tasks:
+            log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
+        return tasks
