@@ -417,12 +417,28 @@ RETURNING tasks.id, tasks.queue;
 -- How long until the next suspended task of this queue is due, on the
 -- database's clock: 0 when one is due already, and at most max_seconds (also
 -- when none waits for a time: least() ignores NULL).
+--
+-- A task that is due but needs a slot of a full key is not counted: the claim
+-- could not take it, and a poller told "0 s" would ask again at once, for as
+-- long as the key stays full. The slot's release notifies the queue instead
+-- (see count_key_slots in schema.sql).
 SELECT greatest(0, least(
     sqlc.arg(max_seconds)::double precision,
-    extract(epoch FROM min(wake_at) - now())::double precision
+    extract(epoch FROM min(suspended.wake_at) - now())::double precision
 ))::double precision AS seconds
-FROM tasks
-WHERE queue = sqlc.arg(queue) AND status = 'suspended';
+FROM tasks AS suspended
+WHERE suspended.queue = sqlc.arg(queue) AND suspended.status = 'suspended'
+  AND NOT (
+      suspended.wake_at <= now()
+      AND suspended.concurrency_key IS NOT NULL AND NOT suspended.hold_while_suspended
+      AND EXISTS (
+          SELECT 1
+          FROM concurrency_keys AS keys
+          JOIN concurrency_limits AS limits ON limits.queue = keys.queue
+          WHERE keys.queue = suspended.queue AND keys.key = suspended.concurrency_key
+            AND keys.running >= limits.max_per_key
+      )
+  );
 
 -- name: GetTask :one
 SELECT * FROM tasks
