@@ -124,6 +124,46 @@ SELECT name, units, per, granted_at FROM rate_limits
 WHERE name = $1
 """
 
+LIST_CONCURRENCY_KEYS = """-- name: ListConcurrencyKeys :many
+SELECT
+    keys.queue, keys.key, keys.running, limits.max_per_key,
+    (SELECT count(*) FROM tasks
+     WHERE tasks.queue = keys.queue AND tasks.concurrency_key = keys.key
+       AND tasks.status = 'queued')::bigint AS queued
+FROM concurrency_keys AS keys
+JOIN concurrency_limits AS limits ON limits.queue = keys.queue
+ORDER BY keys.running DESC, queued DESC, keys.queue, keys.key
+LIMIT $1
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListConcurrencyKeysRow:
+    queue: str
+    key: str
+    running: int
+    max_per_key: int
+    queued: int
+
+
+LIST_RATE_LIMIT_WINDOWS = """-- name: ListRateLimitWindows :many
+SELECT
+    name, units, extract(epoch FROM per)::double precision AS per_seconds,
+    (units - (SELECT count(*) FROM unnest(granted_at) AS grant_time
+              WHERE grant_time > now() - per))::integer AS units_left
+FROM rate_limits
+ORDER BY name
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListRateLimitWindowsRow:
+    name: str
+    units: int
+    per_seconds: float
+    units_left: int
+
+
 CLAIM_TASKS = """-- name: ClaimTasks :many
 WITH to_resume AS (
     SELECT suspended.id, suspended.priority, suspended.concurrency_key,
@@ -970,6 +1010,22 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _rate_limit_from_row(row)
 
+    def list_concurrency_keys(self, *, max_keys: int) -> list[ListConcurrencyKeysRow]:
+        """Each key of each queue with a limit: its slots taken and its tasks waiting,
+        for history_tool flow. The busiest keys first.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_CONCURRENCY_KEYS, (max_keys,))
+            return [_list_concurrency_keys_row_from_row(row) for row in cur.fetchall()]
+
+    def list_rate_limit_windows(self) -> list[ListRateLimitWindowsRow]:
+        """Each rate limit with the units its window has left now, for history_tool
+        flow. Read without a lock: a claim may be granting units at this moment.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_RATE_LIMIT_WINDOWS)
+            return [_list_rate_limit_windows_row_from_row(row) for row in cur.fetchall()]
+
     def claim_tasks(
         self,
         *,
@@ -1581,6 +1637,25 @@ def _rate_limit_from_row(row: tuple[Any, ...]) -> models.RateLimit:
         units=row[1],
         per=row[2],
         granted_at=row[3],
+    )
+
+
+def _list_concurrency_keys_row_from_row(row: tuple[Any, ...]) -> ListConcurrencyKeysRow:
+    return ListConcurrencyKeysRow(
+        queue=row[0],
+        key=row[1],
+        running=row[2],
+        max_per_key=row[3],
+        queued=row[4],
+    )
+
+
+def _list_rate_limit_windows_row_from_row(row: tuple[Any, ...]) -> ListRateLimitWindowsRow:
+    return ListRateLimitWindowsRow(
+        name=row[0],
+        units=row[1],
+        per_seconds=row[2],
+        units_left=row[3],
     )
 
 

@@ -123,6 +123,29 @@ RETURNING *;
 SELECT * FROM rate_limits
 WHERE name = sqlc.arg(name);
 
+-- name: ListConcurrencyKeys :many
+-- Each key of each queue with a limit: its slots taken and its tasks waiting,
+-- for history_tool flow. The busiest keys first.
+SELECT
+    keys.queue, keys.key, keys.running, limits.max_per_key,
+    (SELECT count(*) FROM tasks
+     WHERE tasks.queue = keys.queue AND tasks.concurrency_key = keys.key
+       AND tasks.status = 'queued')::bigint AS queued
+FROM concurrency_keys AS keys
+JOIN concurrency_limits AS limits ON limits.queue = keys.queue
+ORDER BY keys.running DESC, queued DESC, keys.queue, keys.key
+LIMIT sqlc.arg(max_keys);
+
+-- name: ListRateLimitWindows :many
+-- Each rate limit with the units its window has left now, for history_tool
+-- flow. Read without a lock: a claim may be granting units at this moment.
+SELECT
+    name, units, extract(epoch FROM per)::double precision AS per_seconds,
+    (units - (SELECT count(*) FROM unnest(granted_at) AS grant_time
+              WHERE grant_time > now() - per))::integer AS units_left
+FROM rate_limits
+ORDER BY name;
+
 -- name: ClaimTasks :many
 -- Take up to max_tasks tasks and run each on this worker, in one statement.
 -- Three kinds of task can be taken:

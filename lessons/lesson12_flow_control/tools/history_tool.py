@@ -5,10 +5,13 @@
     python -m lessons.lesson12_flow_control.tools.history_tool tree 1
     python -m lessons.lesson12_flow_control.tools.history_tool fork 1 --at 2
     python -m lessons.lesson12_flow_control.tools.history_tool replay 1
+    python -m lessons.lesson12_flow_control.tools.history_tool flow
 
 `list` shows the newest tasks; `history` a task's event log; `tree` a task with
 its children and its forks (and theirs); `replay` and `fork` run a finished
-durable task again (see engine/reruns.py). The database is found like everywhere in
+durable task again (see engine/reruns.py); `flow` shows what holds tasks back:
+each concurrency key's slots taken and tasks waiting, and each rate limit's
+units left. The database is found like everywhere in
 the course (DATABASE_URL, else the embedded server), and `--schema` says which
 schema holds the tables: this lesson's unless told otherwise.
 
@@ -94,6 +97,10 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit", type=positive, default=DEFAULT_LIST_LENGTH, metavar="N", help="how many"
     )
+    flow = commands.add_parser("flow", help="concurrency keys and rate limits: what is taken")
+    flow.add_argument(
+        "--limit", type=positive, default=DEFAULT_LIST_LENGTH, metavar="N", help="how many keys"
+    )
     for command, about in (
         ("history", "a task's event log"),
         ("tree", "a task, its children and its forks"),
@@ -133,6 +140,8 @@ def run_command(conn: psycopg.Connection[Any], options: argparse.Namespace) -> l
             return replay_lines(conn, options.task)
         case "fork":
             return fork_lines(conn, options.task, options.at)
+        case "flow":
+            return flow_lines(queries, options.limit)
     raise AssertionError(f"unknown command {options.command}")  # argparse refuses it first
 
 
@@ -246,6 +255,30 @@ def fork_lines(conn: psycopg.Connection[Any], task_id: int, at_event: int) -> li
         f"{at_event}, queued on {forked.queue}.",
         start + (f"; it reuses child {tasks(reused)}." if reused else "."),
     ]
+
+
+def flow_lines(queries: Querier, max_keys: int) -> list[str]:
+    keys = queries.list_concurrency_keys(max_keys=max_keys)
+    lines = ["concurrency keys (busiest first):"]
+    if keys:
+        rows = [["queue", "key", "running", "limit", "queued"]] + [
+            [key.queue, key.key, str(key.running), str(key.max_per_key), str(key.queued)]
+            for key in keys
+        ]
+        lines += table(rows, right_aligned={2, 3, 4})
+    else:
+        lines.append("  none")
+    limits = queries.list_rate_limit_windows()
+    lines.append("rate limits:")
+    if limits:
+        rows = [["name", "units", "per", "left now"]] + [
+            [limit.name, str(limit.units), duration(limit.per_seconds), str(limit.units_left)]
+            for limit in limits
+        ]
+        lines += table(rows, right_aligned={1, 2, 3})
+    else:
+        lines.append("  none")
+    return lines
 
 
 def existing_task(queries: Querier, task_id: int) -> Task:
