@@ -53,8 +53,6 @@ def test_flow_shows_slots_taken_tasks_waiting_and_units_left(
             task_names=["work", "charge"],
             durable_task_names=[],
             max_tasks=10,
-            after_key="",
-            max_keys=10,
             max_keys_visited=10,
         )
     # noisy: 2 of 5 (its limit), quiet: 1 of 1, charges: 3 of 3 (6 units of 10).

@@ -152,3 +152,4 @@ class Worker:
     lease_seconds: float
     lease_expires_at: datetime.datetime
     stopped_at: datetime.datetime | None
+    key_walk_after: str

@@ -165,17 +165,35 @@ class ListRateLimitWindowsRow:
 
 
 CLAIM_TASKS = """-- name: ClaimTasks :many
-WITH to_resume AS (
+WITH walk AS (
+    SELECT keys_to_visit(
+        $2, workers.key_walk_after,
+        $3::text[], $4::text[],
+        $5::integer, $6::integer
+    ) AS keys
+    FROM workers
+    WHERE workers.id = $1::bigint
+),
+visited AS (
+    SELECT visit.key, visit.turn_order
+    FROM walk, unnest(walk.keys) WITH ORDINALITY AS visit (key, turn_order)
+),
+walk_stopped AS (
+    UPDATE workers
+    SET key_walk_after = walk.keys[cardinality(walk.keys)]
+    FROM walk
+    WHERE workers.id = $1::bigint AND cardinality(walk.keys) > 0
+),
+to_resume AS (
     SELECT suspended.id, suspended.priority, suspended.concurrency_key,
-        suspended.rate_limit, suspended.rate_units,
         suspended.concurrency_key IS NOT NULL AND NOT suspended.hold_while_suspended
             AS needs_slot
     FROM tasks AS suspended
     WHERE suspended.queue = $2 AND suspended.status = 'suspended'
       AND suspended.wake_at <= now()
       AND suspended.task_name = ANY(CASE
-          WHEN suspended.durable THEN $3::text[]
-          ELSE $4::text[]
+          WHEN suspended.durable THEN $4::text[]
+          ELSE $3::text[]
       END)
     ORDER BY suspended.wake_at
     LIMIT $5
@@ -186,14 +204,9 @@ open_keys AS (
     FROM (
         SELECT visit.key, min(visit.turn_order) AS turn_order
         FROM (
-            -- The keys this claim's turn visits (see keys_to_visit in schema.sql),
-            SELECT walked.key, walked.turn_order
-            FROM unnest(keys_to_visit(
-                $2, $6, $7,
-                $8
-            )) WITH ORDINALITY AS walked (key, turn_order)
+            SELECT key, turn_order FROM visited WHERE key <> ''
             UNION ALL
-            -- and the keys of the resumes that need a slot.
+            -- The keys of the resumes that need a slot come first.
             SELECT concurrency_key, 0 FROM to_resume WHERE needs_slot
         ) AS visit
         GROUP BY visit.key
@@ -203,20 +216,66 @@ open_keys AS (
     WHERE keys.running < limits.max_per_key
     FOR UPDATE OF keys SKIP LOCKED
 ),
+locked_rate_limits AS (
+    SELECT limits.name, limits.units, limits.per, limits.granted_at
+    FROM rate_limits AS limits
+    WHERE EXISTS (
+        SELECT 1 FROM tasks AS limited
+        WHERE limited.queue = $2 AND limited.status = 'queued'
+          AND limited.rate_limit = limits.name
+    )
+    FOR UPDATE SKIP LOCKED
+),
+rate_windows AS (
+    SELECT locked.name, clock.granted_now, recent.granted_at AS recent_grants,
+        locked.units - cardinality(recent.granted_at) AS units_left
+    FROM locked_rate_limits AS locked
+    CROSS JOIN LATERAL (
+        SELECT greatest(clock_timestamp(), locked.granted_at[cardinality(locked.granted_at)])
+            AS granted_now
+    ) AS clock
+    CROSS JOIN LATERAL (
+        SELECT ARRAY(
+            SELECT grant_time FROM unnest(locked.granted_at) AS grant_time
+            WHERE grant_time > clock.granted_now - locked.per
+            ORDER BY grant_time
+        ) AS granted_at
+    ) AS recent
+),
 keyless_to_start AS (
     SELECT queued.id, queued.priority, queued.rate_limit, queued.rate_units
     FROM tasks AS queued
     WHERE queued.queue = $2 AND queued.status = 'queued'
-      AND queued.concurrency_key IS NULL
+      AND queued.concurrency_key IS NULL AND queued.rate_limit IS NULL
+      AND EXISTS (SELECT 1 FROM visited WHERE key = '')
       AND queued.task_name = ANY(CASE
-          WHEN queued.durable THEN $3::text[]
-          ELSE $4::text[]
+          WHEN queued.durable THEN $4::text[]
+          ELSE $3::text[]
       END)
       -- Too late to start: the schedule-timeout sweep will fail it.
       AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
     ORDER BY queued.priority DESC, queued.id
     LIMIT $5
     FOR UPDATE SKIP LOCKED
+),
+keyless_rate_limited_to_start AS (
+    SELECT queued.id, queued.priority, queued.rate_limit, queued.rate_units
+    FROM rate_windows
+    CROSS JOIN LATERAL (
+        SELECT candidate.id, candidate.priority, candidate.rate_limit, candidate.rate_units
+        FROM tasks AS candidate
+        WHERE candidate.queue = $2 AND candidate.status = 'queued'
+          AND candidate.rate_limit = rate_windows.name AND candidate.concurrency_key IS NULL
+          AND EXISTS (SELECT 1 FROM visited WHERE key = '')
+          AND candidate.task_name = ANY(CASE
+              WHEN candidate.durable THEN $4::text[]
+              ELSE $3::text[]
+          END)
+          AND (candidate.schedule_deadline IS NULL OR candidate.schedule_deadline > now())
+        ORDER BY candidate.priority DESC, candidate.id
+        LIMIT least(greatest(rate_windows.units_left, 0), $5::integer)
+        FOR UPDATE SKIP LOCKED
+    ) AS queued
 ),
 keyed_to_start AS (
     SELECT queued.id, queued.priority, queued.concurrency_key, queued.rate_limit,
@@ -228,9 +287,11 @@ keyed_to_start AS (
         FROM tasks AS candidate
         WHERE candidate.queue = $2 AND candidate.status = 'queued'
           AND candidate.concurrency_key = open_keys.key
+          AND (candidate.rate_limit IS NULL
+               OR candidate.rate_limit IN (SELECT name FROM rate_windows WHERE units_left > 0))
           AND candidate.task_name = ANY(CASE
-              WHEN candidate.durable THEN $3::text[]
-              ELSE $4::text[]
+              WHEN candidate.durable THEN $4::text[]
+              ELSE $3::text[]
           END)
           AND (candidate.schedule_deadline IS NULL OR candidate.schedule_deadline > now())
         ORDER BY candidate.priority DESC, candidate.id
@@ -247,58 +308,39 @@ in_turns AS (
         SELECT id, priority, NULL::text AS concurrency_key, rate_limit, rate_units, false AS resume
         FROM keyless_to_start
         UNION ALL
+        SELECT id, priority, NULL::text, rate_limit, rate_units, false
+        FROM keyless_rate_limited_to_start
+        UNION ALL
         SELECT id, priority, concurrency_key, rate_limit, rate_units, false
         FROM keyed_to_start
         UNION ALL
-        SELECT id, priority, concurrency_key, rate_limit, rate_units, true
+        SELECT id, priority, concurrency_key, NULL::text, NULL::integer, true
         FROM to_resume WHERE needs_slot
     ) AS c
     UNION ALL
-    SELECT id, priority, concurrency_key, rate_limit, rate_units, true, 0
+    SELECT id, priority, concurrency_key, NULL::text, NULL::integer, true, 0
     FROM to_resume WHERE NOT needs_slot
 ),
 within_key_limits AS (
-    SELECT in_turns.id, in_turns.priority, in_turns.concurrency_key, in_turns.rate_limit, in_turns.rate_units, in_turns.resume, in_turns.turn, coalesce(open_keys.turn_order, 0) AS turn_order
+    SELECT in_turns.id, in_turns.priority, in_turns.concurrency_key, in_turns.rate_limit, in_turns.rate_units, in_turns.resume, in_turns.turn, coalesce(open_keys.turn_order, lane.turn_order, 0) AS turn_order
     FROM in_turns
     LEFT JOIN open_keys ON open_keys.key = in_turns.concurrency_key
+    LEFT JOIN visited AS lane ON lane.key = '' AND in_turns.concurrency_key IS NULL
     WHERE in_turns.turn = 0
        OR in_turns.concurrency_key IS NULL
        OR in_turns.turn <= open_keys.free_slots
 ),
-locked_rate_limits AS (
-    SELECT name, units, per, granted_at
-    FROM rate_limits
-    WHERE name IN (SELECT rate_limit FROM within_key_limits WHERE NOT resume)
-    FOR UPDATE SKIP LOCKED
-),
-rate_windows AS (
-    SELECT locked.name, clock.granted_now,
-        recent.granted_at AS recent_grants,
-        locked.units - cardinality(recent.granted_at) AS units_left
-    FROM locked_rate_limits AS locked
-    CROSS JOIN LATERAL (
-        SELECT greatest(clock_timestamp(), locked.granted_at[cardinality(locked.granted_at)])
-            AS granted_now
-    ) AS clock
-    CROSS JOIN LATERAL (
-        SELECT ARRAY(
-            SELECT grant_time FROM unnest(locked.granted_at) AS grant_time
-            WHERE grant_time > clock.granted_now - locked.per
-            ORDER BY grant_time
-        ) AS granted_at
-    ) AS recent
-),
 within_rate_limits AS (
     SELECT w.id, w.priority, w.concurrency_key, w.rate_limit, w.rate_units, w.resume, w.turn, w.turn_order, w.units_so_far, rate_windows.granted_now
     FROM (
-        SELECT within_key_limits.id, within_key_limits.priority, within_key_limits.concurrency_key, within_key_limits.rate_limit, within_key_limits.rate_units, within_key_limits.resume, within_key_limits.turn, within_key_limits.turn_order, sum(CASE WHEN resume THEN 0 ELSE rate_units END) OVER (
+        SELECT within_key_limits.id, within_key_limits.priority, within_key_limits.concurrency_key, within_key_limits.rate_limit, within_key_limits.rate_units, within_key_limits.resume, within_key_limits.turn, within_key_limits.turn_order, sum(rate_units) OVER (
                 PARTITION BY rate_limit
                 ORDER BY turn, turn_order, priority DESC, id
             ) AS units_so_far
         FROM within_key_limits
     ) AS w
     LEFT JOIN rate_windows ON rate_windows.name = w.rate_limit
-    WHERE w.rate_limit IS NULL OR w.resume OR w.units_so_far <= rate_windows.units_left
+    WHERE w.rate_limit IS NULL OR w.units_so_far <= rate_windows.units_left
 ),
 chosen AS (
     SELECT id, rate_limit, rate_units, resume, granted_now
@@ -314,7 +356,7 @@ grants AS (
     JOIN (
         SELECT rate_limit, sum(rate_units)::integer AS units
         FROM chosen
-        WHERE NOT resume AND rate_limit IS NOT NULL
+        WHERE rate_limit IS NOT NULL
         GROUP BY rate_limit
     ) AS spent ON spent.rate_limit = rate_windows.name
     WHERE rate_limits.name = rate_windows.name
@@ -325,7 +367,7 @@ SET status = 'running',
     attempt = CASE WHEN status = 'suspended' THEN attempt ELSE attempt + 1 END,
     worker_id = $1::bigint,
     -- A rate-limited start: the time of its grant.
-    started_at = CASE WHEN chosen.resume THEN now() ELSE coalesce(chosen.granted_now, now()) END,
+    started_at = coalesce(chosen.granted_now, now()),
     schedule_deadline = NULL,
     wake_at = NULL
 FROM chosen
@@ -453,7 +495,7 @@ VALUES (
     $1, $2, $3, $4,
     now() + $4::double precision * interval '1 second'
 )
-RETURNING id, name, queue, slots, started_at, last_heartbeat_at, lease_seconds, lease_expires_at, stopped_at
+RETURNING id, name, queue, slots, started_at, last_heartbeat_at, lease_seconds, lease_expires_at, stopped_at, key_walk_after
 """
 
 RECORD_HEARTBEAT = """-- name: RecordHeartbeat :one
@@ -1031,18 +1073,17 @@ class Querier:
         *,
         worker_id: int,
         queue: str,
-        durable_task_names: Sequence[str],
         task_names: Sequence[str],
+        durable_task_names: Sequence[str],
         max_tasks: int,
-        after_key: str,
-        max_keys: int,
         max_keys_visited: int,
     ) -> list[models.Task]:
         """Take up to max_tasks tasks and run each on this worker, in one statement.
         Three kinds of task can be taken:
+          - a queued task with a concurrency key, within its key's limit; the keys
+            take turns, round robin, the keyless tasks' lane being one more key;
           - a queued task with no key, highest priority first, oldest first within a
-            priority (lesson 11's claim);
-          - a queued keyed task, within its key's limit, the keys taking turns;
+            priority (lesson 11's claim, when the queue has no keys);
           - a suspended task whose wake-up time has come, which goes on with the
             attempt it suspended (it costs no retry); a keyed one that gave its slot
             back while it was suspended needs one again.
@@ -1054,18 +1095,25 @@ class Querier:
         task), to start or to resume: during a rolling deploy, old and new workers
         share a queue, and an old worker must leave a new kind of task to a new
         worker rather than fail it.
+        The next claim goes on after the last key this one visited.
         The keys that may have a free slot, locked: the count read here is the
         newest (a row locked after a concurrent change is read as changed), and no
         other claim can admit into the key until this one commits. A key another
         claim holds is passed over; the next claim finds it.
-        Each open key's best queued tasks, as many as it has free slots.
+        The rate limits the queue's queued tasks take units of, locked, each with
+        the units its window has left. The time of the grants is the database's
+        clock, read now, after the lock, and never earlier than the limit's last
+        grant: so the log stays in order even if the server's clock steps back.
+        The keyless lane, when the walk reached it: the best tasks with no rate
+        limit, and of each rate limit with units left, its best tasks that many
+        units could start. (Taken together, the tasks of a spent limit would stand
+        in front of the others, and take the claim's places for nothing.)
+        Each open key's best queued tasks, as many as it has free slots (leaving
+        out tasks whose rate limit is spent, or held by another claim).
         Turns: within a key, resumes first, then by priority; the n-th task of every
-        key comes before the (n+1)-th of any (keyless tasks take their turns as one
-        more key). A resume that holds its slot already needs no turn.
-        The rate limits these tasks take units of, locked, each with the units its
-        window has left. The time of the grants is the database's clock, read now,
-        after the lock, and never earlier than the limit's last grant: so the log
-        stays in order even if the server's clock steps back.
+        key comes before the (n+1)-th of any, and the keys of one turn come in the
+        order the walk visited them (keyless tasks take their turns as one more
+        key). A resume that holds its slot already needs no turn.
         Within each rate limit, tasks in turn order while their units fit: a task
         that does not fit stops the ones after it (no small task overtakes a big
         one for ever). Resumes take no units: their attempt has its grant.
@@ -1078,11 +1126,9 @@ class Querier:
                 (
                     worker_id,
                     queue,
-                    _array(durable_task_names),
                     _array(task_names),
+                    _array(durable_task_names),
                     max_tasks,
-                    after_key,
-                    max_keys,
                     max_keys_visited,
                 ),
             )
@@ -1693,6 +1739,7 @@ def _worker_from_row(row: tuple[Any, ...]) -> models.Worker:
         lease_seconds=row[6],
         lease_expires_at=row[7],
         stopped_at=row[8],
+        key_walk_after=row[9],
     )
 
 

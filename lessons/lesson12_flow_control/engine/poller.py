@@ -8,6 +8,11 @@ worker has (a durable function for a durable task, a plain one for a plain
 task): a task no worker can run waits on the queue for one that can (a new
 kind of task during a rolling deploy) instead of failing.
 
+On a queue with concurrency keys, the claim takes the keys in turns, round
+robin (see ClaimTasks and keys_to_visit): where this worker's walk round the
+keys stopped is kept in its row in the database, so the poller passes only a
+bound on how many keys one claim may visit.
+
 The poller claims when told there may be work (`wake()`: the listener heard a
 notification, or has just reconnected), or when `poll_interval` has passed
 without one: polling stays as the fallback for notifications that never
@@ -30,23 +35,10 @@ from .slots import Slots
 
 log = logging.getLogger(__name__)
 
-# How many keys a claim's walk visits at most, when most keys are full: the
-# bound on what one claim costs (one index probe per key visited).
+# How many keys a claim's walk visits at most, when most keys are full or have
+# nothing this worker can run: the bound on what one claim costs (one index
+# probe per key visited). The next claim goes on where this one stopped.
 KEYS_VISITED_PER_CLAIM = 200
-
-
-def last_key_served(after_key: str, tasks: list[Task]) -> str:
-    """The key a claim's walk, which started after `after_key`, served last.
-
-    The walk visits the keys after `after_key` in order, then goes round to
-    the first: the last key it served is the greatest it served at or before
-    `after_key` if it went round, else the greatest it served.
-    """
-    keys = {task.concurrency_key for task in tasks if task.concurrency_key is not None}
-    if not keys:
-        return after_key
-    went_round = [key for key in keys if key <= after_key]
-    return max(went_round) if went_round else max(keys)
 
 
 class Poller:
@@ -82,10 +74,6 @@ class Poller:
         # waits on it, for poll_interval at most.
         self._work_may_be_waiting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"poller-{queue}", daemon=True)
-        # Where the next claim's walk over the keys starts: after the last key
-        # this worker's claims served. The keys take their turns per worker; a
-        # new worker starts from the first key.
-        self._last_key_served = ""
 
     def start(self) -> None:
         self._thread.start()
@@ -145,13 +133,8 @@ class Poller:
                 task_names=self.task_names(),
                 durable_task_names=self.durable_task_names(),
                 max_tasks=max_tasks,
-                after_key=self._last_key_served,
-                # Enough open keys to fill every free slot; and a bound on the
-                # walk when most keys are full.
-                max_keys=max_tasks,
                 max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
             )
-        self._last_key_served = last_key_served(self._last_key_served, tasks)
         if tasks:
             log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
         return tasks

@@ -149,9 +149,10 @@ ORDER BY name;
 -- name: ClaimTasks :many
 -- Take up to max_tasks tasks and run each on this worker, in one statement.
 -- Three kinds of task can be taken:
+--   - a queued task with a concurrency key, within its key's limit; the keys
+--     take turns, round robin, the keyless tasks' lane being one more key;
 --   - a queued task with no key, highest priority first, oldest first within a
---     priority (lesson 11's claim);
---   - a queued keyed task, within its key's limit, the keys taking turns;
+--     priority (lesson 11's claim, when the queue has no keys);
 --   - a suspended task whose wake-up time has come, which goes on with the
 --     attempt it suspended (it costs no retry); a keyed one that gave its slot
 --     back while it was suspended needs one again.
@@ -163,9 +164,28 @@ ORDER BY name;
 -- task), to start or to resume: during a rolling deploy, old and new workers
 -- share a queue, and an old worker must leave a new kind of task to a new
 -- worker rather than fail it.
-WITH to_resume AS (
+WITH walk AS (
+    SELECT keys_to_visit(
+        sqlc.arg(queue), workers.key_walk_after,
+        sqlc.arg(task_names)::text[], sqlc.arg(durable_task_names)::text[],
+        sqlc.arg(max_tasks)::integer, sqlc.arg(max_keys_visited)::integer
+    ) AS keys
+    FROM workers
+    WHERE workers.id = sqlc.arg(worker_id)::bigint
+),
+visited AS (
+    SELECT visit.key, visit.turn_order
+    FROM walk, unnest(walk.keys) WITH ORDINALITY AS visit (key, turn_order)
+),
+-- The next claim goes on after the last key this one visited.
+walk_stopped AS (
+    UPDATE workers
+    SET key_walk_after = walk.keys[cardinality(walk.keys)]
+    FROM walk
+    WHERE workers.id = sqlc.arg(worker_id)::bigint AND cardinality(walk.keys) > 0
+),
+to_resume AS (
     SELECT suspended.id, suspended.priority, suspended.concurrency_key,
-        suspended.rate_limit, suspended.rate_units,
         suspended.concurrency_key IS NOT NULL AND NOT suspended.hold_while_suspended
             AS needs_slot
     FROM tasks AS suspended
@@ -188,14 +208,9 @@ open_keys AS (
     FROM (
         SELECT visit.key, min(visit.turn_order) AS turn_order
         FROM (
-            -- The keys this claim's turn visits (see keys_to_visit in schema.sql),
-            SELECT walked.key, walked.turn_order
-            FROM unnest(keys_to_visit(
-                sqlc.arg(queue), sqlc.arg(after_key), sqlc.arg(max_keys),
-                sqlc.arg(max_keys_visited)
-            )) WITH ORDINALITY AS walked (key, turn_order)
+            SELECT key, turn_order FROM visited WHERE key <> ''
             UNION ALL
-            -- and the keys of the resumes that need a slot.
+            -- The keys of the resumes that need a slot come first.
             SELECT concurrency_key, 0 FROM to_resume WHERE needs_slot
         ) AS visit
         GROUP BY visit.key
@@ -205,85 +220,22 @@ open_keys AS (
     WHERE keys.running < limits.max_per_key
     FOR UPDATE OF keys SKIP LOCKED
 ),
-keyless_to_start AS (
-    SELECT queued.id, queued.priority, queued.rate_limit, queued.rate_units
-    FROM tasks AS queued
-    WHERE queued.queue = sqlc.arg(queue) AND queued.status = 'queued'
-      AND queued.concurrency_key IS NULL
-      AND queued.task_name = ANY(CASE
-          WHEN queued.durable THEN sqlc.arg(durable_task_names)::text[]
-          ELSE sqlc.arg(task_names)::text[]
-      END)
-      -- Too late to start: the schedule-timeout sweep will fail it.
-      AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
-    ORDER BY queued.priority DESC, queued.id
-    LIMIT sqlc.arg(max_tasks)
-    FOR UPDATE SKIP LOCKED
-),
--- Each open key's best queued tasks, as many as it has free slots.
-keyed_to_start AS (
-    SELECT queued.id, queued.priority, queued.concurrency_key, queued.rate_limit,
-        queued.rate_units
-    FROM open_keys
-    CROSS JOIN LATERAL (
-        SELECT candidate.id, candidate.priority, candidate.concurrency_key,
-            candidate.rate_limit, candidate.rate_units
-        FROM tasks AS candidate
-        WHERE candidate.queue = sqlc.arg(queue) AND candidate.status = 'queued'
-          AND candidate.concurrency_key = open_keys.key
-          AND candidate.task_name = ANY(CASE
-              WHEN candidate.durable THEN sqlc.arg(durable_task_names)::text[]
-              ELSE sqlc.arg(task_names)::text[]
-          END)
-          AND (candidate.schedule_deadline IS NULL OR candidate.schedule_deadline > now())
-        ORDER BY candidate.priority DESC, candidate.id
-        LIMIT least(open_keys.free_slots, sqlc.arg(max_tasks)::integer)
-        FOR UPDATE SKIP LOCKED
-    ) AS queued
-),
--- Turns: within a key, resumes first, then by priority; the n-th task of every
--- key comes before the (n+1)-th of any (keyless tasks take their turns as one
--- more key). A resume that holds its slot already needs no turn.
-in_turns AS (
-    SELECT c.*, row_number() OVER (
-            PARTITION BY c.concurrency_key
-            ORDER BY c.resume DESC, c.priority DESC, c.id
-        ) AS turn
-    FROM (
-        SELECT id, priority, NULL::text AS concurrency_key, rate_limit, rate_units, false AS resume
-        FROM keyless_to_start
-        UNION ALL
-        SELECT id, priority, concurrency_key, rate_limit, rate_units, false
-        FROM keyed_to_start
-        UNION ALL
-        SELECT id, priority, concurrency_key, rate_limit, rate_units, true
-        FROM to_resume WHERE needs_slot
-    ) AS c
-    UNION ALL
-    SELECT id, priority, concurrency_key, rate_limit, rate_units, true, 0
-    FROM to_resume WHERE NOT needs_slot
-),
-within_key_limits AS (
-    SELECT in_turns.*, coalesce(open_keys.turn_order, 0) AS turn_order
-    FROM in_turns
-    LEFT JOIN open_keys ON open_keys.key = in_turns.concurrency_key
-    WHERE in_turns.turn = 0
-       OR in_turns.concurrency_key IS NULL
-       OR in_turns.turn <= open_keys.free_slots
-),
--- The rate limits these tasks take units of, locked, each with the units its
--- window has left. The time of the grants is the database's clock, read now,
--- after the lock, and never earlier than the limit's last grant: so the log
--- stays in order even if the server's clock steps back.
+-- The rate limits the queue's queued tasks take units of, locked, each with
+-- the units its window has left. The time of the grants is the database's
+-- clock, read now, after the lock, and never earlier than the limit's last
+-- grant: so the log stays in order even if the server's clock steps back.
 locked_rate_limits AS (
-    SELECT name, units, per, granted_at
-    FROM rate_limits
-    WHERE name IN (SELECT rate_limit FROM within_key_limits WHERE NOT resume)
+    SELECT limits.name, limits.units, limits.per, limits.granted_at
+    FROM rate_limits AS limits
+    WHERE EXISTS (
+        SELECT 1 FROM tasks AS limited
+        WHERE limited.queue = sqlc.arg(queue) AND limited.status = 'queued'
+          AND limited.rate_limit = limits.name
+    )
     FOR UPDATE SKIP LOCKED
 ),
 rate_windows AS (
-    SELECT locked.name, clock.granted_now,
-        recent.granted_at AS recent_grants,
+    SELECT locked.name, clock.granted_now, recent.granted_at AS recent_grants,
         locked.units - cardinality(recent.granted_at) AS units_left
     FROM locked_rate_limits AS locked
     CROSS JOIN LATERAL (
@@ -298,20 +250,118 @@ rate_windows AS (
         ) AS granted_at
     ) AS recent
 ),
+-- The keyless lane, when the walk reached it: the best tasks with no rate
+-- limit, and of each rate limit with units left, its best tasks that many
+-- units could start. (Taken together, the tasks of a spent limit would stand
+-- in front of the others, and take the claim's places for nothing.)
+keyless_to_start AS (
+    SELECT queued.id, queued.priority, queued.rate_limit, queued.rate_units
+    FROM tasks AS queued
+    WHERE queued.queue = sqlc.arg(queue) AND queued.status = 'queued'
+      AND queued.concurrency_key IS NULL AND queued.rate_limit IS NULL
+      AND EXISTS (SELECT 1 FROM visited WHERE key = '')
+      AND queued.task_name = ANY(CASE
+          WHEN queued.durable THEN sqlc.arg(durable_task_names)::text[]
+          ELSE sqlc.arg(task_names)::text[]
+      END)
+      -- Too late to start: the schedule-timeout sweep will fail it.
+      AND (queued.schedule_deadline IS NULL OR queued.schedule_deadline > now())
+    ORDER BY queued.priority DESC, queued.id
+    LIMIT sqlc.arg(max_tasks)
+    FOR UPDATE SKIP LOCKED
+),
+keyless_rate_limited_to_start AS (
+    SELECT queued.id, queued.priority, queued.rate_limit, queued.rate_units
+    FROM rate_windows
+    CROSS JOIN LATERAL (
+        SELECT candidate.id, candidate.priority, candidate.rate_limit, candidate.rate_units
+        FROM tasks AS candidate
+        WHERE candidate.queue = sqlc.arg(queue) AND candidate.status = 'queued'
+          AND candidate.rate_limit = rate_windows.name AND candidate.concurrency_key IS NULL
+          AND EXISTS (SELECT 1 FROM visited WHERE key = '')
+          AND candidate.task_name = ANY(CASE
+              WHEN candidate.durable THEN sqlc.arg(durable_task_names)::text[]
+              ELSE sqlc.arg(task_names)::text[]
+          END)
+          AND (candidate.schedule_deadline IS NULL OR candidate.schedule_deadline > now())
+        ORDER BY candidate.priority DESC, candidate.id
+        LIMIT least(greatest(rate_windows.units_left, 0), sqlc.arg(max_tasks)::integer)
+        FOR UPDATE SKIP LOCKED
+    ) AS queued
+),
+-- Each open key's best queued tasks, as many as it has free slots (leaving
+-- out tasks whose rate limit is spent, or held by another claim).
+keyed_to_start AS (
+    SELECT queued.id, queued.priority, queued.concurrency_key, queued.rate_limit,
+        queued.rate_units
+    FROM open_keys
+    CROSS JOIN LATERAL (
+        SELECT candidate.id, candidate.priority, candidate.concurrency_key,
+            candidate.rate_limit, candidate.rate_units
+        FROM tasks AS candidate
+        WHERE candidate.queue = sqlc.arg(queue) AND candidate.status = 'queued'
+          AND candidate.concurrency_key = open_keys.key
+          AND (candidate.rate_limit IS NULL
+               OR candidate.rate_limit IN (SELECT name FROM rate_windows WHERE units_left > 0))
+          AND candidate.task_name = ANY(CASE
+              WHEN candidate.durable THEN sqlc.arg(durable_task_names)::text[]
+              ELSE sqlc.arg(task_names)::text[]
+          END)
+          AND (candidate.schedule_deadline IS NULL OR candidate.schedule_deadline > now())
+        ORDER BY candidate.priority DESC, candidate.id
+        LIMIT least(open_keys.free_slots, sqlc.arg(max_tasks)::integer)
+        FOR UPDATE SKIP LOCKED
+    ) AS queued
+),
+-- Turns: within a key, resumes first, then by priority; the n-th task of every
+-- key comes before the (n+1)-th of any, and the keys of one turn come in the
+-- order the walk visited them (keyless tasks take their turns as one more
+-- key). A resume that holds its slot already needs no turn.
+in_turns AS (
+    SELECT c.*, row_number() OVER (
+            PARTITION BY c.concurrency_key
+            ORDER BY c.resume DESC, c.priority DESC, c.id
+        ) AS turn
+    FROM (
+        SELECT id, priority, NULL::text AS concurrency_key, rate_limit, rate_units, false AS resume
+        FROM keyless_to_start
+        UNION ALL
+        SELECT id, priority, NULL::text, rate_limit, rate_units, false
+        FROM keyless_rate_limited_to_start
+        UNION ALL
+        SELECT id, priority, concurrency_key, rate_limit, rate_units, false
+        FROM keyed_to_start
+        UNION ALL
+        SELECT id, priority, concurrency_key, NULL::text, NULL::integer, true
+        FROM to_resume WHERE needs_slot
+    ) AS c
+    UNION ALL
+    SELECT id, priority, concurrency_key, NULL::text, NULL::integer, true, 0
+    FROM to_resume WHERE NOT needs_slot
+),
+within_key_limits AS (
+    SELECT in_turns.*, coalesce(open_keys.turn_order, lane.turn_order, 0) AS turn_order
+    FROM in_turns
+    LEFT JOIN open_keys ON open_keys.key = in_turns.concurrency_key
+    LEFT JOIN visited AS lane ON lane.key = '' AND in_turns.concurrency_key IS NULL
+    WHERE in_turns.turn = 0
+       OR in_turns.concurrency_key IS NULL
+       OR in_turns.turn <= open_keys.free_slots
+),
 -- Within each rate limit, tasks in turn order while their units fit: a task
 -- that does not fit stops the ones after it (no small task overtakes a big
 -- one for ever). Resumes take no units: their attempt has its grant.
 within_rate_limits AS (
     SELECT w.*, rate_windows.granted_now
     FROM (
-        SELECT within_key_limits.*, sum(CASE WHEN resume THEN 0 ELSE rate_units END) OVER (
+        SELECT within_key_limits.*, sum(rate_units) OVER (
                 PARTITION BY rate_limit
                 ORDER BY turn, turn_order, priority DESC, id
             ) AS units_so_far
         FROM within_key_limits
     ) AS w
     LEFT JOIN rate_windows ON rate_windows.name = w.rate_limit
-    WHERE w.rate_limit IS NULL OR w.resume OR w.units_so_far <= rate_windows.units_left
+    WHERE w.rate_limit IS NULL OR w.units_so_far <= rate_windows.units_left
 ),
 chosen AS (
     SELECT id, rate_limit, rate_units, resume, granted_now
@@ -329,7 +379,7 @@ grants AS (
     JOIN (
         SELECT rate_limit, sum(rate_units)::integer AS units
         FROM chosen
-        WHERE NOT resume AND rate_limit IS NOT NULL
+        WHERE rate_limit IS NOT NULL
         GROUP BY rate_limit
     ) AS spent ON spent.rate_limit = rate_windows.name
     WHERE rate_limits.name = rate_windows.name
@@ -340,7 +390,7 @@ SET status = 'running',
     attempt = CASE WHEN status = 'suspended' THEN attempt ELSE attempt + 1 END,
     worker_id = sqlc.arg(worker_id)::bigint,
     -- A rate-limited start: the time of its grant.
-    started_at = CASE WHEN chosen.resume THEN now() ELSE coalesce(chosen.granted_now, now()) END,
+    started_at = coalesce(chosen.granted_now, now()),
     schedule_deadline = NULL,
     wake_at = NULL
 FROM chosen

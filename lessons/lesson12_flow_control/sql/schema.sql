@@ -34,7 +34,10 @@ CREATE TABLE workers (
     lease_seconds double precision NOT NULL CHECK (lease_seconds > 0),
     lease_expires_at timestamptz NOT NULL,
     -- Set by a graceful stop. A worker that died never sets it.
-    stopped_at timestamptz
+    stopped_at timestamptz,
+    -- Where this worker's last claim stopped in its walk round the keys of its
+    -- queue (see keys_to_visit): its next claim goes on from there.
+    key_walk_after text NOT NULL DEFAULT ''
 );
 
 -- What a queue does with keyed tasks: at most max_per_key of them with the
@@ -169,6 +172,8 @@ CREATE TABLE tasks (
     rate_limit text REFERENCES rate_limits (name),
     rate_units integer CHECK (rate_units > 0),
     CHECK ((forked_from_task_id IS NULL) = (forked_at_event IS NULL)),
+    -- '' stands for the keyless tasks in the walk over the keys (keys_to_visit).
+    CHECK (concurrency_key <> ''),
     CHECK ((rate_limit IS NULL) = (rate_units IS NULL))
 );
 
@@ -177,7 +182,13 @@ CREATE TABLE tasks (
 -- in that order, and nothing else: a task leaves it the moment it is claimed,
 -- so it stays small however many tasks have finished.
 CREATE INDEX tasks_queued_idx ON tasks (queue, priority DESC, id)
-    WHERE status = 'queued' AND concurrency_key IS NULL;
+    WHERE status = 'queued' AND concurrency_key IS NULL AND rate_limit IS NULL;
+
+-- The queued tasks with a rate limit, by limit: a claim takes, of each limit
+-- that has units left, the best tasks it has units for, so that tasks whose
+-- limit is spent never stand in front of the others.
+CREATE INDEX tasks_rate_limited_queued_idx ON tasks (queue, rate_limit, priority DESC, id)
+    WHERE status = 'queued' AND rate_limit IS NOT NULL;
 
 -- The queued keyed tasks, by key, and by priority within a key: the fair claim
 -- walks the distinct keys of this index one after the other, then takes each
@@ -503,17 +514,26 @@ CREATE TRIGGER tasks_deleted_count_key_slots
     FOR EACH STATEMENT
     EXECUTE FUNCTION count_key_slots();
 
--- The keys a claim visits, in order: the queue's keys that have queued tasks,
--- in key order, starting after after_key (the last key this worker's previous
--- claim served) and going round to the first key once. Each claim goes on
--- where the last one stopped, so every key gets its turn, whatever its number
--- of tasks: each step is one probe of tasks_keyed_queued_idx for the next key
--- (a "skip scan"), so the walk costs one probe per key it visits, not one per
--- task waiting. It ends once it has visited max_open keys that look open (a
--- count below the limit, read without a lock: only a hint, the claim locks and
--- reads again), or max_visits keys in all, or every key.
+-- The keys a claim visits, in order. A queue's keys take turns in a circle:
+-- the keys that have queued tasks, in key order, and then the keyless tasks'
+-- lane (written '', which no key may be: it sorts before every key), and round
+-- again. A claim starts after `after_key`, where the same worker's last walk
+-- stopped (workers.key_walk_after), so each walk goes on round the circle and
+-- every key gets its turn, whatever its number of tasks and whatever the keys
+-- before it hold. It goes round once at most.
+--
+-- Each step is one probe of tasks_keyed_queued_idx for the next key (a "skip
+-- scan"): the walk costs one probe per key it visits, not one per task
+-- waiting. It ends once it has visited max_open keys that look open (a count
+-- below the limit and a queued task this worker can run; read without a
+-- lock: only a hint, the claim locks and reads again), or max_visits keys.
 CREATE FUNCTION keys_to_visit(
-    queue_name text, after_key text, max_open integer, max_visits integer
+    queue_name text,
+    after_key text,
+    task_names text[],
+    durable_task_names text[],
+    max_open integer,
+    max_visits integer
 ) RETURNS text[]
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -521,36 +541,48 @@ DECLARE
     current_key text := after_key;
     next_key text;
     wrapped boolean := false;
-    visited integer := 0;
     open_keys integer := 0;
 BEGIN
-    WHILE open_keys < max_open AND visited < max_visits LOOP
+    WHILE open_keys < max_open AND cardinality(visit) < max_visits LOOP
         SELECT t.concurrency_key INTO next_key
         FROM tasks AS t
         WHERE t.queue = queue_name AND t.status = 'queued' AND t.concurrency_key > current_key
         ORDER BY t.concurrency_key
         LIMIT 1;
         IF next_key IS NULL THEN
-            EXIT WHEN wrapped;  -- round once, no more
+            -- Past the last key: the keyless lane, once.
+            EXIT WHEN wrapped;
             wrapped := true;
-            SELECT t.concurrency_key INTO next_key
-            FROM tasks AS t
-            WHERE t.queue = queue_name AND t.status = 'queued' AND t.concurrency_key IS NOT NULL
-            ORDER BY t.concurrency_key
-            LIMIT 1;
-            EXIT WHEN next_key IS NULL;  -- no keyed task is queued
+            next_key := '';
         END IF;
-        EXIT WHEN wrapped AND next_key > after_key;  -- back where it started
-        visited := visited + 1;
+        -- Past the key this walk started after: it has gone round.
+        EXIT WHEN wrapped AND next_key > after_key;
         visit := visit || next_key;
-        IF EXISTS (
+        IF next_key = '' THEN
+            -- The keyless lane is open when it has a task this worker can run.
+            IF EXISTS (
+                SELECT 1
+                FROM tasks AS t
+                WHERE t.queue = queue_name AND t.status = 'queued' AND t.concurrency_key IS NULL
+                  AND t.task_name = ANY(CASE WHEN t.durable THEN durable_task_names ELSE task_names END)
+            ) THEN
+                open_keys := open_keys + 1;
+            END IF;
+        ELSIF EXISTS (
+            SELECT 1
+            FROM tasks AS t
+            WHERE t.queue = queue_name AND t.status = 'queued' AND t.concurrency_key = next_key
+              AND t.task_name = ANY(CASE WHEN t.durable THEN durable_task_names ELSE task_names END)
+        ) AND NOT EXISTS (
             SELECT 1
             FROM concurrency_keys AS k
             JOIN concurrency_limits AS l ON l.queue = k.queue
-            WHERE k.queue = queue_name AND k.key = next_key AND k.running < l.max_per_key
+            WHERE k.queue = queue_name AND k.key = next_key AND k.running >= l.max_per_key
         ) THEN
-            open_keys := open_keys + 1;
+            open_keys := open_keys + 1;  -- a key with a free slot and a task for it
         END IF;
+        -- Back at the key it started after: once round.
+        EXIT WHEN wrapped AND next_key = after_key;
         current_key := next_key;
     END LOOP;
     RETURN visit;
