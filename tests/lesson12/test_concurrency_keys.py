@@ -258,7 +258,6 @@ def statuses(pool: ConnectionPool, ids: list[int]) -> list[TaskStatus]:
     return [get_task(pool, task_id).status for task_id in ids]
 
 
-
 def stale_count_claim(conn: psycopg.Connection[Any], key: str) -> int:
     """The first half of the buggy claim: count the key's running rows, in a
     transaction of its own (READ COMMITTED), to compute the room left."""
@@ -473,10 +472,13 @@ def test_every_way_a_keyed_task_ends_gives_its_slot_back(
     assert max_held_per_key(pool) == {"k": 1}
     if ending in ("execution_timeout", "worker_lost"):
         output = get_task(pool, a).output or {}
-        assert output["error"]["type"] == {
-            "execution_timeout": "ExecutionTimeout",
-            "worker_lost": "WorkerLost",
-        }[ending]
+        assert (
+            output["error"]["type"]
+            == {
+                "execution_timeout": "ExecutionTimeout",
+                "worker_lost": "WorkerLost",
+            }[ending]
+        )
     if ending == "retried":
         assert get_task(pool, a).attempt == 2
 
