@@ -2,13 +2,16 @@
 suspension, and the test-only audits those tests read.
 
 The worker processes import this module (`--functions tests.lesson12.functions_rates`),
-so it holds nothing but the functions and the SQL the tests install.
+so it holds nothing but the functions, the SQL the tests install, and the
+helpers that read what that SQL recorded.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from psycopg_pool import ConnectionPool
 
 from lessons.lesson12_flow_control.engine.durable import DurableContext, DurableFunction
 from lessons.lesson12_flow_control.engine.worker import TaskFunction
@@ -103,3 +106,52 @@ CREATE TRIGGER record_update_transition AFTER UPDATE OF status ON tasks FOR EACH
 WHEN (OLD.status IS DISTINCT FROM NEW.status)
 EXECUTE FUNCTION record_transition();
 """
+
+
+def install_transitions_audit(pool: ConnectionPool) -> None:
+    with pool.connection() as conn:
+        conn.execute(TRANSITIONS_AUDIT)
+
+
+def transitions_of(pool: ConnectionPool, task_id: int) -> list[tuple[int, str | None, str]]:
+    """The task's changes of status, in order: (seq, old status, new status)."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT seq, old_status::text, new_status::text FROM transitions"
+            " WHERE task_id = %s ORDER BY seq",
+            (task_id,),
+        ).fetchall()
+    return [(seq, old, new) for seq, old, new in rows]
+
+
+def seq_of(pool: ConnectionPool, task_id: int, old: str | None, new: str) -> int:
+    """When (the audit's sequence number) the task first went from `old` to `new`."""
+    for seq, was, became in transitions_of(pool, task_id):
+        if (was, became) == (old, new):
+            return seq
+    raise AssertionError(f"task {task_id} never went from {old} to {new}")
+
+
+def most_holding_at_once(pool: ConnectionPool, key: str, holding: set[str]) -> int:
+    """The most tasks of `key` that were at once in one of the `holding` statuses.
+
+    A task takes its key's slot only after the claim has read, under the key's
+    lock, the count that the task giving a slot back committed: so the audit
+    records every release of a slot before the claim that reuses it, and
+    replaying the audit in its order gives the key's count at every moment.
+    """
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT task_id, new_status::text FROM transitions"
+            " WHERE concurrency_key = %s ORDER BY seq",
+            (key,),
+        ).fetchall()
+    holders: set[int] = set()
+    most = 0
+    for task_id, status in rows:
+        if status in holding:
+            holders.add(task_id)
+        else:
+            holders.discard(task_id)
+        most = max(most, len(holders))
+    return most
