@@ -264,9 +264,13 @@ def rate_limited_payments(pool: ConnectionPool, checks: Checks) -> None:
     # A rate-limited task's started_at is the time of its grant (see ClaimTasks).
     with pool.connection() as conn:
         queries = Querier(conn)
-        grants = sorted(task.started_at for task in queries.list_tasks() if task.id in task_ids)
+        grants = sorted(
+            task.started_at
+            for task in queries.list_tasks()
+            if task.id in task_ids and task.started_at is not None
+        )
         charges = [charge for charge in queries.list_charges() if charge.task_id in task_ids]
-    seconds = [(grant - grants[0]).total_seconds() for grant in grants if grant is not None]
+    seconds = [(grant - grants[0]).total_seconds() for grant in grants]
     windows = Counter(int(second // per) for second in seconds)
     print(
         f"  {WORKERS} workers x {SLOTS} slots; the grants, by window of {per:g} s from the first:"
