@@ -172,7 +172,7 @@ def test_a_learner_name_that_cannot_name_a_schema_is_one_line_and_exit_2(
 def test_the_longest_learner_name_leaves_room_for_every_lessons_channels(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Lessons 08 to 11 refuse a schema whose NOTIFY channels would pass 63 bytes
+    """Lessons 08 on refuse a schema whose NOTIFY channels would pass 63 bytes
     (tests/lesson08/test_long_schema_names.py): a learner name of 20 characters,
     the most COURSE_LEARNER takes, is accepted by all of them."""
     monkeypatch.setenv("COURSE_LEARNER", "a" * 20)

@@ -68,6 +68,15 @@ MAIN_SCRIPT_RUNS = [
         ),
     ),
     MainScriptRun("lessons/lesson11_retries_replays_forks/main.py", arguments=("--panic",)),
+    MainScriptRun(
+        "lessons/lesson12_flow_control/main.py",
+        # The three guarantees the lesson is about, as main.py prints them.
+        prints=(
+            "ok    without keys, the quiet tenants waited behind acme's backlog",
+            "ok    no tenant ever had more than 2 reports running at once",
+            "ok    no window of 2 s had more than 20 calls to the payment API",
+        ),
+    ),
 ]
 
 

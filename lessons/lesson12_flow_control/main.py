@@ -1,39 +1,28 @@
-"""Lesson 11: three ways to run a durable task again: retry, replay and fork.
+"""Lesson 12: flow control: a noisy tenant, quiet tenants, and a payment API's rate limit.
 
-    python lessons/lesson12_flow_control/main.py [-v] [--panic[=POINT]]
+    python lessons/lesson12_flow_control/main.py [-v]
 
-An order is approved by a person, charged, and confirmed by email; but
-`send_confirmation_email` has a bug, and tells the customer that the payment
-failed. The fix is deployed. A retry would not help (the history records the
-email, so a retry reuses it). Forking the order at its email event reuses the
-approval and the charge, and sends the fixed email: charged once. Replaying
-the order instead runs all of it again: it waits for a second approval, and
-charges a second time. The demo prints the three histories side by side, and
-checks those counts.
+One queue of reports serves six tenants. The noisy one enqueues 2,000 reports at
+once; then five quiet ones enqueue five each. Without concurrency keys the claim
+takes the oldest tasks first (lesson 11's `ORDER BY priority, id`), and the quiet
+tenants wait behind the whole backlog. With the tenant as each task's
+concurrency key, and at most 2 running per tenant, the claim walks the tenants
+round robin: the quiet tenants' reports start within the first few turns, and
+no tenant ever has more than 2 running, counted from the runs' own recorded
+start and finish times.
 
-Every replay and fork goes through the lesson's command-line tool, and the
-demo prints each command it runs and what the tool answers.
-
-With `--panic`, two worker processes run one approved order, on one slot each.
-The first kills itself (SIGKILL) the moment charge_payment has charged the card,
-before its result is recorded. The second retries the payment task (its attempt
-2 runs the function again, and finds the charge its attempt 1 made: a retry is
-safe because the charge is keyed by the task) and the order replays its history.
-`--panic=POINT` kills the first at another point of the crash table
-(`PANIC_POINTS` below); `--panic=list` lists them.
+Then 60 charges go through a payment API that allows 20 calls per 2 s: the
+rate limit grants no more than 20 in any window of 2 s, and reaches 20.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import subprocess
 import sys
-import textwrap
+import time
 from collections import Counter
-from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
 
 # A Python without the course installed (`make install` puts it in .venv) would stop at
 # the imports below with "No module named 'lessons'": say what to run instead.
@@ -52,555 +41,271 @@ from psycopg_pool import ConnectionPool
 from lessons.common.cli import (
     Checks,
     Lesson,
-    add_panic_option,
     argument_parser,
-    chosen_panic_point,
     configure_logging,
     run_lesson,
     wait_until,
 )
-from lessons.lesson12_flow_control.db.models import (
-    Charge,
-    Email,
-    EventWait,
-    Task,
-    TaskEvent,
-    TaskStatus,
-)
+from lessons.lesson12_flow_control.db.models import ReportRun
 from lessons.lesson12_flow_control.db.queries import Querier
 from lessons.lesson12_flow_control.demo.tasks import (
-    DURABLE_FUNCTIONS,
-    EMAIL_FIX,
     FUNCTIONS,
-    ORDERS_QUEUE,
+    PAYMENT_API,
+    PAYMENT_API_CALLS,
+    PAYMENT_API_PER_SECONDS,
+    PAYMENTS_QUEUE,
+    REPORTS_QUEUE,
 )
-from lessons.lesson12_flow_control.engine.client import enqueue, push_event, wait_for_task
-from lessons.lesson12_flow_control.engine.crash_points import CRASH_AT
+from lessons.lesson12_flow_control.engine.client import (
+    enqueue,
+    set_concurrency_limit,
+    set_rate_limit,
+    wait_for_task,
+)
 from lessons.lesson12_flow_control.engine.worker import Worker
-from lessons.lesson12_flow_control.tools import history_tool
-from lessons.lesson12_flow_control.tools.worker_process import WorkerProcess
 
 LESSON = Lesson.of(__file__)
 
-# Lesson 08's fallback: the worker hears of forks, replays and approvals by
-# notifications, not by polling.
-POLL_INTERVAL = 5.0
+# Two workers of four slots each share every queue of the demonstration.
+WORKERS = 2
+SLOTS = 4
+# A worker that finds the rate limit spent claims again at its next poll (the
+# units that come back as time passes announce themselves to nobody): a short
+# poll keeps the payments close to the limit's rate.
+POLL_INTERVAL = 0.05
 HEARTBEAT_INTERVAL = 0.1
 INACTIVITY_THRESHOLD = 1.0
-SLOTS = 2
 
-ORDER_ID = "A-1101"
-APPROVAL = f"approval:{ORDER_ID}"
-# process_order's events: 1 the approval, 2 the charge, 3 the email.
-EMAIL_EVENT = 3
-BROKEN_SUBJECT = f"Order {ORDER_ID}: your payment failed"
+NOISY_TENANT = "acme"
+NOISY_REPORTS = 2_000
+QUIET_TENANTS = ("bistro", "cobalt", "dune", "ember", "fjord")
+QUIET_REPORTS = 5  # each
+MAX_PER_TENANT = 2
 
-# The order of the --panic run.
-PANIC_ORDER_ID = "A-2101"
-PANIC_ORDER = {
-    "order_id": PANIC_ORDER_ID,
-    "card": "4242",
-    "amount_cents": 4200,
-    "email": "ada@x.org",
-}
-DEFAULT_PANIC_POINT = "task_returned:charge_payment"
+CHARGES = 3 * PAYMENT_API_CALLS
 
 
-def local_worker(pool: ConnectionPool) -> Worker:
-    """A worker in this process for the orders and their children."""
-    return Worker(
-        pool,
-        FUNCTIONS,
-        durable_functions=DURABLE_FUNCTIONS,
-        queue=ORDERS_QUEUE,
-        slots=SLOTS,
-        poll_interval=POLL_INTERVAL,
-        heartbeat_interval=HEARTBEAT_INTERVAL,
-        inactivity_threshold=INACTIVITY_THRESHOLD,
+@contextmanager
+def workers(pool: ConnectionPool, queue: str) -> Iterator[None]:
+    """WORKERS workers in this process serving `queue`, stopped (gracefully) on exit."""
+    with ExitStack() as stack:
+        for _ in range(WORKERS):
+            stack.enter_context(
+                Worker(
+                    pool,
+                    FUNCTIONS,
+                    queue=queue,
+                    slots=SLOTS,
+                    poll_interval=POLL_INTERVAL,
+                    heartbeat_interval=HEARTBEAT_INTERVAL,
+                    inactivity_threshold=INACTIVITY_THRESHOLD,
+                )
+            )
+        yield
+
+
+def enqueue_reports(pool: ConnectionPool, *, keyed: bool) -> set[int]:
+    """The noisy tenant's burst, then the quiet tenants' few, in one transaction, before
+    any worker runs: the order they were enqueued in is the same in every run."""
+    backlog = [NOISY_TENANT] * NOISY_REPORTS + [
+        tenant for tenant in QUIET_TENANTS for _ in range(QUIET_REPORTS)
+    ]
+    with pool.connection() as conn, conn.transaction():
+        return {
+            enqueue(
+                conn,
+                "build_report",
+                {"tenant": tenant, "report": number},
+                queue=REPORTS_QUEUE,
+                concurrency_key=tenant if keyed else None,
+            )
+            for number, tenant in enumerate(backlog, start=1)
+        }
+
+
+def runs_of(pool: ConnectionPool, task_ids: set[int]) -> list[ReportRun]:
+    """The runs of these tasks, in the order they started."""
+    with pool.connection() as conn:
+        return [run for run in Querier(conn).list_report_runs() if run.task_id in task_ids]
+
+
+def wait_for_quiet_tenants(pool: ConnectionPool, task_ids: set[int]) -> None:
+    """Until every report of the quiet tenants among `task_ids` has finished."""
+    quiet_reports = len(QUIET_TENANTS) * QUIET_REPORTS
+
+    def finished() -> int | None:
+        with pool.connection() as conn:
+            return Querier(conn).count_finished_report_runs(
+                first_task_id=min(task_ids), tenants=QUIET_TENANTS
+            )
+
+    wait_until(lambda: finished() == quiet_reports, "the quiet tenants' reports", timeout=60)
+
+
+def print_positions(runs: list[ReportRun]) -> None:
+    """Where each quiet tenant's reports came in the order of all starts."""
+    for tenant in QUIET_TENANTS:
+        positions = [str(place) for place, run in enumerate(runs, start=1) if run.tenant == tenant]
+        print(f"  {tenant:<7} started its reports at positions {' '.join(positions)}")
+
+
+def noisy_starts_before_quiet(runs: list[ReportRun], which: int) -> int:
+    """How many of the noisy tenant's reports had started before the quiet tenants'
+    first (`which=0`) or last (`which=-1`) report started."""
+    quiet = [place for place, run in enumerate(runs) if run.tenant in QUIET_TENANTS]
+    return sum(1 for run in runs[: quiet[which]] if run.tenant == NOISY_TENANT)
+
+
+def most_running_at_once(runs: list[ReportRun]) -> dict[str, int]:
+    """Per tenant, the most runs whose [started_at, finished_at] intervals overlap.
+
+    A sweep over the recorded times: +1 at each start, -1 at each finish. At equal
+    times a start counts before a finish, so touching intervals count as
+    overlapping: if anything, this overcounts. A run's recorded interval lies
+    inside the time its task held its slot (it starts after the claim and ends
+    before the result is written), so the engine's count of a tenant's running
+    tasks was at least this high at that moment; a count above the limit here is
+    an over-admission the engine made.
+    """
+    most: dict[str, int] = {}
+    for tenant in {run.tenant for run in runs}:
+        moments: list[tuple[datetime, int]] = []
+        for run in runs:
+            if run.tenant == tenant and run.finished_at is not None:
+                moments += [(run.started_at, 0), (run.finished_at, 1)]
+        running = 0
+        for _, is_finish in sorted(moments):
+            running += -1 if is_finish else 1
+            most[tenant] = max(most.get(tenant, 0), running)
+    return most
+
+
+def without_keys(pool: ConnectionPool, checks: Checks) -> None:
+    print(
+        f"== Without concurrency keys: {NOISY_TENANT} enqueues {NOISY_REPORTS:,} reports, ", end=""
+    )
+    print(f"then {len(QUIET_TENANTS)} quiet tenants {QUIET_REPORTS} each ==")
+    task_ids = enqueue_reports(pool, keyed=False)
+    began = time.monotonic()
+    with workers(pool, REPORTS_QUEUE):
+        wait_for_quiet_tenants(pool, task_ids)
+    runs = runs_of(pool, task_ids)
+    print(f"  {WORKERS} workers x {SLOTS} slots ran {len(runs):,} reports in ", end="")
+    print(f"{time.monotonic() - began:.1f} s. The claim takes the oldest first, so:")
+    print_positions(runs)
+    before_first = noisy_starts_before_quiet(runs, 0)
+    print(f"  {NOISY_TENANT} had started {before_first:,} reports before the first quiet one.")
+    # Only the noisy tenant's last few reports, claimed at the same moment as the
+    # first quiet ones by the other worker, may start after them.
+    checks.check(
+        before_first >= NOISY_REPORTS - WORKERS * SLOTS,
+        f"without keys, the quiet tenants waited behind {NOISY_TENANT}'s backlog "
+        "(head-of-line blocking)",
+        f"{before_first} of {NOISY_TENANT}'s reports started before the first quiet one",
     )
 
 
-def tool(*arguments: str) -> int:
-    """Run a history_tool command, and print it and its answer, indented."""
-    print(f"  $ history_tool {' '.join(arguments)}")
-    answer = io.StringIO()
-    with redirect_stdout(answer), redirect_stderr(answer):
-        exit_code = history_tool.main(["--schema", LESSON.schema, *arguments])
-    for line in answer.getvalue().splitlines():
-        print(f"    {line}")
-    if exit_code:
-        print(f"    (exit code {exit_code})")
-    return exit_code
-
-
-def approve(pool: ConnectionPool, task_id: int) -> None:
-    """What the person does, once the order waits for them: push the approval."""
-    wait_until(lambda: get_task(pool, task_id).status == TaskStatus.SUSPENDED, "the order to wait")
+def with_keys(pool: ConnectionPool, checks: Checks) -> None:
+    print(
+        f"\n== With the tenant as concurrency key, at most {MAX_PER_TENANT} running per tenant =="
+    )
     with pool.connection() as conn:
-        pushed = push_event(conn, APPROVAL, {"approved": True, "by": "ada"})
-    print(f"  Task {task_id} waits for {APPROVAL}; ada approves it (event {pushed.id}).")
+        set_concurrency_limit(conn, REPORTS_QUEUE, MAX_PER_TENANT)
+    task_ids = enqueue_reports(pool, keyed=True)
+    with workers(pool, REPORTS_QUEUE):
+        wait_for_quiet_tenants(pool, task_ids)
+    runs = runs_of(pool, task_ids)
+    noisy_ran = sum(1 for run in runs if run.tenant == NOISY_TENANT)
+    print("  The same backlog, enqueued in the same order. The claim walks the tenants")
+    print("  round robin; once the quiet tenants are done, the demo stops the workers")
+    waiting = NOISY_REPORTS - noisy_ran
+    print(f"  ({NOISY_TENANT} ran {noisy_ran} reports; its other {waiting:,} wait their turns).")
+    print_positions(runs)
+    before_last = noisy_starts_before_quiet(runs, -1)
+    print(f"  {NOISY_TENANT} had started {before_last} reports when the last quiet one started.")
+    # Fair share: six tenants take turns, so the noisy one gets about a sixth of the
+    # starts while the others have work. Five times that still tells the two apart.
+    checks.check(
+        before_last <= len(QUIET_TENANTS) * QUIET_REPORTS,
+        "with keys, every quiet report started before "
+        f"{NOISY_TENANT} had started {len(QUIET_TENANTS) * QUIET_REPORTS} of its {NOISY_REPORTS:,}",
+        f"{before_last} had started",
+    )
+    most = most_running_at_once(runs)
+    print("  Most reports running at once, from the runs' recorded start and finish times:")
+    print("  " + ", ".join(f"{tenant} {most[tenant]}" for tenant in (NOISY_TENANT, *QUIET_TENANTS)))
+    checks.check(
+        max(most.values()) <= MAX_PER_TENANT,
+        f"no tenant ever had more than {MAX_PER_TENANT} reports running at once",
+        f"most at once: {most}",
+    )
 
 
-def get_task(pool: ConnectionPool, task_id: int) -> Task:
-    with pool.connection() as conn:
-        task = Querier(conn).get_task(id=task_id)
-    if task is None:
-        raise LookupError(f"there is no task {task_id}")
-    return task
-
-
-def history_of(pool: ConnectionPool, task_id: int) -> list[TaskEvent]:
-    with pool.connection() as conn:
-        return Querier(conn).list_task_events(task_id=task_id)
-
-
-def effects(pool: ConnectionPool, order_id: str = ORDER_ID) -> tuple[list[Charge], list[Email]]:
-    """What the payment provider and the mail server saw of the order."""
+def rate_limited_payments(pool: ConnectionPool, checks: Checks) -> None:
+    per = PAYMENT_API_PER_SECONDS
+    print(
+        f"\n== A payment API allows {PAYMENT_API_CALLS} calls per {per:g} s: {CHARGES} charges =="
+    )
+    with pool.connection() as conn, conn.transaction():
+        set_rate_limit(conn, PAYMENT_API, PAYMENT_API_CALLS, per)
+        task_ids = {
+            enqueue(
+                conn,
+                "charge_payment",
+                {"order_id": f"P-{number}", "amount_cents": 1200},
+                queue=PAYMENTS_QUEUE,
+                rate_limit=PAYMENT_API,
+            )
+            for number in range(1, CHARGES + 1)
+        }
+    with workers(pool, PAYMENTS_QUEUE):
+        for task_id in task_ids:
+            wait_for_task(pool, task_id, timeout=60)
+    # A rate-limited task's started_at is the time of its grant (see ClaimTasks).
     with pool.connection() as conn:
         queries = Querier(conn)
-        charges = [charge for charge in queries.list_charges() if charge.order_id == order_id]
-        emails = [email for email in queries.list_emails() if email.order_id == order_id]
-    return charges, emails
-
-
-def print_effects(pool: ConnectionPool) -> None:
-    charges, emails = effects(pool)
-    for charge in charges:
-        print(f"  charge {charge.id}: {charge.amount_cents} cents, made by task {charge.task_id}")
-    for email in emails:
-        print(f'  email {email.id}: "{email.subject}", sent by task {email.task_id}')
-
-
-def the_first_run(pool: ConnectionPool, checks: Checks) -> int:
-    print("== The first run: approved, charged, and an email with a bug ==")
-    with pool.connection() as conn:
-        order = {"order_id": ORDER_ID, "card": "4242", "amount_cents": 4200, "email": "ada@x.org"}
-        task_id = enqueue(conn, "process_order", order, queue=ORDERS_QUEUE, durable=True)
-    approve(pool, task_id)
-    task = wait_for_task(pool, task_id)
-    print(f"  Task {task_id}: {task.status} on attempt {task.attempt}: {json.dumps(task.output)}")
-    tool("history", str(task_id))
-    print_effects(pool)
-    charges, emails = effects(pool)
-    checks.check(
-        len(charges) == 1 and [email.subject for email in emails] == [BROKEN_SUBJECT],
-        "the first run charged the order once, and told the customer the payment failed",
-        f"{len(charges)} charges, emails {[email.subject for email in emails]}",
-    )
-    print("\n  The fix is deployed. Retrying would not help: the order completed, so")
-    print("  nothing retries it, and a retry keeps the history anyway: it would find")
-    print(f"  event {EMAIL_EVENT}, reuse the email it records, and send nothing.")
-    os.environ[EMAIL_FIX] = "deployed"
-    return task_id
-
-
-def the_fork(pool: ConnectionPool, checks: Checks, original_id: int) -> int:
-    print(f"\n== Fork at the email, event {EMAIL_EVENT}: the approval and the charge are reused ==")
-    original, original_events = get_task(pool, original_id), history_of(pool, original_id)
-    tool("fork", str(original_id), "--at", str(EMAIL_EVENT))
-    [forked] = [task for task in all_tasks(pool) if task.forked_from_task_id == original_id]
-    forked = wait_for_task(pool, forked.id)
-    print(f"  Task {forked.id}: {forked.status} on attempt {forked.attempt}, with no new approval.")
-    tool("history", str(forked.id))
-    print_effects(pool)
-    charges, emails = effects(pool)
-    fork_events = history_of(pool, forked.id)
-    reused = EMAIL_EVENT - 1
-    checks.check(
-        (forked.forked_from_task_id, forked.forked_at_event) == (original_id, EMAIL_EVENT)
-        and [(e.key, e.child_task_id) for e in fork_events[:reused]]
-        == [(e.key, e.child_task_id) for e in original_events[:reused]],
-        f"the fork records task {original_id} and event {EMAIL_EVENT}, and replayed the "
-        "recorded approval and charge_payment task",
-    )
-    checks.check(
-        len(charges) == 1 and len(emails) == 2 and emails[-1].subject != BROKEN_SUBJECT,
-        "after the fork: still one charge, and the fixed email sent",
-        f"{len(charges)} charges, emails {[email.subject for email in emails]}",
-    )
-    checks.check(
-        get_task(pool, original_id) == original
-        and history_of(pool, original_id) == original_events,
-        f"task {original_id} and its history are as they were before the fork",
-    )
-    return forked.id
-
-
-def the_replay(pool: ConnectionPool, checks: Checks, original_id: int) -> list[TaskEvent]:
-    print("\n== Replay instead: the history is deleted, and the order runs again ==")
-    first_run = history_of(pool, original_id)
-    tool("replay", str(original_id))
-    cleared = not history_of(pool, original_id)
-    print("  The replay starts from scratch, so it waits for a person's approval again:")
-    approve(pool, original_id)
-    task = wait_for_task(pool, original_id)
-    print(f"  Task {original_id}: {task.status} on attempt {task.attempt}.")
-    print_effects(pool)
-    charges, emails = effects(pool)
-    replayed = history_of(pool, original_id)
-    checks.check(
-        cleared and task.status == TaskStatus.COMPLETED,
-        "the replay started with an empty history, and completed",
-    )
-    children = {e.child_task_id for e in replayed if e.child_task_id}
-    checks.check(
-        len(children) == 2 and not children & {e.child_task_id for e in first_run},
-        "the replay spawned every child again: none of the first run's was reused",
-    )
-    checks.check(
-        len(charges) == 2 and len(emails) == 3,
-        "after the replay: the order is charged twice, and a third email sent",
-        f"{len(charges)} charges, {len(emails)} emails",
-    )
-    return first_run
-
-
-def side_by_side(
-    pool: ConnectionPool, first_run: list[TaskEvent], original_id: int, fork_id: int
-) -> None:
-    print("\n== The three histories, side by side: each event, and what it did ==")
-    runs = {
-        f"first run (task {original_id})": first_run,
-        f"fork at {EMAIL_EVENT} (task {fork_id})": history_of(pool, fork_id),
-        f"replay (task {original_id})": history_of(pool, original_id),
-    }
-    rows = [["event", "kind", "name", *runs]]
-    for event in first_run:
-        number = event.event_number
-        cells = [cell(pool, events, number) for events in runs.values()]
-        rows.append([str(number), event.kind, short_name(event), *cells])
-    for line in history_tool.table(rows, right_aligned={0}):
-        print(f"  {line}")
-    tool("tree", str(original_id))
-    tool("fork", str(original_id), "--at", "4")
-
-
-def short_name(event: TaskEvent) -> str:
-    return event.name.removeprefix("send_confirmation_")
-
-
-def cell(pool: ConnectionPool, events: list[TaskEvent], number: int) -> str:
-    """`task 3: charge 1, copied`: what event `number` did, for the side-by-side table."""
-    event = next((event for event in events if event.event_number == number), None)
-    if event is None:
-        return ""
-    copied = ", copied" if event.copied_from_task_id else ""
-    if event.child_task_id is None:
-        return f"approved by ada{copied}"
-    output = get_task(pool, event.child_task_id).output or {}
-    effect = f"charge {output['charge_id']}" if "charge_id" in output else ""
-    effect = f"email {output['email_id']}" if "email_id" in output else effect
-    return f"task {event.child_task_id}: {effect}{copied}"
-
-
-def all_tasks(pool: ConnectionPool) -> list[Task]:
-    with pool.connection() as conn:
-        return Querier(conn).list_tasks()
-
-
-def panic_order(pool: ConnectionPool, checks: Checks, point: str) -> None:
-    """Worker A runs an order on one slot and dies at `point`; worker B finishes it.
-
-    The approval is pushed the moment the order's wait is open (an event pushed
-    before then would end no wait), by whichever worker opened it.
-    """
-    story = PANIC_POINTS[point]
-    print(f"== Panic: the worker dies {story.when} ==")
-    with worker_process(point) as first, worker_process() as second:
-        first.start()
-        print(f"  Worker process A (pid {first.pid}) serves the orders queue with one slot:")
-        print("  the order and its children take turns in it.")
-        with pool.connection() as conn:
-            task_id = enqueue(conn, "process_order", PANIC_ORDER, queue=ORDERS_QUEUE, durable=True)
-        print(f"  Enqueued order {PANIC_ORDER_ID} (task {task_id}).")
-        wait_until(
-            lambda: open_wait(pool, task_id) or exited(first), "the order to wait, or A to die"
+        grants = sorted(
+            task.started_at
+            for task in queries.list_tasks()
+            if task.id in task_ids and task.started_at is not None
         )
-        approval = approve_panic_order(pool, task_id) if open_wait(pool, task_id) else None
-        exit_code = first.wait(timeout=30)
-        last_logged = (first.log().strip().splitlines() or [""])[-1]
-        for line in textwrap.wrap(story.dies.format(setting=f"{CRASH_AT}={point}"), width=78):
-            print(f"  {line}")
-        at_death = tasks_by_id(pool)
-        print("  The tasks, as A left them:")
-        print_tasks(at_death, first.ids)
-        second.start()
-        print(f"  Worker process B (pid {second.pid}) starts. {story.then[0]}")
-        for line in story.then[1:]:
-            print(f"  {line}")
-        if approval is None:
-            wait_until(lambda: open_wait(pool, task_id), "the order to wait on worker B")
-            approval = approve_panic_order(pool, task_id)
-        task = wait_for_task(pool, task_id, timeout=30)
-        second_ids = second.ids
-    finished = tasks_by_id(pool)
-    wait = wait_of(pool, task_id)
-    print(f"  Task {task_id}: {task.status} on attempt {task.attempt}: {json.dumps(task.output)}")
-    print(f"  Its wait: ended by event {wait.external_event_id}.")
-    print("  The tasks, once B is done:")
-    print_tasks(finished, first.ids)
-    charges, emails = (len(made) for made in effects(pool, PANIC_ORDER_ID))
-    print(f"  Charges made: {charges}; emails sent: {emails}.")
-    checks.check(
-        exit_code == -9 and f"crash point {point}: SIGKILL" in last_logged,
-        f"worker A died by SIGKILL, at {point}",
-        f"exit code {exit_code}, last logged {last_logged!r}",
+        charges = [charge for charge in queries.list_charges() if charge.task_id in task_ids]
+    seconds = [(grant - grants[0]).total_seconds() for grant in grants]
+    windows = Counter(int(second // per) for second in seconds)
+    print(
+        f"  {WORKERS} workers x {SLOTS} slots; the grants, by window of {per:g} s from the first:"
     )
-    check_takeover(checks, at_death, finished, second_ids)
+    for window in sorted(windows):
+        start = window * per
+        print(f"  {start:4.1f} s to {start + per:4.1f} s: {windows[window]} charges granted")
+    # Every window (s, s + per]: the fullest starts just before some grant.
+    fullest = max(sum(1 for later in seconds if first <= later < first + per) for first in seconds)
+    print(f"  The fullest window of {per:g} s, sliding over every grant: {fullest} grants.")
     checks.check(
-        wait.external_event_id == approval,
-        f"the order's one wait was ended by the approval (event {approval}), and recorded",
-        f"wait {wait}",
-    )
-    children = Counter(t.task_name for t in finished.values() if t.parent_id == task_id)
-    checks.check(
-        task.status == TaskStatus.COMPLETED and (task.output or {}).get("status") == "confirmed",
-        f"order {PANIC_ORDER_ID} completed and was confirmed",
-        f"{task.status}: {task.output}",
+        fullest <= PAYMENT_API_CALLS,
+        f"no window of {per:g} s had more than {PAYMENT_API_CALLS} calls to the payment API",
+        f"{fullest} in one window",
     )
     checks.check(
-        charges == 1 and children["charge_payment"] == 1,
-        "the order was charged exactly once, by the one charge_payment task it ever had",
-        f"{charges} charges, {children['charge_payment']} charge_payment tasks",
-    )
-    checks.check(
-        emails == 1 and children["send_confirmation_email"] == 1,
-        "the confirmation email was sent exactly once, by the one email task it ever had",
-        f"{emails} emails, {children['send_confirmation_email']} email tasks",
+        fullest == PAYMENT_API_CALLS and len(charges) == CHARGES,
+        f"the limit's full rate was reached, and each of the {CHARGES} orders charged once",
+        f"fullest window {fullest}, {len(charges)} charges",
     )
 
 
-def wait_of(pool: ConnectionPool, task_id: int) -> EventWait:
-    """The order's one wait, as `event_waits` recorded it."""
-    with pool.connection() as conn:
-        [wait] = [w for w in Querier(conn).list_event_waits() if w.task_id == task_id]
-    return wait
-
-
-def open_wait(pool: ConnectionPool, task_id: int) -> bool:
-    """Whether the task has a wait open: committed, so that a push now ends it."""
-    with pool.connection() as conn:
-        waits = Querier(conn).list_event_waits()
-    return any(w.task_id == task_id and w.ended_at is None for w in waits)
-
-
-def approve_panic_order(pool: ConnectionPool, task_id: int) -> int:
-    """What the person does, once the order waits for them: push the approval."""
-    with pool.connection() as conn:
-        pushed = push_event(conn, f"approval:{PANIC_ORDER_ID}", {"approved": True, "by": "ada"})
-    print(f"  The order waits for approval:{PANIC_ORDER_ID}; ada approves it (event {pushed.id}).")
-    return pushed.id
-
-
-def exited(worker: WorkerProcess) -> bool:
-    try:
-        worker.wait(timeout=0)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def check_takeover(
-    checks: Checks, at_death: dict[int, Task], finished: dict[int, Task], second_ids: list[int]
-) -> None:
-    """A task A was running when it died starts a new attempt on B; any other goes on
-    with the attempt it had (a queued one with its first)."""
-    running = [task for task in at_death.values() if task.status == TaskStatus.RUNNING]
-    checks.check(
-        all(finished[t.id].worker_id in second_ids for t in running)
-        and all(
-            finished[t.id].attempt == t.attempt + (t.status in NEW_ATTEMPT_STATUSES)
-            for t in at_death.values()
-        ),
-        f"the tasks A was running when it died ({len(running)}) took one more attempt "
-        "each, on worker B; a suspended task lost nothing",
-        f"when A died {[(t.id, t.status, t.attempt) for t in at_death.values()]}, "
-        f"then {[(t.id, t.status, t.attempt) for t in finished.values()]}",
-    )
-
-
-# The statuses a task leaves by a new attempt: a queued task is claimed, and a running
-# task whose worker died goes back on the queue first.
-NEW_ATTEMPT_STATUSES = (TaskStatus.QUEUED, TaskStatus.RUNNING)
-
-
-def tasks_by_id(pool: ConnectionPool) -> dict[int, Task]:
-    with pool.connection() as conn:
-        return {task.id: task for task in Querier(conn).list_tasks()}
-
-
-def print_tasks(tasks: dict[int, Task], first_ids: list[int]) -> None:
-    print(f"    {'task':>4}  {'name':<24} {'status':<9} {'attempt':>7}  last on")
-    for task in tasks.values():
-        worker = "" if task.worker_id is None else "A" if task.worker_id in first_ids else "B"
-        print(
-            f"    {task.id:>4}  {task.task_name:<24} {task.status:<9} {task.attempt:>7}  {worker}"
-        )
-
-
-def worker_process(crash_at: str | None = None) -> WorkerProcess:
-    """A worker process for the orders and their children, on one slot."""
-    return WorkerProcess(
-        schema=LESSON.schema,
-        queues=[ORDERS_QUEUE],
-        slots=1,
-        poll_interval=POLL_INTERVAL,
-        heartbeat_interval=HEARTBEAT_INTERVAL,
-        inactivity_threshold=INACTIVITY_THRESHOLD,
-        environment={CRASH_AT: crash_at} if crash_at else None,
-    )
-
-
-@dataclass(frozen=True)
-class PanicPoint:
-    """What `--panic=POINT` does: where A dies, what the run tells, what B does next."""
-
-    where: str  # where the point is, and what survives A there (for --panic=list)
-    when: str  # the headline: "the worker dies ..."
-    dies: str  # what A did before it died ({setting}: its COURSE_CRASH_AT=...)
-    then: tuple[str, ...]  # lines: what B does, after "Worker process B (pid ...) starts."
-
-
-TAKES_THE_ORDER_OVER = (
-    "It takes back the tasks A was running,",
-    "and the order goes on from its history: nothing A recorded is done again.",
-)
-
-# Every point of engine/crash_points.py the order reaches.
-PANIC_POINTS = {
-    "wait_for_event:before_commit": PanicPoint(
-        where="the wait written and opened, the order suspended; not committed; survives: "
-        "the order on A, no wait",
-        when="as an order opens its wait for approval",
-        dies="A ran with {setting}: the order wrote its wait and suspended itself, and A "
-        "died before that committed: no wait is open, so nobody can approve it yet.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "wait_for_event:suspended": PanicPoint(
-        where="the wait committed, the order suspended; survives: the open wait, the order "
-        "on no worker",
-        when="once an order waits for approval",
-        dies="A ran with {setting}: it died the moment the order's wait was committed: "
-        "the order waits on no worker, and the approval can end its wait.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "wait_for_event:received": PanicPoint(
-        where="an event ended the wait, the order has not used its payload; survives: the "
-        "ended wait, naming the event; the order on A",
-        when="as the approval is delivered",
-        dies="A ran with {setting}: the approval ended the wait and woke the order; A "
-        "ran it again, found the wait ended, and died before the order used the payload.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "spawn_child:before_commit": PanicPoint(
-        where="the payment task and its event written, not committed; survives: the order "
-        "on A, nothing of the payment",
-        when="as an approved order spawns its payment",
-        dies="A ran with {setting}: it died inside the transaction that creates the "
-        "payment task and its event, so neither exists.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "spawn_child:after_commit": PanicPoint(
-        where="the payment task and its event committed; survives: the order on A, the "
-        "payment queued",
-        when="right after an approved order spawned its payment",
-        dies="A ran with {setting}: it died the moment the payment task and its event "
-        "were committed, before the order waited for it.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "wait_for_child:before_commit": PanicPoint(
-        where="the order marked suspended, its payment looked at; not committed; survives: "
-        "the order on A, the payment queued",
-        when="as an order suspends itself to wait for its payment",
-        dies="A ran with {setting}: the order found its payment not done, marked itself "
-        "suspended, and A died before that committed: the order is still A's.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "wait_for_child:suspended": PanicPoint(
-        where="the order suspended (committed) to wait for its payment; survives: the "
-        "order on no worker, the payment queued",
-        when="once an order is suspended, waiting for its payment",
-        dies="A ran with {setting}: it died once the order's suspension was committed: "
-        "the order is on no worker, and A was running nothing.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "wait_for_child:finished": PanicPoint(
-        where="the payment finished, the order woken has not used its result; survives: "
-        "the completed payment, the order on A",
-        when="as a woken order finds its payment done",
-        dies="A ran with {setting}: the payment ran and woke the order; the order, run "
-        "again, found it completed, and A died before the order used its result.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "finish_attempts:before_commit": PanicPoint(
-        where="a batch of results written, parents woken; not committed; survives: the "
-        "charge, the payment task on A, the order suspended",
-        when="as it records that an order's payment went through",
-        dies="A ran with {setting}: the payment charged the card, and A died in the "
-        "transaction recording its result and waking the order.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "task_returned:process_order": PanicPoint(
-        where="process_order returned, its result not recorded; survives: both children "
-        "completed, the order on A",
-        when="as an order returns",
-        dies="A ran with {setting}: the order was charged and emailed, and returned; A "
-        "died before its result was recorded.",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "task_returned:charge_payment": PanicPoint(
-        where="charge_payment returned, its result not recorded; survives: the charge, the "
-        "payment task on A, the order suspended",
-        when="right after an order's payment charged the card",
-        dies="A ran with {setting}: the payment charged the card and returned; A died "
-        "before its result was recorded (its second run must find the charge).",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-    "task_returned:send_confirmation_email": PanicPoint(
-        where="send_confirmation_email returned, its result not recorded; survives: the "
-        "email, the email task on A, the order suspended",
-        when="right after an order's email was sent",
-        dies="A ran with {setting}: the email task sent the email and returned; A died "
-        "before its result was recorded (its second run must find the email).",
-        then=TAKES_THE_ORDER_OVER,
-    ),
-}
-# Points of the crash table this demonstration does not offer, and why.
-PANIC_POINTS_NOT_OFFERED = {
-    "sleep:before_commit": "process_order does not sleep",
-    "sleep:suspended": "process_order does not sleep",
-    "wait_for_event:suspended_again": "only a run that finds its wait still open gets "
-    "there, and this order runs again only once its approval or its deadline ended it",
-    "sweep:before_commit": "every worker passes it each heartbeat interval from its start, "
-    "so A would die within 0.1 s, maybe before it is ready, having done nothing this "
-    "demonstration can count on",
-}
-
-
-def demonstrate(panic_point: str | None) -> bool:
+def demonstrate() -> bool:
     checks = Checks()
     LESSON.reset()
-    os.environ.pop(EMAIL_FIX, None)  # the story starts before the fix
-    with LESSON.pool(max_size=16) as pool:
-        if panic_point is not None:
-            panic_order(pool, checks, panic_point)
-            return checks.passed
-        with local_worker(pool):
-            original_id = the_first_run(pool, checks)
-            fork_id = the_fork(pool, checks, original_id)
-            first_run = the_replay(pool, checks, original_id)
-            side_by_side(pool, first_run, original_id, fork_id)
+    # Each worker: one connection per slot (the reports write their runs) and
+    # three for its peers; and one for main.py.
+    with LESSON.pool(max_size=WORKERS * (SLOTS + 3) + 1) as pool:
+        without_keys(pool, checks)
+        with_keys(pool, checks)
+        rate_limited_payments(pool, checks)
     return checks.passed
 
 
 if __name__ == "__main__":
     parser = argument_parser(__doc__ or "")
-    add_panic_option(parser, default=DEFAULT_PANIC_POINT, help="kill the first of two workers")
-    options = parser.parse_args()
-    point = chosen_panic_point(
-        options.panic,
-        {name: p.where for name, p in PANIC_POINTS.items()},
-        PANIC_POINTS_NOT_OFFERED,
-    )
-    configure_logging(options.verbose)
-    run_lesson(lambda: demonstrate(point))
+    configure_logging(parser.parse_args().verbose)
+    run_lesson(demonstrate)

@@ -56,16 +56,6 @@ class ConcurrencyLimit:
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
-class Email:
-    id: int
-    order_id: str
-    recipient: str
-    subject: str
-    task_id: int
-    sent_at: datetime.datetime
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
 class EventWait:
     task_id: int
     event_number: int
@@ -92,6 +82,15 @@ class RateLimit:
     units: int
     per: datetime.timedelta
     granted_at: list[datetime.datetime]
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ReportRun:
+    task_id: int
+    attempt: int
+    tenant: str
+    started_at: datetime.datetime
+    finished_at: datetime.datetime | None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

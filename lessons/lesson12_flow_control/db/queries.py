@@ -895,8 +895,31 @@ SELECT task_id, event_number, key, timeout_at, external_event_id, payload, ended
 ORDER BY task_id, event_number
 """
 
-RECORD_CHARGE = """-- name: RecordCharge :one
+RECORD_REPORT_START = """-- name: RecordReportStart :exec
 
+INSERT INTO report_runs (task_id, attempt, tenant)
+VALUES ($1, $2, $3)
+ON CONFLICT (task_id, attempt) DO NOTHING
+"""
+
+RECORD_REPORT_FINISH = """-- name: RecordReportFinish :exec
+UPDATE report_runs
+SET finished_at = clock_timestamp()
+WHERE task_id = $1 AND attempt = $2
+"""
+
+COUNT_FINISHED_REPORT_RUNS = """-- name: CountFinishedReportRuns :one
+SELECT count(*) FROM report_runs
+WHERE task_id >= $1 AND tenant = ANY($2::text[])
+  AND finished_at IS NOT NULL
+"""
+
+LIST_REPORT_RUNS = """-- name: ListReportRuns :many
+SELECT task_id, attempt, tenant, started_at, finished_at FROM report_runs
+ORDER BY started_at, task_id, attempt
+"""
+
+RECORD_CHARGE = """-- name: RecordCharge :one
 INSERT INTO charges (order_id, amount_cents, task_id)
 VALUES ($1, $2, $3)
 ON CONFLICT (task_id) DO NOTHING
@@ -908,25 +931,8 @@ SELECT id, order_id, amount_cents, task_id, charged_at FROM charges
 WHERE task_id = $1
 """
 
-RECORD_EMAIL = """-- name: RecordEmail :one
-INSERT INTO emails (order_id, recipient, subject, task_id)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (task_id) DO NOTHING
-RETURNING id, order_id, recipient, subject, task_id, sent_at
-"""
-
-GET_EMAIL_OF_TASK = """-- name: GetEmailOfTask :one
-SELECT id, order_id, recipient, subject, task_id, sent_at FROM emails
-WHERE task_id = $1
-"""
-
 LIST_CHARGES = """-- name: ListCharges :many
 SELECT id, order_id, amount_cents, task_id, charged_at FROM charges
-ORDER BY id
-"""
-
-LIST_EMAILS = """-- name: ListEmails :many
-SELECT id, order_id, recipient, subject, task_id, sent_at FROM emails
 ORDER BY id
 """
 
@@ -1589,14 +1595,41 @@ class Querier:
             cur.execute(LIST_EVENT_WAITS)
             return [_event_wait_from_row(row) for row in cur.fetchall()]
 
-    def record_charge(
-        self, *, order_id: str, amount_cents: int, task_id: int
-    ) -> models.Charge | None:
+    def record_report_start(self, *, task_id: int, attempt: int, tenant: str) -> None:
         """---------------------------------------------------------------------------
         The demonstration's queries: what the example's task functions do to its
         own data, not the engine's.
         ---------------------------------------------------------------------------
-        Charge, unless this task has charged already: then no row comes back, and
+        A report task's run begins (once per attempt).
+        """
+        with self._cursor() as cur:
+            cur.execute(RECORD_REPORT_START, (task_id, attempt, tenant))
+
+    def record_report_finish(self, *, task_id: int, attempt: int) -> None:
+        with self._cursor() as cur:
+            cur.execute(RECORD_REPORT_FINISH, (task_id, attempt))
+
+    def count_finished_report_runs(
+        self, *, first_task_id: int, tenants: Sequence[str]
+    ) -> int | None:
+        """How many runs of these tenants' reports, from task first_task_id on, have
+        finished: what main.py waits for.
+        """
+        with self._cursor() as cur:
+            cur.execute(COUNT_FINISHED_REPORT_RUNS, (first_task_id, _array(tenants)))
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def list_report_runs(self) -> list[models.ReportRun]:
+        """Every run, in the order they started."""
+        with self._cursor() as cur:
+            cur.execute(LIST_REPORT_RUNS)
+            return [_report_run_from_row(row) for row in cur.fetchall()]
+
+    def record_charge(
+        self, *, order_id: str, amount_cents: int, task_id: int
+    ) -> models.Charge | None:
+        """Charge, unless this task has charged already: then no row comes back, and
         GetChargeOfTask finds the charge made by the task's earlier run.
         """
         with self._cursor() as cur:
@@ -1610,30 +1643,10 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _charge_from_row(row)
 
-    def record_email(
-        self, *, order_id: str, recipient: str, subject: str, task_id: int
-    ) -> models.Email | None:
-        """Send, unless this task has sent its email already (see RecordCharge)."""
-        with self._cursor() as cur:
-            cur.execute(RECORD_EMAIL, (order_id, recipient, subject, task_id))
-            row = cur.fetchone()
-        return None if row is None else _email_from_row(row)
-
-    def get_email_of_task(self, *, task_id: int) -> models.Email | None:
-        with self._cursor() as cur:
-            cur.execute(GET_EMAIL_OF_TASK, (task_id,))
-            row = cur.fetchone()
-        return None if row is None else _email_from_row(row)
-
     def list_charges(self) -> list[models.Charge]:
         with self._cursor() as cur:
             cur.execute(LIST_CHARGES)
             return [_charge_from_row(row) for row in cur.fetchall()]
-
-    def list_emails(self) -> list[models.Email]:
-        with self._cursor() as cur:
-            cur.execute(LIST_EMAILS)
-            return [_email_from_row(row) for row in cur.fetchall()]
 
 
 def _task_from_row(row: tuple[Any, ...]) -> models.Task:
@@ -1847,6 +1860,16 @@ def _external_event_from_row(row: tuple[Any, ...]) -> models.ExternalEvent:
     )
 
 
+def _report_run_from_row(row: tuple[Any, ...]) -> models.ReportRun:
+    return models.ReportRun(
+        task_id=row[0],
+        attempt=row[1],
+        tenant=row[2],
+        started_at=row[3],
+        finished_at=row[4],
+    )
+
+
 def _charge_from_row(row: tuple[Any, ...]) -> models.Charge:
     return models.Charge(
         id=row[0],
@@ -1854,17 +1877,6 @@ def _charge_from_row(row: tuple[Any, ...]) -> models.Charge:
         amount_cents=row[2],
         task_id=row[3],
         charged_at=row[4],
-    )
-
-
-def _email_from_row(row: tuple[Any, ...]) -> models.Email:
-    return models.Email(
-        id=row[0],
-        order_id=row[1],
-        recipient=row[2],
-        subject=row[3],
-        task_id=row[4],
-        sent_at=row[5],
     )
 
 

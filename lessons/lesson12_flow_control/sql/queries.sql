@@ -969,6 +969,29 @@ ORDER BY task_id, event_number;
 -- own data, not the engine's.
 -- ---------------------------------------------------------------------------
 
+-- name: RecordReportStart :exec
+-- A report task's run begins (once per attempt).
+INSERT INTO report_runs (task_id, attempt, tenant)
+VALUES (sqlc.arg(task_id), sqlc.arg(attempt), sqlc.arg(tenant))
+ON CONFLICT (task_id, attempt) DO NOTHING;
+
+-- name: RecordReportFinish :exec
+UPDATE report_runs
+SET finished_at = clock_timestamp()
+WHERE task_id = sqlc.arg(task_id) AND attempt = sqlc.arg(attempt);
+
+-- name: CountFinishedReportRuns :one
+-- How many runs of these tenants' reports, from task first_task_id on, have
+-- finished: what main.py waits for.
+SELECT count(*) FROM report_runs
+WHERE task_id >= sqlc.arg(first_task_id) AND tenant = ANY(sqlc.arg(tenants)::text[])
+  AND finished_at IS NOT NULL;
+
+-- name: ListReportRuns :many
+-- Every run, in the order they started.
+SELECT * FROM report_runs
+ORDER BY started_at, task_id, attempt;
+
 -- name: RecordCharge :one
 -- Charge, unless this task has charged already: then no row comes back, and
 -- GetChargeOfTask finds the charge made by the task's earlier run.
@@ -981,21 +1004,6 @@ RETURNING *;
 SELECT * FROM charges
 WHERE task_id = sqlc.arg(task_id);
 
--- name: RecordEmail :one
--- Send, unless this task has sent its email already (see RecordCharge).
-INSERT INTO emails (order_id, recipient, subject, task_id)
-VALUES (sqlc.arg(order_id), sqlc.arg(recipient), sqlc.arg(subject), sqlc.arg(task_id))
-ON CONFLICT (task_id) DO NOTHING
-RETURNING *;
-
--- name: GetEmailOfTask :one
-SELECT * FROM emails
-WHERE task_id = sqlc.arg(task_id);
-
 -- name: ListCharges :many
 SELECT * FROM charges
-ORDER BY id;
-
--- name: ListEmails :many
-SELECT * FROM emails
 ORDER BY id;

@@ -593,28 +593,28 @@ $$;
 -- The demonstration's tables: the example's own data, not the engine's.
 -- ---------------------------------------------------------------------------
 
--- The world of the example, process_order: what its child tasks do. A real
--- payment provider and mail server live elsewhere; here they are two tables,
--- so that a test can count what happened.
---
--- A child task can run more than once (its worker may die after charging but
--- before the task is recorded complete), so each effect carries the id of the
--- task that caused it, unique, the way a payment API takes an idempotency key:
--- the second run of the same task finds the first run's charge instead of
--- charging again.
+-- The example, a reporting service shared by tenants: each run of a report
+-- task records when it started and when it finished, on the database's clock,
+-- so that main.py can see the order tasks started in and count how many of a
+-- tenant's ran at once from the intervals themselves, not from the engine's
+-- counters. One row per attempt: a retried task would be two runs.
+CREATE TABLE report_runs (
+    task_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    tenant text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz,
+    PRIMARY KEY (task_id, attempt)
+);
+
+-- The payment provider's ledger: one row per charge. A charge carries the id
+-- of the task that made it, unique, the way a payment API takes an
+-- idempotency key: a second run of the same task finds its first run's charge
+-- instead of charging again.
 CREATE TABLE charges (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id text NOT NULL,
     amount_cents integer NOT NULL,
     task_id bigint NOT NULL UNIQUE,
-    charged_at timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE emails (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    order_id text NOT NULL,
-    recipient text NOT NULL,
-    subject text NOT NULL,
-    task_id bigint NOT NULL UNIQUE,
-    sent_at timestamptz NOT NULL DEFAULT now()
+    charged_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
