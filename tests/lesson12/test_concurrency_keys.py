@@ -535,13 +535,6 @@ def test_priority_holds_within_a_key_and_keyless_tasks_keep_lesson_11s_order(
     assert max_held_per_key(pool) == {"a": 1, "b": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: keys_to_visit counts a key as open from its counter alone, whatever "
-    "its task names, and stops after max_keys (= free slots) open keys; a claim that serves "
-    "none of them returns no task, so the poller's cursor (_last_key_served) does not move, "
-    "and every later claim walks the same unserved keys: key b never runs",
-)
 def test_keys_whose_tasks_no_worker_serves_do_not_block_the_other_keys(
     database: LessonDatabase,
 ) -> None:

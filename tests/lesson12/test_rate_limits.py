@@ -388,13 +388,6 @@ def test_a_five_unit_task_is_not_starved_by_one_unit_tasks(
     assert most_units_in_a_window(grants, per) <= units
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="engine bug: ClaimTasks takes its keyless candidates (LIMIT max_tasks, by priority "
-    "and id) before the rate limit filters them, so as many waiting rate-limited tasks as "
-    "the worker has free slots, ahead in the queue, hide every unlimited task behind them",
-)
 def test_keyless_unlimited_tasks_are_not_held_back_by_an_exhausted_rate_limit(
     lesson_database: Callable[..., LessonDatabase],
 ) -> None:
