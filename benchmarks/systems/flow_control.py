@@ -364,6 +364,8 @@ class FlowControlQueue:
             with conn.transaction():
                 fill_queue(conn, self.shape, tasks)
                 conn.execute("ANALYZE tasks")
+                if self.shape.keys is not None:
+                    conn.execute("ANALYZE concurrency_keys")
             yield pids
 
     def serving(self, layout: Layout) -> AbstractContextManager[list[int]]:
