@@ -7,7 +7,8 @@ INSTALLED := $(VENV)/.installed
 # sqlc finds its process plugin (sqlc-gen-psycopg) on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo lesson diff test exercise exercises-proof generate check bench bench-peers
+.PHONY: install demo lesson diff test exercise exercises-proof generate check bench bench-peers \
+	bench-flow-control
 
 install: $(INSTALLED)
 
@@ -57,6 +58,11 @@ check: install
 ## Entry points are the modules at the top of benchmarks/; benchmarks/README.md gives the layout.
 bench: install
 	$(PYTHON) -m benchmarks.queue_burn_down
+
+## Lesson 12's fair claim against lesson 11's claim: one claim's latency with 1 to 10,000
+## keys, and a drain by 2 worker processes (about 3-5 minutes).
+bench-flow-control: install
+	$(PYTHON) -m benchmarks.flow_control_claim
 
 ## Lesson 04 against PgQueuer and Procrastinate, lesson 07's durable orders against DBOS
 ## workflows, on the same server (under ten minutes).
