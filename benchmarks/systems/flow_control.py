@@ -31,7 +31,7 @@ from lessons.lesson11_retries_replays_forks.tools.worker_process import (
 )
 from lessons.lesson12_flow_control.db.queries import Querier as Lesson12Querier
 from lessons.lesson12_flow_control.engine.client import set_concurrency_limit
-from lessons.lesson12_flow_control.engine.poller import KEYS_VISITED_PER_CLAIM, last_key_served
+from lessons.lesson12_flow_control.engine.poller import KEYS_VISITED_PER_CLAIM
 from lessons.lesson12_flow_control.tools.worker_process import (
     WorkerProcess as Lesson12WorkerProcess,
 )
@@ -93,6 +93,10 @@ class Lesson(Protocol):
     @property
     def schema_sql(self) -> Any: ...
 
+    def set_up_claims(self, conn: psycopg.Connection[Any]) -> None:
+        """What the lesson's poller does to its connection before it claims."""
+        ...
+
     def claim(self, conn: psycopg.Connection[Any], worker_id: int, max_tasks: int) -> list[Any]:
         """One ClaimTasks call; the claimed tasks (each with id, attempt, concurrency_key)."""
         ...
@@ -105,6 +109,9 @@ class Lesson(Protocol):
 class Lesson11Claim:
     name = "lesson 11"
     schema_sql = LESSON11_SCHEMA_SQL
+
+    def set_up_claims(self, conn: psycopg.Connection[Any]) -> None:
+        pass  # its poller claims on a pooled connection, as it is
 
     def claim(self, conn: psycopg.Connection[Any], worker_id: int, max_tasks: int) -> list[Any]:
         return list(
@@ -130,13 +137,14 @@ class Lesson11Claim:
 
 
 class Lesson12Claim:
-    """Lesson 12's claim with the arguments its poller passes, walk cursor included."""
+    """Lesson 12's claim with the arguments its poller passes, on a connection set up as its
+    poller's is (one generic plan; the walk's position is in the worker's row)."""
 
     name = "lesson 12"
     schema_sql = LESSON12_SCHEMA_SQL
 
-    def __init__(self) -> None:
-        self.last_key_served = ""
+    def set_up_claims(self, conn: psycopg.Connection[Any]) -> None:
+        Lesson12Querier(conn).plan_once()
 
     def claim(self, conn: psycopg.Connection[Any], worker_id: int, max_tasks: int) -> list[Any]:
         tasks = Lesson12Querier(conn).claim_tasks(
@@ -145,11 +153,8 @@ class Lesson12Claim:
             durable_task_names=[],
             task_names=[TASK_NAME],
             max_tasks=max_tasks,
-            after_key=self.last_key_served,
-            max_keys=max_tasks,
             max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
         )
-        self.last_key_served = last_key_served(self.last_key_served, tasks)
         return list(tasks)
 
     def finish(self, conn: psycopg.Connection[Any], worker_id: int, tasks: Sequence[Any]) -> None:
@@ -170,19 +175,7 @@ def fill_queue(conn: psycopg.Connection[Any], shape: Shape, tasks: int) -> None:
     Enqueueing is not what is measured, so it skips `enqueue()`'s round trip per task;
     the rows are the ones it would write (the key rows are the ones CreateTask creates).
     """
-    if shape.keys is not None:
-        # With the count of the slots the key's tasks hold already (the full keys' tasks,
-        # see fill_keys): the count the trigger keeps from here on.
-        conn.execute(
-            "INSERT INTO concurrency_keys (queue, key, running)"
-            " SELECT %(queue)s, keys.key, coalesce(held.slots, 0)"
-            f" FROM (SELECT {shape.key_of('n')} AS key"
-            "  FROM generate_series(0, %(keys)s - 1) AS n) AS keys"
-            " LEFT JOIN (SELECT concurrency_key, count(*) AS slots FROM tasks"
-            "  WHERE queue = %(queue)s AND key_slot_held GROUP BY 1) AS held"
-            "  ON held.concurrency_key = keys.key",
-            {"queue": QUEUE, "keys": shape.keys},
-        )
+    create_key_rows(conn, shape)
     key_column = ", concurrency_key" if shape.keys is not None else ""
     key_value = f", {shape.key_of('n')}" if shape.keys is not None else ""
     conn.execute(
@@ -198,13 +191,11 @@ def fill_keys(conn: psycopg.Connection[Any], shape: Shape, holder_id: int) -> No
 
     The full keys are spread through the key order (not one block), so every walk
     meets them at the same rate. Their tasks run on `holder_id`, a registered worker
-    that never finishes them. They are written before the keys' rows, which
-    `fill_queue` then creates with these counts: through the trigger, one statement
-    of 9,900 running tasks takes half a minute, since its over-admission check reads
-    every key of the queue for each key the statement changed (see the results).
+    that never finishes them; the engine's trigger counts their slots.
     """
     if shape.keys is None or not shape.full_keys_per_hundred:
         return
+    create_key_rows(conn, shape)
     conn.execute(
         "INSERT INTO tasks (queue, task_name, display_name, input, concurrency_key,"
         "  status, attempt, worker_id, started_at)"
@@ -220,6 +211,18 @@ def fill_keys(conn: psycopg.Connection[Any], shape: Shape, holder_id: int) -> No
             "per_key": shape.max_per_key,
             "full": shape.full_keys_per_hundred,
         },
+    )
+
+
+def create_key_rows(conn: psycopg.Connection[Any], shape: Shape) -> None:
+    """Each key's row, as CreateTask creates it the first time it sees the key."""
+    if shape.keys is None:
+        return
+    conn.execute(
+        "INSERT INTO concurrency_keys (queue, key)"
+        f" SELECT %(queue)s, {shape.key_of('n')} FROM generate_series(0, %(keys)s - 1) AS n"
+        " ON CONFLICT (queue, key) DO NOTHING",
+        {"queue": QUEUE, "keys": shape.keys},
     )
 
 
@@ -274,7 +277,8 @@ class ClaimLoop:
     def run(self) -> ClaimTimes:
         schema = "bench_flow_claim"
         reset_schema(schema, self.lesson.schema_sql)
-        with connect(schema=schema) as conn:
+        with connect(schema=schema) as conn, connect(schema=schema) as claims:
+            self.lesson.set_up_claims(claims)
             worker_id = register_worker(conn, "claim loop")
             if self.shape.keys is not None:
                 set_concurrency_limit(conn, QUEUE, self.shape.max_per_key)
@@ -288,7 +292,7 @@ class ClaimLoop:
             claimed = 0
             for number in range(self.warm_up + self.claims):
                 started = time.perf_counter()
-                tasks = self.lesson.claim(conn, worker_id, self.max_tasks)
+                tasks = self.lesson.claim(claims, worker_id, self.max_tasks)
                 took = time.perf_counter() - started
                 if number >= self.warm_up:
                     seconds.append(took)

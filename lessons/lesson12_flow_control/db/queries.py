@@ -166,11 +166,19 @@ class ListRateLimitWindowsRow:
 
 CLAIM_TASKS = """-- name: ClaimTasks :many
 WITH walk AS (
-    SELECT keys_to_visit(
-        $2, workers.key_walk_after,
-        $3::text[], $4::text[],
-        $5::integer, $6::integer
-    ) AS keys
+    SELECT CASE
+        WHEN EXISTS (
+            SELECT 1 FROM concurrency_limits AS limits WHERE limits.queue = $2::text
+        ) THEN
+            keys_to_visit(
+                $2, workers.key_walk_after,
+                $3::text[], $4::text[],
+                $5::integer, $6::integer
+            )
+        -- A queue with no limit has no keyed tasks (enqueue refuses them): only
+        -- the keyless lane, lesson 11's claim, with no walk to take.
+        ELSE ARRAY['']
+    END AS keys
     FROM workers
     WHERE workers.id = $1::bigint
 ),
@@ -182,7 +190,9 @@ walk_stopped AS (
     UPDATE workers
     SET key_walk_after = walk.keys[cardinality(walk.keys)]
     FROM walk
-    WHERE workers.id = $1::bigint AND cardinality(walk.keys) > 0
+    WHERE workers.id = $1::bigint
+      AND workers.key_walk_after IS DISTINCT FROM walk.keys[cardinality(walk.keys)]
+      AND cardinality(walk.keys) > 0
 ),
 to_resume AS (
     SELECT suspended.id, suspended.priority, suspended.concurrency_key,
@@ -801,6 +811,10 @@ SELECT
     set_config('lock_timeout', $2::integer::text, true)
 """
 
+PLAN_ONCE = """-- name: PlanOnce :exec
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false)
+"""
+
 NOTIFICATION_CHANNELS = """-- name: NotificationChannels :one
 SELECT
     current_schema()::text AS schema_name,
@@ -1101,7 +1115,9 @@ class Querier:
         task), to start or to resume: during a rolling deploy, old and new workers
         share a queue, and an old worker must leave a new kind of task to a new
         worker rather than fail it.
-        The next claim goes on after the last key this one visited.
+        The next claim goes on after the last key this one visited. (On a queue
+        with no keys, the walk visits only the keyless lane, '', and stops where it
+        started: nothing to write.)
         The keys that may have a free slot, locked: the count read here is the
         newest (a row locked after a concurrent change is read as changed), and no
         other claim can admit into the key until this one commits. A key another
@@ -1506,6 +1522,14 @@ class Querier:
         """
         with self._cursor() as cur:
             cur.execute(LIMIT_TRANSACTION, (idle_milliseconds, lock_milliseconds))
+
+    def plan_once(self) -> None:
+        """For the rest of this session, plan each prepared statement once, for any
+        values (a generic plan), instead of again for each call's values. Only on
+        the poller's own connection: see engine/poller.py.
+        """
+        with self._cursor() as cur:
+            cur.execute(PLAN_ONCE)
 
     def notification_channels(self) -> NotificationChannelsRow | None:
         """The channels this schema's triggers notify (see schema.sql), named after the

@@ -13,6 +13,16 @@ robin (see ClaimTasks and keys_to_visit): where this worker's walk round the
 keys stopped is kept in its row in the database, so the poller passes only a
 bound on how many keys one claim may visit.
 
+The poller claims on a connection of its own, not the pool's, for one reason:
+lesson 12's claim is a statement big enough that planning it costs about as
+much as running it (a millisecond each, measured in the README). PostgreSQL
+plans a prepared statement again for each call while it expects a plan made
+for the call's own values to be much better; for the claim it never is (the
+plan is the same chain of index probes whatever the values), so this
+connection asks for one generic plan, made once (`plan_cache_mode`). A
+session setting must not leak into a shared pool, where it would change how
+every other statement is planned: hence a connection of the poller's own.
+
 The poller claims when told there may be work (`wake()`: the listener heard a
 notification, or has just reconnected), or when `poll_interval` has passed
 without one: polling stays as the fallback for notifications that never
@@ -25,12 +35,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from ..db.models import Task
 from ..db.queries import Querier
+from .shared import connect_like
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -74,6 +86,7 @@ class Poller:
         # waits on it, for poll_interval at most.
         self._work_may_be_waiting = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"poller-{queue}", daemon=True)
+        self._connection: psycopg.Connection[Any] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -88,6 +101,7 @@ class Poller:
         self._work_may_be_waiting.set()  # the loop may be waiting for work
         self.slots.close()  # or for a free slot
         self._thread.join()
+        self._disconnect()
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -101,8 +115,10 @@ class Poller:
             try:
                 tasks = self.claim_tasks(free_slots)
             except psycopg.Error:
-                # The database may be restarting; try again at the next poll.
+                # The database may be restarting; try again, on a new
+                # connection, at the next poll.
                 log.exception("could not claim tasks from queue %r", self.queue)
+                self._disconnect()
                 tasks = []
             for task in tasks:
                 self.slots.take()
@@ -117,24 +133,42 @@ class Poller:
     def _time_until_next_poll(self) -> float:
         """The poll interval, or less when a suspended task of this queue is due sooner."""
         try:
-            with self.pool.connection() as conn:
-                seconds = Querier(conn).seconds_until_next_wake_up(
-                    queue=self.queue, max_seconds=self.poll_interval
-                )
+            seconds = Querier(self._connected()).seconds_until_next_wake_up(
+                queue=self.queue, max_seconds=self.poll_interval
+            )
         except psycopg.Error:
+            self._disconnect()
             return self.poll_interval  # the database may be restarting
         return seconds if seconds is not None else self.poll_interval
 
     def claim_tasks(self, max_tasks: int) -> list[Task]:
-        with self.pool.connection() as conn:
-            tasks = Querier(conn).claim_tasks(
-                worker_id=self.worker_id,
-                queue=self.queue,
-                task_names=self.task_names(),
-                durable_task_names=self.durable_task_names(),
-                max_tasks=max_tasks,
-                max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
-            )
+        tasks = Querier(self._connected()).claim_tasks(
+            worker_id=self.worker_id,
+            queue=self.queue,
+            task_names=self.task_names(),
+            durable_task_names=self.durable_task_names(),
+            max_tasks=max_tasks,
+            max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
+        )
         if tasks:
             log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
         return tasks
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            self._connection = claim_connection(
+                self.pool, application_name=f"worker {self.worker_id} poller"
+            )
+        return self._connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def claim_connection(pool: ConnectionPool, *, application_name: str) -> psycopg.Connection[Any]:
+    """A connection like the pool's, on which the claim is planned once (see above)."""
+    connection = connect_like(pool, application_name=application_name)
+    Querier(connection).plan_once()
+    return connection

@@ -165,11 +165,19 @@ ORDER BY name;
 -- share a queue, and an old worker must leave a new kind of task to a new
 -- worker rather than fail it.
 WITH walk AS (
-    SELECT keys_to_visit(
-        sqlc.arg(queue), workers.key_walk_after,
-        sqlc.arg(task_names)::text[], sqlc.arg(durable_task_names)::text[],
-        sqlc.arg(max_tasks)::integer, sqlc.arg(max_keys_visited)::integer
-    ) AS keys
+    SELECT CASE
+        WHEN EXISTS (
+            SELECT 1 FROM concurrency_limits AS limits WHERE limits.queue = sqlc.arg(queue)::text
+        ) THEN
+            keys_to_visit(
+                sqlc.arg(queue), workers.key_walk_after,
+                sqlc.arg(task_names)::text[], sqlc.arg(durable_task_names)::text[],
+                sqlc.arg(max_tasks)::integer, sqlc.arg(max_keys_visited)::integer
+            )
+        -- A queue with no limit has no keyed tasks (enqueue refuses them): only
+        -- the keyless lane, lesson 11's claim, with no walk to take.
+        ELSE ARRAY['']
+    END AS keys
     FROM workers
     WHERE workers.id = sqlc.arg(worker_id)::bigint
 ),
@@ -177,12 +185,16 @@ visited AS (
     SELECT visit.key, visit.turn_order
     FROM walk, unnest(walk.keys) WITH ORDINALITY AS visit (key, turn_order)
 ),
--- The next claim goes on after the last key this one visited.
+-- The next claim goes on after the last key this one visited. (On a queue
+-- with no keys, the walk visits only the keyless lane, '', and stops where it
+-- started: nothing to write.)
 walk_stopped AS (
     UPDATE workers
     SET key_walk_after = walk.keys[cardinality(walk.keys)]
     FROM walk
-    WHERE workers.id = sqlc.arg(worker_id)::bigint AND cardinality(walk.keys) > 0
+    WHERE workers.id = sqlc.arg(worker_id)::bigint
+      AND workers.key_walk_after IS DISTINCT FROM walk.keys[cardinality(walk.keys)]
+      AND cardinality(walk.keys) > 0
 ),
 to_resume AS (
     SELECT suspended.id, suspended.priority, suspended.concurrency_key,
@@ -862,6 +874,12 @@ LIMIT sqlc.arg(max_tasks);
 SELECT
     set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_milliseconds)::integer::text, true),
     set_config('lock_timeout', sqlc.arg(lock_milliseconds)::integer::text, true);
+
+-- name: PlanOnce :exec
+-- For the rest of this session, plan each prepared statement once, for any
+-- values (a generic plan), instead of again for each call's values. Only on
+-- the poller's own connection: see engine/poller.py.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false);
 
 -- name: NotificationChannels :one
 -- The channels this schema's triggers notify (see schema.sql), named after the

@@ -416,9 +416,9 @@ CREATE TRIGGER tasks_wake_at_notify
 -- so a claim of fifty tasks, or a batch of results, changes each key's count
 -- once, by the difference between the slots its rows held before and after.
 --
--- The keys are locked in their order before their counts change: two result
--- writers that end tasks of the same keys never wait for each other in a
--- circle (deadlock). And a count that goes over its limit is refused: a claim
+-- The keys are changed, and so locked, in their order: two result writers
+-- that end tasks of the same keys never wait for each other in a circle
+-- (deadlock). And a count that goes over its limit is refused: a claim
 -- that admits too many fails, and admits nothing. The claim never does that
 -- (it reads each key's count under the key's lock, see ClaimTasks); this is
 -- the backstop that turns a bug into an error instead of a broken promise. A
@@ -430,25 +430,32 @@ CREATE TRIGGER tasks_wake_at_notify
 CREATE FUNCTION count_key_slots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    changes jsonb;
+    -- The keys whose count changes, in key order, and by how much.
+    queues text[];
+    keys text[];
+    deltas integer[];
+    now_running integer;
 BEGIN
     -- Slots held after the statement, minus slots held before, per key. (Each
     -- branch reads only the transition tables its operation has.)
     IF TG_OP = 'INSERT' THEN
-        SELECT jsonb_agg(jsonb_build_object('queue', queue, 'key', key, 'delta', delta))
-        INTO changes
-        FROM (SELECT queue, concurrency_key AS key, count(*) AS delta
+        SELECT array_agg(queue ORDER BY queue, key), array_agg(key ORDER BY queue, key),
+            array_agg(delta ORDER BY queue, key)
+        INTO queues, keys, deltas
+        FROM (SELECT queue, concurrency_key AS key, count(*)::integer AS delta
               FROM new_rows WHERE key_slot_held GROUP BY 1, 2) AS held;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT jsonb_agg(jsonb_build_object('queue', queue, 'key', key, 'delta', delta))
-        INTO changes
-        FROM (SELECT queue, concurrency_key AS key, -count(*) AS delta
-              FROM old_rows WHERE key_slot_held GROUP BY 1, 2) AS released;
+        SELECT array_agg(queue ORDER BY queue, key), array_agg(key ORDER BY queue, key),
+            array_agg(delta ORDER BY queue, key)
+        INTO queues, keys, deltas
+        FROM (SELECT queue, concurrency_key AS key, -count(*)::integer AS delta
+              FROM old_rows WHERE key_slot_held GROUP BY 1, 2) AS freed;
     ELSE
-        SELECT jsonb_agg(jsonb_build_object('queue', queue, 'key', key, 'delta', delta))
-        INTO changes
+        SELECT array_agg(queue ORDER BY queue, key), array_agg(key ORDER BY queue, key),
+            array_agg(delta ORDER BY queue, key)
+        INTO queues, keys, deltas
         FROM (
-            SELECT queue, key, sum(delta) AS delta
+            SELECT queue, key, sum(delta)::integer AS delta
             FROM (
                 SELECT queue, concurrency_key AS key, 1 AS delta
                 FROM new_rows WHERE key_slot_held
@@ -460,38 +467,35 @@ BEGIN
             HAVING sum(delta) <> 0
         ) AS net;
     END IF;
-    IF changes IS NULL THEN
-        RETURN NULL;  -- most statements: no key's slots changed
-    END IF;
 
-    PERFORM 1
-    FROM concurrency_keys AS k
-    JOIN jsonb_to_recordset(changes) AS c(queue text, key text, delta integer)
-        ON c.queue = k.queue AND c.key = k.key
-    ORDER BY k.queue, k.key
-    FOR UPDATE OF k;
-
-    UPDATE concurrency_keys AS k
-    SET running = k.running + c.delta
-    FROM jsonb_to_recordset(changes) AS c(queue text, key text, delta integer)
-    WHERE c.queue = k.queue AND c.key = k.key;
-
-    IF EXISTS (
-        SELECT 1
-        FROM jsonb_to_recordset(changes) AS c(queue text, key text, delta integer)
-        JOIN concurrency_keys AS k ON k.queue = c.queue AND k.key = c.key
-        JOIN concurrency_limits AS l ON l.queue = c.queue
-        WHERE c.delta > 0 AND k.running > l.max_per_key
-    ) THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'check_violation',
-            MESSAGE = 'over-admission: a key would have more tasks running than its limit';
-    END IF;
-
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', queues.queue)
-    FROM (SELECT DISTINCT c.queue
-          FROM jsonb_to_recordset(changes) AS c(queue text, key text, delta integer)
-          WHERE c.delta < 0) AS queues;
+    -- One key at a time, in key order: each UPDATE locks its key's row until
+    -- the transaction ends, so every transaction takes the locks in the same
+    -- order. (And each finds its row by the primary key, however many keys
+    -- the queue has.)
+    FOR i IN 1 .. coalesce(cardinality(keys), 0) LOOP
+        UPDATE concurrency_keys
+        SET running = running + deltas[i]
+        WHERE queue = queues[i] AND key = keys[i]
+        RETURNING running INTO now_running;
+        IF NOT FOUND THEN
+            -- A task that bypassed CreateTask, which creates the key's row.
+            RAISE EXCEPTION USING
+                ERRCODE = 'foreign_key_violation',
+                MESSAGE = format('key %s of queue %s has no row in concurrency_keys',
+                                 keys[i], queues[i]);
+        END IF;
+        IF deltas[i] > 0 AND now_running > (
+            SELECT max_per_key FROM concurrency_limits WHERE queue = queues[i]
+        ) THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'check_violation',
+                MESSAGE = format('over-admission: key %s of queue %s would have %s tasks '
+                                 'running, over its limit', keys[i], queues[i], now_running);
+        END IF;
+        IF deltas[i] < 0 THEN
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', queues[i]);
+        END IF;
+    END LOOP;
     RETURN NULL;
 END;
 $$;
@@ -560,10 +564,18 @@ BEGIN
         visit := visit || next_key;
         IF next_key = '' THEN
             -- The keyless lane is open when it has a task this worker can run.
+            -- (Two probes, one per index that holds keyless tasks.)
             IF EXISTS (
                 SELECT 1
                 FROM tasks AS t
-                WHERE t.queue = queue_name AND t.status = 'queued' AND t.concurrency_key IS NULL
+                WHERE t.queue = queue_name AND t.status = 'queued'
+                  AND t.concurrency_key IS NULL AND t.rate_limit IS NULL
+                  AND t.task_name = ANY(CASE WHEN t.durable THEN durable_task_names ELSE task_names END)
+            ) OR EXISTS (
+                SELECT 1
+                FROM tasks AS t
+                WHERE t.queue = queue_name AND t.status = 'queued'
+                  AND t.concurrency_key IS NULL AND t.rate_limit IS NOT NULL
                   AND t.task_name = ANY(CASE WHEN t.durable THEN durable_task_names ELSE task_names END)
             ) THEN
                 open_keys := open_keys + 1;
