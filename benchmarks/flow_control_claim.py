@@ -191,14 +191,16 @@ def load_average() -> str:
 EXPLANATION = """## What the figures mean
 
 **One claim.** The p50 and p99 of one `ClaimTasks` call (`max_tasks` 10), timed around the
-lesson's own `Querier.claim_tasks` in one process on one autocommit connection, so each
-figure is the statement, its commit and its round trip. Before every claim the queue holds
-the same tasks: after each claim (untimed) the claimed tasks are marked completed with the
-lesson's own `FinishAttempts`, which gives their key slots back, and as many new tasks are
-enqueued with the same keys, so every key keeps its depth. 20 claims warm up first; each run
-times 300, on a fresh schema whose tables have been `ANALYZE`d. Lesson 12's claim gets what
-its poller passes: `after_key` (the walk's cursor, `last_key_served`), `max_keys` 10 and
-`max_keys_visited` 200. "Tasks per claim" is how many tasks a claim returned on average.
+lesson's own `Querier.claim_tasks` in one process, so each figure is the statement, its
+commit and its round trip. Lesson 12's claim runs on a connection set up as its poller's is
+(`PlanOnce`: one generic plan) with what its poller passes (`max_keys_visited` 200; the
+walk's position is in the worker's row); lesson 11's on a plain connection, as its poller's.
+Before every claim the queue holds the same tasks: after each claim (untimed, on another
+connection) the claimed tasks are marked completed with the lesson's own `FinishAttempts`,
+which gives their key slots back, and as many new tasks are enqueued with the same keys, so
+every key keeps its depth. 20 claims warm up first; each run times 300, on a fresh schema
+whose tables have been `ANALYZE`d. "Tasks per claim" is how many tasks a claim returned on
+average.
 
 **Drain.** The lessons' own worker processes (`WorkerProcess`, 2 processes x 10 slots,
 woken by NOTIFY) drain 20,000 no-op tasks enqueued in one transaction; tasks per second from
@@ -206,36 +208,29 @@ the first task's start to the moment a poll finds nothing queued or running (dat
 
 ## Why
 
-- **Lesson 12's keyless lane** is lesson 11's claim plus what every claim now carries: the
-  call of `keys_to_visit` (two index probes that find no keyed task), the empty `open_keys`
-  and rate-limit parts of the statement, and the statement-level trigger
-  `tasks_updated_count_key_slots`, which runs on every `UPDATE` of `tasks` (every claim and
-  every result batch), builds its transition tables and finds no slot changed.
-  Measured, that is not small: about 1 ms more per claim than lesson 11's (twice its p50),
-  and a drain at about 0.6x lesson 11's, with no key anywhere. How the millisecond splits
-  between the call of `keys_to_visit` (PL/pgSQL), the larger statement and the trigger on the
-  claim's and the result batch's statements was not measured apart.
-- **Keyed, each key visited is one probe** of `tasks_keyed_queued_idx` for the next key
-  (the skip scan) and one lookup of the key's count; then every open key is locked
-  (`FOR UPDATE OF keys SKIP LOCKED`) and its best tasks read and locked, as many as its free
-  slots (up to 10 per key: a claim over 10 open keys may lock 100 task rows to start 10).
-  With 1 key the walk is three probes; with 100 or 10,000 keys a claim visits 10 keys.
-- **The trigger on the claim's statement** changes the count of every key the claim served:
-  it aggregates the transition tables into a jsonb document, locks the keys' rows in order,
-  updates them and checks the limit. The planner estimates `jsonb_to_recordset` at 100 rows,
-  so the lock and the update join it to `concurrency_keys` by a hash join over a sequential
-  scan of the whole table: the cost of a claim (and of a result batch) grows with the number
-  of keys that exist, not the number it changed (about 1.9 ms + 1.4 ms per statement with
-  10,000 keys, `auto_explain`).
+- **Keyless, lesson 12 costs about what lesson 11 does.** A queue with no concurrency limit
+  takes no walk (its claim visits only the keyless lane), and its claim is planned once on
+  the poller's own connection. Planned for each call, as a pooled connection would, the
+  claim cost about 1 ms more than lesson 11's: planning a statement of a dozen CTEs takes as
+  long as running it. What remains is the empty keyed and rate-limit parts of the statement
+  and the statement-level trigger `tasks_updated_count_key_slots`, which runs on every
+  `UPDATE` of `tasks` (every claim and every result batch), reads its transition tables and
+  finds no slot changed: about 0.1 ms a statement, measured on a batch of 10 results.
+- **Keyed, each key visited is three index probes** (`keys_to_visit`: the next key in
+  `tasks_keyed_queued_idx`, whether it has a task this worker can run, its count), in
+  PL/pgSQL; then every open key is locked (`FOR UPDATE OF keys SKIP LOCKED`) and its best
+  tasks read and locked, as many as its free slots; and the trigger changes each served
+  key's count by its primary key, one `UPDATE` per key, in key order. A claim of 10 tasks
+  over 10 keys is about 30 probes and 10 row updates more than a keyless one.
 - **Locks on key rows.** With 1 key, both workers' claims want the same row: the second
   skips it (SKIP LOCKED) and claims nothing, and each result batch's trigger waits for the
-  key's lock, so claims of one key take turns.
+  key's lock, so the claims and results of one key take turns on one row.
 - **Most keys full.** With 90 % of 10,000 keys full a claim visits about 100 keys to find 10
   open ones; with 99 % full it stops at the bound of 200 visits and finds about 2: the bound
   is what keeps the cost of a claim flat however many keys are full, and why such a claim
-  returns fewer tasks than it was asked for.
+  returns fewer tasks than it was asked for (the next claim goes on from where it stopped).
 
-The machine is shared (other helpers run test suites at the same time): the load average
+The machine is shared (other test runs may be running at the same time): the load average
 above says how busy it was, and single runs move by 20-50 %; the ratios within one run are
 what the figures are for.
 """
