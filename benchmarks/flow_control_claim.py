@@ -106,13 +106,8 @@ def claim_shapes() -> list[tuple[str, Shape]]:
 
 
 def drain_shapes() -> list[tuple[str, Shape]]:
-    return [
-        ("lesson 11", KEYLESS),
-        ("lesson 12", KEYLESS),
-        ("lesson 12", Shape(keys=1)),
-        ("lesson 12", Shape(keys=100)),
-        ("lesson 12", Shape(keys=10_000)),
-    ]
+    """The claim's shapes but the full keys' (a drain would empty their keys first)."""
+    return [(lesson, shape) for lesson, shape in claim_shapes() if not shape.full_keys_per_hundred]
 
 
 def build_cases(options: argparse.Namespace) -> list[Case]:

@@ -106,6 +106,19 @@ class Lesson(Protocol):
         ...
 
 
+def all_completed(worker_id: int, tasks: Sequence[Any]) -> dict[str, Any]:
+    """FinishAttempts' arguments (the same in both lessons): every task completed, no output."""
+    return {
+        "worker_id": worker_id,
+        "ids": [task.id for task in tasks],
+        "attempts": [task.attempt for task in tasks],
+        "succeeded": [True] * len(tasks),
+        "retryable": [False] * len(tasks),
+        "infrastructure": [False] * len(tasks),
+        "outputs": ["null"] * len(tasks),
+    }
+
+
 class Lesson11Claim:
     name = "lesson 11"
     schema_sql = LESSON11_SCHEMA_SQL
@@ -125,15 +138,7 @@ class Lesson11Claim:
         )
 
     def finish(self, conn: psycopg.Connection[Any], worker_id: int, tasks: Sequence[Any]) -> None:
-        Lesson11Querier(conn).finish_attempts(
-            worker_id=worker_id,
-            ids=[task.id for task in tasks],
-            attempts=[task.attempt for task in tasks],
-            succeeded=[True] * len(tasks),
-            retryable=[False] * len(tasks),
-            infrastructure=[False] * len(tasks),
-            outputs=["null"] * len(tasks),
-        )
+        Lesson11Querier(conn).finish_attempts(**all_completed(worker_id, tasks))
 
 
 class Lesson12Claim:
@@ -158,15 +163,7 @@ class Lesson12Claim:
         return list(tasks)
 
     def finish(self, conn: psycopg.Connection[Any], worker_id: int, tasks: Sequence[Any]) -> None:
-        Lesson12Querier(conn).finish_attempts(
-            worker_id=worker_id,
-            ids=[task.id for task in tasks],
-            attempts=[task.attempt for task in tasks],
-            succeeded=[True] * len(tasks),
-            retryable=[False] * len(tasks),
-            infrastructure=[False] * len(tasks),
-            outputs=["null"] * len(tasks),
-        )
+        Lesson12Querier(conn).finish_attempts(**all_completed(worker_id, tasks))
 
 
 def fill_queue(conn: psycopg.Connection[Any], shape: Shape, tasks: int) -> None:

@@ -8,8 +8,7 @@ its running ones finish; wait, the default, runs them all, one after another.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +16,24 @@ from psycopg_pool import ConnectionPool
 
 from lessons.common.database import connect
 from lessons.lesson12_flow_control.db.models import AtLimit, Task, TaskStatus
-from lessons.lesson12_flow_control.db.queries import Querier
 from lessons.lesson12_flow_control.engine.client import (
     enqueue,
     set_concurrency_limit,
     wait_for_task,
 )
-from lessons.lesson12_flow_control.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson12.functions_rates import (
-    DURABLE_FUNCTIONS,
-    FUNCTIONS,
     install_transitions_audit,
     most_holding_at_once,
     transitions_of,
 )
+from tests.lesson12.local_workers import get_task, local_worker
 from tests.recording import open_gate
 from tests.waiting import wait_until
 
 LESSON = "lesson12_flow_control"
 QUEUE = "deploys"
 KEY = "tenant-a"
-
-
-@contextmanager
-def local_worker(pool: ConnectionPool, *, slots: int = 4) -> Iterator[Worker]:
-    with Worker(
-        pool,
-        FUNCTIONS,
-        durable_functions=DURABLE_FUNCTIONS,
-        queue=QUEUE,
-        slots=slots,
-        poll_interval=0.05,
-        heartbeat_interval=0.1,
-        inactivity_threshold=1.0,
-    ) as worker:
-        yield worker
-
-
-def get_task(pool: ConnectionPool, task_id: int) -> Task:
-    with pool.connection() as conn:
-        task = Querier(conn).get_task(id=task_id)
-    assert task is not None, f"there is no task {task_id}"
-    return task
 
 
 def error_type(task: Task) -> Any:
@@ -87,7 +61,7 @@ def test_cancel_newest_fails_a_task_of_a_full_key_at_once_with_a_readable_reason
     database = lesson_database(LESSON)
     with database.pool.connection() as conn:
         set_concurrency_limit(conn, QUEUE, 1, at_limit=AtLimit.CANCEL_NEWEST)
-    with local_worker(database.pool):
+    with local_worker(database.pool, queue=QUEUE):
         running = enqueue_keyed(database.pool, "hold_at_gate", {"gate": str(tmp_path / "gate")})
         wait_running(database.pool, running)
         rejected = get_task(database.pool, enqueue_keyed(database.pool, "work", {"n": 1}))
@@ -149,7 +123,7 @@ def test_cancel_in_progress_fails_older_queued_tasks_and_lets_running_ones_finis
     with database.pool.connection() as conn:
         set_concurrency_limit(conn, QUEUE, 2, at_limit=AtLimit.CANCEL_IN_PROGRESS)
     gate = str(tmp_path / "gate")
-    with local_worker(database.pool):
+    with local_worker(database.pool, queue=QUEUE):
         running = [enqueue_keyed(database.pool, "hold_at_gate", {"gate": gate}) for _ in "ab"]
         for task_id in running:
             wait_running(database.pool, task_id)
@@ -179,7 +153,7 @@ def test_wait_lets_every_task_of_a_full_key_run_one_after_another(
         limit = set_concurrency_limit(conn, QUEUE, 1)
     assert limit.at_limit == AtLimit.WAIT
     task_ids = [enqueue_keyed(database.pool, "work", {"n": n, "seconds": 0.05}) for n in range(6)]
-    with local_worker(database.pool, slots=4):
+    with local_worker(database.pool, queue=QUEUE, slots=4):
         statuses = [wait_for_task(database.pool, task_id).status for task_id in task_ids]
     assert statuses == [TaskStatus.COMPLETED] * 6
     assert most_holding_at_once(database.pool, KEY, {"running"}) == 1

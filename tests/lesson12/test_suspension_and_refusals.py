@@ -10,8 +10,7 @@ a later one, would have taken the other task too had it been admissible.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from lessons.lesson12_flow_control.db.models import Task, TaskStatus
-from lessons.lesson12_flow_control.db.queries import Querier
 from lessons.lesson12_flow_control.engine.client import (
     enqueue,
     set_concurrency_limit,
@@ -29,16 +27,14 @@ from lessons.lesson12_flow_control.engine.client import (
     wait_for_task,
 )
 from lessons.lesson12_flow_control.engine.reruns import fork, replay
-from lessons.lesson12_flow_control.engine.worker import Worker
 from tests.conftest import LessonDatabase
 from tests.lesson12.functions_rates import (
-    DURABLE_FUNCTIONS,
-    FUNCTIONS,
     GRANTS_AUDIT,
     install_transitions_audit,
     most_holding_at_once,
     seq_of,
 )
+from tests.lesson12.local_workers import get_task, local_worker
 from tests.recording import open_gate
 from tests.waiting import wait_until
 
@@ -46,28 +42,6 @@ LESSON = "lesson12_flow_control"
 QUEUE = "deploys"
 KEY = "production"
 SLEEP_SECONDS = 1.5
-
-
-@contextmanager
-def local_worker(pool: ConnectionPool, *, slots: int = 4) -> Iterator[Worker]:
-    with Worker(
-        pool,
-        FUNCTIONS,
-        durable_functions=DURABLE_FUNCTIONS,
-        queue=QUEUE,
-        slots=slots,
-        poll_interval=0.05,
-        heartbeat_interval=0.1,
-        inactivity_threshold=1.0,
-    ) as worker:
-        yield worker
-
-
-def get_task(pool: ConnectionPool, task_id: int) -> Task:
-    with pool.connection() as conn:
-        task = Querier(conn).get_task(id=task_id)
-    assert task is not None, f"there is no task {task_id}"
-    return task
 
 
 def wait_status(pool: ConnectionPool, task_id: int, status: TaskStatus) -> Task:
@@ -125,7 +99,7 @@ def test_a_sleeping_task_gives_its_slot_back_and_resumes_only_into_a_free_slot(
     install_transitions_audit(database.pool)
     with database.pool.connection() as conn:
         set_concurrency_limit(conn, QUEUE, 1)
-    with local_worker(database.pool):
+    with local_worker(database.pool, queue=QUEUE):
         sleeper_id = enqueue_keyed(
             database.pool, "sleep_then_finish", {"sleep": SLEEP_SECONDS}, durable=True
         )
@@ -158,7 +132,7 @@ def test_a_sleeping_task_that_holds_its_slot_keeps_its_key_to_itself(
     install_transitions_audit(database.pool)
     with database.pool.connection() as conn:
         set_concurrency_limit(conn, QUEUE, 1, hold_while_suspended=True)
-    with local_worker(database.pool):
+    with local_worker(database.pool, queue=QUEUE):
         sleeper = enqueue_keyed(
             database.pool, "sleep_then_finish", {"sleep": SLEEP_SECONDS}, durable=True
         )
@@ -261,7 +235,7 @@ def test_a_replay_and_a_fork_of_a_keyed_task_keep_its_key_and_its_limits(
         conn.execute(GRANTS_AUDIT)
         set_concurrency_limit(conn, QUEUE, 1)
         set_rate_limit(conn, "deploy_api", 10, 60)
-    with local_worker(database.pool):
+    with local_worker(database.pool, queue=QUEUE):
         source_id = enqueue_keyed(
             database.pool, "two_steps", {}, durable=True, rate_limit="deploy_api", rate_units=2
         )
