@@ -2,7 +2,7 @@
 
     python -m lessons.lesson12_flow_control.tools.worker_process \\
         --functions lessons.lesson12_flow_control.demo.tasks \\
-        --queue orders --queue default \\
+        --queue reports --queue payments \\
         --slots 10 --poll-interval 5 --heartbeat-interval 1 --inactivity-threshold 10 \\
         [--no-listen]
 
