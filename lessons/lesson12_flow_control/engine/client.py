@@ -4,6 +4,7 @@ and the flow-control settings: a queue's concurrency limit, and rate limits."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,24 +64,33 @@ def enqueue(
     queries = Querier(conn)
     if rate_limit is not None:
         check_rate_units(queries, rate_limit, rate_units)
-    with conn.transaction():
+    # A keyed task's strategy and its insert are one transaction (a savepoint, if
+    # `conn` is in one of its own), so the key's lock, when the strategy takes it,
+    # lasts until the task is there. A keyless task needs none: one statement.
+    with conn.transaction() if concurrency_key is not None else nullcontext():
         if concurrency_key is not None:
             apply_limit_strategy(queries, queue, concurrency_key)
-        task = create_task(
-            queries,
-            queue=queue,
-            task_name=task_name,
-            display_name=display_name or task_name,
-            input=input,
-            priority=priority,
-            max_retries=max_retries,
-            execution_timeout=execution_timeout,
-            schedule_timeout=schedule_timeout,
-            durable=durable,
-            concurrency_key=concurrency_key,
-            rate_limit=rate_limit,
-            rate_units=rate_units if rate_limit is not None else None,
-        )
+        try:
+            task = queries.create_task(
+                queue=queue,
+                task_name=task_name,
+                display_name=display_name or task_name,
+                input_=input,
+                priority=priority,
+                max_retries=max_retries,
+                execution_timeout_seconds=execution_timeout,
+                schedule_timeout_seconds=schedule_timeout,
+                durable=durable,
+                parent_id=None,  # only a durable task's context spawns children
+                concurrency_key=concurrency_key,
+                rate_limit=rate_limit,
+                rate_units=rate_units if rate_limit is not None else None,
+            )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding U+0000.
+            raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
+    if task is None:  # the queue's limit was removed since apply_limit_strategy looked
+        raise ValueError(f"queue {queue!r} has no concurrency limit any more")
     return task.id
 
 
@@ -112,46 +122,6 @@ def apply_limit_strategy(queries: Querier, queue: str, concurrency_key: str) -> 
     queries.lock_concurrency_key(queue=queue, key=concurrency_key)
     if limit.at_limit == AtLimit.CANCEL_IN_PROGRESS:
         queries.supersede_queued_tasks(queue=queue, key=concurrency_key, keep=limit.max_per_key - 1)
-
-
-def create_task(
-    queries: Querier,
-    *,
-    queue: str,
-    task_name: str,
-    display_name: str,
-    input: Any,
-    priority: int,
-    max_retries: int,
-    execution_timeout: float | None,
-    schedule_timeout: float | None,
-    durable: bool,
-    concurrency_key: str | None,
-    rate_limit: str | None,
-    rate_units: int | None,
-) -> Task:
-    try:
-        task = queries.create_task(
-            queue=queue,
-            task_name=task_name,
-            display_name=display_name or task_name,
-            input_=input,
-            priority=priority,
-            max_retries=max_retries,
-            execution_timeout_seconds=execution_timeout,
-            schedule_timeout_seconds=schedule_timeout,
-            durable=durable,
-            parent_id=None,  # only a durable task's context spawns children
-            concurrency_key=concurrency_key,
-            rate_limit=rate_limit,
-            rate_units=rate_units,
-        )
-    except psycopg.DataError as error:
-        # JSON that jsonb still refuses: a string holding U+0000.
-        raise ValueError(f"the input of {task_name} cannot be stored: {error}") from error
-    if task is None:  # the queue's limit was removed since apply_limit_strategy looked
-        raise ValueError(f"queue {queue!r} has no concurrency limit any more")
-    return task
 
 
 def set_concurrency_limit(
