@@ -84,27 +84,11 @@ def cancel_while_frozen(pool: ConnectionPool, order_id: int) -> float:
     return waited
 
 
-# What the resumed worker meets: its commit fails with IdleInTransactionSessionTimeout
-# (SQLSTATE 25P03, class 25), which shared.is_transient does not count as transient.
-FROZEN_COMMIT_NOT_RETRIED = (
-    "engine bug: a worker frozen in a bounded transaction past its idle limit, resumed "
-    "within its lease, gets IdleInTransactionSessionTimeout (SQLSTATE 25P03) at its commit; "
-    "shared.is_transient does not count class 25 as transient, so with_retries does not try "
-    "the spawn again (which AppendEvent would refuse, and the attempt would meet Cancelled): "
-    "the attempt fails instead, charged to max_retries. With no retries left the cancelled "
-    "order ends failed, never compensated: its charge is not refunded"
-)
-
-
 @pytest.mark.parametrize(
     "max_retries",
     [
         pytest.param(3, id="retries-left"),
-        pytest.param(
-            0,
-            id="no-retries-left",
-            marks=pytest.mark.xfail(strict=True, reason=FROZEN_COMMIT_NOT_RETRIED),
-        ),
+        pytest.param(0, id="no-retries-left"),
     ],
 )
 def test_a_worker_frozen_at_the_cancellation_and_resumed_in_its_lease_starts_no_email(
