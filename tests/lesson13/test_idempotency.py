@@ -279,19 +279,7 @@ def waiting_for_a_lock(conn: psycopg.Connection[Any], backend_pid: int) -> bool:
 @pytest.mark.parametrize(
     "strategy",
     [
-        pytest.param(
-            AtLimit.CANCEL_IN_PROGRESS,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "engine bug: enqueue() looks the idempotency key up before it takes "
-                    "the key's lock (client.py); a repeat that arrives while the original "
-                    "enqueue is committing finds nothing, waits on the lock, then "
-                    "CancelSupersededTasks cancels the original, and ON CONFLICT returns "
-                    "that cancelled task"
-                ),
-            ),
-        ),
+        AtLimit.CANCEL_IN_PROGRESS,
         AtLimit.WAIT,
     ],
 )
@@ -347,14 +335,6 @@ def test_a_keyed_repeat_racing_its_original_enqueue_does_not_cancel_it(
     assert task.enqueues == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: a keyed enqueue that finds its idempotency key's task with "
-        "GetTaskByIdempotencyKey (client.py) returns its id without counting itself "
-        "in `enqueues`; only a keyless repeat (CreateTask's ON CONFLICT) is counted"
-    ),
-)
 def test_a_keyed_repeat_counts_itself_in_enqueues(database: LessonDatabase) -> None:
     """`enqueues` says how many enqueues asked for the task: two enqueues of a keyed
     task with the same idempotency key make one task that counts 2, as they do for

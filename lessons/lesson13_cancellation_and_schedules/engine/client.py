@@ -122,13 +122,7 @@ def enqueue(
     # lasts until the task is there. A keyless task needs none: one statement.
     with conn.transaction() if concurrency_key is not None else nullcontext():
         if concurrency_key is not None:
-            # A repeat must not run the strategy: cancel_in_progress would
-            # cancel the very task it is a repeat of.
-            if idempotency_key is not None:
-                repeated = queries.get_task_by_idempotency_key(idempotency_key=idempotency_key)
-                if repeated is not None:
-                    return repeated.id
-            apply_limit_strategy(queries, queue, concurrency_key)
+            apply_limit_strategy(queries, queue, concurrency_key, idempotency_key)
         task = create_once(queries, create, idempotency_key, what=f"the input of {task_name}")
     if task is None:  # the queue's limit was removed since apply_limit_strategy looked
         raise ValueError(f"queue {queue!r} has no concurrency limit any more")
@@ -176,9 +170,13 @@ def check_rate_units(queries: Querier, rate_limit: str, rate_units: int) -> None
         )
 
 
-def apply_limit_strategy(queries: Querier, queue: str, concurrency_key: str) -> None:
+def apply_limit_strategy(
+    queries: Querier, queue: str, concurrency_key: str, idempotency_key: str | None
+) -> None:
     """Before a keyed task is created: refuse a queue with no limit, and for the
-    cancelling strategies lock the key and cancel what must be cancelled."""
+    cancelling strategies lock the key and cancel what must be cancelled, unless
+    the enqueue repeats one (its idempotency key names a task): cancel_in_progress
+    would cancel the very task it repeats. (CreateTask then returns that task.)"""
     limit = queries.get_concurrency_limit(queue=queue)
     if limit is None:
         raise ValueError(
@@ -191,7 +189,12 @@ def apply_limit_strategy(queries: Querier, queue: str, concurrency_key: str) -> 
     # (cancel_in_progress, see cancel_task) under its lock, so two enqueues of
     # the key at once take their turns and the second sees the first's task.
     queries.lock_concurrency_key(queue=queue, key=concurrency_key)
-    if limit.at_limit == AtLimit.CANCEL_IN_PROGRESS:
+    # Under the key's lock: an enqueue of the key committing now has committed,
+    # and its task is seen.
+    repeat = idempotency_key is not None and (
+        queries.get_task_by_idempotency_key(idempotency_key=idempotency_key) is not None
+    )
+    if limit.at_limit == AtLimit.CANCEL_IN_PROGRESS and not repeat:
         queries.cancel_superseded_tasks(
             queue=queue, key=concurrency_key, keep=limit.max_per_key - 1
         )

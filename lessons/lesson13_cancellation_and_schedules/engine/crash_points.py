@@ -29,6 +29,8 @@ The points:
 | `wait_for_event:received` | an event ended the wait, the function has not used its payload |
 | `finish_attempts:before_commit` | a batch of results written, parents woken; not committed |
 | `sweep:before_commit` | a sweep's batch ended, parents woken; not committed |
+| `cancellation:before_commit` | the cancellation event written, open waits ended; not committed |
+| `schedule_tick:before_commit` | due ticks enqueued, recorded, schedules moved on; not committed |
 | `task_returned:<task name>` | a function returned, its result is not yet recorded |
 """
 

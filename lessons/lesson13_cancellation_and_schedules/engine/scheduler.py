@@ -106,7 +106,8 @@ class Scheduler:
             more = len(due) == SCHEDULES_PER_FIRING
             for row in due:
                 more |= self._fire(conn, row.schedule, row.checked_at)
-            crash_point("schedule_tick:before_commit")
+            if due:
+                crash_point("schedule_tick:before_commit")
         return more
 
     def _fire(self, conn: psycopg.Connection[object], schedule: Schedule, now: datetime) -> bool:

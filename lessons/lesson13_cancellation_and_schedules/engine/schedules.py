@@ -43,7 +43,9 @@ class ScheduleRule:
     def parse(cls, *, cron: str | None, every: float | None, time_zone: str) -> ScheduleRule:
         """The rule, or a `ValueError` that says what is wrong with it."""
         if (cron is None) == (every is None):
-            raise ValueError("a schedule needs a cron expression or an interval (every), not both")
+            raise ValueError(
+                "a schedule needs a cron expression or an interval (every): one of the two"
+            )
         try:
             zone = ZoneInfo(time_zone)
         except (ZoneInfoNotFoundError, ValueError) as error:

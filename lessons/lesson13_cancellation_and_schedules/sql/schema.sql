@@ -755,7 +755,7 @@ $$;
 --           every day);
 --   latest  only the newest missed tick is fired (a cache refresh: once is enough);
 --   none    missed ticks are skipped (a reminder that makes no sense late).
--- A tick is missed when it is fired more than `grace` after its time. Skipped
+-- A tick is missed when it is fired `grace` or more after its time. Skipped
 -- ticks are recorded too, so that every tick has one row saying what became of it.
 CREATE TYPE catch_up AS ENUM ('all', 'latest', 'none');
 
