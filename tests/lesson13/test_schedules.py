@@ -296,7 +296,7 @@ def database(lesson_database: Callable[..., LessonDatabase]) -> LessonDatabase:
         ({"cron": "61 * * * *"}, "cron expression '61 * * * *' is not valid"),
         ({"cron": "every five minutes"}, "cron expression 'every five minutes' is not valid"),
         ({"cron": "0 9 * * *", "time_zone": "Mars/Olympus_Mons"}, "unknown time zone"),
-        ({"cron": "0 9 * * *", "every": 60.0}, "not both"),
+        ({"cron": "0 9 * * *", "every": 60.0}, "one of the two"),
         ({}, "a schedule needs a cron expression or an interval"),
         ({"every": 0.0}, "a schedule's interval must be positive"),
         ({"every": 60.0, "grace": 0.0}, "grace must be positive"),
