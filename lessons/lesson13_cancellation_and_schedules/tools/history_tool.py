@@ -6,12 +6,17 @@
     python -m lessons.lesson13_cancellation_and_schedules.tools.history_tool fork 1 --at 2
     python -m lessons.lesson13_cancellation_and_schedules.tools.history_tool replay 1
     python -m lessons.lesson13_cancellation_and_schedules.tools.history_tool flow
+    python -m lessons.lesson13_cancellation_and_schedules.tools.history_tool cancel 1 \
+        --by "support desk" --reason "the customer changed their mind"
+    python -m lessons.lesson13_cancellation_and_schedules.tools.history_tool schedules
 
 `list` shows the newest tasks; `history` a task's event log; `tree` a task with
 its children and its forks (and theirs); `replay` and `fork` run a finished
 durable task again (see engine/reruns.py); `flow` shows what holds tasks back:
 each concurrency key's slots taken and tasks waiting, and each rate limit's
-units left. The database is found like everywhere in
+units left; `cancel` cancels a task and its unfinished children (see
+engine/client.py: a durable task that has run compensates first); `schedules`
+shows each schedule, its next tick and its latest ticks. The database is found like everywhere in
 the course (DATABASE_URL, else the embedded server), and `--schema` says which
 schema holds the tables: this lesson's unless told otherwise.
 
@@ -34,8 +39,9 @@ import psycopg
 from lessons.common.cli import EXIT_NO_DATABASE, Lesson
 from lessons.common.database import DatabaseUnavailable, connect
 
-from ..db.models import Task, TaskStatus
+from ..db.models import EventKind, Schedule, Task, TaskStatus
 from ..db.queries import ListHistoryRow, Querier
+from ..engine.client import cancel
 from ..engine.reruns import RerunRefused, fork, replay
 from ..engine.shared import first_line
 
@@ -101,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
     flow.add_argument(
         "--limit", type=positive, default=DEFAULT_LIST_LENGTH, metavar="N", help="how many keys"
     )
+    commands.add_parser("schedules", help="each schedule, its next tick, its latest ticks")
     for command, about in (
+        ("cancel", "cancel a task and its unfinished children"),
         ("history", "a task's event log"),
         ("tree", "a task, its children and its forks"),
         ("replay", "delete a finished task's history and run it again from scratch"),
@@ -110,6 +118,12 @@ def parser() -> argparse.ArgumentParser:
         commands.add_parser(command, help=about).add_argument(
             "task", type=int, help="the task's id"
         )
+    commands.choices["cancel"].add_argument(
+        "--by", required=True, metavar="WHO", help="who cancels it, kept with the task"
+    )
+    commands.choices["cancel"].add_argument(
+        "--reason", required=True, metavar="WHY", help="why, kept with the task"
+    )
     commands.choices["fork"].add_argument(
         "--at",
         type=int,
@@ -142,6 +156,10 @@ def run_command(conn: psycopg.Connection[Any], options: argparse.Namespace) -> l
             return fork_lines(conn, options.task, options.at)
         case "flow":
             return flow_lines(queries, options.limit)
+        case "cancel":
+            return cancel_lines(conn, options.task, options.by, options.reason)
+        case "schedules":
+            return schedule_lines(queries)
     raise AssertionError(f"unknown command {options.command}")  # argparse refuses it first
 
 
@@ -178,6 +196,8 @@ def history_lines(queries: Querier, task_id: int) -> list[str]:
         return lines
     rows = [HISTORY_HEADING]
     for event in events:
+        if event.kind == EventKind.CANCELLATION:
+            rows.append(["", "", "(what follows is the compensation)", "", "", "", "", "", ""])
         rows.append(
             [
                 str(event.event_number),
@@ -291,7 +311,12 @@ def existing_task(queries: Querier, task_id: int) -> Task:
 def describe(task: Task) -> str:
     """`task 4 process_order (durable): completed on attempt 1`."""
     kind = " (durable)" if task.durable else ""
-    if task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.RUNNING):
+    if task.status in (
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.RUNNING,
+    ):
         state = f"{task.status} on attempt {task.attempt}"
     elif task.attempt:
         state = f"{task.status} after attempt {task.attempt}"
@@ -307,9 +332,72 @@ def details(task: Task) -> list[str]:
         lines.append(lineage_of(task))
     if task.attempts_before_replay:
         lines.append(f"replayed after attempt {task.attempts_before_replay}")
-    error = (task.output or {}).get("error") if task.status == TaskStatus.FAILED else None
+    if task.cancel_requested_at is not None:
+        when = f"{task.cancel_requested_at.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
+        lines.append(f"cancelled by {task.cancelled_by} at {when}: {task.cancel_reason}")
+    if task.idempotency_key is not None:
+        lines.append(
+            f"idempotency key {task.idempotency_key}, enqueued {count(task.enqueues, 'time')}"
+        )
+    failed = task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+    error = (task.output or {}).get("error") if failed else None
     if error:
         lines.append(f"error: {error.get('type')}: {error.get('message')}")
+    return lines
+
+
+def rule_of(schedule: Schedule) -> str:
+    """When a schedule ticks: its cron expression, or `every 1 h`."""
+    if schedule.every is not None:
+        return f"every {duration(schedule.every.total_seconds())}"
+    return schedule.cron or ""
+
+
+def cancel_lines(conn: psycopg.Connection[Any], task_id: int, by: str, reason: str) -> list[str]:
+    before = existing_task(Querier(conn), task_id)
+    if before.status in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED):
+        return [f"task {task_id} had finished ({before.status}): nothing to cancel"]
+    if before.cancel_requested_at is not None:
+        return [f"task {task_id} is being cancelled already, by {before.cancelled_by}"]
+    status = cancel(conn, task_id, cancelled_by=by, reason=reason)
+    if status == TaskStatus.CANCELLED:
+        return [f"task {task_id} ({before.task_name}) is cancelled, and its unfinished children"]
+    return [
+        f"task {task_id} ({before.task_name}) is {status}: it has run, so it compensates "
+        "first; it ends cancelled when its function returns (its children are cancelled)"
+    ]
+
+
+def schedule_lines(queries: Querier) -> list[str]:
+    schedules = queries.list_schedules()
+    if not schedules:
+        return ["no schedules"]
+    rows = [["schedule", "when", "zone", "task", "catch-up", "next tick"]] + [
+        [
+            schedule.name,
+            rule_of(schedule),
+            schedule.time_zone,
+            schedule.task_name,
+            f"{schedule.catch_up} (grace {duration(schedule.grace.total_seconds())})",
+            clock_time(schedule.next_tick_at),
+        ]
+        for schedule in schedules
+    ]
+    lines = table(rows, right_aligned=set())
+    ticks = queries.list_recent_ticks(max_ticks=DEFAULT_LIST_LENGTH)
+    if ticks:
+        lines.append("latest ticks:")
+        rows = [["schedule", "tick", "outcome", "task", "worker"]] + [
+            [
+                tick.schedule,
+                clock_time(tick.tick_at),
+                tick.outcome,
+                str(tick.task_id or ""),
+                str(tick.worker_id),
+            ]
+            for tick in ticks
+        ]
+        lines += table(rows, right_aligned={3, 4})
     return lines
 
 
