@@ -77,6 +77,15 @@ MAIN_SCRIPT_RUNS = [
             "ok    no window of 2 s had more than 20 calls to the payment API",
         ),
     ),
+    MainScriptRun(
+        "lessons/lesson13_cancellation_and_schedules/main.py",
+        # The three guarantees the lesson is about, as main.py prints them.
+        prints=(
+            "ok    A-2's charge was refunded, once; A-1's was not",
+            "ok    the 8 clicks made one task, and it counted all 8",
+            "ok    every second from the first tick to the last has its tick: none lost",
+        ),
+    ),
 ]
 
 

@@ -3,12 +3,15 @@
 - `shared`: defaults, the finished statuses, NonRetryableError, the JSON rules;
 - `crash_points`: the moments a test can have this process killed or frozen at;
 - `transactions`: the limits every multi-statement engine transaction runs under;
-- `client`: enqueue a task, wait for its result, push an external event, set the
-  flow-control limits;
+- `schedules`: when a schedule ticks (cron in a time zone, or an interval), and the
+  catch-up policy's plan for the ticks that are due;
+- `client`: enqueue a task (now, later, once per idempotency key), cancel it, wait for
+  its result, push an external event, set the flow-control limits and the schedules;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
 - `reruns`: replay a finished durable task, or fork it at an event;
 - `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
-- `result_writer`, `heartbeat`, `sweeper`, `listener`, `poller`: the worker's peers;
+- `result_writer`, `heartbeat`, `sweeper`, `listener`, `poller`, `scheduler`: the
+  worker's peers;
 - `worker`: starts and stops the peers, and runs each attempt.
 """
