@@ -246,9 +246,10 @@ def schedule_through_a_crash(pool: ConnectionPool, checks: Checks) -> None:
         delete_schedule(conn, SCHEDULE)
     gaps = [(later.tick_at - earlier.tick_at).total_seconds() for earlier, later in pairwise(ticks)]
     workers = {tick.worker_id for tick in ticks}
+    # (Which of the two fired the ticks before the crash varies from run to run.)
     print(
         f"  {len(ticks)} ticks, {ticks[0].tick_at:%H:%M:%S} to {ticks[-1].tick_at:%H:%M:%S}, "
-        f"fired by workers {sorted(workers)}; {len(digests)} digests."
+        f"fired by {len(workers)} worker(s); {len(digests)} digests."
     )
     checks.check(
         all(gap == 1.0 for gap in gaps),

@@ -22,8 +22,8 @@ task has completed or failed (a running task that is stuck is timed out or
 reassigned by lesson 04's sweeps, and its retries run out), then replay or
 fork it.
 
-Both also refuse a task with a child that has not finished, until children
-can be cancelled (a later lesson). A task can end with one still queued (it
+Both also refuse a task with a child that has not finished: cancel it first
+(`client.cancel`), or wait for it. A task can end with one still queued (it
 failed on another child's `ChildTaskFailed`, or never waited for it), and that
 child still runs, and does what it does, whenever a worker gets to it: a
 replay, or a fork from its event or before, would spawn it again, and its
@@ -120,7 +120,7 @@ def check_children_finished(task_id: int, history: list[ListHistoryRow], done: s
             raise RerunRefused(
                 f"child task {event.child_task_id} of event {event.event_number} is "
                 f"{event.child_status}: task {task_id} cannot be {done} until its children "
-                "have finished (they cannot be cancelled yet)"
+                "have finished (cancel them first, or wait for them)"
             )
 
 

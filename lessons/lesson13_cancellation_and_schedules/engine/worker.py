@@ -95,10 +95,10 @@ class Worker:
     Durable functions are registered apart, `durable_functions`, because they are
     called differently: with a context first.
 
-    It uses two connections of the pool for the sweeper and the result writer,
-    and one more for each durable function while it records or reads its
-    history: give the pool `slots + 2` connections, and a durable function never
-    waits for one. The heartbeat, the listener and the poller have a connection
+    It uses three connections of the pool for the sweeper, the result writer
+    and the scheduler, and one more for each durable function while it records
+    or reads its history: give the pool `slots + 3` connections, and a durable
+    function never waits for one. The heartbeat, the listener and the poller have a connection
     each of their own, outside the pool.
     """
 
