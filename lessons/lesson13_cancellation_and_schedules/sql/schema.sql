@@ -719,6 +719,17 @@ BEGIN
                 'message', format('cancelled by %s: %s', cancel_task.cancelled_by, reason)
             ))
         WHERE tasks.id = task.id;
+        -- Finished now: like any task that finishes, it wakes the tasks waiting
+        -- for it (its parent, and any task that shares it, see
+        -- ListTasksSharingChildren), or a parent would wait for ever.
+        UPDATE tasks
+        SET wake_at = least(wake_at, now())
+        WHERE tasks.status = 'suspended' AND (
+            tasks.id = task.parent_id
+            OR tasks.id IN (
+                SELECT event.task_id FROM task_events AS event WHERE event.child_task_id = task.id
+            )
+        );
     END IF;
     IF task.status = 'running' THEN
         -- Its worker raises the attempt's cancellation flag (the heartbeat
