@@ -87,7 +87,9 @@ def test_cancel_of_a_running_durable_task_says_it_compensates_first(
     assert [task.id for task in claimed] == [task_id]
     done = run_tool(database, "cancel", str(task_id), "--by", "ops", "--reason", "fraud")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"task {task_id} (checkout) is running: it has run, so it ")
+    assert done.stdout.splitlines()[0] == (
+        f"task {task_id} (checkout) is running, and compensates before it ends"
+    )
     with database.pool.connection() as conn:
         task = Querier(conn).get_task(id=task_id)
     assert task is not None and task.status == TaskStatus.RUNNING

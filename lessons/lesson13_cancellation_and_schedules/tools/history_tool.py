@@ -363,8 +363,8 @@ def cancel_lines(conn: psycopg.Connection[Any], task_id: int, by: str, reason: s
     if status == TaskStatus.CANCELLED:
         return [f"task {task_id} ({before.task_name}) is cancelled, and its unfinished children"]
     return [
-        f"task {task_id} ({before.task_name}) is {status}: it has run, so it compensates "
-        "first; it ends cancelled when its function returns (its children are cancelled)"
+        f"task {task_id} ({before.task_name}) is {status}, and compensates before it ends",
+        "cancelled (a durable task that has run); its unfinished children are cancelled",
     ]
 
 
