@@ -523,7 +523,6 @@ class DurableContext:
                 return None
             return ChildTask(id=event.child_task_id, task_name=task_name)
 
-        self._meet_cancellation_if_any(event_number)
         spawned = self._unless_cancelled(
             event_number,
             lambda: with_retries(
@@ -583,7 +582,6 @@ class DurableContext:
         )
         wait = self._replay(event_number, call)
         if wait is None:
-            self._meet_cancellation_if_any(event_number)
 
             def append_wait() -> TaskEvent:
                 # One statement: a run that stops before it suspends replays this event.
@@ -740,7 +738,6 @@ class DurableContext:
             event = self._recorded_event(conn, event_number, call)
             return None if event is None else TaskSuspended(self.task_id, event.wake_at)
 
-        self._meet_cancellation_if_any(event_number)
         suspension = self._unless_cancelled(
             event_number,
             lambda: with_retries(
@@ -797,7 +794,6 @@ class DurableContext:
                 event = self._recorded_event(conn, event_number, call)
                 return None if event is None else TaskSuspended(self.task_id, event.wake_at)
 
-            self._meet_cancellation_if_any(event_number)
             suspension = self._unless_cancelled(
                 event_number,
                 lambda: with_retries(
@@ -1065,7 +1061,15 @@ class DurableContext:
 
     def _unless_cancelled(self, event_number: int | None, operation: Callable[[], T]) -> T:
         """Run `operation`; if the database refuses it because the task is cancelled,
-        meet the cancellation at `event_number` (None: at the next number)."""
+        meet the cancellation at `event_number` (None: at the next number).
+
+        A new operation (`event_number` given) meets a cancellation this attempt
+        knows of already before it starts. A wait of the history (None) looks
+        first: a child that has finished is returned, cancelled or not, as a
+        replay will return it.
+        """
+        if event_number is not None:
+            self._meet_cancellation_if_any(event_number)
         try:
             return operation()
         except LostOwnership:
