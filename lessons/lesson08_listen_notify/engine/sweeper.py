@@ -11,6 +11,10 @@ sweepers share the rows instead of waiting for each other:
   touch with the database for a whole lease of that worker (see
   `ReassignTasksOfLostWorkers`): after an outage, every lease has expired, and
   the workers that are alive must first have had the time to renew theirs.
+  That judgement rests on this worker's own health, read before the statement
+  runs; if the heartbeat failed while the statement ran (it may have waited out
+  the outage for a pooled connection, or stalled in a network partition), the
+  judgement is void and its transaction rolls back.
 
 Each statement ends `batch_size` tasks at most, and the sweeper runs it again
 at once while it finds full batches: ending 200,000 overdue tasks takes many
@@ -35,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # A sweep: one bounded statement, given the queries to run it with.
 Sweep = Callable[[Querier], list[Task]]
+
+
+class LostTouchWhileSweeping(Exception):
+    """This worker's heartbeat failed while it judged other workers dead."""
 
 
 class Sweeper:
@@ -74,17 +82,36 @@ class Sweeper:
         healthy_since = self.healthy_since()
         if healthy_since is None:
             return  # out of touch: in no position to judge whether others are
-        self._sweep_in_batches(
-            "worker lost",
-            lambda queries: queries.reassign_tasks_of_lost_workers(
-                healthy_since=healthy_since, max_tasks=self.batch_size
-            ),
+        try:
+            self._sweep_in_batches(
+                "worker lost",
+                lambda queries: self._reassign_tasks_of_lost_workers(queries, healthy_since),
+            )
+        except LostTouchWhileSweeping:
+            log.info("the heartbeat failed during the lost-worker sweep: its batch rolled back")
+
+    def _reassign_tasks_of_lost_workers(
+        self, queries: Querier, healthy_since: datetime
+    ) -> list[Task]:
+        """One batch of the lost-worker sweep, void unless this worker stayed in touch.
+
+        The statement trusts `healthy_since`, read before it ran. If the
+        heartbeat has failed or started a new run since, that value is stale:
+        the statement may have been waiting through the very outage that
+        expired the other leases, and those workers may not have had a lease's
+        time to renew. Raising rolls the batch back.
+        """
+        lost = queries.reassign_tasks_of_lost_workers(
+            healthy_since=healthy_since, max_tasks=self.batch_size
         )
+        if self.healthy_since() != healthy_since:
+            raise LostTouchWhileSweeping
+        return lost
 
     def _sweep_in_batches(self, reason: str, sweep: Sweep) -> None:
         """Run `sweep` until it ends fewer tasks than a full batch (or the worker stops)."""
         while not self._periodic.stopping:
-            with self.pool.connection() as conn:
+            with self.pool.connection() as conn, conn.transaction():
                 tasks = sweep(Querier(conn))
             for task in tasks:
                 log.info(
