@@ -86,6 +86,17 @@ MAIN_SCRIPT_RUNS = [
             "ok    each tick was fired once and its digest sent once",
         ),
     ),
+    MainScriptRun(
+        "lessons/lesson14_changing_code_safely/main.py",
+        # The deploy story's guarantees, as main.py prints them.
+        prints=(
+            "ok    the check lists all 20 orders, at event 1, with the key that changed, "
+            "and exits 1",
+            "ok    the check ran no step and spawned no child: tasks, charges and emails unchanged",
+            "ok    they replayed the old path: no marker, the charge they had",
+            "ok    with no old path left in flight, the check of version 3 passes",
+        ),
+    ),
 ]
 
 
