@@ -100,6 +100,11 @@ TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 # Lock not available: a statement gave up waiting for a lock (lock_timeout).
 LOCK_NOT_AVAILABLE = "55P03"
 
+# The server ended this session, idle too long inside a transaction (a worker
+# frozen in the middle of one, see transactions.py): the transaction rolled back,
+# and the same statements may succeed on a new connection, like after a lost one.
+IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
+
 
 def is_transient(error: psycopg.Error) -> bool:
     """Whether the same statement may succeed if tried again later.
@@ -111,7 +116,10 @@ def is_transient(error: psycopg.Error) -> bool:
     """
     if error.sqlstate is None:
         return True
-    return error.sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or error.sqlstate == LOCK_NOT_AVAILABLE
+    return error.sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or error.sqlstate in (
+        LOCK_NOT_AVAILABLE,
+        IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+    )
 
 
 def connect_like(pool: ConnectionPool, *, application_name: str) -> psycopg.Connection[Any]:
