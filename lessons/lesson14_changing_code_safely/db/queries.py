@@ -532,6 +532,14 @@ SELECT greatest(0, least(
 ))::double precision AS seconds
 FROM tasks AS suspended
 WHERE suspended.queue = $2 AND suspended.status = 'suspended'
+  AND can_run_here(
+      suspended.durable, suspended.task_name, suspended.code_version,
+      $3::text[], $4::text[],
+      $5::text,
+      NOT EXISTS (
+          SELECT 1 FROM draining_versions WHERE code_version = $5::text
+      )
+  )
   AND NOT (
       suspended.wake_at <= now()
       AND suspended.concurrency_key IS NOT NULL AND NOT suspended.key_slot_held
@@ -1644,7 +1652,15 @@ class Querier:
             cur.execute(LIST_TASKS_SHARING_CHILDREN, (_array(child_ids),))
             return [row[0] for row in cur.fetchall()]
 
-    def seconds_until_next_wake_up(self, *, max_seconds: float, queue: str) -> float | None:
+    def seconds_until_next_wake_up(
+        self,
+        *,
+        max_seconds: float,
+        queue: str,
+        task_names: Sequence[str],
+        durable_task_names: Sequence[str],
+        code_version: str,
+    ) -> float | None:
         """How long until the next suspended task of this queue is due, on the
         database's clock: 0 when one is due already, and at most max_seconds (also
         when none waits for a time: least() ignores NULL).
@@ -1653,9 +1669,16 @@ class Querier:
         could not take it, and a poller told "0 s" would ask again at once, for as
         long as the key stays full. The slot's release notifies the queue instead
         (see count_key_slots in schema.sql).
+
+        Nor is a task this worker cannot run (can_run_here): one pinned to another
+        code version, above all one whose version no worker serves any more, is due
+        for ever, and would have this poller claim in a loop, finding nothing.
         """
         with self._cursor() as cur:
-            cur.execute(SECONDS_UNTIL_NEXT_WAKE_UP, (max_seconds, queue))
+            cur.execute(
+                SECONDS_UNTIL_NEXT_WAKE_UP,
+                (max_seconds, queue, _array(task_names), _array(durable_task_names), code_version),
+            )
             row = cur.fetchone()
         return None if row is None else row[0]
 

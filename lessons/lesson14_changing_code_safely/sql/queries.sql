@@ -602,12 +602,24 @@ ORDER BY event.task_id;
 -- could not take it, and a poller told "0 s" would ask again at once, for as
 -- long as the key stays full. The slot's release notifies the queue instead
 -- (see count_key_slots in schema.sql).
+--
+-- Nor is a task this worker cannot run (can_run_here): one pinned to another
+-- code version, above all one whose version no worker serves any more, is due
+-- for ever, and would have this poller claim in a loop, finding nothing.
 SELECT greatest(0, least(
     sqlc.arg(max_seconds)::double precision,
     extract(epoch FROM min(suspended.wake_at) - now())::double precision
 ))::double precision AS seconds
 FROM tasks AS suspended
 WHERE suspended.queue = sqlc.arg(queue) AND suspended.status = 'suspended'
+  AND can_run_here(
+      suspended.durable, suspended.task_name, suspended.code_version,
+      sqlc.arg(task_names)::text[], sqlc.arg(durable_task_names)::text[],
+      sqlc.arg(code_version)::text,
+      NOT EXISTS (
+          SELECT 1 FROM draining_versions WHERE code_version = sqlc.arg(code_version)::text
+      )
+  )
   AND NOT (
       suspended.wake_at <= now()
       AND suspended.concurrency_key IS NOT NULL AND NOT suspended.key_slot_held
