@@ -310,9 +310,16 @@ def history_tool(database: LessonDatabase, *arguments: str) -> subprocess.Comple
     )
 
 
-def version_line(versions: str, code_version: str) -> str:
-    """The row of `history_tool versions` for `code_version`."""
+def version_lines(versions: str, code_version: str) -> list[str]:
+    """The rows of `history_tool versions` for `code_version`, one per queue."""
     rows = [line for line in versions.splitlines() if line.split()[:1] == [code_version]]
+    assert rows, versions
+    return rows
+
+
+def version_line(versions: str, code_version: str, queue: str = "default") -> str:
+    """The row of `history_tool versions` for `code_version` on `queue`."""
+    rows = [line for line in version_lines(versions, code_version) if line.split()[1] == queue]
     assert len(rows) == 1, versions
     return rows[0]
 
@@ -548,7 +555,9 @@ def test_a_draining_version_starts_no_new_durable_task_finishes_its_own_and_undr
         assert [claim.worker_id for claim in claims_of(pool, own_child)] == [old.ids[2]]
         versions = history_tool(database, "versions")
         assert versions.returncode == 0, versions.stderr
-        assert version_line(versions.stdout, "v1").endswith("draining"), versions.stdout
+        assert all(row.endswith("draining") for row in version_lines(versions.stdout, "v1")), (
+            versions.stdout
+        )
 
         new.start()
         started_on_v2 = wait_completed(pool, waiting.values())
@@ -570,8 +579,12 @@ def test_a_draining_version_starts_no_new_durable_task_finishes_its_own_and_undr
         for task in wait_completed(pool, back_on_v1.values()):
             assert (task.code_version, task.worker_id in old.ids) == ("v1", True)
         versions = history_tool(database, "versions")
-        assert version_line(versions.stdout, "v1").endswith("serving"), versions.stdout
-        assert version_line(versions.stdout, "v2").endswith("draining"), versions.stdout
+        assert all(row.endswith("serving") for row in version_lines(versions.stdout, "v1")), (
+            versions.stdout
+        )
+        assert all(row.endswith("draining") for row in version_lines(versions.stdout, "v2")), (
+            versions.stdout
+        )
         again = history_tool(database, "undrain", "v1")
         assert (again.returncode, again.stdout) == (1, "")
         assert again.stderr.strip() == "error: version v1 is not draining"

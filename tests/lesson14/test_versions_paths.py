@@ -129,11 +129,11 @@ def test_a_version_with_tasks_and_no_live_worker_is_reported_stranded_and_its_ta
             assert claimed_in_log(new)[task_id] == 0
         versions = history_tool(database, "versions")
         assert versions.returncode == 0, versions.stderr
-        assert version_line(versions.stdout, "v1").split()[1:3] == ["0", "3"], versions.stdout
+        assert version_line(versions.stdout, "v1").split()[2:4] == ["0", "3"], versions.stdout
         assert version_line(versions.stdout, "v1").endswith("STRANDED: tasks and no live worker"), (
             versions.stdout
         )
-        assert version_line(versions.stdout, "v2").split()[1:3] == ["1", "0"], versions.stdout
+        assert version_line(versions.stdout, "v2").split()[2:4] == ["1", "0"], versions.stdout
         assert version_line(versions.stdout, "v2").endswith("serving"), versions.stdout
 
         open_gate(gate)
@@ -142,7 +142,7 @@ def test_a_version_with_tasks_and_no_live_worker_is_reported_stranded_and_its_ta
             assert (task.code_version, task.worker_id) == ("v1", old_again.id)
         versions = history_tool(database, "versions")
         assert "STRANDED" not in versions.stdout, versions.stdout
-        assert version_line(versions.stdout, "v1").split()[1:3] == ["1", "0"], versions.stdout
+        assert version_line(versions.stdout, "v1").split()[2:4] == ["1", "0"], versions.stdout
         assert_claimed_only_by_their_version(pool, [*stranded, behind], [gone, new, old_again])
 
 

@@ -1209,46 +1209,53 @@ DELETE FROM draining_versions WHERE code_version = $1
 
 LIST_CODE_VERSIONS = """-- name: ListCodeVersions :many
 WITH live_workers AS (
-    SELECT code_version, count(*) AS workers, max(last_heartbeat_at) AS last_heartbeat_at
+    SELECT code_version, queue, count(*) AS workers
     FROM workers
     WHERE stopped_at IS NULL AND lease_expires_at > now()
-    GROUP BY code_version
+    GROUP BY code_version, queue
 ),
 unfinished_tasks AS (
-    SELECT code_version, count(*) AS tasks, min(inserted_at) AS oldest_inserted_at
+    SELECT code_version, queue, count(*) AS tasks
     FROM tasks
     WHERE code_version IS NOT NULL AND status NOT IN ('completed', 'failed', 'cancelled')
-    GROUP BY code_version
+    GROUP BY code_version, queue
 ),
 last_seen AS (
-    SELECT code_version, max(last_heartbeat_at) AS last_heartbeat_at
+    SELECT code_version, queue, max(last_heartbeat_at) AS last_heartbeat_at
     FROM workers
-    GROUP BY code_version
+    GROUP BY code_version, queue
+),
+versions AS (
+    SELECT coalesce(live_workers.code_version, unfinished_tasks.code_version) AS code_version,
+        coalesce(live_workers.queue, unfinished_tasks.queue) AS queue,
+        coalesce(live_workers.workers, 0) AS live_workers,
+        coalesce(unfinished_tasks.tasks, 0) AS unfinished_tasks
+    FROM live_workers
+    FULL JOIN unfinished_tasks
+        ON (unfinished_tasks.code_version, unfinished_tasks.queue)
+            = (live_workers.code_version, live_workers.queue)
 )
 SELECT
-    coalesce(live_workers.code_version, unfinished_tasks.code_version)::text AS code_version,
-    coalesce(live_workers.workers, 0)::bigint AS live_workers,
-    coalesce(unfinished_tasks.tasks, 0)::bigint AS unfinished_tasks,
-    unfinished_tasks.oldest_inserted_at,
-    last_seen.last_heartbeat_at AS last_heartbeat_at,
+    versions.code_version::text AS code_version,
+    versions.queue::text AS queue,
+    versions.live_workers::bigint AS live_workers,
+    versions.unfinished_tasks::bigint AS unfinished_tasks,
+    last_seen.last_heartbeat_at,
     draining_versions.code_version IS NOT NULL AS draining
-FROM live_workers
-FULL JOIN unfinished_tasks ON unfinished_tasks.code_version = live_workers.code_version
+FROM versions
 LEFT JOIN last_seen
-    ON last_seen.code_version = coalesce(live_workers.code_version, unfinished_tasks.code_version)
-LEFT JOIN draining_versions
-    ON draining_versions.code_version
-        = coalesce(live_workers.code_version, unfinished_tasks.code_version)
-ORDER BY last_seen.last_heartbeat_at DESC NULLS LAST, 1
+    ON (last_seen.code_version, last_seen.queue) = (versions.code_version, versions.queue)
+LEFT JOIN draining_versions ON draining_versions.code_version = versions.code_version
+ORDER BY last_seen.last_heartbeat_at DESC NULLS LAST, versions.code_version, versions.queue
 """
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class ListCodeVersionsRow:
     code_version: str
+    queue: str
     live_workers: int
     unfinished_tasks: int
-    oldest_inserted_at: Any | None
     last_heartbeat_at: Any | None
     draining: Any | None
 
@@ -2312,9 +2319,11 @@ class Querier:
 
     def list_code_versions(self) -> list[ListCodeVersionsRow]:
         """Every code version that a live worker runs or an unfinished durable task
-        needs: how many of each, and when a worker of it last beat. A version with
-        tasks and no live worker is stranded: its tasks wait for a worker that may
-        never come (start one, or move them to a version that replays them).
+        needs, queue by queue (a worker serves one queue): how many of each, and
+        when a worker of it last beat. A version with tasks on a queue and no live
+        worker of it serving that queue is stranded there: its tasks wait for a
+        worker that may never come (start one, or move them to a version that
+        replays them).
         """
         with self._cursor() as cur:
             cur.execute(LIST_CODE_VERSIONS)
@@ -2648,9 +2657,9 @@ def _digest_from_row(row: tuple[Any, ...]) -> models.Digest:
 def _list_code_versions_row_from_row(row: tuple[Any, ...]) -> ListCodeVersionsRow:
     return ListCodeVersionsRow(
         code_version=row[0],
-        live_workers=row[1],
-        unfinished_tasks=row[2],
-        oldest_inserted_at=row[3],
+        queue=row[1],
+        live_workers=row[2],
+        unfinished_tasks=row[3],
         last_heartbeat_at=row[4],
         draining=row[5],
     )

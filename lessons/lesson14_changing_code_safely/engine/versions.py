@@ -41,3 +41,16 @@ def source_of(function: Callable[..., Any]) -> str:
         return inspect.getsource(function)
     except (OSError, TypeError):  # built in, or defined where no file is
         return f"{function.__module__}.{function.__qualname__}"
+
+
+def check_code_version(code_version: str) -> None:
+    """Refuse a declared version that is not one word of printable characters.
+
+    It names the code in logs, in `history_tool versions` and on command lines
+    (`move-version --from v1 --to v2`): a space, or nothing at all, would make
+    it hard to tell apart or to type.
+    """
+    if not code_version or not code_version.isprintable() or any(c.isspace() for c in code_version):
+        raise ValueError(
+            f"a code version is one word (a build number, a commit), not {code_version!r}"
+        )

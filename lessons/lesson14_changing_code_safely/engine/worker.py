@@ -71,7 +71,7 @@ from .slots import Slots
 from .statement_retries import DatabaseUnreachable, StatementRetries
 from .sweeper import Sweeper
 from .transactions import TransactionLimits
-from .versions import derived_code_version
+from .versions import check_code_version, derived_code_version
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class Worker:
     ) -> None:
         if inactivity_threshold <= heartbeat_interval:
             raise ValueError("the inactivity threshold must be longer than the heartbeat interval")
+        if code_version is not None:
+            check_code_version(code_version)
         self.pool = pool
         self.queue = queue
         # How long to wait before asking again when the queue was empty, unless

@@ -15,10 +15,11 @@ the input changed. Its exit status is 1 when any task would break, so that it
 can gate a deploy. `patches` says, for each patch the replays met, which
 unfinished tasks still take its old path (the ones that keep the patch in the
 code) and how many hold its marker. `versions` lists the code versions that
-workers run and tasks are pinned to, and says which are stranded: tasks, and
-no live worker to run them. `move-version` moves the unfinished tasks of one
-version to another, and `drain` stops a version's workers from starting new
-durable tasks (see engine/client.py).
+workers run and tasks are pinned to, queue by queue, and says which are
+stranded: tasks on a queue, and no live worker of their version serving it.
+`move-version` moves the unfinished tasks of one version to another, and
+`drain` stops a version's workers from starting new durable tasks (see
+engine/client.py).
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ def patch_lines(results: list[CheckedTask], markers: Mapping[str, int]) -> list[
 
 
 def version_rows(queries: Querier) -> list[list[str]]:
-    """`versions`: a heading, and a row per code version that says which are stranded."""
-    rows = [["version", "live workers", "unfinished tasks", "last heartbeat", "state"]]
+    """`versions`: a heading, and a row per code version and queue, saying which are stranded."""
+    rows = [["version", "queue", "live workers", "unfinished tasks", "last heartbeat", "state"]]
     for version in queries.list_code_versions():
         if version.unfinished_tasks and not version.live_workers:
             state = "STRANDED: tasks and no live worker"
@@ -164,6 +165,7 @@ def version_rows(queries: Querier) -> list[list[str]]:
         rows.append(
             [
                 version.code_version,
+                version.queue,
                 str(version.live_workers),
                 str(version.unfinished_tasks),
                 f"{beat.astimezone(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC" if beat else "never",

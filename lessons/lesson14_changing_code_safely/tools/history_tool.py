@@ -188,7 +188,7 @@ def run_command(conn: psycopg.Connection[Any], options: argparse.Namespace) -> l
             rows = version_rows(queries)
             if len(rows) == 1:
                 return ["no code version: no live worker, no durable task pinned"]
-            return table(rows, right_aligned={1, 2})
+            return table(rows, right_aligned={2, 3})
         case "move-version":
             return move_lines(conn, options.from_version, options.to_version)
         case "drain" | "undrain":
