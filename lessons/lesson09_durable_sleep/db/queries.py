@@ -156,6 +156,10 @@ SELECT greatest(0, least(
 ))::double precision AS seconds
 FROM tasks
 WHERE queue = $2 AND status = 'suspended'
+  AND task_name = ANY(CASE
+      WHEN durable THEN $3::text[]
+      ELSE $4::text[]
+  END)
 """
 
 GET_TASK = """-- name: GetTask :one
@@ -587,13 +591,27 @@ class Querier:
             cur.execute(WAKE_TASKS, (_array(ids),))
             return [_wake_tasks_row_from_row(row) for row in cur.fetchall()]
 
-    def seconds_until_next_wake_up(self, *, max_seconds: float, queue: str) -> float | None:
+    def seconds_until_next_wake_up(
+        self,
+        *,
+        max_seconds: float,
+        queue: str,
+        durable_task_names: Sequence[str],
+        task_names: Sequence[str],
+    ) -> float | None:
         """How long until the next suspended task of this queue is due, on the
         database's clock: 0 when one is due already, and at most max_seconds (also
         when none waits for a time: least() ignores NULL).
+
+        Only the tasks this worker could claim: one whose function it does not have
+        (a rolling deploy, a rollback) is due for ever as far as this worker is
+        concerned, and would have its poller claim in a loop, finding nothing.
         """
         with self._cursor() as cur:
-            cur.execute(SECONDS_UNTIL_NEXT_WAKE_UP, (max_seconds, queue))
+            cur.execute(
+                SECONDS_UNTIL_NEXT_WAKE_UP,
+                (max_seconds, queue, _array(durable_task_names), _array(task_names)),
+            )
             row = cur.fetchone()
         return None if row is None else row[0]
 

@@ -109,7 +109,10 @@ class Poller:
         try:
             with self.pool.connection() as conn:
                 seconds = Querier(conn).seconds_until_next_wake_up(
-                    queue=self.queue, max_seconds=self.poll_interval
+                    queue=self.queue,
+                    task_names=self.task_names(),
+                    durable_task_names=self.durable_task_names(),
+                    max_seconds=self.poll_interval,
                 )
         except psycopg.Error:
             return self.poll_interval  # the database may be restarting

@@ -168,12 +168,20 @@ RETURNING tasks.id, tasks.queue;
 -- How long until the next suspended task of this queue is due, on the
 -- database's clock: 0 when one is due already, and at most max_seconds (also
 -- when none waits for a time: least() ignores NULL).
+--
+-- Only the tasks this worker could claim: one whose function it does not have
+-- (a rolling deploy, a rollback) is due for ever as far as this worker is
+-- concerned, and would have its poller claim in a loop, finding nothing.
 SELECT greatest(0, least(
     sqlc.arg(max_seconds)::double precision,
     extract(epoch FROM min(wake_at) - now())::double precision
 ))::double precision AS seconds
 FROM tasks
-WHERE queue = sqlc.arg(queue) AND status = 'suspended';
+WHERE queue = sqlc.arg(queue) AND status = 'suspended'
+  AND task_name = ANY(CASE
+      WHEN durable THEN sqlc.arg(durable_task_names)::text[]
+      ELSE sqlc.arg(task_names)::text[]
+  END);
 
 -- name: GetTask :one
 SELECT * FROM tasks

@@ -134,7 +134,10 @@ class Poller:
         """The poll interval, or less when a suspended task of this queue is due sooner."""
         try:
             seconds = Querier(self._connected()).seconds_until_next_wake_up(
-                queue=self.queue, max_seconds=self.poll_interval
+                queue=self.queue,
+                task_names=self.task_names(),
+                durable_task_names=self.durable_task_names(),
+                max_seconds=self.poll_interval,
             )
         except psycopg.Error:
             self._disconnect()

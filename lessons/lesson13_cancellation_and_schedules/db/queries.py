@@ -519,6 +519,10 @@ SELECT greatest(0, least(
 ))::double precision AS seconds
 FROM tasks AS suspended
 WHERE suspended.queue = $2 AND suspended.status = 'suspended'
+  AND suspended.task_name = ANY(CASE
+      WHEN suspended.durable THEN $3::text[]
+      ELSE $4::text[]
+  END)
   AND NOT (
       suspended.wake_at <= now()
       AND suspended.concurrency_key IS NOT NULL AND NOT suspended.key_slot_held
@@ -1538,7 +1542,14 @@ class Querier:
             cur.execute(LIST_TASKS_SHARING_CHILDREN, (_array(child_ids),))
             return [row[0] for row in cur.fetchall()]
 
-    def seconds_until_next_wake_up(self, *, max_seconds: float, queue: str) -> float | None:
+    def seconds_until_next_wake_up(
+        self,
+        *,
+        max_seconds: float,
+        queue: str,
+        durable_task_names: Sequence[str],
+        task_names: Sequence[str],
+    ) -> float | None:
         """How long until the next suspended task of this queue is due, on the
         database's clock: 0 when one is due already, and at most max_seconds (also
         when none waits for a time: least() ignores NULL).
@@ -1547,9 +1558,16 @@ class Querier:
         could not take it, and a poller told "0 s" would ask again at once, for as
         long as the key stays full. The slot's release notifies the queue instead
         (see count_key_slots in schema.sql).
+
+        Only the tasks this worker could claim: one whose function it does not have
+        (a rolling deploy, a rollback) is due for ever as far as this worker is
+        concerned, and would have its poller claim in a loop, finding nothing.
         """
         with self._cursor() as cur:
-            cur.execute(SECONDS_UNTIL_NEXT_WAKE_UP, (max_seconds, queue))
+            cur.execute(
+                SECONDS_UNTIL_NEXT_WAKE_UP,
+                (max_seconds, queue, _array(durable_task_names), _array(task_names)),
+            )
             row = cur.fetchone()
         return None if row is None else row[0]
 

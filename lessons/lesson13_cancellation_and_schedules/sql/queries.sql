@@ -585,12 +585,20 @@ ORDER BY event.task_id;
 -- could not take it, and a poller told "0 s" would ask again at once, for as
 -- long as the key stays full. The slot's release notifies the queue instead
 -- (see count_key_slots in schema.sql).
+--
+-- Only the tasks this worker could claim: one whose function it does not have
+-- (a rolling deploy, a rollback) is due for ever as far as this worker is
+-- concerned, and would have its poller claim in a loop, finding nothing.
 SELECT greatest(0, least(
     sqlc.arg(max_seconds)::double precision,
     extract(epoch FROM min(suspended.wake_at) - now())::double precision
 ))::double precision AS seconds
 FROM tasks AS suspended
 WHERE suspended.queue = sqlc.arg(queue) AND suspended.status = 'suspended'
+  AND suspended.task_name = ANY(CASE
+      WHEN suspended.durable THEN sqlc.arg(durable_task_names)::text[]
+      ELSE sqlc.arg(task_names)::text[]
+  END)
   AND NOT (
       suspended.wake_at <= now()
       AND suspended.concurrency_key IS NOT NULL AND NOT suspended.key_slot_held
