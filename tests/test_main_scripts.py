@@ -97,6 +97,14 @@ MAIN_SCRIPT_RUNS = [
             "ok    with no old path left in flight, the check of version 3 passes",
         ),
     ),
+    MainScriptRun(
+        "lessons/lesson15_operating_at_scale/main.py",
+        # A year in a minute: what it checks, as main.py prints it.
+        prints=(
+            "ok    the tasks table stayed under 360 rows while orders kept coming",
+            "ok    the subscription charged each of its 12 renewals once, in order",
+        ),
+    ),
 ]
 
 
