@@ -388,37 +388,25 @@ def test_the_determinism_check_stops_at_the_continuation_and_creates_no_successo
     assert effects(pool, "step") == [1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the check replays with its own history limit (DEFAULT_HISTORY_LIMIT, 1000), not "
-    "the one the task's worker runs with (--history-limit), and has no option for it: "
-    "where the worker continues as new, the check replays on and says the history ends",
-)
 def test_the_determinism_check_stops_where_history_is_long_continues_as_new(
     database: LessonDatabase, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same, for a `paced` task that continues once its history is long
-    (`ctx.history_is_long`), on a worker whose limit is four events: the check must
-    stop at the continuation, where the live run continues, too."""
+    (`ctx.history_is_long`), on a worker whose limit is four events: the check, told
+    that limit, must stop at the continuation, where the live run continues, too."""
     pool = database.pool
     task_id = paced_to_the_boundary(database, history_limit=4, state={"by_limit": True})
     before = (all_tasks(pool), history_of(pool, task_id))
 
+    # Told the workers' limit: where the history ends, the run would continue.
     status, lines = run_tool_here(
-        database, capsys, "check", f"--functions={FUNCTIONS_MODULE}", "--all"
+        database, capsys, "check", f"--functions={FUNCTIONS_MODULE}", "--all", "--history-limit=4"
     )
     assert status == 0, lines
     assert (all_tasks(pool), history_of(pool, task_id)) == before
     assert "continues as new here" in check_line(lines, task_id), lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="history_is_long is decided by the replaying worker's --history-limit, which no "
-    "history records: a worker with a lower limit replays a longer history written under a "
-    "higher one, continues where the first run did not, and fails the task with a "
-    "NonDeterminismError",
-)
 def test_a_task_whose_history_a_higher_limit_wrote_goes_on_under_a_lower_limit(
     database: LessonDatabase,
 ) -> None:

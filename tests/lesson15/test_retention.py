@@ -521,31 +521,27 @@ def removable_after(pool: ConnectionPool, keep: float) -> Callable[[], bool]:
     return passed
 
 
-def backend_waiting_on_archive(pool: ConnectionPool) -> bool:
-    """Whether a session waits for a lock in an insert into archived_tasks."""
+def backend_waiting_for_a_lock(pool: ConnectionPool, query_text: str) -> bool:
+    """Whether a session waits for a lock in a statement that holds `query_text`."""
     with pool.connection() as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO archived_tasks%%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s",
+            (f"%{query_text}%",),
         ).fetchone()
     return bool(row and row[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChooseTreesToRemove locks a tree's root only: a descendant replayed (queued "
-    "again) between the choice and RemoveTasks is removed, unfinished; no foreign key "
-    "stops it, since a replay creates no reference",
-)
 def test_a_durable_child_replayed_while_its_tree_is_being_removed_is_not_removed(
     database: LessonDatabase,
 ) -> None:
     """A finished tree three deep: a root, its durable child (an order), the order's
-    two children. Retention (archive on, in this process) chooses the tree; its
-    archive insert waits for a lock the test holds (a row of archived_tasks for the
-    child, not committed: a slow moment of the batch, made to last). Meanwhile an
-    operator replays the durable child, which is queued to run again: unfinished.
-    Then the test lets go. The queued child must still be there."""
+    two children. An operator replays the durable child, in a transaction that has
+    not committed yet: ChooseTreesToRemove, which reads the committed rows, finds the
+    whole tree finished, and chooses it; its lock of the tree's tasks
+    (LockFinishedTasks) waits for the replay's lock on the child. The replay
+    commits: the lock, granted, reads the child anew, queued again, unfinished. The
+    tree must stay, the child queued, and retention say it kept the tree."""
     pool = database.pool
     with pool.connection() as conn:
         set_retention(conn, keep_finished_for=KEEP_FOR_NOW, archive=True)
@@ -564,32 +560,23 @@ def test_a_durable_child_replayed_while_its_tree_is_being_removed_is_not_removed
     )
     passes: list[RetentionPass] = []
     with (
-        connect(database.url, schema=database.schema) as holder,
+        connect(database.url, schema=database.schema) as operator,
         ThreadPoolExecutor(max_workers=1) as thread,
     ):
-        with holder.transaction(force_rollback=True):
-            holder.execute(
-                "INSERT INTO archived_tasks (task_id, root_task_id, task, history) "
-                "VALUES (%s, %s, '{}', '[]')",
-                (child, root),
-            )
+        with operator.transaction():
+            replay(operator, child)
             running = thread.submit(lambda: passes.append(retention.run_pass()))
             wait_until(
-                lambda: backend_waiting_on_archive(pool), timeout=10, message="no archive wait"
+                lambda: backend_waiting_for_a_lock(pool, "LockFinishedTasks"),
+                timeout=10,
+                message="retention never waited for the replay's lock",
             )
-            with pool.connection() as conn:
-                replay(conn, child)
-            assert status_of(pool, child) == TaskStatus.QUEUED
         running.result(timeout=20)
     assert status_of(pool, child) == TaskStatus.QUEUED, passes
+    assert status_of(pool, root) == TaskStatus.COMPLETED, passes
+    assert root in passes[0].kept_roots, passes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChooseTreesToRemove counts the period from the root's finish only: a "
-    "fire-and-forget child that finishes after its root is removed at once, kept for "
-    "none of the policy's period",
-)
 def test_a_child_that_finishes_after_its_root_is_kept_for_the_policys_period(
     database: LessonDatabase,
 ) -> None:

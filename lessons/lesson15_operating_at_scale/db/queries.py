@@ -1325,10 +1325,13 @@ tree AS (
     JOIN tasks AS child ON child.parent_id = tree.task_id
 ),
 blocked AS (
+    -- A task unfinished, or finished for less than the period (a child that
+    -- ran on after its root finished gets its period too).
     SELECT tree.root_id
     FROM tree
     JOIN tasks ON tasks.id = tree.task_id
     WHERE tasks.finished_at IS NULL
+       OR tasks.finished_at >= now() - (SELECT keep_finished_for FROM retention_policy)
     UNION
     SELECT tree.root_id
     FROM tree
@@ -1364,6 +1367,14 @@ class ChooseTreesToRemoveRow:
     task_id: int
     removable: bool
 
+
+LOCK_FINISHED_TASKS = """-- name: LockFinishedTasks :many
+SELECT id
+FROM tasks
+WHERE id = ANY($1::bigint[]) AND finished_at IS NOT NULL
+ORDER BY id
+FOR UPDATE
+"""
 
 ARCHIVE_TREE = """-- name: ArchiveTree :execrows
 INSERT INTO archived_tasks (task_id, root_task_id, task, history)
@@ -2623,12 +2634,22 @@ class Querier:
 
         The roots are locked, and passed over when another transaction holds one
         (a fork or a replay of it, or another worker's retention): the two never
-        touch one tree at once. Their descendants are finished, and nothing
-        changes a finished child.
+        touch one tree at once. The rest of each tree is locked next, by
+        LockFinishedTasks: an operator may replay a finished child meanwhile.
         """
         with self._cursor() as cur:
             cur.execute(CHOOSE_TREES_TO_REMOVE, (after_finished_at, after_id, max_roots))
             return [_choose_trees_to_remove_row_from_row(row) for row in cur.fetchall()]
+
+    def lock_finished_tasks(self, *, task_ids: Sequence[int]) -> list[int]:
+        """Lock the tasks of the trees about to go, and say which are still finished:
+        a task an operator's replay put back on the queue since ChooseTreesToRemove
+        looked (its lock waited for the replay to commit, then read the row anew)
+        is not, and its tree must stay.
+        """
+        with self._cursor() as cur:
+            cur.execute(LOCK_FINISHED_TASKS, (_array(task_ids),))
+            return [row[0] for row in cur.fetchall()]
 
     def archive_tree(self, *, root_id: int, task_ids: Sequence[int]) -> int:
         """Copy the tasks of one tree, each with its history (its events, each with

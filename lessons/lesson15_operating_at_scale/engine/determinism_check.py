@@ -45,6 +45,7 @@ from psycopg_pool import ConnectionPool
 from ..db.models import EventWait, Task, TaskEvent, TaskStatus
 from ..db.queries import Querier
 from .durable import (
+    DEFAULT_HISTORY_LIMIT,
     Call,
     Cancelled,
     ChildTask,
@@ -139,15 +140,27 @@ def tasks_to_check(
 
 
 def check_tasks(
-    pool: ConnectionPool, durable_functions: Mapping[str, DurableFunction], tasks: list[Task]
+    pool: ConnectionPool,
+    durable_functions: Mapping[str, DurableFunction],
+    tasks: list[Task],
+    *,
+    history_limit: int = DEFAULT_HISTORY_LIMIT,
 ) -> Iterator[CheckedTask]:
-    """Replay each task's history against `durable_functions`, one task at a time."""
+    """Replay each task's history against `durable_functions`, one task at a time.
+
+    `history_limit` is the workers' (`history_is_long`): where a history ends,
+    it says whether the run would continue as new there.
+    """
     for task in tasks:
-        yield check_task(pool, durable_functions, task)
+        yield check_task(pool, durable_functions, task, history_limit=history_limit)
 
 
 def check_task(
-    pool: ConnectionPool, durable_functions: Mapping[str, DurableFunction], task: Task
+    pool: ConnectionPool,
+    durable_functions: Mapping[str, DurableFunction],
+    task: Task,
+    *,
+    history_limit: int = DEFAULT_HISTORY_LIMIT,
 ) -> CheckedTask:
     """Replay one task's history against its function in `durable_functions`."""
     function = durable_functions.get(task.task_name)
@@ -156,7 +169,12 @@ def check_task(
             task, True, f"the new code has no durable function {task.task_name}", None, frozenset()
         )
     context = ReplayOnlyContext.load(
-        pool, worker_id=task.worker_id or 0, task=task, limits=CHECK_LIMITS, retries=CHECK_RETRIES
+        pool,
+        worker_id=task.worker_id or 0,
+        task=task,
+        limits=CHECK_LIMITS,
+        retries=CHECK_RETRIES,
+        history_limit=history_limit,
     )
     # A sleep whose time has come by now is over, as for a run claimed now.
     with pool.connection() as conn:

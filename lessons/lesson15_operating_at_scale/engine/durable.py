@@ -970,7 +970,16 @@ class DurableContext:
 
     @property
     def history_is_long(self) -> bool:
-        """Whether the history holds `history_limit` events or more: time to continue as new."""
+        """Whether the history holds `history_limit` events or more: time to continue as new.
+
+        Asked where the history goes on past this point, the answer is False,
+        whatever the limit: the run that wrote it did not continue here (it
+        would have ended). So a replay answers as the first run did, even on a
+        worker whose `history_limit` is another; the limit decides only where
+        the history ends, for a run going on live.
+        """
+        if self._history.get(self._next_event_number) is not None:
+            return False
         return self.history_length >= self.history_limit
 
     def continue_as_new(self, input: Any) -> NoReturn:

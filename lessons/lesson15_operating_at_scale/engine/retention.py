@@ -124,13 +124,15 @@ class Retention:
                 after_finished_at=after_finished_at, after_id=after_id, max_roots=self.max_trees
             )
             trees = [list(tree) for _, tree in groupby(rows, key=lambda row: row.root_id)]
+            candidates = [row.task_id for tree in trees if tree[0].removable for row in tree]
+            still_finished = set(queries.lock_finished_tasks(task_ids=candidates))
             doomed: list[int] = []
             for tree in trees:
-                if not tree[0].removable:
+                task_ids = [row.task_id for row in tree]
+                if not tree[0].removable or not still_finished.issuperset(task_ids):
                     removed.trees_kept += 1
                     removed.kept_roots.append(tree[0].root_id)
                     continue
-                task_ids = [row.task_id for row in tree]
                 if policy is not None and policy.archive:
                     removed.archived += queries.archive_tree(
                         root_id=tree[0].root_id, task_ids=task_ids

@@ -1442,8 +1442,8 @@ RETURNING *;
 --
 -- The roots are locked, and passed over when another transaction holds one
 -- (a fork or a replay of it, or another worker's retention): the two never
--- touch one tree at once. Their descendants are finished, and nothing
--- changes a finished child.
+-- touch one tree at once. The rest of each tree is locked next, by
+-- LockFinishedTasks: an operator may replay a finished child meanwhile.
 WITH RECURSIVE roots AS (
     SELECT root.id, root.finished_at
     FROM tasks AS root
@@ -1463,10 +1463,13 @@ tree AS (
     JOIN tasks AS child ON child.parent_id = tree.task_id
 ),
 blocked AS (
+    -- A task unfinished, or finished for less than the period (a child that
+    -- ran on after its root finished gets its period too).
     SELECT tree.root_id
     FROM tree
     JOIN tasks ON tasks.id = tree.task_id
     WHERE tasks.finished_at IS NULL
+       OR tasks.finished_at >= now() - (SELECT keep_finished_for FROM retention_policy)
     UNION
     SELECT tree.root_id
     FROM tree
@@ -1492,6 +1495,17 @@ SELECT
 FROM roots
 JOIN tree ON tree.root_id = roots.id
 ORDER BY roots.finished_at, roots.id, tree.task_id;
+
+-- name: LockFinishedTasks :many
+-- Lock the tasks of the trees about to go, and say which are still finished:
+-- a task an operator's replay put back on the queue since ChooseTreesToRemove
+-- looked (its lock waited for the replay to commit, then read the row anew)
+-- is not, and its tree must stay.
+SELECT id
+FROM tasks
+WHERE id = ANY(sqlc.arg(task_ids)::bigint[]) AND finished_at IS NOT NULL
+ORDER BY id
+FOR UPDATE;
 
 -- name: ArchiveTree :execrows
 -- Copy the tasks of one tree, each with its history (its events, each with

@@ -37,7 +37,7 @@ from lessons.common.database import create_pool
 from ..db.queries import Querier
 from ..engine.client import drain_version, move_to_version, undrain_version
 from ..engine.determinism_check import CheckedTask, check_tasks, tasks_to_check
-from ..engine.durable import DurableFunction
+from ..engine.durable import DEFAULT_HISTORY_LIMIT, DurableFunction
 
 # The exit status of a check that found a task the new code would break.
 EXIT_WOULD_BREAK = 1
@@ -52,6 +52,14 @@ def add_deploy_commands(commands: Any) -> None:
             "--functions", required=True, metavar="MODULE", help="the new code's module"
         )
         command.add_argument("--version", metavar="V", help="only the tasks of code version V")
+        command.add_argument(
+            "--history-limit",
+            type=int,
+            default=DEFAULT_HISTORY_LIMIT,
+            metavar="EVENTS",
+            help="the workers' --history-limit (default %(default)s): where a history ends, "
+            "whether the run continues as new",
+        )
     check.add_argument(
         "--ran-since",
         type=datetime.datetime.fromisoformat,
@@ -89,7 +97,7 @@ def run_check(options: argparse.Namespace) -> tuple[list[str], int]:
         tasks = tasks_to_check(
             pool, ran_since=getattr(options, "ran_since", None), code_version=options.version
         )
-        results = list(check_tasks(pool, functions, tasks))
+        results = list(check_tasks(pool, functions, tasks, history_limit=options.history_limit))
         with pool.connection() as conn:
             markers = {
                 row.name: row.tasks for row in Querier(conn).count_unfinished_patch_markers()
