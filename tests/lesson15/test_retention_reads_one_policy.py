@@ -1,15 +1,15 @@
 """A retention batch follows one policy: the one its period and its archive flag come from.
 
-`Retention._remove_trees` reads the policy (GetRetentionPolicy, for `archive`)
-and chooses the trees (ChooseTreesToRemove, whose period is a subquery of its
-own) in two statements of one READ COMMITTED transaction: each sees the
-policy as it is when the statement starts. A policy changed in between, from
-"a week, no archive" to "0.2 s, archive", makes the batch remove a tree under
-the new period with the old flag: removed, and archived nowhere, although
-neither policy says so. The test puts the change in between for certain: it
-holds `task_events` locked, which ChooseTreesToRemove reads and
-GetRetentionPolicy does not, changes the policy while the batch waits for the
-lock, and lets it go.
+A READ COMMITTED transaction's statements each see the policy as it is when
+the statement starts: a batch that read `archive` in one statement and the
+period in another could follow two policies. Changed in between, from "a
+week, no archive" to "0.2 s, archive", it would remove a tree under the new
+period with the old flag: removed, and archived nowhere, although neither
+policy says so. So ChooseTreesToRemove reads both. The test changes the policy
+while the batch runs, for certain: it holds `task_events` locked, which
+ChooseTreesToRemove reads, changes the policy while the batch waits for the
+lock, and lets it go; the batch follows the policy it started with, or the
+new one, whole.
 """
 
 from __future__ import annotations
@@ -62,13 +62,6 @@ def present_and_archived(database: LessonDatabase, task_id: int) -> tuple[bool, 
     return bool(row[0]), bool(row[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine bug: _remove_trees reads `archive` (GetRetentionPolicy) and the period "
-    "(ChooseTreesToRemove) in two statements, two snapshots; a policy changed in between "
-    "removes a tree under the new period with the old archive flag",
-)
 def test_a_tree_removed_under_a_policy_that_archives_is_archived(
     database: LessonDatabase,
 ) -> None:

@@ -1292,12 +1292,8 @@ class CountUnfinishedPatchMarkersRow:
     tasks: int
 
 
-GET_RETENTION_POLICY = """-- name: GetRetentionPolicy :one
-
-SELECT only_row, keep_finished_for, archive FROM retention_policy
-"""
-
 SET_RETENTION_POLICY = """-- name: SetRetentionPolicy :one
+
 UPDATE retention_policy
 SET keep_finished_for = $1::double precision
         * interval '1 second',
@@ -1353,7 +1349,10 @@ SELECT
     roots.id AS root_id,
     roots.finished_at AS root_finished_at,
     tree.task_id,
-    NOT EXISTS (SELECT 1 FROM blocked WHERE blocked.root_id = roots.id) AS removable
+    NOT EXISTS (SELECT 1 FROM blocked WHERE blocked.root_id = roots.id) AS removable,
+    -- The policy's archive flag, read by this statement like its period: a
+    -- batch follows one policy, whatever changes it meanwhile.
+    (SELECT archive FROM retention_policy) AS archive
 FROM roots
 JOIN tree ON tree.root_id = roots.id
 ORDER BY roots.finished_at, roots.id, tree.task_id
@@ -1366,6 +1365,7 @@ class ChooseTreesToRemoveRow:
     root_finished_at: datetime.datetime | None
     task_id: int
     removable: bool
+    archive: bool
 
 
 LOCK_FINISHED_TASKS = """-- name: LockFinishedTasks :many
@@ -2602,18 +2602,12 @@ class Querier:
             cur.execute(COUNT_UNFINISHED_PATCH_MARKERS)
             return [_count_unfinished_patch_markers_row_from_row(row) for row in cur.fetchall()]
 
-    def get_retention_policy(self) -> models.RetentionPolicy | None:
-        """Retention (lesson 15): what has been finished for the policy's period goes,
-        in small batches, each its own short transaction (see retention.py).
-        """
-        with self._cursor() as cur:
-            cur.execute(GET_RETENTION_POLICY)
-            row = cur.fetchone()
-        return None if row is None else _retention_policy_from_row(row)
-
     def set_retention_policy(
         self, *, keep_finished_for_seconds: float, archive: bool
     ) -> models.RetentionPolicy | None:
+        """Retention (lesson 15): what has been finished for the policy's period goes,
+        in small batches, each its own short transaction (see retention.py).
+        """
         with self._cursor() as cur:
             cur.execute(SET_RETENTION_POLICY, (keep_finished_for_seconds, archive))
             row = cur.fetchone()
@@ -3070,6 +3064,7 @@ def _choose_trees_to_remove_row_from_row(row: tuple[Any, ...]) -> ChooseTreesToR
         root_finished_at=row[1],
         task_id=row[2],
         removable=row[3],
+        archive=row[4],
     )
 
 

@@ -118,7 +118,6 @@ class Retention:
         """One batch of trees; whether to go on (the batch was full)."""
         with self.pool.connection() as conn, bounded_transaction(conn, self.limits):
             queries = Querier(conn)
-            policy = queries.get_retention_policy()
             after_finished_at, after_id = self._walk_after
             rows = queries.choose_trees_to_remove(
                 after_finished_at=after_finished_at, after_id=after_id, max_roots=self.max_trees
@@ -133,7 +132,7 @@ class Retention:
                     removed.trees_kept += 1
                     removed.kept_roots.append(tree[0].root_id)
                     continue
-                if policy is not None and policy.archive:
+                if tree[0].archive:
                     removed.archived += queries.archive_tree(
                         root_id=tree[0].root_id, task_ids=task_ids
                     )

@@ -1419,9 +1419,6 @@ ORDER BY task_events.name;
 -- Retention (lesson 15): what has been finished for the policy's period goes,
 -- in small batches, each its own short transaction (see retention.py).
 
--- name: GetRetentionPolicy :one
-SELECT * FROM retention_policy;
-
 -- name: SetRetentionPolicy :one
 UPDATE retention_policy
 SET keep_finished_for = sqlc.arg(keep_finished_for_seconds)::double precision
@@ -1491,7 +1488,10 @@ SELECT
     roots.id AS root_id,
     roots.finished_at AS root_finished_at,
     tree.task_id,
-    NOT EXISTS (SELECT 1 FROM blocked WHERE blocked.root_id = roots.id) AS removable
+    NOT EXISTS (SELECT 1 FROM blocked WHERE blocked.root_id = roots.id) AS removable,
+    -- The policy's archive flag, read by this statement like its period: a
+    -- batch follows one policy, whatever changes it meanwhile.
+    (SELECT archive FROM retention_policy) AS archive
 FROM roots
 JOIN tree ON tree.root_id = roots.id
 ORDER BY roots.finished_at, roots.id, tree.task_id;
