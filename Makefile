@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo lesson diff test exercise exercises-proof generate check bench bench-peers \
-	bench-flow-control
+	bench-flow-control bench-scale
 
 install: $(INSTALLED)
 
@@ -63,6 +63,13 @@ bench: install
 ## keys, and a drain by 2 worker processes (about 3-5 minutes).
 bench-flow-control: install
 	$(PYTHON) -m benchmarks.flow_control_claim
+
+## Lesson 15's measured growth: claims with up to 1M queued, wake-ups of 100,000 sleepers,
+## replays of 1,000 events, deletes with and without indexes on the foreign keys, orders with
+## 1-8 worker processes (about 20 minutes). QUICK=1: each case once, small (under a minute,
+## report in a temporary directory); LESSON=lesson15_... for another lesson's engine.
+bench-scale: install
+	$(PYTHON) -m benchmarks.scale_growth $(if $(QUICK),--quick) $(if $(LESSON),--lesson $(LESSON))
 
 ## Lesson 04 against PgQueuer and Procrastinate, lesson 07's durable orders against DBOS
 ## workflows, on the same server (under ten minutes).

@@ -95,3 +95,24 @@ def _memory(peak: int | None, growth: int | None) -> str:
     if peak is None:
         return ""
     return f"{peak / MiB:.1f} MiB ({(growth or 0) / MiB:+.1f})"
+
+
+def grid_text(table: Sequence[Sequence[str]]) -> str:
+    """A table of cells (the first line its headings) as plain text, in aligned columns."""
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in table
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def grid_markdown(table: Sequence[Sequence[str]]) -> str:
+    """A table of cells (the first line its headings) as Markdown, figures right-aligned."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    separator = ["---"] + ["---:"] * (len(table[0]) - 1)
+    return "\n".join([line(table[0]), line(separator), *(line(cells) for cells in table[1:])])
