@@ -141,12 +141,12 @@ class Retention:
             if doomed:
                 removed.tasks += queries.remove_tasks(task_ids=doomed)
             crash_point("retention:before_commit")
-        self._walk_after = walk_position(trees[-1][0]) if trees else WALK_START
         # A batch with fewer roots than asked for reached the newest: the next
         # batch starts a new round, from the oldest.
         if len(trees) < self.max_trees:
             self._walk_after = WALK_START
             return False
+        self._walk_after = walk_position(trees[-1][0])
         return True
 
     def _remove_rows(self, table: str, removed: RetentionPass) -> bool:
