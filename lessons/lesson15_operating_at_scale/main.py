@@ -227,9 +227,13 @@ def demonstrate() -> bool:
 
 
 def subscription_chain(queries: Querier) -> list[dict[str, Any]]:
-    """The subscription's tasks in order, as JSON: those retention archived, and those
-    still in the tasks table."""
-    archived = {row.task_id: row.task for row in queries.list_archived_tasks()}
+    """The subscription's tasks in order, as JSON: those still in the tasks table, and
+    those retention archived.
+
+    The tasks table first: retention may remove a task between the two reads,
+    and it archives it in the same transaction, so the archive, read second,
+    has it. (Read the other way round, a task removed in between is in neither.)
+    """
     present = {
         task.id: {
             "id": task.id,
@@ -242,6 +246,7 @@ def subscription_chain(queries: Querier) -> list[dict[str, Any]]:
         }
         for task in queries.list_tasks()
     }
+    archived = {row.task_id: row.task for row in queries.list_archived_tasks()}
     tasks = {**archived, **present}
     return [
         tasks[task_id] for task_id in sorted(tasks) if tasks[task_id]["task_name"] == "subscription"
