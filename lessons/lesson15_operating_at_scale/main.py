@@ -5,13 +5,16 @@
 A shop runs for a year, on a compressed clock (a month is a second): orders
 flow in all year, two worker processes run them, and a subscription renews
 every month. The retention policy keeps what has finished for two months.
-Every month the engine's tables are counted, and they stay flat: finished
-order trees (an order and its two children, with their histories) go once
-they are two months old, while orders keep coming. The subscription's
-history would grow by two events a month; it continues as new every five
-renewals instead, as a chain of tasks. Checked at the end: every order was
-charged and emailed once, none was removed before it finished, every
-renewal was charged once across the chain, and the tables stayed bounded.
+Task ids are cut into ranges of about a month of tasks, each with its
+partitions of tasks, histories and waits. Every month the engine's tables
+are counted, and they stay flat: a range whose tasks have all been finished
+for two months is detached and dropped whole, while orders keep coming. The
+subscription's history would grow by two events a month; it continues as new
+every five renewals instead, as a chain of tasks, and the range it started
+in, pinned meanwhile, is cleaned row by row. Checked at the end: every order
+was charged and emailed once, none was removed before it finished, every
+renewal was charged once across the chain, ranges were dropped, and the
+tables stayed bounded.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ from lessons.common.cli import wait_until as wait_for
 from lessons.lesson15_operating_at_scale.db.models import TaskStatus
 from lessons.lesson15_operating_at_scale.db.queries import CountEngineRowsRow, Querier
 from lessons.lesson15_operating_at_scale.demo.tasks import renewal_id
-from lessons.lesson15_operating_at_scale.engine.client import enqueue, set_retention
+from lessons.lesson15_operating_at_scale.engine.client import (
+    enqueue,
+    set_partitioning,
+    set_retention,
+)
 from lessons.lesson15_operating_at_scale.tools.worker_process import WorkerProcess
 
 LESSON = Lesson.of(__file__)
@@ -55,6 +62,8 @@ MONTHS = 12
 # The retention policy: what has finished is kept two months.
 KEEP_FINISHED_FOR = 2 * MONTH
 ORDERS_PER_MONTH = 30
+# A range of task ids: about a month of tasks (an order is three).
+PARTITION_SIZE = 60
 # Each renewal is two events (its sleep, its charge): ten events, five renewals.
 HISTORY_LIMIT = 10
 RENEWALS = MONTHS
@@ -88,6 +97,12 @@ def engine_rows(pool: ConnectionPool) -> CountEngineRowsRow:
     if counted is None:  # a SELECT without FROM always returns its row
         raise RuntimeError("no counts")
     return counted
+
+
+def range_starts(pool: ConnectionPool) -> set[int]:
+    """The first ids of the ranges of task ids there are now."""
+    with pool.connection() as conn:
+        return {task_range.first_id for task_range in Querier(conn).list_partitions()}
 
 
 class Shop:
@@ -128,6 +143,7 @@ def demonstrate() -> bool:
         with pool.connection() as conn:
             # Archived: the subscription's chain is read from the archive at the end.
             set_retention(conn, keep_finished_for=KEEP_FINISHED_FOR, archive=True)
+            set_partitioning(conn, partition_size=PARTITION_SIZE)
             first_subscription = enqueue(
                 conn,
                 "subscription",
@@ -145,10 +161,15 @@ def demonstrate() -> bool:
             process.start()
         print(
             f"\nA year in {MONTHS * MONTH:.0f} s: a month is {MONTH:.0f} s, "
-            f"what has finished is kept {KEEP_FINISHED_FOR / MONTH:.0f} months."
+            f"what has finished is kept {KEEP_FINISHED_FOR / MONTH:.0f} months, "
+            f"a range is {PARTITION_SIZE} task ids."
         )
-        print(f"  {'month':>5}  {'orders':>6}  {'tasks':>5}  {'events':>6}  {'waits':>5}")
+        print(
+            f"  {'month':>5}  {'orders':>6}  {'tasks':>5}  {'events':>6}  {'waits':>5}  "
+            f"{'ranges':>6}  {'dropped':>7}"
+        )
         samples: list[CountEngineRowsRow] = []
+        ranges_seen = range_starts(pool)
         with Shop(pool) as shop:
             started = time.monotonic()
             for month in range(1, MONTHS + 1):
@@ -156,9 +177,12 @@ def demonstrate() -> bool:
                 wait_for(partial(passed, month_ends_at), f"month {month}", timeout=2 * MONTH)
                 counted = engine_rows(pool)
                 samples.append(counted)
+                present = range_starts(pool)
+                ranges_seen |= present
                 print(
                     f"  {month:>5}  {len(shop.order_ids):>6}  {counted.tasks:>5}  "
-                    f"{counted.task_events:>6}  {counted.event_waits:>5}"
+                    f"{counted.task_events:>6}  {counted.event_waits:>5}  "
+                    f"{counted.ranges:>6}  {len(ranges_seen - present):>7}"
                 )
         orders = list(shop.order_ids)
         with pool.connection() as conn:
@@ -177,6 +201,7 @@ def demonstrate() -> bool:
             archived = len(queries.list_archived_tasks())
             charges = [charge.order_id for charge in queries.list_charges()]
             emails = [email.order_id for email in queries.list_emails()]
+        range_starts_at_end = range_starts(pool)
         for process in workers:
             process.stop()
 
@@ -186,7 +211,11 @@ def demonstrate() -> bool:
     # and of the month going on, are there at once (and a few more in flight).
     bound = 3 * ORDERS_PER_MONTH * (KEEP_FINISHED_FOR / MONTH + 2)
     print(f"\n  {len(orders)} orders; at most {most_tasks} task rows after month 2.")
-    print(f"  {archived} finished tasks archived, then removed.")
+    dropped = len(ranges_seen - range_starts_at_end)
+    print(
+        f"  {len(ranges_seen)} ranges of task ids were made, {dropped} dropped whole; "
+        f"{archived} finished tasks archived, then removed."
+    )
     print("  The subscription, task by task (from the tasks table and the archive):")
     for task in chain:
         print(
@@ -206,6 +235,11 @@ def demonstrate() -> bool:
         samples[-1].tasks < len(orders) * 3 / 2,
         "retention removed finished orders: the table holds far fewer than were run",
         f"{samples[-1].tasks} rows for {len(orders)} orders",
+    )
+    checks.check(
+        dropped >= MONTHS // 2,
+        f"retention dropped ranges whole, by their partitions ({dropped} of {len(ranges_seen)})",
+        f"{dropped} dropped",
     )
     checks.check(
         [c for c in charges if c.startswith("S-1/")] == renewals,

@@ -123,6 +123,20 @@ class ExternalEvent:
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
+class IdempotencyKey:
+    key: str
+    task_id: int
+    expires_at: datetime.datetime
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Partitioning:
+    only_row: bool
+    partition_size: int
+    partitions_ahead: int
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
 class RateLimit:
     name: str
     units: int
@@ -211,7 +225,6 @@ class Task:
     cancelled_by: str | None
     cancel_reason: str | None
     idempotency_key: str | None
-    idempotency_expires_at: datetime.datetime | None
     enqueues: int
     code_version: str | None
     finished_at: datetime.datetime | None
@@ -233,6 +246,14 @@ class TaskEvent:
     attempt: int
     recorded_at: datetime.datetime
     copied_from_task_id: int | None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class TaskPartition:
+    first_id: int
+    end_id: int
+    created_at: datetime.datetime
+    removing_since: datetime.datetime | None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

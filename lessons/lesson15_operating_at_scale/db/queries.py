@@ -38,17 +38,29 @@ key_full AS (
 ),
 start AS (
     SELECT coalesce(
-        $16::timestamptz,
-        now() + $17::double precision * interval '1 second'
+        $15::timestamptz,
+        now() + $16::double precision * interval '1 second'
     ) AS delayed_until
+),
+new_idempotency_key AS (
+    INSERT INTO idempotency_keys (key, task_id, expires_at)
+    SELECT
+        $14::text,
+        nextval('tasks_id_seq'),
+        now() + $17::double precision * interval '1 second'
+    WHERE $14::text IS NOT NULL
+      AND ($11::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit))
+    ON CONFLICT (key) DO NOTHING
+    RETURNING task_id
 )
 INSERT INTO tasks (
-    queue, task_name, display_name, input,
+    id, queue, task_name, display_name, input,
     priority, max_retries, execution_timeout, schedule_deadline, durable, parent_id,
     concurrency_key, hold_while_suspended, rate_limit, rate_units, status, wake_at, output,
-    cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at
+    cancel_requested_at, cancelled_by, cancel_reason, idempotency_key
 )
 SELECT
+    coalesce((SELECT task_id FROM new_idempotency_key), nextval('tasks_id_seq')),
     $1, $2, $3, $4,
     $5, $6,
     $7::double precision * interval '1 second',
@@ -74,30 +86,41 @@ SELECT
     CASE WHEN rejected.at_limit THEN now() END,
     CASE WHEN rejected.at_limit THEN 'concurrency limit' END,
     CASE WHEN rejected.at_limit THEN 'cancel_newest: its key was full' END,
-    $14::text,
-    now() + $15::double precision * interval '1 second'
+    $14::text
 FROM start, (
     SELECT coalesce(
         (SELECT at_limit = 'cancel_newest' FROM queue_limit) AND (SELECT is_full FROM key_full),
         false
     ) AS at_limit
 ) AS rejected
-WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit)
-ON CONFLICT (idempotency_key) DO UPDATE
+WHERE ($11::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit))
+  AND ($14::text IS NULL OR EXISTS (SELECT 1 FROM new_idempotency_key))
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+"""
+
+REPEAT_ENQUEUE = """-- name: RepeatEnqueue :one
+WITH named AS (
+    SELECT task_id FROM idempotency_keys
+    WHERE key = $1 AND expires_at > now()
+    FOR SHARE
+)
+UPDATE tasks
 SET enqueues = tasks.enqueues + 1
-WHERE tasks.idempotency_expires_at > now()
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+FROM named
+WHERE tasks.id = named.task_id
+RETURNING tasks.id, tasks.inserted_at, tasks.queue, tasks.task_name, tasks.display_name, tasks.input, tasks.output, tasks.status, tasks.priority, tasks.attempt, tasks.max_retries, tasks.infrastructure_attempts, tasks.execution_timeout, tasks.schedule_deadline, tasks.worker_id, tasks.started_at, tasks.durable, tasks.parent_id, tasks.wake_at, tasks.attempts_before_replay, tasks.forked_from_task_id, tasks.forked_at_event, tasks.concurrency_key, tasks.hold_while_suspended, tasks.key_slot_held, tasks.rate_limit, tasks.rate_units, tasks.cancel_requested_at, tasks.cancelled_by, tasks.cancel_reason, tasks.idempotency_key, tasks.enqueues, tasks.code_version, tasks.finished_at, tasks.continued_from_task_id, tasks.continued_as_task_id
 """
 
 RELEASE_EXPIRED_IDEMPOTENCY_KEY = """-- name: ReleaseExpiredIdempotencyKey :execrows
-UPDATE tasks
-SET idempotency_key = NULL, idempotency_expires_at = NULL
-WHERE idempotency_key = $1 AND idempotency_expires_at <= now()
+DELETE FROM idempotency_keys
+WHERE key = $1 AND expires_at <= now()
 """
 
 GET_TASK_BY_IDEMPOTENCY_KEY = """-- name: GetTaskByIdempotencyKey :one
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
-WHERE idempotency_key = $1 AND idempotency_expires_at > now()
+SELECT tasks.id, tasks.inserted_at, tasks.queue, tasks.task_name, tasks.display_name, tasks.input, tasks.output, tasks.status, tasks.priority, tasks.attempt, tasks.max_retries, tasks.infrastructure_attempts, tasks.execution_timeout, tasks.schedule_deadline, tasks.worker_id, tasks.started_at, tasks.durable, tasks.parent_id, tasks.wake_at, tasks.attempts_before_replay, tasks.forked_from_task_id, tasks.forked_at_event, tasks.concurrency_key, tasks.hold_while_suspended, tasks.key_slot_held, tasks.rate_limit, tasks.rate_units, tasks.cancel_requested_at, tasks.cancelled_by, tasks.cancel_reason, tasks.idempotency_key, tasks.enqueues, tasks.code_version, tasks.finished_at, tasks.continued_from_task_id, tasks.continued_as_task_id
+FROM idempotency_keys
+JOIN tasks ON tasks.id = idempotency_keys.task_id
+WHERE idempotency_keys.key = $1 AND idempotency_keys.expires_at > now()
 """
 
 SET_CONCURRENCY_LIMIT = """-- name: SetConcurrencyLimit :one
@@ -437,7 +460,7 @@ SET status = 'running',
     END
 FROM chosen
 WHERE tasks.id = chosen.id
-RETURNING tasks.id, tasks.inserted_at, tasks.queue, tasks.task_name, tasks.display_name, tasks.input, tasks.output, tasks.status, tasks.priority, tasks.attempt, tasks.max_retries, tasks.infrastructure_attempts, tasks.execution_timeout, tasks.schedule_deadline, tasks.worker_id, tasks.started_at, tasks.durable, tasks.parent_id, tasks.wake_at, tasks.attempts_before_replay, tasks.forked_from_task_id, tasks.forked_at_event, tasks.concurrency_key, tasks.hold_while_suspended, tasks.key_slot_held, tasks.rate_limit, tasks.rate_units, tasks.cancel_requested_at, tasks.cancelled_by, tasks.cancel_reason, tasks.idempotency_key, tasks.idempotency_expires_at, tasks.enqueues, tasks.code_version, tasks.finished_at, tasks.continued_from_task_id, tasks.continued_as_task_id
+RETURNING tasks.id, tasks.inserted_at, tasks.queue, tasks.task_name, tasks.display_name, tasks.input, tasks.output, tasks.status, tasks.priority, tasks.attempt, tasks.max_retries, tasks.infrastructure_attempts, tasks.execution_timeout, tasks.schedule_deadline, tasks.worker_id, tasks.started_at, tasks.durable, tasks.parent_id, tasks.wake_at, tasks.attempts_before_replay, tasks.forked_from_task_id, tasks.forked_at_event, tasks.concurrency_key, tasks.hold_while_suspended, tasks.key_slot_held, tasks.rate_limit, tasks.rate_units, tasks.cancel_requested_at, tasks.cancelled_by, tasks.cancel_reason, tasks.idempotency_key, tasks.enqueues, tasks.code_version, tasks.finished_at, tasks.continued_from_task_id, tasks.continued_as_task_id
 """
 
 FINISH_ATTEMPTS = """-- name: FinishAttempts :many
@@ -491,7 +514,7 @@ WHERE id = $2
   AND worker_id = $4::bigint
   AND status = 'running'
   AND (cancel_requested_at IS NULL OR $5::boolean)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 WAKE_TASKS = """-- name: WakeTasks :many
@@ -554,12 +577,12 @@ WHERE suspended.queue = $2 AND suspended.status = 'suspended'
 """
 
 GET_TASK = """-- name: GetTask :one
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
 WHERE id = $1
 """
 
 LIST_TASKS = """-- name: ListTasks :many
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
 ORDER BY id
 """
 
@@ -635,7 +658,7 @@ SET status = 'failed',
         )
     ))
 WHERE id IN (SELECT id FROM expired)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 TIME_OUT_RUNNING_TASKS = """-- name: TimeOutRunningTasks :many
@@ -662,7 +685,7 @@ SET status = CASE
         )
     ))
 WHERE id IN (SELECT id FROM overdue)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 REASSIGN_TASKS_OF_LOST_WORKERS = """-- name: ReassignTasksOfLostWorkers :many
@@ -688,7 +711,7 @@ SET status = CASE
         'message', format('worker %s stopped heartbeating during attempt %s', worker_id, attempt)
     ))
 WHERE id IN (SELECT id FROM lost)
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 APPEND_EVENT = """-- name: AppendEvent :one
@@ -797,7 +820,7 @@ class ListTaskHistoryWithChildrenRow:
 
 LOCK_TASK = """-- name: LockTask :one
 
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
 WHERE id = $1
 FOR UPDATE
 """
@@ -817,7 +840,7 @@ SET status = 'queued',
     -- From scratch, with no history: on whichever version claims it first.
     code_version = NULL
 WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 DELETE_EVENT_WAITS = """-- name: DeleteEventWaits :execrows
@@ -843,7 +866,7 @@ SELECT
     concurrency_key, hold_while_suspended, rate_limit, rate_units, code_version
 FROM tasks
 WHERE id = $2::bigint
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 COPY_EVENTS = """-- name: CopyEvents :execrows
@@ -898,7 +921,7 @@ class ListHistoryRow:
 
 
 LIST_FORKS = """-- name: ListForks :many
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
 WHERE forked_from_task_id = $1::bigint
 ORDER BY id
 """
@@ -1194,7 +1217,7 @@ UPDATE tasks
 SET code_version = $1::text
 WHERE code_version = $2::text
   AND status NOT IN ('completed', 'failed', 'cancelled')
-RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 """
 
 DRAIN_VERSION = """-- name: DrainVersion :exec
@@ -1261,7 +1284,7 @@ class ListCodeVersionsRow:
 
 
 LIST_DURABLE_TASKS_TO_CHECK = """-- name: ListDurableTasksToCheck :many
-SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
+SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id
 FROM tasks
 WHERE durable AND started_at IS NOT NULL
   AND (status NOT IN ('completed', 'failed', 'cancelled')
@@ -1306,11 +1329,12 @@ WITH RECURSIVE roots AS (
     SELECT root.id, root.finished_at
     FROM tasks AS root
     WHERE root.finished_at IS NOT NULL AND root.parent_id IS NULL
+      AND root.id < $1::bigint
       AND root.finished_at < now() - (SELECT keep_finished_for FROM retention_policy)
       AND (root.finished_at, root.id)
-          > ($1::timestamptz, $2::bigint)
+          > ($2::timestamptz, $3::bigint)
     ORDER BY root.finished_at, root.id
-    LIMIT $3
+    LIMIT $4
     FOR UPDATE SKIP LOCKED
 ),
 tree AS (
@@ -1398,7 +1422,10 @@ ON CONFLICT (task_id) DO NOTHING
 """
 
 REMOVE_TASKS = """-- name: RemoveTasks :execrows
-WITH removed_waits AS (
+WITH removed_keys AS (
+    DELETE FROM idempotency_keys WHERE task_id = ANY($1::bigint[])
+),
+removed_waits AS (
     DELETE FROM event_waits WHERE task_id = ANY($1::bigint[])
 ),
 removed_events AS (
@@ -1453,26 +1480,43 @@ WHERE (schedule, tick_at) IN (
 """
 
 TABLE_SIZES = """-- name: TableSizes :many
+WITH tables AS (
+    SELECT class.oid, class.relname, class.relkind
+    FROM pg_catalog.pg_class AS class
+    WHERE class.relnamespace = current_schema()::regnamespace
+      AND class.relkind IN ('r', 'p') AND NOT class.relispartition
+),
+leaves AS (
+    -- A table that is not partitioned is its own one leaf.
+    SELECT tables.relname, tables.oid AS leaf, false AS is_partition
+    FROM tables
+    WHERE tables.relkind = 'r'
+    UNION ALL
+    SELECT tables.relname, inherits.inhrelid, true
+    FROM tables
+    JOIN pg_catalog.pg_inherits AS inherits ON inherits.inhparent = tables.oid
+)
 SELECT
-    class.relname::text AS table_name,
-    pg_stat_get_live_tuples(class.oid)::bigint AS live_rows,
-    pg_stat_get_dead_tuples(class.oid)::bigint AS dead_rows,
-    pg_total_relation_size(class.oid)::bigint AS total_bytes,
-    pg_indexes_size(class.oid)::bigint AS index_bytes,
-    pg_stat_get_tuples_updated(class.oid)::bigint AS updates,
-    pg_stat_get_tuples_hot_updated(class.oid)::bigint AS hot_updates,
+    leaves.relname::text AS table_name,
+    count(*) FILTER (WHERE leaves.is_partition)::bigint AS partitions,
+    sum(pg_stat_get_live_tuples(leaves.leaf))::bigint AS live_rows,
+    sum(pg_stat_get_dead_tuples(leaves.leaf))::bigint AS dead_rows,
+    sum(pg_total_relation_size(leaves.leaf))::bigint AS total_bytes,
+    sum(pg_indexes_size(leaves.leaf))::bigint AS index_bytes,
+    sum(pg_stat_get_tuples_updated(leaves.leaf))::bigint AS updates,
+    sum(pg_stat_get_tuples_hot_updated(leaves.leaf))::bigint AS hot_updates,
     -- NULL when autovacuum never passed (a CASE, so that sqlc types it so).
-    CASE WHEN true THEN pg_stat_get_last_autovacuum_time(class.oid) END AS last_autovacuum
-FROM pg_catalog.pg_class AS class
-JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-WHERE namespace.nspname = current_schema() AND class.relkind = 'r'
-ORDER BY pg_total_relation_size(class.oid) DESC, class.relname
+    CASE WHEN true THEN max(pg_stat_get_last_autovacuum_time(leaves.leaf)) END AS last_autovacuum
+FROM leaves
+GROUP BY leaves.relname
+ORDER BY sum(pg_total_relation_size(leaves.leaf)) DESC, leaves.relname
 """
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class TableSizesRow:
     table_name: str
+    partitions: int
     live_rows: int
     dead_rows: int
     total_bytes: int
@@ -1484,7 +1528,7 @@ class TableSizesRow:
 
 CONTINUE_AS_NEW = """-- name: ContinueAsNew :one
 WITH predecessor AS (
-    SELECT running.id, running.inserted_at, running.queue, running.task_name, running.display_name, running.input, running.output, running.status, running.priority, running.attempt, running.max_retries, running.infrastructure_attempts, running.execution_timeout, running.schedule_deadline, running.worker_id, running.started_at, running.durable, running.parent_id, running.wake_at, running.attempts_before_replay, running.forked_from_task_id, running.forked_at_event, running.concurrency_key, running.hold_while_suspended, running.key_slot_held, running.rate_limit, running.rate_units, running.cancel_requested_at, running.cancelled_by, running.cancel_reason, running.idempotency_key, running.idempotency_expires_at, running.enqueues, running.code_version, running.finished_at, running.continued_from_task_id, running.continued_as_task_id
+    SELECT running.id, running.inserted_at, running.queue, running.task_name, running.display_name, running.input, running.output, running.status, running.priority, running.attempt, running.max_retries, running.infrastructure_attempts, running.execution_timeout, running.schedule_deadline, running.worker_id, running.started_at, running.durable, running.parent_id, running.wake_at, running.attempts_before_replay, running.forked_from_task_id, running.forked_at_event, running.concurrency_key, running.hold_while_suspended, running.key_slot_held, running.rate_limit, running.rate_units, running.cancel_requested_at, running.cancelled_by, running.cancel_reason, running.idempotency_key, running.enqueues, running.code_version, running.finished_at, running.continued_from_task_id, running.continued_as_task_id
     FROM tasks AS running
     WHERE running.id = $1::bigint AND running.status = 'running'
       AND running.attempt = $2::integer
@@ -1520,7 +1564,8 @@ SELECT
     (SELECT count(*) FROM task_events)::bigint AS task_events,
     (SELECT count(*) FROM event_waits)::bigint AS event_waits,
     (SELECT count(*) FROM external_events)::bigint AS external_events,
-    (SELECT count(*) FROM workers)::bigint AS workers
+    (SELECT count(*) FROM workers)::bigint AS workers,
+    (SELECT count(*) FROM task_partitions)::bigint AS ranges
 """
 
 
@@ -1531,10 +1576,232 @@ class CountEngineRowsRow:
     event_waits: int
     external_events: int
     workers: int
+    ranges: int
 
 
 LIST_ARCHIVED_TASKS = """-- name: ListArchivedTasks :many
 SELECT task_id, root_task_id, archived_at, task, history FROM archived_tasks ORDER BY task_id
+"""
+
+SET_PARTITIONING = """-- name: SetPartitioning :one
+SELECT set_partitioning($1, $2)::integer AS made
+"""
+
+ADD_TASK_PARTITIONS = """-- name: AddTaskPartitions :one
+SELECT add_task_partitions()::integer AS added
+"""
+
+LIST_PARTITIONS = """-- name: ListPartitions :many
+SELECT
+    ranges.first_id,
+    ranges.end_id,
+    ranges.created_at,
+    ranges.removing_since,
+    coalesce(pg_stat_get_live_tuples(to_regclass('tasks_from_' || ranges.first_id)), 0)::bigint
+        AS live_tasks,
+    (
+        coalesce(pg_total_relation_size(to_regclass('tasks_from_' || ranges.first_id)), 0)
+        + coalesce(pg_total_relation_size(to_regclass('task_events_from_' || ranges.first_id)), 0)
+        + coalesce(pg_total_relation_size(to_regclass('event_waits_from_' || ranges.first_id)), 0)
+    )::bigint AS total_bytes
+FROM task_partitions AS ranges
+ORDER BY ranges.first_id
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListPartitionsRow:
+    first_id: int
+    end_id: int
+    created_at: datetime.datetime
+    removing_since: datetime.datetime | None
+    live_tasks: int
+    total_bytes: int
+
+
+OLD_PARTITIONS_END = """-- name: OldPartitionsEnd :one
+SELECT coalesce(
+    min(ranges.first_id),
+    (SELECT max(end_id) FROM task_partitions),
+    1
+)::bigint AS end_id
+FROM task_partitions AS ranges
+WHERE (
+    SELECT tasks.inserted_at FROM tasks
+    WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+    ORDER BY tasks.id DESC
+    LIMIT 1
+) >= now() - (SELECT keep_finished_for FROM retention_policy)
+"""
+
+LIST_PARTITIONS_TO_LOOK_AT = """-- name: ListPartitionsToLookAt :many
+SELECT ranges.first_id, ranges.end_id, ranges.created_at, ranges.removing_since
+FROM task_partitions AS ranges
+WHERE ranges.removing_since IS NOT NULL
+   OR (
+       ranges.end_id <= next_task_id()
+       AND coalesce((
+           SELECT tasks.inserted_at FROM tasks
+           WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+           ORDER BY tasks.id DESC
+           LIMIT 1
+       ), '-infinity') < now() - (SELECT keep_finished_for FROM retention_policy)
+   )
+ORDER BY ranges.first_id
+"""
+
+LOCK_PARTITION = """-- name: LockPartition :one
+SELECT first_id, end_id, created_at, removing_since FROM task_partitions WHERE first_id = $1 FOR UPDATE
+"""
+
+REMOVE_PARTITION_KEYS = """-- name: RemovePartitionKeys :execrows
+DELETE FROM idempotency_keys
+WHERE task_id >= $1 AND task_id < $2
+"""
+
+MARK_PARTITION_FOR_REMOVAL = """-- name: MarkPartitionForRemoval :execrows
+UPDATE task_partitions AS ranges
+SET removing_since = now()
+WHERE ranges.first_id = $1 AND ranges.removing_since IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks
+      WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+        AND (
+            tasks.finished_at IS NULL
+            OR tasks.finished_at >= now() - (SELECT keep_finished_for FROM retention_policy)
+        )
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks AS child
+      WHERE child.parent_id >= ranges.first_id AND child.parent_id < ranges.end_id
+        AND (child.id < ranges.first_id OR child.id >= ranges.end_id)
+        AND (
+            child.finished_at IS NULL
+            OR child.finished_at >= now() - (SELECT keep_finished_for FROM retention_policy)
+        )
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM task_events AS event
+      WHERE (
+              (event.child_task_id >= ranges.first_id AND event.child_task_id < ranges.end_id)
+              OR (
+                  event.copied_from_task_id >= ranges.first_id
+                  AND event.copied_from_task_id < ranges.end_id
+              )
+          )
+        AND (event.task_id < ranges.first_id OR event.task_id >= ranges.end_id)
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks AS fork
+      WHERE fork.forked_from_task_id >= ranges.first_id
+        AND fork.forked_from_task_id < ranges.end_id
+        AND (fork.id < ranges.first_id OR fork.id >= ranges.end_id)
+  )
+"""
+
+LOCK_PARTITION_OF_TASK = """-- name: LockPartitionOfTask :one
+SELECT ranges.first_id, ranges.end_id, ranges.created_at, ranges.removing_since
+FROM task_partitions AS ranges
+WHERE $1::bigint >= ranges.first_id AND $1::bigint < ranges.end_id
+FOR SHARE
+"""
+
+ARCHIVE_PARTITION_TASKS = """-- name: ArchivePartitionTasks :one
+WITH RECURSIVE batch AS (
+    SELECT id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, enqueues, code_version, finished_at, continued_from_task_id, continued_as_task_id FROM tasks
+    WHERE tasks.id >= $1 AND tasks.id < $2
+      AND tasks.id > $3
+    ORDER BY tasks.id
+    LIMIT $4
+),
+ancestry AS (
+    SELECT batch.id AS task_id, batch.id AS ancestor_id, batch.parent_id, 0 AS depth
+    FROM batch
+    UNION ALL
+    SELECT ancestry.task_id, parent.id, parent.parent_id, ancestry.depth + 1
+    FROM ancestry
+    JOIN tasks AS parent ON parent.id = ancestry.parent_id
+),
+roots AS (
+    SELECT DISTINCT ON (task_id) task_id, ancestor_id AS root_id
+    FROM ancestry
+    ORDER BY task_id, depth DESC
+),
+archived AS (
+    INSERT INTO archived_tasks (task_id, root_task_id, task, history)
+    SELECT
+        batch.id,
+        roots.root_id,
+        to_jsonb(batch),
+        coalesce((
+            SELECT jsonb_agg(
+                to_jsonb(event) || jsonb_build_object('wait', to_jsonb(wait))
+                ORDER BY event.event_number
+            )
+            FROM task_events AS event
+            LEFT JOIN event_waits AS wait
+                ON (wait.task_id, wait.event_number) = (event.task_id, event.event_number)
+            WHERE event.task_id = batch.id
+        ), '[]'::jsonb)
+    FROM batch
+    JOIN roots ON roots.task_id = batch.id
+    ON CONFLICT (task_id) DO NOTHING
+    RETURNING 1
+)
+SELECT
+    (SELECT count(*) FROM archived)::bigint AS archived,
+    (SELECT max(id) FROM batch)::bigint AS last_id
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ArchivePartitionTasksRow:
+    archived: int
+    last_id: int
+
+
+REMOVE_PARTITION_TICKS = """-- name: RemovePartitionTicks :execrows
+DELETE FROM schedule_ticks
+WHERE task_id >= $1 AND task_id < $2
+"""
+
+LIST_PARTITION_TABLES = """-- name: ListPartitionTables :many
+SELECT
+    parent.relname::text AS parent_name,
+    part.relname::text AS partition_name,
+    coalesce(inherits.inhdetachpending, false) AS detach_pending,
+    inherits.inhrelid IS NOT NULL AS attached
+FROM unnest(ARRAY['event_waits', 'task_events', 'tasks']) WITH ORDINALITY AS t(name, position)
+JOIN pg_catalog.pg_class AS parent
+    ON parent.relname = t.name AND parent.relnamespace = current_schema()::regnamespace
+JOIN pg_catalog.pg_class AS part
+    ON part.relname = t.name || '_from_' || $1::bigint
+   AND part.relnamespace = current_schema()::regnamespace
+LEFT JOIN pg_catalog.pg_inherits AS inherits
+    ON inherits.inhrelid = part.oid AND inherits.inhparent = parent.oid
+ORDER BY t.position
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ListPartitionTablesRow:
+    parent_name: str
+    partition_name: str
+    detach_pending: bool
+    attached: Any | None
+
+
+FORGET_PARTITION = """-- name: ForgetPartition :execrows
+DELETE FROM task_partitions WHERE first_id = $1 AND removing_since IS NOT NULL
+"""
+
+TRY_LOCK_PARTITION_MAINTENANCE = """-- name: TryLockPartitionMaintenance :one
+SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '.task_partitions', 0))
+    AS locked
+"""
+
+GET_RETENTION_POLICY = """-- name: GetRetentionPolicy :one
+SELECT only_row, keep_finished_for, archive FROM retention_policy
 """
 
 
@@ -1566,9 +1833,9 @@ class Querier:
         rate_limit: str | None,
         rate_units: int | None,
         idempotency_key: str | None,
-        idempotency_retention_seconds: float | None,
         start_at: datetime.datetime | None,
         start_after_seconds: float | None,
+        idempotency_retention_seconds: float | None,
     ) -> models.Task | None:
         """Timeouts arrive in seconds (NULL: no limit); the schedule deadline is counted
         from the task's start time, on the database's clock, like every other time
@@ -1587,13 +1854,14 @@ class Querier:
         suspended before its first attempt, until then: lesson 09's wake-up
         machinery starts it, the way it resumes a sleeper (see ClaimTasks).
 
-        An idempotency key: when a task has it already, and it has not expired,
-        nothing is inserted, and that task comes back instead, its enqueues counted
-        (enqueues = 1 on a task just created). The statement decides alone, even
-        for eight enqueues at once: the others wait on the unique index for the
-        first to commit, then count themselves in its row and return it (DO NOTHING
-        would return no row; see PushEvent). A key that has expired returns no row:
-        the caller releases it (ReleaseExpiredIdempotencyKey) and enqueues again.
+        An idempotency key: the key's row is inserted first, with the id the task
+        will have, and the task only if the key was not taken. The statement
+        decides alone, even for eight enqueues at once: the others wait on the
+        key's primary key for the first to commit, and insert nothing. No row comes
+        back for them: their statement's snapshot, taken before the first one
+        committed, cannot see its task, so the caller finds it with a statement of
+        its own (RepeatEnqueue), or releases the key if it has expired
+        (ReleaseExpiredIdempotencyKey) and enqueues again.
         Its tasks running (or holding a slot) and queued: read only for cancel_newest.
         When it may start: now, or later (NULL).
         """
@@ -1615,23 +1883,36 @@ class Querier:
                     rate_limit,
                     rate_units,
                     idempotency_key,
-                    idempotency_retention_seconds,
                     start_at,
                     start_after_seconds,
+                    idempotency_retention_seconds,
                 ),
             )
             row = cur.fetchone()
         return None if row is None else _task_from_row(row)
 
-    def release_expired_idempotency_key(self, *, idempotency_key: str | None) -> int:
-        """An idempotency key past its retention belongs to its task no more: the next
+    def repeat_enqueue(self, *, idempotency_key: str) -> models.Task | None:
+        """An enqueue whose idempotency key was taken: the task the key names, its
+        enqueues counted. The key's row is locked (FOR SHARE) until the caller's
+        transaction ends: retention, which removes a range's keys before it looks
+        at the range for the last time, waits for it, and then sees this caller's
+        use of the task (a parent's history that names it as its child). No row:
+        the key has expired.
+        """
+        with self._cursor() as cur:
+            cur.execute(REPEAT_ENQUEUE, (idempotency_key,))
+            row = cur.fetchone()
+        return None if row is None else _task_from_row(row)
+
+    def release_expired_idempotency_key(self, *, idempotency_key: str) -> int:
+        """An idempotency key past its retention names its task no more: the next
         enqueue with it makes a new task.
         """
         with self._cursor() as cur:
             cur.execute(RELEASE_EXPIRED_IDEMPOTENCY_KEY, (idempotency_key,))
             return cur.rowcount
 
-    def get_task_by_idempotency_key(self, *, idempotency_key: str | None) -> models.Task | None:
+    def get_task_by_idempotency_key(self, *, idempotency_key: str) -> models.Task | None:
         """The task an idempotency key names, while it has not expired."""
         with self._cursor() as cur:
             cur.execute(GET_TASK_BY_IDEMPOTENCY_KEY, (idempotency_key,))
@@ -2614,10 +2895,13 @@ class Querier:
         return None if row is None else _retention_policy_from_row(row)
 
     def choose_trees_to_remove(
-        self, *, after_finished_at: datetime.datetime, after_id: int, max_roots: int
+        self, *, before_id: int, after_finished_at: datetime.datetime, after_id: int, max_roots: int
     ) -> list[ChooseTreesToRemoveRow]:
         """The next max_roots trees retention may look at, after the last one the
-        previous batch looked at (finished_at, id): a root is a task that is no
+        previous batch looked at (finished_at, id), among the roots with an id
+        below before_id (the ranges too old to have a task inserted within the
+        period, see OldPartitionsEnd: a younger range is not deleted row by row,
+        it is dropped whole once it may go). A root is a task that is no
         one's child, finished for longer than the policy keeps; its tree is the
         root with its children, theirs, and so on. One row per task of each tree,
         and whether the tree may go: it may not while any of its tasks is
@@ -2632,7 +2916,7 @@ class Querier:
         LockFinishedTasks: an operator may replay a finished child meanwhile.
         """
         with self._cursor() as cur:
-            cur.execute(CHOOSE_TREES_TO_REMOVE, (after_finished_at, after_id, max_roots))
+            cur.execute(CHOOSE_TREES_TO_REMOVE, (before_id, after_finished_at, after_id, max_roots))
             return [_choose_trees_to_remove_row_from_row(row) for row in cur.fetchall()]
 
     def lock_finished_tasks(self, *, task_ids: Sequence[int]) -> list[int]:
@@ -2655,9 +2939,7 @@ class Querier:
 
     def remove_tasks(self, *, task_ids: Sequence[int]) -> int:
         """Remove tasks with everything that is theirs: their waits, their events, the
-        ticks that enqueued them. One statement: the foreign keys are checked at
-        its end, when every row that referred to another is gone with it. Returns
-        how many tasks went.
+        ticks that enqueued them, their idempotency keys. Returns how many tasks went.
         """
         with self._cursor() as cur:
             cur.execute(REMOVE_TASKS, (_array(task_ids),))
@@ -2693,7 +2975,9 @@ class Querier:
         as the statistics collector counts them (dead rows are what vacuum has not
         reclaimed yet), the size with indexes and TOAST, how many updates were HOT
         (heap-only: no index entry written, because no indexed column changed and
-        the page had room), and when autovacuum last passed.
+        the page had room), and when autovacuum last passed. A partitioned table is
+        one row, the sum of its partitions (autovacuum works on each partition: the
+        latest of their times), with how many there are.
         """
         with self._cursor() as cur:
             cur.execute(TABLE_SIZES)
@@ -2729,6 +3013,147 @@ class Querier:
             cur.execute(LIST_ARCHIVED_TASKS)
             return [_archived_task_from_row(row) for row in cur.fetchall()]
 
+    def set_partitioning(self, *, partition_size: int, partitions_ahead: int) -> int | None:
+        """See set_partitioning in schema.sql."""
+        with self._cursor() as cur:
+            cur.execute(SET_PARTITIONING, (partition_size, partitions_ahead))
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def add_task_partitions(self) -> int | None:
+        """See add_task_partitions in schema.sql."""
+        with self._cursor() as cur:
+            cur.execute(ADD_TASK_PARTITIONS)
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def list_partitions(self) -> list[ListPartitionsRow]:
+        """The ranges, oldest first, each with its tasks (as the statistics collector
+        counts them: a guess, read without scanning) and its size.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_PARTITIONS)
+            return [_list_partitions_row_from_row(row) for row in cur.fetchall()]
+
+    def old_partitions_end(self) -> int | None:
+        """Where the ranges end that hold no task inserted within the retention period
+        (their newest task, found by the primary key, is older): the first id of
+        the oldest range that holds one, or past the last range. What ends in such
+        a range only goes row by row (ChooseTreesToRemove): a range that is still
+        there that long after it filled up holds a task that pins it (one running
+        for months), and it must not keep the rest for ever.
+        """
+        with self._cursor() as cur:
+            cur.execute(OLD_PARTITIONS_END)
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def list_partitions_to_look_at(self) -> list[models.TaskPartition]:
+        """The ranges retention may remove, oldest first: the ones it chose already
+        (removing_since), to finish removing them, and the full ones (the next id
+        is past them) whose newest task was inserted longer ago than the period:
+        a younger range holds a task that cannot have finished long enough ago.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_PARTITIONS_TO_LOOK_AT)
+            return [_task_partition_from_row(row) for row in cur.fetchall()]
+
+    def lock_partition(self, *, first_id: int) -> models.TaskPartition | None:
+        """The first statement of a choice (MarkPartitionForRemoval): a replay or a
+        fork of one of the range's tasks that began already (LockPartitionOfTask)
+        is waited for, and one that begins now waits for the choice.
+        """
+        with self._cursor() as cur:
+            cur.execute(LOCK_PARTITION, (first_id,))
+            row = cur.fetchone()
+        return None if row is None else _task_partition_from_row(row)
+
+    def remove_partition_keys(self, *, first_id: int, end_id: int) -> int:
+        """The second: the idempotency keys that name a task of the range go, so that
+        no enqueue finds one any more (an enqueue that found one already holds its
+        key's row, RepeatEnqueue, and this waited for it to commit). If the range
+        may not go after all, the transaction rolls back, and they are back.
+        """
+        with self._cursor() as cur:
+            cur.execute(REMOVE_PARTITION_KEYS, (first_id, end_id))
+            return cur.rowcount
+
+    def mark_partition_for_removal(self, *, first_id: int) -> int:
+        """The third, with a snapshot taken after the two above: the range is chosen
+        if all it holds may go, as a tree of ChooseTreesToRemove may: every task of
+        it finished for longer than the period, and no task outside it still
+        needing one of its tasks: a child of one of its tasks unfinished or
+        finished within the period (a tree goes whole), a history that names one
+        as its child (a task sharing an idempotent child, a fork's copied events),
+        events copied from one, a fork of one. The ranges an outside task belongs
+        to are younger: they go first, and this range at a later pass. 1: chosen.
+        """
+        with self._cursor() as cur:
+            cur.execute(MARK_PARTITION_FOR_REMOVAL, (first_id,))
+            return cur.rowcount
+
+    def lock_partition_of_task(self, *, task_id: int) -> models.TaskPartition | None:
+        """A replay or a fork of a task first locks its range's row (FOR SHARE, so
+        that replays and forks never wait for each other): a range retention chose
+        (removing_since) refuses them, and a choice waits for them (LockPartition).
+        """
+        with self._cursor() as cur:
+            cur.execute(LOCK_PARTITION_OF_TASK, (task_id,))
+            row = cur.fetchone()
+        return None if row is None else _task_partition_from_row(row)
+
+    def archive_partition_tasks(
+        self, *, first_id: int, end_id: int, after_id: int, max_rows: int
+    ) -> ArchivePartitionTasksRow | None:
+        """With an archiving policy, before a chosen range's partitions go: the next
+        max_rows of its tasks after after_id, each with its history, into
+        archived_tasks (as ArchiveTree; its root is its oldest ancestor still
+        there). Returns how many were archived and the last id looked at (NULL: none left).
+        """
+        with self._cursor() as cur:
+            cur.execute(ARCHIVE_PARTITION_TASKS, (first_id, end_id, after_id, max_rows))
+            row = cur.fetchone()
+        return None if row is None else _archive_partition_tasks_row_from_row(row)
+
+    def remove_partition_ticks(self, *, first_id: int | None, end_id: int | None) -> int:
+        """The ticks that enqueued the tasks of a chosen range go with them."""
+        with self._cursor() as cur:
+            cur.execute(REMOVE_PARTITION_TICKS, (first_id, end_id))
+            return cur.rowcount
+
+    def list_partition_tables(self, *, first_id: int) -> list[ListPartitionTablesRow]:
+        """The partitions of a range that are still there, in the order they are
+        detached (waits, then events, then tasks: a crash between two leaves no
+        wait or event without its task), and whether a detach of one began and was
+        interrupted (it is finished, FINALIZE, before anything else is done to it).
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_PARTITION_TABLES, (first_id,))
+            return [_list_partition_tables_row_from_row(row) for row in cur.fetchall()]
+
+    def forget_partition(self, *, first_id: int) -> int:
+        """A range whose partitions are all gone."""
+        with self._cursor() as cur:
+            cur.execute(FORGET_PARTITION, (first_id,))
+            return cur.rowcount
+
+    def try_lock_partition_maintenance(self) -> bool | None:
+        """One worker at a time adds and removes ranges (a session's advisory lock,
+        held by retention's connection for its pass; the others skip the ranges
+        until their next pass). Named after the schema: another schema's engine
+        is another lock.
+        """
+        with self._cursor() as cur:
+            cur.execute(TRY_LOCK_PARTITION_MAINTENANCE)
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    def get_retention_policy(self) -> models.RetentionPolicy | None:
+        with self._cursor() as cur:
+            cur.execute(GET_RETENTION_POLICY)
+            row = cur.fetchone()
+        return None if row is None else _retention_policy_from_row(row)
+
 
 def _task_from_row(row: tuple[Any, ...]) -> models.Task:
     return models.Task(
@@ -2763,12 +3188,11 @@ def _task_from_row(row: tuple[Any, ...]) -> models.Task:
         cancelled_by=row[28],
         cancel_reason=row[29],
         idempotency_key=row[30],
-        idempotency_expires_at=row[31],
-        enqueues=row[32],
-        code_version=row[33],
-        finished_at=row[34],
-        continued_from_task_id=row[35],
-        continued_as_task_id=row[36],
+        enqueues=row[31],
+        code_version=row[32],
+        finished_at=row[33],
+        continued_from_task_id=row[34],
+        continued_as_task_id=row[35],
     )
 
 
@@ -3071,13 +3495,14 @@ def _choose_trees_to_remove_row_from_row(row: tuple[Any, ...]) -> ChooseTreesToR
 def _table_sizes_row_from_row(row: tuple[Any, ...]) -> TableSizesRow:
     return TableSizesRow(
         table_name=row[0],
-        live_rows=row[1],
-        dead_rows=row[2],
-        total_bytes=row[3],
-        index_bytes=row[4],
-        updates=row[5],
-        hot_updates=row[6],
-        last_autovacuum=row[7],
+        partitions=row[1],
+        live_rows=row[2],
+        dead_rows=row[3],
+        total_bytes=row[4],
+        index_bytes=row[5],
+        updates=row[6],
+        hot_updates=row[7],
+        last_autovacuum=row[8],
     )
 
 
@@ -3088,6 +3513,7 @@ def _count_engine_rows_row_from_row(row: tuple[Any, ...]) -> CountEngineRowsRow:
         event_waits=row[2],
         external_events=row[3],
         workers=row[4],
+        ranges=row[5],
     )
 
 
@@ -3098,6 +3524,42 @@ def _archived_task_from_row(row: tuple[Any, ...]) -> models.ArchivedTask:
         archived_at=row[2],
         task=row[3],
         history=row[4],
+    )
+
+
+def _list_partitions_row_from_row(row: tuple[Any, ...]) -> ListPartitionsRow:
+    return ListPartitionsRow(
+        first_id=row[0],
+        end_id=row[1],
+        created_at=row[2],
+        removing_since=row[3],
+        live_tasks=row[4],
+        total_bytes=row[5],
+    )
+
+
+def _task_partition_from_row(row: tuple[Any, ...]) -> models.TaskPartition:
+    return models.TaskPartition(
+        first_id=row[0],
+        end_id=row[1],
+        created_at=row[2],
+        removing_since=row[3],
+    )
+
+
+def _archive_partition_tasks_row_from_row(row: tuple[Any, ...]) -> ArchivePartitionTasksRow:
+    return ArchivePartitionTasksRow(
+        archived=row[0],
+        last_id=row[1],
+    )
+
+
+def _list_partition_tables_row_from_row(row: tuple[Any, ...]) -> ListPartitionTablesRow:
+    return ListPartitionTablesRow(
+        parent_name=row[0],
+        partition_name=row[1],
+        detach_pending=row[2],
+        attached=row[3],
     )
 
 

@@ -138,11 +138,14 @@ def create_once(
 ) -> Task | None:
     """`create()` (a CreateTask): the new task, or the one that had its idempotency key.
 
-    A key past its retention still names its old task until it is released:
-    CreateTask then returns no row, and the key is released and the task
-    created, once more (another enqueue may have taken the key in between,
-    and then it is that one's task which comes back). None: a keyed task on a
-    queue with no concurrency limit. `what` names the input in a refusal.
+    A key taken already: CreateTask returns no row, and RepeatEnqueue, a
+    statement of its own that sees the task the key's first enqueue made,
+    returns that task. A key past its retention still names its old task
+    until it is released: RepeatEnqueue then returns no row either, and the
+    key is released and the task created, once more (another enqueue may have
+    taken the key in between, and then it is that one's task which comes
+    back). None: a keyed task on a queue with no concurrency limit. `what`
+    names the input in a refusal.
     """
     for _ in range(2):
         try:
@@ -152,6 +155,9 @@ def create_once(
             raise ValueError(f"{what} cannot be stored: {first_line(error)}") from error
         if created is not None or idempotency_key is None:
             return created
+        repeated = queries.repeat_enqueue(idempotency_key=idempotency_key)
+        if repeated is not None:
+            return repeated
         if not queries.release_expired_idempotency_key(idempotency_key=idempotency_key):
             # No row came back for a reason other than an expired key: a keyed
             # task whose queue has no limit.
@@ -461,3 +467,27 @@ def set_retention(
     if keep_finished_for <= 0:
         raise ValueError(f"keep_finished_for must be positive, not {keep_finished_for}")
     Querier(conn).set_retention_policy(keep_finished_for_seconds=keep_finished_for, archive=archive)
+
+
+def set_partitioning(
+    conn: psycopg.Connection[Any], *, partition_size: int, partitions_ahead: int = 2
+) -> int:
+    """Cut task ids into ranges of `partition_size` from the next id on, and keep
+    `partitions_ahead` ranges' worth ready (retention adds them as ids are used).
+
+    Each range of ids has its partitions of tasks, task_events and event_waits,
+    dropped whole by retention once all they hold may go (schema.sql). Ranges
+    no task has an id from yet are made again at the new size; a range in use
+    keeps its own. Enqueues wait for it, a moment: it locks the three tables.
+    Returns how many ranges were made.
+    """
+    if partition_size <= 0 or partitions_ahead <= 0:
+        raise ValueError(
+            "partition_size and partitions_ahead must be positive, "
+            f"not {partition_size} and {partitions_ahead}"
+        )
+    with conn.transaction():
+        made = Querier(conn).set_partitioning(
+            partition_size=partition_size, partitions_ahead=partitions_ahead
+        )
+    return made or 0

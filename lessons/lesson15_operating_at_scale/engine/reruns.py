@@ -133,6 +133,15 @@ def lock_rerunnable(queries: Querier, task_id: int, done: str) -> Task:
     task is then locked, and checked again: it may have changed in between.
     """
     rerunnable(queries.get_task(id=task_id), task_id, done)
+    # A task whose range of ids retention is removing will be gone (lesson 15):
+    # it may not run again, nor be copied. Retention's choice and this wait
+    # for each other (see LockPartitionOfTask), so one of the two sees the other.
+    task_range = queries.lock_partition_of_task(task_id=task_id)
+    if task_range is not None and task_range.removing_since is not None:
+        raise RerunRefused(
+            f"task {task_id} is in the range of tasks {task_range.first_id} to "
+            f"{task_range.end_id - 1}, which retention is removing: it cannot be {done}"
+        )
     return rerunnable(queries.lock_task(id=task_id), task_id, done)
 
 

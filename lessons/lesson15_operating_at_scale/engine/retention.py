@@ -6,12 +6,18 @@ tables only grow, and so do their indexes, the work of autovacuum and of
 every query that is not served by a partial index. Retention removes, once
 the policy's period has passed (`retention_policy`, see client.set_retention):
 
-- a finished task that is no one's child, with its whole tree (its children,
+- whole ranges of tasks, each range's partitions of tasks, task_events and
+  event_waits detached and dropped (partitions.py), first: most tasks go
+  that way, without a row deleted;
+- in the ranges that are older than the period and still there, pinned by a
+  task that needs them, the finished trees, row by row (below), so that one
+  long-running task does not keep the rest of its range:
+  a finished task that is no one's child, with its whole tree (its children,
   theirs...), their histories, waits and ticks: a tree goes whole, or not at
   all, and not while a task outside it still needs one of its tasks (see
   ChooseTreesToRemove), so that no unfinished task loses a child, a history
   or a fork's source; with `archive`, each task and its history is first
-  copied, as JSON, into `archived_tasks`;
+  copied, as JSON, into `archived_tasks` (as a range's tasks are);
 - external events that no wait holds;
 - the rows of workers long stopped or dead;
 - ticks that a catch-up policy skipped.
@@ -37,6 +43,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.queries import ChooseTreesToRemoveRow, Querier
 from .crash_points import crash_point
+from .partitions import maintain_partitions
 from .periodic import Periodic
 from .transactions import TransactionLimits, bounded_transaction
 
@@ -58,6 +65,10 @@ class RetentionPass:
     skipped_ticks: int = 0
     archived: int = 0
     kept_roots: list[int] = field(default_factory=list)
+    ranges_added: int = 0
+    ranges_kept: int = 0
+    # The first ids of the ranges whose partitions were dropped.
+    ranges_removed: list[int] = field(default_factory=list)
 
 
 class Retention:
@@ -92,14 +103,32 @@ class Retention:
         self.run_pass()
 
     def run_pass(self) -> RetentionPass:
-        """Remove what may go now: batches of trees until a round of the walk is done,
-        then the other tables' batches until none is full."""
+        """Add the ranges needed ahead and remove the ranges that may go; then
+        batches of trees in the old ranges still there until a round of the
+        walk is done, then the other tables' batches until none is full."""
         removed = RetentionPass()
-        while not self._periodic.stopping and self._remove_trees(removed):
+        added, removed.ranges_removed, removed.ranges_kept, archived = maintain_partitions(
+            self.pool,
+            self.limits,
+            max_rows=self.max_rows,
+            stopping=lambda: self._periodic.stopping,
+        )
+        removed.ranges_added = added
+        removed.archived += archived
+        with self.pool.connection() as conn:
+            before_id = Querier(conn).old_partitions_end() or 0
+        while not self._periodic.stopping and self._remove_trees(removed, before_id):
             pass
         for table in ("external_events", "workers", "skipped_ticks"):
             while not self._periodic.stopping and self._remove_rows(table, removed):
                 pass
+        if removed.ranges_added or removed.ranges_removed:
+            log.info(
+                "retention: %d range(s) of task ids added, %d removed, %d kept for now",
+                removed.ranges_added,
+                len(removed.ranges_removed),
+                removed.ranges_kept,
+            )
         if removed.tasks or removed.external_events or removed.workers:
             log.info(
                 "retention: %d tree(s), %d task(s) removed (%d archived), %d kept for now; "
@@ -114,13 +143,16 @@ class Retention:
             )
         return removed
 
-    def _remove_trees(self, removed: RetentionPass) -> bool:
-        """One batch of trees; whether to go on (the batch was full)."""
+    def _remove_trees(self, removed: RetentionPass, before_id: int) -> bool:
+        """One batch of trees with roots below `before_id`; whether to go on (it was full)."""
         with self.pool.connection() as conn, bounded_transaction(conn, self.limits):
             queries = Querier(conn)
             after_finished_at, after_id = self._walk_after
             rows = queries.choose_trees_to_remove(
-                after_finished_at=after_finished_at, after_id=after_id, max_roots=self.max_trees
+                before_id=before_id,
+                after_finished_at=after_finished_at,
+                after_id=after_id,
+                max_roots=self.max_trees,
             )
             trees = [list(tree) for _, tree in groupby(rows, key=lambda row: row.root_id)]
             candidates = [row.task_id for tree in trees if tree[0].removable for row in tree]

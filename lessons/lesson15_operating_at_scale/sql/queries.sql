@@ -16,13 +16,14 @@
 -- suspended before its first attempt, until then: lesson 09's wake-up
 -- machinery starts it, the way it resumes a sleeper (see ClaimTasks).
 --
--- An idempotency key: when a task has it already, and it has not expired,
--- nothing is inserted, and that task comes back instead, its enqueues counted
--- (enqueues = 1 on a task just created). The statement decides alone, even
--- for eight enqueues at once: the others wait on the unique index for the
--- first to commit, then count themselves in its row and return it (DO NOTHING
--- would return no row; see PushEvent). A key that has expired returns no row:
--- the caller releases it (ReleaseExpiredIdempotencyKey) and enqueues again.
+-- An idempotency key: the key's row is inserted first, with the id the task
+-- will have, and the task only if the key was not taken. The statement
+-- decides alone, even for eight enqueues at once: the others wait on the
+-- key's primary key for the first to commit, and insert nothing. No row comes
+-- back for them: their statement's snapshot, taken before the first one
+-- committed, cannot see its task, so the caller finds it with a statement of
+-- its own (RepeatEnqueue), or releases the key if it has expired
+-- (ReleaseExpiredIdempotencyKey) and enqueues again.
 WITH queue_limit AS (
     SELECT * FROM concurrency_limits WHERE queue = sqlc.arg(queue)
 ),
@@ -49,14 +50,26 @@ start AS (
         sqlc.narg(start_at)::timestamptz,
         now() + sqlc.narg(start_after_seconds)::double precision * interval '1 second'
     ) AS delayed_until
+),
+new_idempotency_key AS (
+    INSERT INTO idempotency_keys (key, task_id, expires_at)
+    SELECT
+        sqlc.narg(idempotency_key)::text,
+        nextval('tasks_id_seq'),
+        now() + sqlc.narg(idempotency_retention_seconds)::double precision * interval '1 second'
+    WHERE sqlc.narg(idempotency_key)::text IS NOT NULL
+      AND (sqlc.narg(concurrency_key)::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit))
+    ON CONFLICT (key) DO NOTHING
+    RETURNING task_id
 )
 INSERT INTO tasks (
-    queue, task_name, display_name, input,
+    id, queue, task_name, display_name, input,
     priority, max_retries, execution_timeout, schedule_deadline, durable, parent_id,
     concurrency_key, hold_while_suspended, rate_limit, rate_units, status, wake_at, output,
-    cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at
+    cancel_requested_at, cancelled_by, cancel_reason, idempotency_key
 )
 SELECT
+    coalesce((SELECT task_id FROM new_idempotency_key), nextval('tasks_id_seq')),
     sqlc.arg(queue), sqlc.arg(task_name), sqlc.arg(display_name), sqlc.arg(input),
     sqlc.arg(priority), sqlc.arg(max_retries),
     sqlc.narg(execution_timeout_seconds)::double precision * interval '1 second',
@@ -82,31 +95,47 @@ SELECT
     CASE WHEN rejected.at_limit THEN now() END,
     CASE WHEN rejected.at_limit THEN 'concurrency limit' END,
     CASE WHEN rejected.at_limit THEN 'cancel_newest: its key was full' END,
-    sqlc.narg(idempotency_key)::text,
-    now() + sqlc.narg(idempotency_retention_seconds)::double precision * interval '1 second'
+    sqlc.narg(idempotency_key)::text
 FROM start, (
     SELECT coalesce(
         (SELECT at_limit = 'cancel_newest' FROM queue_limit) AND (SELECT is_full FROM key_full),
         false
     ) AS at_limit
 ) AS rejected
-WHERE sqlc.narg(concurrency_key)::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit)
-ON CONFLICT (idempotency_key) DO UPDATE
-SET enqueues = tasks.enqueues + 1
-WHERE tasks.idempotency_expires_at > now()
+WHERE (sqlc.narg(concurrency_key)::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit))
+  AND (sqlc.narg(idempotency_key)::text IS NULL OR EXISTS (SELECT 1 FROM new_idempotency_key))
 RETURNING *;
 
--- name: ReleaseExpiredIdempotencyKey :execrows
--- An idempotency key past its retention belongs to its task no more: the next
--- enqueue with it makes a new task.
+-- name: RepeatEnqueue :one
+-- An enqueue whose idempotency key was taken: the task the key names, its
+-- enqueues counted. The key's row is locked (FOR SHARE) until the caller's
+-- transaction ends: retention, which removes a range's keys before it looks
+-- at the range for the last time, waits for it, and then sees this caller's
+-- use of the task (a parent's history that names it as its child). No row:
+-- the key has expired.
+WITH named AS (
+    SELECT task_id FROM idempotency_keys
+    WHERE key = sqlc.arg(idempotency_key) AND expires_at > now()
+    FOR SHARE
+)
 UPDATE tasks
-SET idempotency_key = NULL, idempotency_expires_at = NULL
-WHERE idempotency_key = sqlc.arg(idempotency_key) AND idempotency_expires_at <= now();
+SET enqueues = tasks.enqueues + 1
+FROM named
+WHERE tasks.id = named.task_id
+RETURNING tasks.*;
+
+-- name: ReleaseExpiredIdempotencyKey :execrows
+-- An idempotency key past its retention names its task no more: the next
+-- enqueue with it makes a new task.
+DELETE FROM idempotency_keys
+WHERE key = sqlc.arg(idempotency_key) AND expires_at <= now();
 
 -- name: GetTaskByIdempotencyKey :one
 -- The task an idempotency key names, while it has not expired.
-SELECT * FROM tasks
-WHERE idempotency_key = sqlc.arg(idempotency_key) AND idempotency_expires_at > now();
+SELECT tasks.*
+FROM idempotency_keys
+JOIN tasks ON tasks.id = idempotency_keys.task_id
+WHERE idempotency_keys.key = sqlc.arg(idempotency_key) AND idempotency_keys.expires_at > now();
 
 -- name: SetConcurrencyLimit :one
 -- Set (or change) a queue's concurrency limit. A lower limit admits nothing
@@ -1428,7 +1457,10 @@ RETURNING *;
 
 -- name: ChooseTreesToRemove :many
 -- The next max_roots trees retention may look at, after the last one the
--- previous batch looked at (finished_at, id): a root is a task that is no
+-- previous batch looked at (finished_at, id), among the roots with an id
+-- below before_id (the ranges too old to have a task inserted within the
+-- period, see OldPartitionsEnd: a younger range is not deleted row by row,
+-- it is dropped whole once it may go). A root is a task that is no
 -- one's child, finished for longer than the policy keeps; its tree is the
 -- root with its children, theirs, and so on. One row per task of each tree,
 -- and whether the tree may go: it may not while any of its tasks is
@@ -1445,6 +1477,7 @@ WITH RECURSIVE roots AS (
     SELECT root.id, root.finished_at
     FROM tasks AS root
     WHERE root.finished_at IS NOT NULL AND root.parent_id IS NULL
+      AND root.id < sqlc.arg(before_id)::bigint
       AND root.finished_at < now() - (SELECT keep_finished_for FROM retention_policy)
       AND (root.finished_at, root.id)
           > (sqlc.arg(after_finished_at)::timestamptz, sqlc.arg(after_id)::bigint)
@@ -1531,10 +1564,11 @@ ON CONFLICT (task_id) DO NOTHING;
 
 -- name: RemoveTasks :execrows
 -- Remove tasks with everything that is theirs: their waits, their events, the
--- ticks that enqueued them. One statement: the foreign keys are checked at
--- its end, when every row that referred to another is gone with it. Returns
--- how many tasks went.
-WITH removed_waits AS (
+-- ticks that enqueued them, their idempotency keys. Returns how many tasks went.
+WITH removed_keys AS (
+    DELETE FROM idempotency_keys WHERE task_id = ANY(sqlc.arg(task_ids)::bigint[])
+),
+removed_waits AS (
     DELETE FROM event_waits WHERE task_id = ANY(sqlc.arg(task_ids)::bigint[])
 ),
 removed_events AS (
@@ -1596,21 +1630,39 @@ WHERE (schedule, tick_at) IN (
 -- as the statistics collector counts them (dead rows are what vacuum has not
 -- reclaimed yet), the size with indexes and TOAST, how many updates were HOT
 -- (heap-only: no index entry written, because no indexed column changed and
--- the page had room), and when autovacuum last passed.
+-- the page had room), and when autovacuum last passed. A partitioned table is
+-- one row, the sum of its partitions (autovacuum works on each partition: the
+-- latest of their times), with how many there are.
+WITH tables AS (
+    SELECT class.oid, class.relname, class.relkind
+    FROM pg_catalog.pg_class AS class
+    WHERE class.relnamespace = current_schema()::regnamespace
+      AND class.relkind IN ('r', 'p') AND NOT class.relispartition
+),
+leaves AS (
+    -- A table that is not partitioned is its own one leaf.
+    SELECT tables.relname, tables.oid AS leaf, false AS is_partition
+    FROM tables
+    WHERE tables.relkind = 'r'
+    UNION ALL
+    SELECT tables.relname, inherits.inhrelid, true
+    FROM tables
+    JOIN pg_catalog.pg_inherits AS inherits ON inherits.inhparent = tables.oid
+)
 SELECT
-    class.relname::text AS table_name,
-    pg_stat_get_live_tuples(class.oid)::bigint AS live_rows,
-    pg_stat_get_dead_tuples(class.oid)::bigint AS dead_rows,
-    pg_total_relation_size(class.oid)::bigint AS total_bytes,
-    pg_indexes_size(class.oid)::bigint AS index_bytes,
-    pg_stat_get_tuples_updated(class.oid)::bigint AS updates,
-    pg_stat_get_tuples_hot_updated(class.oid)::bigint AS hot_updates,
+    leaves.relname::text AS table_name,
+    count(*) FILTER (WHERE leaves.is_partition)::bigint AS partitions,
+    sum(pg_stat_get_live_tuples(leaves.leaf))::bigint AS live_rows,
+    sum(pg_stat_get_dead_tuples(leaves.leaf))::bigint AS dead_rows,
+    sum(pg_total_relation_size(leaves.leaf))::bigint AS total_bytes,
+    sum(pg_indexes_size(leaves.leaf))::bigint AS index_bytes,
+    sum(pg_stat_get_tuples_updated(leaves.leaf))::bigint AS updates,
+    sum(pg_stat_get_tuples_hot_updated(leaves.leaf))::bigint AS hot_updates,
     -- NULL when autovacuum never passed (a CASE, so that sqlc types it so).
-    CASE WHEN true THEN pg_stat_get_last_autovacuum_time(class.oid) END AS last_autovacuum
-FROM pg_catalog.pg_class AS class
-JOIN pg_catalog.pg_namespace AS namespace ON namespace.oid = class.relnamespace
-WHERE namespace.nspname = current_schema() AND class.relkind = 'r'
-ORDER BY pg_total_relation_size(class.oid) DESC, class.relname;
+    CASE WHEN true THEN max(pg_stat_get_last_autovacuum_time(leaves.leaf)) END AS last_autovacuum
+FROM leaves
+GROUP BY leaves.relname
+ORDER BY sum(pg_total_relation_size(leaves.leaf)) DESC, leaves.relname;
 
 -- name: ContinueAsNew :one
 -- End a durable task's history and go on as a new task (continue-as-new): the
@@ -1660,7 +1712,233 @@ SELECT
     (SELECT count(*) FROM task_events)::bigint AS task_events,
     (SELECT count(*) FROM event_waits)::bigint AS event_waits,
     (SELECT count(*) FROM external_events)::bigint AS external_events,
-    (SELECT count(*) FROM workers)::bigint AS workers;
+    (SELECT count(*) FROM workers)::bigint AS workers,
+    (SELECT count(*) FROM task_partitions)::bigint AS ranges;
 
 -- name: ListArchivedTasks :many
 SELECT * FROM archived_tasks ORDER BY task_id;
+
+-- name: SetPartitioning :one
+-- See set_partitioning in schema.sql.
+SELECT set_partitioning(sqlc.arg(partition_size), sqlc.arg(partitions_ahead))::integer AS made;
+
+-- name: AddTaskPartitions :one
+-- See add_task_partitions in schema.sql.
+SELECT add_task_partitions()::integer AS added;
+
+-- name: ListPartitions :many
+-- The ranges, oldest first, each with its tasks (as the statistics collector
+-- counts them: a guess, read without scanning) and its size.
+SELECT
+    ranges.first_id,
+    ranges.end_id,
+    ranges.created_at,
+    ranges.removing_since,
+    coalesce(pg_stat_get_live_tuples(to_regclass('tasks_from_' || ranges.first_id)), 0)::bigint
+        AS live_tasks,
+    (
+        coalesce(pg_total_relation_size(to_regclass('tasks_from_' || ranges.first_id)), 0)
+        + coalesce(pg_total_relation_size(to_regclass('task_events_from_' || ranges.first_id)), 0)
+        + coalesce(pg_total_relation_size(to_regclass('event_waits_from_' || ranges.first_id)), 0)
+    )::bigint AS total_bytes
+FROM task_partitions AS ranges
+ORDER BY ranges.first_id;
+
+-- name: OldPartitionsEnd :one
+-- Where the ranges end that hold no task inserted within the retention period
+-- (their newest task, found by the primary key, is older): the first id of
+-- the oldest range that holds one, or past the last range. What ends in such
+-- a range only goes row by row (ChooseTreesToRemove): a range that is still
+-- there that long after it filled up holds a task that pins it (one running
+-- for months), and it must not keep the rest for ever.
+SELECT coalesce(
+    min(ranges.first_id),
+    (SELECT max(end_id) FROM task_partitions),
+    1
+)::bigint AS end_id
+FROM task_partitions AS ranges
+WHERE (
+    SELECT tasks.inserted_at FROM tasks
+    WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+    ORDER BY tasks.id DESC
+    LIMIT 1
+) >= now() - (SELECT keep_finished_for FROM retention_policy);
+
+-- name: ListPartitionsToLookAt :many
+-- The ranges retention may remove, oldest first: the ones it chose already
+-- (removing_since), to finish removing them, and the full ones (the next id
+-- is past them) whose newest task was inserted longer ago than the period:
+-- a younger range holds a task that cannot have finished long enough ago.
+SELECT ranges.*
+FROM task_partitions AS ranges
+WHERE ranges.removing_since IS NOT NULL
+   OR (
+       ranges.end_id <= next_task_id()
+       AND coalesce((
+           SELECT tasks.inserted_at FROM tasks
+           WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+           ORDER BY tasks.id DESC
+           LIMIT 1
+       ), '-infinity') < now() - (SELECT keep_finished_for FROM retention_policy)
+   )
+ORDER BY ranges.first_id;
+
+-- name: LockPartition :one
+-- The first statement of a choice (MarkPartitionForRemoval): a replay or a
+-- fork of one of the range's tasks that began already (LockPartitionOfTask)
+-- is waited for, and one that begins now waits for the choice.
+SELECT * FROM task_partitions WHERE first_id = sqlc.arg(first_id) FOR UPDATE;
+
+-- name: RemovePartitionKeys :execrows
+-- The second: the idempotency keys that name a task of the range go, so that
+-- no enqueue finds one any more (an enqueue that found one already holds its
+-- key's row, RepeatEnqueue, and this waited for it to commit). If the range
+-- may not go after all, the transaction rolls back, and they are back.
+DELETE FROM idempotency_keys
+WHERE task_id >= sqlc.arg(first_id) AND task_id < sqlc.arg(end_id);
+
+-- name: MarkPartitionForRemoval :execrows
+-- The third, with a snapshot taken after the two above: the range is chosen
+-- if all it holds may go, as a tree of ChooseTreesToRemove may: every task of
+-- it finished for longer than the period, and no task outside it still
+-- needing one of its tasks: a child of one of its tasks unfinished or
+-- finished within the period (a tree goes whole), a history that names one
+-- as its child (a task sharing an idempotent child, a fork's copied events),
+-- events copied from one, a fork of one. The ranges an outside task belongs
+-- to are younger: they go first, and this range at a later pass. 1: chosen.
+UPDATE task_partitions AS ranges
+SET removing_since = now()
+WHERE ranges.first_id = sqlc.arg(first_id) AND ranges.removing_since IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks
+      WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+        AND (
+            tasks.finished_at IS NULL
+            OR tasks.finished_at >= now() - (SELECT keep_finished_for FROM retention_policy)
+        )
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks AS child
+      WHERE child.parent_id >= ranges.first_id AND child.parent_id < ranges.end_id
+        AND (child.id < ranges.first_id OR child.id >= ranges.end_id)
+        AND (
+            child.finished_at IS NULL
+            OR child.finished_at >= now() - (SELECT keep_finished_for FROM retention_policy)
+        )
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM task_events AS event
+      WHERE (
+              (event.child_task_id >= ranges.first_id AND event.child_task_id < ranges.end_id)
+              OR (
+                  event.copied_from_task_id >= ranges.first_id
+                  AND event.copied_from_task_id < ranges.end_id
+              )
+          )
+        AND (event.task_id < ranges.first_id OR event.task_id >= ranges.end_id)
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM tasks AS fork
+      WHERE fork.forked_from_task_id >= ranges.first_id
+        AND fork.forked_from_task_id < ranges.end_id
+        AND (fork.id < ranges.first_id OR fork.id >= ranges.end_id)
+  );
+
+-- name: LockPartitionOfTask :one
+-- A replay or a fork of a task first locks its range's row (FOR SHARE, so
+-- that replays and forks never wait for each other): a range retention chose
+-- (removing_since) refuses them, and a choice waits for them (LockPartition).
+SELECT ranges.*
+FROM task_partitions AS ranges
+WHERE sqlc.arg(task_id)::bigint >= ranges.first_id AND sqlc.arg(task_id)::bigint < ranges.end_id
+FOR SHARE;
+
+-- name: ArchivePartitionTasks :one
+-- With an archiving policy, before a chosen range's partitions go: the next
+-- max_rows of its tasks after after_id, each with its history, into
+-- archived_tasks (as ArchiveTree; its root is its oldest ancestor still
+-- there). Returns how many were archived and the last id looked at (NULL: none left).
+WITH RECURSIVE batch AS (
+    SELECT * FROM tasks
+    WHERE tasks.id >= sqlc.arg(first_id) AND tasks.id < sqlc.arg(end_id)
+      AND tasks.id > sqlc.arg(after_id)
+    ORDER BY tasks.id
+    LIMIT sqlc.arg(max_rows)
+),
+ancestry AS (
+    SELECT batch.id AS task_id, batch.id AS ancestor_id, batch.parent_id, 0 AS depth
+    FROM batch
+    UNION ALL
+    SELECT ancestry.task_id, parent.id, parent.parent_id, ancestry.depth + 1
+    FROM ancestry
+    JOIN tasks AS parent ON parent.id = ancestry.parent_id
+),
+roots AS (
+    SELECT DISTINCT ON (task_id) task_id, ancestor_id AS root_id
+    FROM ancestry
+    ORDER BY task_id, depth DESC
+),
+archived AS (
+    INSERT INTO archived_tasks (task_id, root_task_id, task, history)
+    SELECT
+        batch.id,
+        roots.root_id,
+        to_jsonb(batch),
+        coalesce((
+            SELECT jsonb_agg(
+                to_jsonb(event) || jsonb_build_object('wait', to_jsonb(wait))
+                ORDER BY event.event_number
+            )
+            FROM task_events AS event
+            LEFT JOIN event_waits AS wait
+                ON (wait.task_id, wait.event_number) = (event.task_id, event.event_number)
+            WHERE event.task_id = batch.id
+        ), '[]'::jsonb)
+    FROM batch
+    JOIN roots ON roots.task_id = batch.id
+    ON CONFLICT (task_id) DO NOTHING
+    RETURNING 1
+)
+SELECT
+    (SELECT count(*) FROM archived)::bigint AS archived,
+    (SELECT max(id) FROM batch)::bigint AS last_id;
+
+-- name: RemovePartitionTicks :execrows
+-- The ticks that enqueued the tasks of a chosen range go with them.
+DELETE FROM schedule_ticks
+WHERE task_id >= sqlc.arg(first_id) AND task_id < sqlc.arg(end_id);
+
+-- name: ListPartitionTables :many
+-- The partitions of a range that are still there, in the order they are
+-- detached (waits, then events, then tasks: a crash between two leaves no
+-- wait or event without its task), and whether a detach of one began and was
+-- interrupted (it is finished, FINALIZE, before anything else is done to it).
+SELECT
+    parent.relname::text AS parent_name,
+    part.relname::text AS partition_name,
+    coalesce(inherits.inhdetachpending, false) AS detach_pending,
+    inherits.inhrelid IS NOT NULL AS attached
+FROM unnest(ARRAY['event_waits', 'task_events', 'tasks']) WITH ORDINALITY AS t(name, position)
+JOIN pg_catalog.pg_class AS parent
+    ON parent.relname = t.name AND parent.relnamespace = current_schema()::regnamespace
+JOIN pg_catalog.pg_class AS part
+    ON part.relname = t.name || '_from_' || sqlc.arg(first_id)::bigint
+   AND part.relnamespace = current_schema()::regnamespace
+LEFT JOIN pg_catalog.pg_inherits AS inherits
+    ON inherits.inhrelid = part.oid AND inherits.inhparent = parent.oid
+ORDER BY t.position;
+
+-- name: ForgetPartition :execrows
+-- A range whose partitions are all gone.
+DELETE FROM task_partitions WHERE first_id = sqlc.arg(first_id) AND removing_since IS NOT NULL;
+
+-- name: TryLockPartitionMaintenance :one
+-- One worker at a time adds and removes ranges (a session's advisory lock,
+-- held by retention's connection for its pass; the others skip the ranges
+-- until their next pass). Named after the schema: another schema's engine
+-- is another lock.
+SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '.task_partitions', 0))
+    AS locked;
+
+-- name: GetRetentionPolicy :one
+SELECT * FROM retention_policy;

@@ -30,10 +30,13 @@
 -- task's tree (the task, its children, theirs, with their histories and
 -- waits) is removed, or archived, once it has been finished for the
 -- retention period, in small batches (see retention.py); so are the external
--- events nothing waits for any more, and the rows of long-dead workers. Every
--- foreign key has an index, so that deleting a row checks its references
--- with a probe, not a scan. And a durable task whose history grows long
--- continues as a new task (continue-as-new), with an empty history.
+-- events nothing waits for any more, and the rows of long-dead workers. The
+-- tasks, their histories and their waits are partitioned by ranges of task
+-- ids, one partition of each table per range (see task_partitions below): a
+-- range whose tasks have all gone past the retention period is detached and
+-- dropped whole, without deleting a row. And a durable task whose history
+-- grows long continues as a new task (continue-as-new), with an empty
+-- history, in the newest partition.
 
 -- cancelled: someone (an operator, a parent's cancellation, a newer task of
 -- the same key) stopped the task on purpose. Final, like completed and failed.
@@ -126,8 +129,24 @@ CREATE TABLE rate_limits (
     granted_at timestamptz[] NOT NULL DEFAULT '{}'
 );
 
+-- Task ids come from a sequence of their own: a partitioned table's column
+-- cannot be an identity column before PostgreSQL 17, and a task's id is
+-- taken ahead of its row when it has an idempotency key (see CreateTask).
+CREATE SEQUENCE tasks_id_seq AS bigint;
+
+-- The tasks, partitioned by ranges of ids (see task_partitions). Ids are
+-- handed out in the order tasks are enqueued, so a range of ids is a span of
+-- time, and a lookup by id (most of the engine's) reads one partition.
+--
+-- No foreign key points into a partitioned table, or out of one: a
+-- partition that is attached takes each key's constraint, which locks the
+-- table the key points to against every write for a moment; one that is
+-- detached must find no reference left into it, from its own rows included
+-- (a parent and its child in one range). The links between tasks are kept by
+-- the engine instead: a task's children, its history, its waits, the fork it
+-- was copied from, go together (see retention.py and ChoosePartitionToRemove).
 CREATE TABLE tasks (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint NOT NULL DEFAULT nextval('tasks_id_seq'),
     inserted_at timestamptz NOT NULL DEFAULT now(),
     -- Workers poll one queue; a queue is just a name.
     queue text NOT NULL,
@@ -169,7 +188,7 @@ CREATE TABLE tasks (
     durable boolean NOT NULL DEFAULT false,
     -- The durable task that spawned this one as a child (NULL for a task
     -- enqueued by a client): when this task finishes, it wakes its parent up.
-    parent_id bigint REFERENCES tasks (id),
+    parent_id bigint,
     -- When a suspended task may run again: a claim takes it once this time has
     -- come. NULL while it waits for nothing but a child to finish.
     wake_at timestamptz,
@@ -181,7 +200,7 @@ CREATE TABLE tasks (
     -- A fork is a new task that starts with a copy of another task's history
     -- up to (not including) event forked_at_event, and runs from there. These
     -- say which task and which event; both are NULL for a task that is not a fork.
-    forked_from_task_id bigint REFERENCES tasks (id),
+    forked_from_task_id bigint,
     forked_at_event integer CHECK (forked_at_event > 0),
     -- The task's concurrency key (NULL: none, the limits do not apply to it).
     concurrency_key text,
@@ -201,7 +220,9 @@ CREATE TABLE tasks (
         )
     ) STORED,
     -- The rate limit this task's start takes rate_units of (NULL: none).
-    rate_limit text REFERENCES rate_limits (name),
+    -- (No foreign key, see above: the client checks it exists, and a rate
+    -- limit is never removed.)
+    rate_limit text,
     rate_units integer CHECK (rate_units > 0),
     -- Cancellation (see cancel_task): when it was asked for, by whom and why.
     -- A task that never ran is cancelled at once; a durable task that has run
@@ -209,11 +230,11 @@ CREATE TABLE tasks (
     cancel_requested_at timestamptz,
     cancelled_by text,
     cancel_reason text,
-    -- The enqueuer's name for this task ("order A-1, buy button"): an enqueue
-    -- with the key of a task there is returns that task instead of making a
-    -- second one, until idempotency_expires_at (see CreateTask). NULL: none.
+    -- The enqueuer's name for this task ("order A-1, buy button"), as it was
+    -- enqueued (NULL: none). Which task a key names now, and until when, is
+    -- in idempotency_keys: a unique index on a partitioned table must hold
+    -- the partition's column, and the key must be unique on its own.
     idempotency_key text,
-    idempotency_expires_at timestamptz,
     -- How many enqueues asked for this task: more than 1 when a client
     -- repeated one (a double click, a retry after a lost reply).
     enqueues integer NOT NULL DEFAULT 1,
@@ -238,12 +259,12 @@ CREATE TABLE tasks (
     continued_as_task_id bigint,
     CHECK (code_version IS NULL OR durable),
     CHECK ((forked_from_task_id IS NULL) = (forked_at_event IS NULL)),
-    CHECK ((idempotency_key IS NULL) = (idempotency_expires_at IS NULL)),
     CHECK ((cancel_requested_at IS NULL) = (cancelled_by IS NULL)),
     -- '' stands for the keyless tasks in the walk over the keys (keys_to_visit).
     CHECK (concurrency_key <> ''),
-    CHECK ((rate_limit IS NULL) = (rate_units IS NULL))
-);
+    CHECK ((rate_limit IS NULL) = (rate_units IS NULL)),
+    PRIMARY KEY (id)
+) PARTITION BY RANGE (id);
 
 -- The claim query asks for "the queued tasks of queue Q, highest priority
 -- first, oldest first within a priority". This index holds exactly those rows,
@@ -281,10 +302,6 @@ CREATE INDEX tasks_schedule_deadline_idx ON tasks (schedule_deadline)
     WHERE schedule_deadline IS NOT NULL
       AND (status = 'queued' OR (status = 'suspended' AND attempt = 0));
 
--- The idempotency keys: one task per key (NULLs are all distinct). What an
--- enqueue's ON CONFLICT finds a repeat by.
-CREATE UNIQUE INDEX tasks_idempotency_key_idx ON tasks (idempotency_key);
-
 -- The children of a task, for the cancellation that reaches them (see
 -- cancel_task). Most tasks are nobody's child, and are not in it.
 CREATE INDEX tasks_parent_idx ON tasks (parent_id) WHERE parent_id IS NOT NULL;
@@ -300,12 +317,19 @@ CREATE INDEX tasks_forked_from_idx ON tasks (forked_from_task_id)
 CREATE INDEX tasks_finished_roots_idx ON tasks (finished_at, id)
     WHERE finished_at IS NOT NULL AND parent_id IS NULL;
 
--- Each foreign key's referencing column has an index, so that deleting the
--- row it references checks for references with a probe. Without one, each
--- deleted row makes the check read the whole referencing table: deleting
--- 1,000 tasks read `tasks` 1,000 times (lessons 02-12; see retention.py).
--- (tasks.parent_id and task_events.child_task_id have theirs since lesson 13,
--- tasks.forked_from_task_id since lesson 11; the others are below.)
+-- The idempotency keys (lesson 13), each naming one task until it expires: an
+-- enqueue with a key here finds that task instead of making another (see
+-- CreateTask). Lessons 13 and 14 kept them in a unique index on tasks; a
+-- partitioned table's unique index must hold its partition's column (an id
+-- range), and a key must be unique on its own, so they have a table.
+CREATE TABLE idempotency_keys (
+    key text PRIMARY KEY,
+    task_id bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+-- A task's keys, removed with it (see RemoveTasks, ChoosePartitionToRemove).
+CREATE INDEX idempotency_keys_task_idx ON idempotency_keys (task_id);
 
 -- A chain of continuations, followed backwards (history_tool).
 CREATE INDEX tasks_continued_from_idx ON tasks (continued_from_task_id)
@@ -334,7 +358,7 @@ CREATE TYPE event_kind AS ENUM (
 -- not write them again. Only an operator's replay deletes a history, all of it at once
 -- (with its waits), and only of a task that has finished (see reruns.py).
 CREATE TABLE task_events (
-    task_id bigint NOT NULL REFERENCES tasks (id),
+    task_id bigint NOT NULL,
     event_number integer NOT NULL CHECK (event_number > 0),
     kind event_kind NOT NULL,
     -- The step's name, or the child's task name, as the durable function called it.
@@ -349,7 +373,7 @@ CREATE TABLE task_events (
     output jsonb,
     -- The child task this event created: on a later attempt no other child is
     -- created, this one is waited for again.
-    child_task_id bigint REFERENCES tasks (id),
+    child_task_id bigint,
     -- When the sleep this event records is over, or the wait times out:
     -- computed once, on the database's clock, when the operation was first
     -- reached. A later attempt waits until this time; it does not start again.
@@ -360,11 +384,11 @@ CREATE TABLE task_events (
     -- Set on the events a fork copied: the task that recorded this event (for
     -- a fork of a fork, the task that first recorded it), whose attempt
     -- `attempt` is. NULL on the events this task recorded itself.
-    copied_from_task_id bigint REFERENCES tasks (id),
+    copied_from_task_id bigint,
     PRIMARY KEY (task_id, event_number),
     CHECK ((kind = 'child') = (child_task_id IS NOT NULL)),
     CHECK ((kind IN ('sleep', 'child_wait', 'wait')) = (wake_at IS NOT NULL))
-);
+) PARTITION BY RANGE (task_id);
 
 -- The events that name a child, by child: a child spawned with an idempotency
 -- key may be another task's child already (a fork's, a replay's, another
@@ -373,8 +397,9 @@ CREATE TABLE task_events (
 CREATE INDEX task_events_child_idx ON task_events (child_task_id)
     WHERE child_task_id IS NOT NULL;
 
--- The events a fork copied, by the task that recorded them: the foreign key's
--- index (see tasks_continued_from_idx).
+-- The events a fork copied, by the task that recorded them: a task whose
+-- events were copied stays while the copies are there (see
+-- ChooseTreesToRemove).
 CREATE INDEX task_events_copied_from_idx ON task_events (copied_from_task_id)
     WHERE copied_from_task_id IS NOT NULL;
 
@@ -410,23 +435,22 @@ CREATE TABLE event_waits (
     -- The wait's deadline: its event's wake_at.
     timeout_at timestamptz NOT NULL,
     -- The event that ended the wait; NULL while it is open, or if it timed out.
-    external_event_id bigint REFERENCES external_events (id),
+    external_event_id bigint,
     -- That event's payload, as the push that ended the wait copied it here.
     payload jsonb,
     -- NULL while the wait is open.
     ended_at timestamptz,
     PRIMARY KEY (task_id, event_number),
-    FOREIGN KEY (task_id, event_number) REFERENCES task_events (task_id, event_number),
     CHECK (external_event_id IS NULL OR ended_at IS NOT NULL),
     CHECK ((external_event_id IS NULL) = (payload IS NULL))
-);
+) PARTITION BY RANGE (task_id);
 
 -- The open waits, by key: what a push looks for. A wait leaves it when it ends,
 -- so it stays as small as the number of tasks waiting now.
 CREATE INDEX event_waits_open_idx ON event_waits (key) WHERE ended_at IS NULL;
 
--- The waits an external event ended: its foreign key's index (see above), for
--- retention's removal of old events.
+-- The waits an external event ended, for retention: an event a wait holds
+-- stays (see RemoveOldExternalEvents).
 CREATE INDEX event_waits_external_event_idx ON event_waits (external_event_id)
     WHERE external_event_id IS NOT NULL;
 
@@ -928,7 +952,8 @@ CREATE TABLE schedule_ticks (
     schedule text NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
     tick_at timestamptz NOT NULL,
     outcome tick_outcome NOT NULL,
-    task_id bigint REFERENCES tasks (id),
+    -- (No foreign key into tasks, a partitioned table: see there.)
+    task_id bigint,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     -- The worker that fired or skipped it, for people reading the table.
     worker_id bigint NOT NULL,
@@ -936,7 +961,7 @@ CREATE TABLE schedule_ticks (
     CHECK ((outcome = 'skipped') = (task_id IS NULL))
 );
 
--- The tick that enqueued a task: the foreign key's index.
+-- The tick that enqueued a task: removed with it.
 CREATE INDEX schedule_ticks_task_idx ON schedule_ticks (task_id) WHERE task_id IS NOT NULL;
 
 -- ---------------------------------------------------------------------------
@@ -1034,3 +1059,115 @@ CREATE TABLE archived_tasks (
     history jsonb NOT NULL
 );
 
+-- ---------------------------------------------------------------------------
+-- Partitions (lesson 15).
+-- ---------------------------------------------------------------------------
+
+-- How task ids are cut into ranges, one row for the whole schema. Each range
+-- has a partition of tasks, one of task_events and one of event_waits, named
+-- after the range's first id (tasks_from_1, task_events_from_1,
+-- event_waits_from_1): a task, its history and its waits are in the
+-- partitions of one range, and leave together.
+CREATE TABLE partitioning (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    -- The ids of one range: 100,000 is a day of an engine that starts a
+    -- task a second, a few minutes of a busy one.
+    partition_size bigint NOT NULL DEFAULT 100000 CHECK (partition_size > 0),
+    -- How many ranges' worth of ids are kept ready past the next task's id:
+    -- the tasks that can be enqueued before retention, which adds ranges,
+    -- must run again. An id with no range is an enqueue that fails.
+    partitions_ahead integer NOT NULL DEFAULT 2 CHECK (partitions_ahead > 0)
+);
+
+INSERT INTO partitioning DEFAULT VALUES;
+
+-- The ranges there are, oldest first.
+CREATE TABLE task_partitions (
+    first_id bigint PRIMARY KEY,
+    -- The first id past the range.
+    end_id bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- When retention chose the range for removal (MarkPartitionForRemoval):
+    -- from then on no task of it may run again or be forked, and no key
+    -- names one, and retention detaches and drops its partitions, resuming
+    -- where it stopped if it is interrupted (see partitions.py).
+    removing_since timestamptz,
+    CHECK (end_id > first_id)
+);
+
+-- The id the next task will get; reading the sequence takes none.
+CREATE FUNCTION next_task_id() RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM tasks_id_seq
+$$;
+
+-- Add ranges until partitions_ahead ranges' worth of ids is ready past the
+-- next task's id; return how many were added. Each partition is created on
+-- its own, then attached: CREATE TABLE ... PARTITION OF would lock the
+-- partitioned table against every claim and result for a moment, and wait
+-- for each transaction using it to end first; ATTACH PARTITION takes a lock
+-- (SHARE UPDATE EXCLUSIVE) that lets them all go on. Attaching checks the
+-- range against the table's rows: an empty table passes at once. LIKE ...
+-- INCLUDING ALL gives the new table the columns, defaults, checks and
+-- indexes of its partitioned table (the attach adopts the indexes as the
+-- partitions of the partitioned ones; the row triggers follow by
+-- themselves).
+CREATE FUNCTION add_task_partitions() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    settings partitioning;
+    next_id bigint;
+    first_id bigint;
+    added integer := 0;
+    parent text;
+BEGIN
+    -- Two callers at once take turns: both would add the same range.
+    SELECT * INTO settings FROM partitioning FOR UPDATE;
+    next_id := next_task_id();
+    first_id := coalesce((SELECT max(end_id) FROM task_partitions), next_id);
+    WHILE first_id - next_id < settings.partitions_ahead * settings.partition_size LOOP
+        FOREACH parent IN ARRAY ARRAY['tasks', 'task_events', 'event_waits'] LOOP
+            EXECUTE format(
+                'CREATE TABLE %I (LIKE %I INCLUDING ALL)', parent || '_from_' || first_id, parent
+            );
+            EXECUTE format(
+                'ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
+                parent, parent || '_from_' || first_id,
+                first_id, first_id + settings.partition_size
+            );
+        END LOOP;
+        INSERT INTO task_partitions (first_id, end_id)
+        VALUES (first_id, first_id + settings.partition_size);
+        first_id := first_id + settings.partition_size;
+        added := added + 1;
+    END LOOP;
+    RETURN added;
+END;
+$$;
+
+-- An operator's change of the ranges' size (client.set_partitioning): the
+-- ranges no task has an id from yet are dropped and made again at the new
+-- size, from the next id on; a range in use keeps its size. The three tables
+-- are locked meanwhile (ACCESS EXCLUSIVE), so that no enqueue takes an id
+-- from a range being replaced: an enqueue waits for this to commit, a moment.
+-- Returns how many ranges were made.
+CREATE FUNCTION set_partitioning(new_size bigint, new_ahead integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    unused bigint;
+    parent text;
+BEGIN
+    LOCK TABLE tasks, task_events, event_waits IN ACCESS EXCLUSIVE MODE;
+    UPDATE partitioning SET partition_size = new_size, partitions_ahead = new_ahead;
+    FOR unused IN SELECT first_id FROM task_partitions WHERE first_id >= next_task_id() LOOP
+        FOREACH parent IN ARRAY ARRAY['event_waits', 'task_events', 'tasks'] LOOP
+            EXECUTE format('DROP TABLE %I', parent || '_from_' || unused);
+        END LOOP;
+        DELETE FROM task_partitions WHERE first_id = unused;
+    END LOOP;
+    RETURN add_task_partitions();
+END;
+$$;
+
+-- The first ranges, for the first tasks.
+SELECT add_task_partitions();

@@ -393,13 +393,17 @@ def details(task: Task) -> list[str]:
 
 def stats_lines(queries: Querier) -> list[str]:
     """`stats`: a row per table, biggest first."""
-    rows = [["table", "live rows", "dead rows", "size", "indexes", "HOT updates", "autovacuum"]]
+    rows = [
+        ["table", "partitions", "live rows", "dead rows", "size", "indexes", "HOT updates"]
+        + ["autovacuum"]
+    ]
     for sizes in queries.table_sizes():
         hot = f"{100 * sizes.hot_updates / sizes.updates:.0f} %" if sizes.updates else "-"
         vacuumed = sizes.last_autovacuum
         rows.append(
             [
                 sizes.table_name,
+                str(sizes.partitions) if sizes.partitions else "-",
                 str(sizes.live_rows),
                 str(sizes.dead_rows),
                 size(sizes.total_bytes),
@@ -408,7 +412,7 @@ def stats_lines(queries: Querier) -> list[str]:
                 clock_time(vacuumed) if vacuumed is not None else "never",
             ]
         )
-    return table(rows, right_aligned={1, 2, 3, 4, 5})
+    return table(rows, right_aligned={1, 2, 3, 4, 5, 6})
 
 
 def size(byte_count: int) -> str:
