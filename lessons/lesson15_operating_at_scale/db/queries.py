@@ -1619,6 +1619,10 @@ class ListPartitionsRow:
     total_bytes: int
 
 
+NEXT_TASK_ID = """-- name: NextTaskId :one
+SELECT next_task_id()::bigint AS next_id
+"""
+
 OLD_PARTITIONS_END = """-- name: OldPartitionsEnd :one
 SELECT coalesce(
     min(ranges.first_id),
@@ -3034,6 +3038,12 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(LIST_PARTITIONS)
             return [_list_partitions_row_from_row(row) for row in cur.fetchall()]
+
+    def next_task_id(self) -> int | None:
+        with self._cursor() as cur:
+            cur.execute(NEXT_TASK_ID)
+            row = cur.fetchone()
+        return None if row is None else row[0]
 
     def old_partitions_end(self) -> int | None:
         """Where the ranges end that hold no task inserted within the retention period

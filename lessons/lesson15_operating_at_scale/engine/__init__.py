@@ -8,9 +8,11 @@
 - `versions`: the version of the code a worker runs, declared or derived;
 - `client`: enqueue a task (now, later, once per idempotency key), cancel one, wait
   for its result, push an external event, set the flow-control limits and schedules,
-  drain a code version and move its tasks to another, set the retention policy;
+  drain a code version and move its tasks to another, set the retention policy and the
+  ranges of task ids;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
 - `reruns`: replay a finished durable task, or fork it at an event;
+- `partitions`: the ranges of task ids, added ahead of the tasks and dropped whole;
 - `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through, patch
   markers and continue-as-new included;

@@ -4,12 +4,14 @@ The tasks, their histories and their waits are partitioned by ranges of task
 ids (schema.sql, `task_partitions`): each range has a partition of `tasks`,
 one of `task_events` and one of `event_waits`. Row-by-row retention
 (retention.py) deletes each row, and each deleted row is a dead tuple that
-vacuum must find, an index entry in every index, and WAL; dropping a
+vacuum must find, an entry to clean in every index, and WAL; dropping a
 partition is one catalog change, however many rows it holds. So retention
-works range by range here, on one worker at a time (an advisory lock):
+works range by range here, and removes ranges on one worker at a time (an
+advisory lock):
 
-1. It adds ranges ahead of the tasks (`add_task_partitions`), so that the
-   next `partitions_ahead` ranges' worth of tasks always has somewhere to go.
+1. It adds ranges ahead of the tasks (`add_task_partitions`, on any worker:
+   it takes turns on the `partitioning` row), so that the next
+   `partitions_ahead` ranges' worth of tasks always has somewhere to go.
 2. It looks at each full range whose newest task was inserted longer ago
    than the retention period, oldest first, and chooses it for removal if
    all it holds may go, the way a tree may go (MarkPartitionForRemoval).
@@ -68,15 +70,22 @@ def maintain_partitions(
     """Add the ranges needed ahead, and remove those that may go.
 
     Returns (ranges added, first ids of the ranges removed, ranges looked at
-    and kept, tasks archived); nothing at all when another worker holds the
-    partitions' lock.
+    and kept, tasks archived). The removals are skipped when another worker
+    holds the partitions' lock: it is removing ranges already.
     """
+    with pool.connection() as conn, bounded_transaction(conn, limits):
+        added = Querier(conn).add_task_partitions() or 0
+    with pool.connection() as conn:
+        if not Querier(conn).list_partitions_to_look_at():
+            return added, [], 0, 0
     removed: list[int] = []
     kept = archived = 0
+    # DETACH ... CONCURRENTLY runs outside any transaction: on a connection of
+    # its own, which holds the partitions' lock (a session's) for the pass.
     with closing(connect_like(pool, application_name="retention-partitions")) as ddl:
         queries = Querier(ddl)
         if not queries.try_lock_partition_maintenance():
-            return 0, [], 0, 0
+            return added, [], 0, 0
         # A detach waits for the transactions that use the table: at most
         # this long, and then it stops, to go on at the next pass.
         ddl.execute(
@@ -84,7 +93,7 @@ def maintain_partitions(
                 sql.Literal(f"{round(limits.idle_seconds * 1000)}ms")
             )
         )
-        added = queries.add_task_partitions()
+        # Listed again under the lock: another worker may have removed some.
         for task_range in queries.list_partitions_to_look_at():
             if stopping():
                 break
@@ -96,7 +105,7 @@ def maintain_partitions(
             archived += archive_range(pool, limits, task_range, max_rows=max_rows)
             remove_range(ddl, pool, limits, task_range)
             removed.append(task_range.first_id)
-    return added or 0, removed, kept, archived
+    return added, removed, kept, archived
 
 
 def choose_for_removal(

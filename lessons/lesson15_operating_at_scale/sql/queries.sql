@@ -1744,6 +1744,9 @@ SELECT
 FROM task_partitions AS ranges
 ORDER BY ranges.first_id;
 
+-- name: NextTaskId :one
+SELECT next_task_id()::bigint AS next_id;
+
 -- name: OldPartitionsEnd :one
 -- Where the ranges end that hold no task inserted within the retention period
 -- (their newest task, found by the primary key, is older): the first id of

@@ -18,6 +18,7 @@
         --from v1 --to v2
     python -m lessons.lesson15_operating_at_scale.tools.history_tool drain v1
     python -m lessons.lesson15_operating_at_scale.tools.history_tool stats
+    python -m lessons.lesson15_operating_at_scale.tools.history_tool partitions
 
 `list` shows the newest tasks; `history` a task's event log; `tree` a task with
 its children and its forks (and theirs); `replay` and `fork` run a finished
@@ -30,7 +31,8 @@ shows each schedule, its next tick and its latest ticks. `check`, `patches`,
 deploy_commands.py): `check` exits 1 when the new code would break a task in
 flight. `stats` shows what a DBA watches: each table's live and dead rows,
 its size, the share of its updates that were HOT, and autovacuum's last
-pass. The database is found like everywhere in
+pass; `partitions` each range of task ids, its tasks and its size, and
+whether retention is removing it. The database is found like everywhere in
 the course (DATABASE_URL, else the embedded server), and `--schema` says which
 schema holds the tables: this lesson's unless told otherwise.
 
@@ -135,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("schedules", help="each schedule, its next tick, its latest ticks")
     commands.add_parser("stats", help="each table's rows, dead rows, size, HOT updates, vacuum")
+    commands.add_parser("partitions", help="each range of task ids: its tasks, size and state")
     add_deploy_commands(commands)
     for command, about in (
         ("cancel", "cancel a task and its unfinished children"),
@@ -190,6 +193,8 @@ def run_command(conn: psycopg.Connection[Any], options: argparse.Namespace) -> l
             return schedule_lines(queries)
         case "stats":
             return stats_lines(queries)
+        case "partitions":
+            return partition_lines(queries)
         case "versions":
             rows = version_rows(queries)
             if len(rows) == 1:
@@ -393,10 +398,8 @@ def details(task: Task) -> list[str]:
 
 def stats_lines(queries: Querier) -> list[str]:
     """`stats`: a row per table, biggest first."""
-    rows = [
-        ["table", "partitions", "live rows", "dead rows", "size", "indexes", "HOT updates"]
-        + ["autovacuum"]
-    ]
+    header = ["table", "partitions", "live rows", "dead rows", "size", "indexes", "HOT updates"]
+    rows = [[*header, "autovacuum"]]
     for sizes in queries.table_sizes():
         hot = f"{100 * sizes.hot_updates / sizes.updates:.0f} %" if sizes.updates else "-"
         vacuumed = sizes.last_autovacuum
@@ -413,6 +416,24 @@ def stats_lines(queries: Querier) -> list[str]:
             ]
         )
     return table(rows, right_aligned={1, 2, 3, 4, 5, 6})
+
+
+def partition_lines(queries: Querier) -> list[str]:
+    """`partitions`: a row per range of task ids, oldest first, and the next id."""
+    rows = [["task ids", "created", "tasks", "size", "state"]]
+    for task_range in queries.list_partitions():
+        removing = task_range.removing_since
+        rows.append(
+            [
+                f"{task_range.first_id}-{task_range.end_id - 1}",
+                clock_time(task_range.created_at),
+                str(task_range.live_tasks),
+                size(task_range.total_bytes),
+                f"being removed since {clock_time(removing)}" if removing is not None else "",
+            ]
+        )
+    next_id = queries.next_task_id()
+    return [*table(rows, right_aligned={2, 3}), f"the next task's id: {next_id}"]
 
 
 def size(byte_count: int) -> str:
