@@ -577,6 +577,59 @@ def test_a_durable_child_replayed_while_its_tree_is_being_removed_is_not_removed
     assert root in passes[0].kept_roots, passes
 
 
+def test_a_durable_child_forked_while_its_tree_is_being_removed_is_not_removed(
+    database: LessonDatabase,
+) -> None:
+    """The same tree, forked instead of replayed: an operator forks the durable child
+    at its second event, in a transaction that has not committed yet. ChooseTreesToRemove
+    chooses the tree; LockFinishedTasks waits for the fork's lock on the child; the
+    fork commits, and the child is still finished, but the fork now needs it (its
+    forked_from) and its child (a copied event names it). No foreign key would refuse
+    the delete (the partitioned tables have none): the check after the locks
+    (ListTasksNeededFromOutside) must keep the tree whole, and the fork must find its
+    copied child's output when it runs."""
+    pool = database.pool
+    with pool.connection() as conn:
+        set_retention(conn, keep_finished_for=KEEP_FOR_NOW)
+    with worker_process(database, retention_interval=0) as process:
+        process.start()
+        root = submit(pool, "parent_of_order", {"name": "F"}, durable=True)
+        wait_for_status(pool, root, TaskStatus.COMPLETED)
+        assert process.stop() == 0
+    child = history_of(pool, root)[0].child_task_id
+    assert child is not None
+    grandchild = history_of(pool, child)[0].child_task_id
+    assert grandchild is not None
+    with pool.connection() as conn:
+        set_retention(conn, keep_finished_for=0.01)
+    wait_until(removable_after(pool, 0.01), timeout=10, message="the clock")
+    retention = Retention(
+        pool, worker_id=0, interval=60, limits=TransactionLimits(idle_seconds=10, lock_seconds=10)
+    )
+    passes: list[RetentionPass] = []
+    with (
+        connect(database.url, schema=database.schema) as operator,
+        ThreadPoolExecutor(max_workers=1) as thread,
+    ):
+        with operator.transaction():
+            forked = fork(operator, child, at_event=2)
+            running = thread.submit(lambda: passes.append(retention.run_pass()))
+            wait_until(
+                lambda: backend_waiting_for_a_lock(pool, "LockFinishedTasks"),
+                timeout=10,
+                message="retention never waited for the fork's lock",
+            )
+        running.result(timeout=20)
+    assert root in passes[0].kept_roots, passes
+    assert {status_of(pool, task) for task in (root, child, grandchild)} == {
+        TaskStatus.COMPLETED
+    }, passes
+    with worker_process(database, retention_interval=0) as process:
+        process.start()
+        wait_for_status(pool, forked.id, TaskStatus.COMPLETED)
+        assert process.stop() == 0
+
+
 def test_a_child_that_finishes_after_its_root_is_kept_for_the_policys_period(
     database: LessonDatabase,
 ) -> None:

@@ -1400,6 +1400,22 @@ ORDER BY id
 FOR UPDATE
 """
 
+LIST_TASKS_NEEDED_FROM_OUTSIDE = """-- name: ListTasksNeededFromOutside :many
+SELECT candidate.id::bigint AS id
+FROM unnest($1::bigint[]) AS candidate(id)
+WHERE EXISTS (
+        SELECT 1 FROM task_events AS event
+        WHERE (event.child_task_id = candidate.id OR event.copied_from_task_id = candidate.id)
+          AND event.task_id <> ALL($1::bigint[])
+    )
+   OR EXISTS (
+        SELECT 1 FROM tasks AS other
+        WHERE (other.forked_from_task_id = candidate.id OR other.parent_id = candidate.id)
+          AND other.id <> ALL($1::bigint[])
+    )
+ORDER BY candidate.id
+"""
+
 ARCHIVE_TREE = """-- name: ArchiveTree :execrows
 INSERT INTO archived_tasks (task_id, root_task_id, task, history)
 SELECT
@@ -2931,6 +2947,19 @@ class Querier:
         """
         with self._cursor() as cur:
             cur.execute(LOCK_FINISHED_TASKS, (_array(task_ids),))
+            return [row[0] for row in cur.fetchall()]
+
+    def list_tasks_needed_from_outside(self, *, task_ids: Sequence[int]) -> list[int]:
+        """After LockFinishedTasks, with a snapshot taken after its locks were granted:
+        the tasks among task_ids that a task outside them needs now. A fork of one
+        (which locks the task it copies) or an enqueue that found one by its
+        idempotency key (which updates its row) held the lock first, and committed
+        while LockFinishedTasks waited: ChooseTreesToRemove, whose snapshot was
+        older, did not see it. Their trees must stay. No foreign key would refuse
+        the delete now: the partitioned tables have none.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_TASKS_NEEDED_FROM_OUTSIDE, (_array(task_ids),))
             return [row[0] for row in cur.fetchall()]
 
     def archive_tree(self, *, root_id: int, task_ids: Sequence[int]) -> int:

@@ -157,10 +157,15 @@ class Retention:
             trees = [list(tree) for _, tree in groupby(rows, key=lambda row: row.root_id)]
             candidates = [row.task_id for tree in trees if tree[0].removable for row in tree]
             still_finished = set(queries.lock_finished_tasks(task_ids=candidates))
+            needed = set(queries.list_tasks_needed_from_outside(task_ids=candidates))
             doomed: list[int] = []
             for tree in trees:
                 task_ids = [row.task_id for row in tree]
-                if not tree[0].removable or not still_finished.issuperset(task_ids):
+                if (
+                    not tree[0].removable
+                    or not still_finished.issuperset(task_ids)
+                    or not needed.isdisjoint(task_ids)
+                ):
                     removed.trees_kept += 1
                     removed.kept_roots.append(tree[0].root_id)
                     continue

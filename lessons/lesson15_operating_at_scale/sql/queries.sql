@@ -1540,6 +1540,28 @@ WHERE id = ANY(sqlc.arg(task_ids)::bigint[]) AND finished_at IS NOT NULL
 ORDER BY id
 FOR UPDATE;
 
+-- name: ListTasksNeededFromOutside :many
+-- After LockFinishedTasks, with a snapshot taken after its locks were granted:
+-- the tasks among task_ids that a task outside them needs now. A fork of one
+-- (which locks the task it copies) or an enqueue that found one by its
+-- idempotency key (which updates its row) held the lock first, and committed
+-- while LockFinishedTasks waited: ChooseTreesToRemove, whose snapshot was
+-- older, did not see it. Their trees must stay. No foreign key would refuse
+-- the delete now: the partitioned tables have none.
+SELECT candidate.id::bigint AS id
+FROM unnest(sqlc.arg(task_ids)::bigint[]) AS candidate(id)
+WHERE EXISTS (
+        SELECT 1 FROM task_events AS event
+        WHERE (event.child_task_id = candidate.id OR event.copied_from_task_id = candidate.id)
+          AND event.task_id <> ALL(sqlc.arg(task_ids)::bigint[])
+    )
+   OR EXISTS (
+        SELECT 1 FROM tasks AS other
+        WHERE (other.forked_from_task_id = candidate.id OR other.parent_id = candidate.id)
+          AND other.id <> ALL(sqlc.arg(task_ids)::bigint[])
+    )
+ORDER BY candidate.id;
+
 -- name: ArchiveTree :execrows
 -- Copy the tasks of one tree, each with its history (its events, each with
 -- its wait), into archived_tasks, before RemoveTasks removes them.
