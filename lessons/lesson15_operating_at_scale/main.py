@@ -237,7 +237,7 @@ def demonstrate() -> bool:
         f"{samples[-1].tasks} rows for {len(orders)} orders",
     )
     checks.check(
-        dropped >= MONTHS // 2,
+        dropped >= MONTHS // 4,
         f"retention dropped ranges whole, by their partitions ({dropped} of {len(ranges_seen)})",
         f"{dropped} dropped",
     )

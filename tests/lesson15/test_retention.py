@@ -825,10 +825,10 @@ def retention_here(pool: ConnectionPool) -> Retention:
 def make_old(pool: ConnectionPool, table: str, column: str, ids: list[int]) -> None:
     """Move `column` of those rows of `table` an hour back: older than the policy.
 
-    For tasks, every task's inserted_at goes back too: retention deletes rows
-    only in the ranges of ids whose tasks were all inserted longer ago than
-    the policy keeps (a younger range is dropped whole later, see
-    OldPartitionsEnd), and these tests' tasks share one range.
+    For tasks, every task's inserted_at goes back too: these tests' tasks
+    share one range, not full, and retention deletes rows in such a range only
+    once it has been filling for longer than the policy keeps (a range that
+    fills faster is dropped whole once full, see ListSlowOpenPartitions).
     """
     with pool.connection() as conn:
         conn.execute(

@@ -1329,12 +1329,17 @@ WITH RECURSIVE roots AS (
     SELECT root.id, root.finished_at
     FROM tasks AS root
     WHERE root.finished_at IS NOT NULL AND root.parent_id IS NULL
-      AND root.id < $1::bigint
+      AND EXISTS (
+          SELECT 1
+          FROM unnest($1::bigint[]) WITH ORDINALITY AS first(id, n)
+          JOIN unnest($2::bigint[]) WITH ORDINALITY AS past(id, n) USING (n)
+          WHERE root.id >= first.id AND root.id < past.id
+      )
       AND root.finished_at < now() - (SELECT keep_finished_for FROM retention_policy)
       AND (root.finished_at, root.id)
-          > ($2::timestamptz, $3::bigint)
+          > ($3::timestamptz, $4::bigint)
     ORDER BY root.finished_at, root.id
-    LIMIT $4
+    LIMIT $5
     FOR UPDATE SKIP LOCKED
 ),
 tree AS (
@@ -1639,19 +1644,53 @@ NEXT_TASK_ID = """-- name: NextTaskId :one
 SELECT next_task_id()::bigint AS next_id
 """
 
-OLD_PARTITIONS_END = """-- name: OldPartitionsEnd :one
-SELECT coalesce(
-    min(ranges.first_id),
-    (SELECT max(end_id) FROM task_partitions),
-    1
-)::bigint AS end_id
+PARTITION_IS_PINNED = """-- name: PartitionIsPinned :one
+SELECT (
+    EXISTS (
+        SELECT 1 FROM tasks
+        WHERE tasks.id >= $1 AND tasks.id < $2
+          AND tasks.finished_at IS NULL
+    )
+    OR EXISTS (
+        SELECT 1 FROM tasks AS other
+        WHERE (
+                (other.parent_id >= $1 AND other.parent_id < $2)
+                OR (
+                    other.forked_from_task_id >= $1
+                    AND other.forked_from_task_id < $2
+                )
+            )
+          AND (other.id < $1 OR other.id >= $2)
+          AND other.finished_at IS NULL
+    )
+    OR EXISTS (
+        SELECT 1
+        FROM task_events AS event
+        JOIN tasks AS other ON other.id = event.task_id
+        WHERE (
+                (event.child_task_id >= $1 AND event.child_task_id < $2)
+                OR (
+                    event.copied_from_task_id >= $1
+                    AND event.copied_from_task_id < $2
+                )
+            )
+          AND (event.task_id < $1 OR event.task_id >= $2)
+          AND other.finished_at IS NULL
+    )
+)::boolean AS pinned
+"""
+
+LIST_SLOW_OPEN_PARTITIONS = """-- name: ListSlowOpenPartitions :many
+SELECT ranges.first_id, ranges.end_id, ranges.created_at, ranges.removing_since
 FROM task_partitions AS ranges
-WHERE (
-    SELECT tasks.inserted_at FROM tasks
-    WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
-    ORDER BY tasks.id DESC
-    LIMIT 1
-) >= now() - (SELECT keep_finished_for FROM retention_policy)
+WHERE ranges.end_id > next_task_id()
+  AND (
+      SELECT tasks.inserted_at FROM tasks
+      WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+      ORDER BY tasks.id
+      LIMIT 1
+  ) < now() - (SELECT keep_finished_for FROM retention_policy)
+ORDER BY ranges.first_id
 """
 
 LIST_PARTITIONS_TO_LOOK_AT = """-- name: ListPartitionsToLookAt :many
@@ -2915,13 +2954,21 @@ class Querier:
         return None if row is None else _retention_policy_from_row(row)
 
     def choose_trees_to_remove(
-        self, *, before_id: int, after_finished_at: datetime.datetime, after_id: int, max_roots: int
+        self,
+        *,
+        range_firsts: Sequence[int],
+        range_ends: Sequence[int],
+        after_finished_at: datetime.datetime,
+        after_id: int,
+        max_roots: int,
     ) -> list[ChooseTreesToRemoveRow]:
         """The next max_roots trees retention may look at, after the last one the
-        previous batch looked at (finished_at, id), among the roots with an id
-        below before_id (the ranges too old to have a task inserted within the
-        period, see OldPartitionsEnd: a younger range is not deleted row by row,
-        it is dropped whole once it may go). A root is a task that is no
+        previous batch looked at (finished_at, id), among the roots in the ranges
+        of ids given (range_firsts[i] to range_ends[i]): the ranges that are
+        deleted row by row, because an unfinished task pins them
+        (PartitionIsPinned) or they fill more slowly than the period
+        (ListSlowOpenPartitions); every other range is dropped whole once it may
+        go. A root is a task that is no
         one's child, finished for longer than the policy keeps; its tree is the
         root with its children, theirs, and so on. One row per task of each tree,
         and whether the tree may go: it may not while any of its tasks is
@@ -2936,7 +2983,10 @@ class Querier:
         LockFinishedTasks: an operator may replay a finished child meanwhile.
         """
         with self._cursor() as cur:
-            cur.execute(CHOOSE_TREES_TO_REMOVE, (before_id, after_finished_at, after_id, max_roots))
+            cur.execute(
+                CHOOSE_TREES_TO_REMOVE,
+                (_array(range_firsts), _array(range_ends), after_finished_at, after_id, max_roots),
+            )
             return [_choose_trees_to_remove_row_from_row(row) for row in cur.fetchall()]
 
     def lock_finished_tasks(self, *, task_ids: Sequence[int]) -> list[int]:
@@ -3074,18 +3124,31 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else row[0]
 
-    def old_partitions_end(self) -> int | None:
-        """Where the ranges end that hold no task inserted within the retention period
-        (their newest task, found by the primary key, is older): the first id of
-        the oldest range that holds one, or past the last range. What ends in such
-        a range only goes row by row (ChooseTreesToRemove): a range that is still
-        there that long after it filled up holds a task that pins it (one running
-        for months), and it must not keep the rest for ever.
+    def partition_is_pinned(self, *, first_id: int, end_id: int) -> bool | None:
+        """Whether an unfinished task keeps a range that may not go (after
+        MarkPartitionForRemoval said so): one of its own, or one outside that
+        needs one of its tasks (an unfinished child of one, a history naming one
+        as its child or its events' source, a fork of one). Such a range may stay
+        for months (a subscription): retention deletes its finished trees row by
+        row meanwhile. A range kept only by finished tasks (within the period, or
+        in a younger range not dropped yet) is not pinned: it is dropped whole at
+        a later pass.
         """
         with self._cursor() as cur:
-            cur.execute(OLD_PARTITIONS_END)
+            cur.execute(PARTITION_IS_PINNED, (first_id, end_id))
             row = cur.fetchone()
         return None if row is None else row[0]
+
+    def list_slow_open_partitions(self) -> list[models.TaskPartition]:
+        """The ranges not full yet (the next id is in them, or before them) whose
+        oldest task was inserted longer ago than the period: a range that takes
+        longer than the period to fill (a quiet engine, 100,000 ids a range) would
+        keep what it holds for as long, so its finished trees are deleted row by
+        row, as a pinned range's.
+        """
+        with self._cursor() as cur:
+            cur.execute(LIST_SLOW_OPEN_PARTITIONS)
+            return [_task_partition_from_row(row) for row in cur.fetchall()]
 
     def list_partitions_to_look_at(self) -> list[models.TaskPartition]:
         """The ranges retention may remove, oldest first: the ones it chose already

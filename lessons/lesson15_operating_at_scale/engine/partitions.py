@@ -27,10 +27,12 @@ advisory lock):
    pass finds it and goes on from where it is (a detach left pending is
    finished with FINALIZE).
 
-A range pinned by a task that runs for months (or by a younger task that
-needs one of its tasks) stays, with all its rows. Once it is older than the
-retention period, row-by-row retention removes its finished trees, so that
-the one task that pins it does not keep the rest: see OldPartitionsEnd.
+A range pinned by an unfinished task, its own or a younger one that needs
+one of its tasks (a subscription that runs for months), stays, and
+row-by-row retention removes its finished trees meanwhile, so that the one
+task that pins it does not keep the rest (PartitionIsPinned). A range kept
+only by finished tasks waits: it goes whole at a later pass, or later in the
+same one (a pass looks at the ranges again after a round that removed one).
 
 The DDL here is built with psycopg.sql from the catalog's names, never from
 input; sqlc generates queries, not ALTER TABLE for a name known at run time.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import closing
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -50,14 +53,32 @@ from psycopg_pool import ConnectionPool
 from ..db.models import TaskPartition
 from ..db.queries import Querier
 from .crash_points import crash_point
-from .shared import connect_like
+from .shared import connect_like, first_line, is_transient
 from .transactions import TransactionLimits, bounded_transaction
 
 log = logging.getLogger(__name__)
 
+# The least a detach waits for a table's other users (see maintain_partitions).
+DETACH_WAIT_SECONDS = 5.0
+
 
 class RangeKept(Exception):
     """Raised inside a choice's transaction to roll it back: the range may not go yet."""
+
+
+@dataclass
+class PartitionsPass:
+    """What one pass did to the ranges."""
+
+    added: int = 0
+    # The first ids of the ranges whose partitions were dropped.
+    removed: list[int] = field(default_factory=list)
+    kept: int = 0
+    archived: int = 0
+    # The ranges an unfinished task pins (PartitionIsPinned): retention deletes
+    # their finished trees row by row. Only the worker that holds the
+    # partitions' lock knows them; the others leave those ranges to it.
+    pinned: list[TaskPartition] = field(default_factory=list)
 
 
 def maintain_partitions(
@@ -66,46 +87,86 @@ def maintain_partitions(
     *,
     max_rows: int,
     stopping: Callable[[], bool],
-) -> tuple[int, list[int], int, int]:
-    """Add the ranges needed ahead, and remove those that may go.
+) -> PartitionsPass:
+    """Add the ranges needed ahead, remove those that may go, and say which are pinned.
 
-    Returns (ranges added, first ids of the ranges removed, ranges looked at
-    and kept, tasks archived). The removals are skipped when another worker
-    holds the partitions' lock: it is removing ranges already.
+    The removals are skipped when another worker holds the partitions' lock:
+    it is removing ranges already.
     """
-    with pool.connection() as conn, bounded_transaction(conn, limits):
-        added = Querier(conn).add_task_partitions() or 0
+    done = PartitionsPass(added=add_partitions(pool, limits))
     with pool.connection() as conn:
         if not Querier(conn).list_partitions_to_look_at():
-            return added, [], 0, 0
-    removed: list[int] = []
-    kept = archived = 0
+            return done
     # DETACH ... CONCURRENTLY runs outside any transaction: on a connection of
     # its own, which holds the partitions' lock (a session's) for the pass.
     with closing(connect_like(pool, application_name="retention-partitions")) as ddl:
         queries = Querier(ddl)
         if not queries.try_lock_partition_maintenance():
-            return added, [], 0, 0
-        # A detach waits for the transactions that use the table: at most
-        # this long, and then it stops, to go on at the next pass.
+            return done
+        # A detach waits for the transactions that use the table: at most this
+        # long, then it stops, to go on at the next pass. Longer than the
+        # server's deadlock_timeout (1 s by default), after which an autovacuum
+        # of the partition that the detach waits for gives way to it.
         ddl.execute(
             sql.SQL("SET lock_timeout = {}").format(
-                sql.Literal(f"{round(limits.idle_seconds * 1000)}ms")
+                sql.Literal(f"{round(max(limits.idle_seconds, DETACH_WAIT_SECONDS) * 1000)}ms")
             )
         )
         # Listed again under the lock: another worker may have removed some.
-        for task_range in queries.list_partitions_to_look_at():
-            if stopping():
-                break
-            if task_range.removing_since is None and not choose_for_removal(
-                pool, limits, task_range
-            ):
-                kept += 1
-                continue
-            archived += archive_range(pool, limits, task_range, max_rows=max_rows)
+        # And again after a round that removed a range: a range is needed
+        # from outside by its neighbours, younger (a fork, a shared child) or
+        # older (a parent's history naming its child), and one kept for a
+        # range removed since may go now.
+        while not stopping() and remove_a_round(ddl, pool, limits, done, max_rows=max_rows):
+            pass
+    return done
+
+
+def remove_a_round(
+    ddl: psycopg.Connection[Any],
+    pool: ConnectionPool,
+    limits: TransactionLimits,
+    done: PartitionsPass,
+    *,
+    max_rows: int,
+) -> bool:
+    """Look at each range that may be removed once, oldest first, and remove those
+    that may go; whether one was removed. The kept and pinned ranges are this
+    round's (the last round's, once no round removes one)."""
+    queries = Querier(ddl)
+    done.kept, done.pinned = 0, []
+    removed_one = False
+    for task_range in queries.list_partitions_to_look_at():
+        if task_range.removing_since is None and not choose_for_removal(pool, limits, task_range):
+            done.kept += 1
+            if queries.partition_is_pinned(first_id=task_range.first_id, end_id=task_range.end_id):
+                done.pinned.append(task_range)
+            continue
+        done.archived += archive_range(pool, limits, task_range, max_rows=max_rows)
+        try:
             remove_range(ddl, pool, limits, task_range)
-            removed.append(task_range.first_id)
-    return added, removed, kept, archived
+        except psycopg.Error as error:
+            if not is_transient(error):
+                raise
+            # Chosen it stays: the next pass goes on from where this one stopped.
+            log.warning(
+                "retention: tasks %d to %d not removed yet: %s",
+                task_range.first_id,
+                task_range.end_id - 1,
+                first_line(error),
+            )
+            return False
+        done.removed.append(task_range.first_id)
+        removed_one = True
+        # A long pass must not let the ids run past the ranges ready.
+        done.added += add_partitions(pool, limits)
+    return removed_one
+
+
+def add_partitions(pool: ConnectionPool, limits: TransactionLimits) -> int:
+    """AddTaskPartitions, in a transaction of its own: how many ranges it added."""
+    with pool.connection() as conn, bounded_transaction(conn, limits):
+        return Querier(conn).add_task_partitions() or 0
 
 
 def choose_for_removal(

@@ -9,9 +9,10 @@ the policy's period has passed (`retention_policy`, see client.set_retention):
 - whole ranges of tasks, each range's partitions of tasks, task_events and
   event_waits detached and dropped (partitions.py), first: most tasks go
   that way, without a row deleted;
-- in the ranges that are older than the period and still there, pinned by a
-  task that needs them, the finished trees, row by row (below), so that one
-  long-running task does not keep the rest of its range:
+- in the ranges an unfinished task pins (a subscription that runs for
+  months), and in a range that takes longer than the period to fill (a
+  quiet engine), the finished trees, row by row (below), so that one
+  long-running task, or a slow month, does not keep the rest:
   a finished task that is no one's child, with its whole tree (its children,
   theirs...), their histories, waits and ticks: a tree goes whole, or not at
   all, and not while a task outside it still needs one of its tasks (see
@@ -41,6 +42,7 @@ from itertools import groupby
 
 from psycopg_pool import ConnectionPool
 
+from ..db.models import TaskPartition
 from ..db.queries import ChooseTreesToRemoveRow, Querier
 from .crash_points import crash_point
 from .partitions import maintain_partitions
@@ -104,20 +106,26 @@ class Retention:
 
     def run_pass(self) -> RetentionPass:
         """Add the ranges needed ahead and remove the ranges that may go; then
-        batches of trees in the old ranges still there until a round of the
-        walk is done, then the other tables' batches until none is full."""
+        batches of trees in the ranges deleted row by row (pinned, or filling
+        more slowly than the period) until a round of the walk is done, then
+        the other tables' batches until none is full."""
         removed = RetentionPass()
-        added, removed.ranges_removed, removed.ranges_kept, archived = maintain_partitions(
+        ranges = maintain_partitions(
             self.pool,
             self.limits,
             max_rows=self.max_rows,
             stopping=lambda: self._periodic.stopping,
         )
-        removed.ranges_added = added
-        removed.archived += archived
+        removed.ranges_added = ranges.added
+        removed.ranges_removed = ranges.removed
+        removed.ranges_kept = ranges.kept
+        removed.archived += ranges.archived
         with self.pool.connection() as conn:
-            before_id = Querier(conn).old_partitions_end() or 0
-        while not self._periodic.stopping and self._remove_trees(removed, before_id):
+            slow = Querier(conn).list_slow_open_partitions()
+        row_by_row = ranges.pinned + slow
+        while (
+            row_by_row and not self._periodic.stopping and self._remove_trees(removed, row_by_row)
+        ):
             pass
         for table in ("external_events", "workers", "skipped_ticks"):
             while not self._periodic.stopping and self._remove_rows(table, removed):
@@ -143,13 +151,14 @@ class Retention:
             )
         return removed
 
-    def _remove_trees(self, removed: RetentionPass, before_id: int) -> bool:
-        """One batch of trees with roots below `before_id`; whether to go on (it was full)."""
+    def _remove_trees(self, removed: RetentionPass, ranges: list[TaskPartition]) -> bool:
+        """One batch of trees with roots in `ranges`; whether to go on (it was full)."""
         with self.pool.connection() as conn, bounded_transaction(conn, self.limits):
             queries = Querier(conn)
             after_finished_at, after_id = self._walk_after
             rows = queries.choose_trees_to_remove(
-                before_id=before_id,
+                range_firsts=[task_range.first_id for task_range in ranges],
+                range_ends=[task_range.end_id for task_range in ranges],
                 after_finished_at=after_finished_at,
                 after_id=after_id,
                 max_roots=self.max_trees,

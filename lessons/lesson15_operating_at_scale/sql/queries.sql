@@ -1457,10 +1457,12 @@ RETURNING *;
 
 -- name: ChooseTreesToRemove :many
 -- The next max_roots trees retention may look at, after the last one the
--- previous batch looked at (finished_at, id), among the roots with an id
--- below before_id (the ranges too old to have a task inserted within the
--- period, see OldPartitionsEnd: a younger range is not deleted row by row,
--- it is dropped whole once it may go). A root is a task that is no
+-- previous batch looked at (finished_at, id), among the roots in the ranges
+-- of ids given (range_firsts[i] to range_ends[i]): the ranges that are
+-- deleted row by row, because an unfinished task pins them
+-- (PartitionIsPinned) or they fill more slowly than the period
+-- (ListSlowOpenPartitions); every other range is dropped whole once it may
+-- go. A root is a task that is no
 -- one's child, finished for longer than the policy keeps; its tree is the
 -- root with its children, theirs, and so on. One row per task of each tree,
 -- and whether the tree may go: it may not while any of its tasks is
@@ -1477,7 +1479,12 @@ WITH RECURSIVE roots AS (
     SELECT root.id, root.finished_at
     FROM tasks AS root
     WHERE root.finished_at IS NOT NULL AND root.parent_id IS NULL
-      AND root.id < sqlc.arg(before_id)::bigint
+      AND EXISTS (
+          SELECT 1
+          FROM unnest(sqlc.arg(range_firsts)::bigint[]) WITH ORDINALITY AS first(id, n)
+          JOIN unnest(sqlc.arg(range_ends)::bigint[]) WITH ORDINALITY AS past(id, n) USING (n)
+          WHERE root.id >= first.id AND root.id < past.id
+      )
       AND root.finished_at < now() - (SELECT keep_finished_for FROM retention_policy)
       AND (root.finished_at, root.id)
           > (sqlc.arg(after_finished_at)::timestamptz, sqlc.arg(after_id)::bigint)
@@ -1769,25 +1776,65 @@ ORDER BY ranges.first_id;
 -- name: NextTaskId :one
 SELECT next_task_id()::bigint AS next_id;
 
--- name: OldPartitionsEnd :one
--- Where the ranges end that hold no task inserted within the retention period
--- (their newest task, found by the primary key, is older): the first id of
--- the oldest range that holds one, or past the last range. What ends in such
--- a range only goes row by row (ChooseTreesToRemove): a range that is still
--- there that long after it filled up holds a task that pins it (one running
--- for months), and it must not keep the rest for ever.
-SELECT coalesce(
-    min(ranges.first_id),
-    (SELECT max(end_id) FROM task_partitions),
-    1
-)::bigint AS end_id
+-- name: PartitionIsPinned :one
+-- Whether an unfinished task keeps a range that may not go (after
+-- MarkPartitionForRemoval said so): one of its own, or one outside that
+-- needs one of its tasks (an unfinished child of one, a history naming one
+-- as its child or its events' source, a fork of one). Such a range may stay
+-- for months (a subscription): retention deletes its finished trees row by
+-- row meanwhile. A range kept only by finished tasks (within the period, or
+-- in a younger range not dropped yet) is not pinned: it is dropped whole at
+-- a later pass.
+SELECT (
+    EXISTS (
+        SELECT 1 FROM tasks
+        WHERE tasks.id >= sqlc.arg(first_id) AND tasks.id < sqlc.arg(end_id)
+          AND tasks.finished_at IS NULL
+    )
+    OR EXISTS (
+        SELECT 1 FROM tasks AS other
+        WHERE (
+                (other.parent_id >= sqlc.arg(first_id) AND other.parent_id < sqlc.arg(end_id))
+                OR (
+                    other.forked_from_task_id >= sqlc.arg(first_id)
+                    AND other.forked_from_task_id < sqlc.arg(end_id)
+                )
+            )
+          AND (other.id < sqlc.arg(first_id) OR other.id >= sqlc.arg(end_id))
+          AND other.finished_at IS NULL
+    )
+    OR EXISTS (
+        SELECT 1
+        FROM task_events AS event
+        JOIN tasks AS other ON other.id = event.task_id
+        WHERE (
+                (event.child_task_id >= sqlc.arg(first_id) AND event.child_task_id < sqlc.arg(end_id))
+                OR (
+                    event.copied_from_task_id >= sqlc.arg(first_id)
+                    AND event.copied_from_task_id < sqlc.arg(end_id)
+                )
+            )
+          AND (event.task_id < sqlc.arg(first_id) OR event.task_id >= sqlc.arg(end_id))
+          AND other.finished_at IS NULL
+    )
+)::boolean AS pinned;
+
+-- name: ListSlowOpenPartitions :many
+-- The ranges not full yet (the next id is in them, or before them) whose
+-- oldest task was inserted longer ago than the period: a range that takes
+-- longer than the period to fill (a quiet engine, 100,000 ids a range) would
+-- keep what it holds for as long, so its finished trees are deleted row by
+-- row, as a pinned range's.
+SELECT ranges.*
 FROM task_partitions AS ranges
-WHERE (
-    SELECT tasks.inserted_at FROM tasks
-    WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
-    ORDER BY tasks.id DESC
-    LIMIT 1
-) >= now() - (SELECT keep_finished_for FROM retention_policy);
+WHERE ranges.end_id > next_task_id()
+  AND (
+      SELECT tasks.inserted_at FROM tasks
+      WHERE tasks.id >= ranges.first_id AND tasks.id < ranges.end_id
+      ORDER BY tasks.id
+      LIMIT 1
+  ) < now() - (SELECT keep_finished_for FROM retention_policy)
+ORDER BY ranges.first_id;
 
 -- name: ListPartitionsToLookAt :many
 -- The ranges retention may remove, oldest first: the ones it chose already
