@@ -50,6 +50,7 @@ from lessons.common.database import connect
 from lessons.lesson15_operating_at_scale.db.models import TaskPartition, TaskStatus
 from lessons.lesson15_operating_at_scale.db.queries import Querier
 from lessons.lesson15_operating_at_scale.engine.client import (
+    NoRangeForTask,
     cancel,
     enqueue,
     push_event,
@@ -330,13 +331,14 @@ def test_retention_adds_ranges_ahead_and_an_enqueue_past_them_fails_writing_noth
 ) -> None:
     """set_partitioning(5, 2) on a new schema replaces the two unused default ranges
     with [1, 6) and [6, 11), each with its three partitions attached, bounds matching.
-    Ten enqueues use them up: the eleventh, with an idempotency key, fails (the
-    user sees psycopg's CheckViolation "no partition of relation "tasks" found for
-    row") and writes nothing, neither task nor key. A retention pass then adds
-    ranges until at least 2 ranges' worth of ids (and less than 3) is ready past
-    the next id, and the enqueue goes through. set_partitioning refuses
-    non-positive values (ValueError), and replaces only the ranges no task uses:
-    the range in use keeps its size, the new ones have the new size, from its end."""
+    Ten enqueues use them up: the eleventh, with an idempotency key, fails with
+    NoRangeForTask (which quotes the server's "no partition of relation "tasks" found
+    for row" and asks whether a worker runs retention) and writes nothing, neither
+    task nor key. A retention pass then adds ranges until at least 2 ranges' worth
+    of ids (and less than 3) is ready past the next id, and the enqueue goes
+    through. set_partitioning refuses non-positive values (ValueError), and replaces
+    only the ranges no task uses: the range in use keeps its size, the new ones
+    have the new size, from its end."""
     pool = database.pool
     assert [(r.first_id, r.end_id) for r in ranges(pool)] == [(1, 100001), (100001, 200001)]
     with pool.connection() as conn:
@@ -347,10 +349,9 @@ def test_retention_adds_ranges_ahead_and_an_enqueue_past_them_fails_writing_noth
     with pool.connection() as conn:
         ids = [enqueue(conn, "charge", {"n": n}, queue=UNSERVED_QUEUE) for n in range(10)]
         assert ids == list(range(1, 11))
-        with pytest.raises(
-            psycopg.errors.CheckViolation, match='no partition of relation "tasks" found for row'
-        ):
+        with pytest.raises(NoRangeForTask, match="is a worker with retention running") as raised:
             enqueue(conn, "charge", {"n": 10}, queue=UNSERVED_QUEUE, idempotency_key="past")
+    assert 'no partition of relation "tasks" found for row' in str(raised.value)
     assert count(pool, "SELECT count(*) FROM tasks") == 10
     assert count(pool, "SELECT count(*) FROM idempotency_keys") == 0
     assert ready_ids(pool) <= 0

@@ -120,13 +120,29 @@ def enqueue(
     # A keyed task's strategy and its insert are one transaction (a savepoint, if
     # `conn` is in one of its own), so the key's lock, when the strategy takes it,
     # lasts until the task is there. A keyless task needs none: one statement.
-    with conn.transaction() if concurrency_key is not None else nullcontext():
-        if concurrency_key is not None:
-            apply_limit_strategy(queries, queue, concurrency_key, idempotency_key)
-        task = create_once(queries, create, idempotency_key, what=f"the input of {task_name}")
+    try:
+        with conn.transaction() if concurrency_key is not None else nullcontext():
+            if concurrency_key is not None:
+                apply_limit_strategy(queries, queue, concurrency_key, idempotency_key)
+            task = create_once(queries, create, idempotency_key, what=f"the input of {task_name}")
+    except psycopg.errors.CheckViolation as error:
+        if not str(error).startswith("no partition of relation"):
+            raise
+        raise NoRangeForTask(
+            f"the task got an id that no range of task ids holds ({first_line(error)}): "
+            "retention adds the ranges ahead of the ids, every retention_interval, "
+            "partitions_ahead ranges' worth (see set_partitioning); is a worker with "
+            "retention running?"
+        ) from error
     if task is None:  # the queue's limit was removed since apply_limit_strategy looked
         raise ValueError(f"queue {queue!r} has no concurrency limit any more")
     return task.id
+
+
+class NoRangeForTask(Exception):
+    """An enqueue whose task's id falls past the ranges of task ids there are:
+    nothing was written (lesson 15: the tasks table is partitioned by id ranges,
+    which retention adds ahead)."""
 
 
 def create_once(
