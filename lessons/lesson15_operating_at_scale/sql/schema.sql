@@ -70,6 +70,16 @@ CREATE TABLE workers (
     -- a digest of its durable functions' source (see versions.py). A durable
     -- task that started on one version runs on no other (see can_run_here).
     code_version text NOT NULL
+)
+-- Lesson 15: a heartbeat changes no indexed column, so it is a HOT update
+-- (no index entry, pruned without vacuum) when its page has room: leave it
+-- some (fillfactor 70). Vacuumed after a fixed number of dead rows, and
+-- without the cost delay (see partition_storage).
+WITH (
+    fillfactor = 70,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0
 );
 
 -- What a queue does with keyed tasks: at most max_per_key of them with the
@@ -1101,6 +1111,32 @@ LANGUAGE sql AS $$
     SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END FROM tasks_id_seq
 $$;
 
+-- Each partition's storage parameters: a partitioned table has none of its
+-- own (they are a table's, and a partitioned table stores nothing), so each
+-- partition is given them when it is made. Measured over 1,000,000 tasks
+-- (benchmarks/results/vacuum_bloat.md): vacuum after a fixed number of dead
+-- rows (10,000), not a fifth of the table, and without the cost delay,
+-- which a queue's vacuum (it dirties most pages it visits) spends most of
+-- its time in: the claim's scan of tasks_queued_idx read 34 buffers instead
+-- of 133 (p50), the dead rows peaked at 25,000 instead of 203,000. And room
+-- on each page of tasks (fillfactor 85): no update of a task can be HOT
+-- (every one changes status, which the partial indexes' WHERE use), but the
+-- new version stays on the old one's page. task_events and event_waits are
+-- written once a row: vacuum them after a fixed number of inserts, to keep
+-- their visibility maps set and their rows frozen a little at a time.
+CREATE FUNCTION partition_storage(parent text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE parent
+        WHEN 'tasks' THEN
+            'fillfactor = 85, autovacuum_vacuum_scale_factor = 0, '
+            'autovacuum_vacuum_threshold = 10000, autovacuum_vacuum_insert_scale_factor = 0, '
+            'autovacuum_vacuum_insert_threshold = 10000, autovacuum_vacuum_cost_delay = 0'
+        ELSE
+            'autovacuum_vacuum_insert_scale_factor = 0, '
+            'autovacuum_vacuum_insert_threshold = 10000, autovacuum_vacuum_cost_delay = 0'
+    END
+$$;
+
 -- Add ranges until partitions_ahead ranges' worth of ids is ready past the
 -- next task's id; return how many were added. Each partition is created on
 -- its own, then attached: CREATE TABLE ... PARTITION OF would lock the
@@ -1128,7 +1164,8 @@ BEGIN
     WHILE first_id - next_id < settings.partitions_ahead * settings.partition_size LOOP
         FOREACH parent IN ARRAY ARRAY['tasks', 'task_events', 'event_waits'] LOOP
             EXECUTE format(
-                'CREATE TABLE %I (LIKE %I INCLUDING ALL)', parent || '_from_' || first_id, parent
+                'CREATE TABLE %I (LIKE %I INCLUDING ALL) WITH (%s)',
+                parent || '_from_' || first_id, parent, partition_storage(parent)
             );
             EXECUTE format(
                 'ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
