@@ -70,7 +70,6 @@ from tests.conftest import LessonDatabase
 from tests.lesson15.functions_retention import UNSERVED_QUEUE, go_key
 from tests.lesson15.test_retention import (
     ARCHIVED_EVENT_FIELDS,
-    FUNCTIONS_MODULE,
     LESSON,
     REMOVALS,
     Kept,
@@ -88,6 +87,7 @@ from tests.lesson15.test_retention import (
     wait_for_status,
     waiting_at,
 )
+from tests.lesson15.test_retention import worker_process as retention_worker_process
 from tests.recording import create_executions_table
 from tests.waiting import wait_until
 
@@ -142,26 +142,9 @@ def retention_here(pool: ConnectionPool, seconds: float = 10.0) -> Retention:
     return Retention(pool, worker_id=0, interval=60, limits=limits(seconds))
 
 
-def worker_process(
-    database: LessonDatabase,
-    *,
-    queues: tuple[str, ...] = ("default",),
-    retention_interval: float = 0.0,
-    inactivity_threshold: float = 1.0,
-    environment: dict[str, str] | None = None,
-) -> WorkerProcess:
-    """A worker process of the retention tests' functions (retention off unless asked)."""
-    return WorkerProcess(
-        schema=database.schema,
-        queues=queues,
-        functions=FUNCTIONS_MODULE,
-        slots=4,
-        poll_interval=0.05,
-        heartbeat_interval=0.1,
-        inactivity_threshold=inactivity_threshold,
-        retention_interval=retention_interval,
-        environment=environment,
-    )
+# A worker process of the retention tests' functions, its own retention off unless
+# asked: these tests run retention passes themselves.
+worker_process = partial(retention_worker_process, retention_interval=0.0)
 
 
 # ---------------------------------------------------------------------------
