@@ -9,8 +9,8 @@ partition is one catalog change, however many rows it holds. So retention
 works range by range here, and removes ranges on one worker at a time (an
 advisory lock):
 
-1. It adds ranges ahead of the tasks (`add_task_partitions`, on any worker:
-   it takes turns on the `partitioning` row), so that the next
+1. It adds ranges ahead of the tasks (`add_task_partitions`, on any worker,
+   one at a time: the others leave it to the one adding), so that the next
    `partitions_ahead` ranges' worth of tasks always has somewhere to go.
 2. It looks at each full range whose newest task was inserted longer ago
    than the retention period, oldest first, and chooses it for removal if
@@ -164,8 +164,13 @@ def remove_a_round(
 
 
 def add_partitions(pool: ConnectionPool, limits: TransactionLimits) -> int:
-    """AddTaskPartitions, in a transaction of its own: how many ranges it added."""
-    with pool.connection() as conn, bounded_transaction(conn, limits):
+    """AddTaskPartitions, in a transaction of its own: how many ranges it added.
+
+    Its attaches wait for the locks they need (a detach's first step, an
+    operator's set_partitioning), each held for a moment, rather than give
+    up and leave the ranges ahead short: no claim or result waits for them.
+    """
+    with pool.connection() as conn, bounded_transaction(conn, limits, wait_for_locks=True):
         return Querier(conn).add_task_partitions() or 0
 
 

@@ -1148,6 +1148,11 @@ $$;
 -- indexes of its partitioned table (the attach adopts the indexes as the
 -- partitions of the partitioned ones; the row triggers follow by
 -- themselves).
+--
+-- One caller adds at a time, and the others leave it to the one adding (the
+-- `partitioning` row, SKIP LOCKED): a second caller that waited for the
+-- first would find nothing left to add, and a retention pass that waited
+-- would hold up its removals for nothing.
 CREATE FUNCTION add_task_partitions() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1157,8 +1162,10 @@ DECLARE
     added integer := 0;
     parent text;
 BEGIN
-    -- Two callers at once take turns: both would add the same range.
-    SELECT * INTO settings FROM partitioning FOR UPDATE;
+    SELECT * INTO settings FROM partitioning FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
     next_id := next_task_id();
     first_id := coalesce((SELECT max(end_id) FROM task_partitions), next_id);
     WHILE first_id - next_id < settings.partitions_ahead * settings.partition_size LOOP
@@ -1194,8 +1201,10 @@ DECLARE
     unused bigint;
     parent text;
 BEGIN
-    LOCK TABLE tasks, task_events, event_waits IN ACCESS EXCLUSIVE MODE;
+    -- The row first, then the tables, in add_task_partitions' order: a
+    -- worker adding ranges ends, and then this goes on.
     UPDATE partitioning SET partition_size = new_size, partitions_ahead = new_ahead;
+    LOCK TABLE tasks, task_events, event_waits IN ACCESS EXCLUSIVE MODE;
     FOR unused IN SELECT first_id FROM task_partitions WHERE first_id >= next_task_id() LOOP
         FOREACH parent IN ARRAY ARRAY['event_waits', 'task_events', 'tasks'] LOOP
             EXECUTE format('DROP TABLE %I', parent || '_from_' || unused);
