@@ -208,8 +208,11 @@ def demonstrate() -> bool:
     renewals = [renewal_id("S-1", n) for n in range(1, RENEWALS + 1)]
     most_tasks = max(sample.tasks for sample in samples[2:])
     # An order is a tree of three tasks; at most the orders of the kept months,
-    # and of the month going on, are there at once (and a few more in flight).
-    bound = 3 * ORDERS_PER_MONTH * (KEEP_FINISHED_FOR / MONTH + 2)
+    # of the month going on, and a month more (in flight, or waiting for a pass
+    # late on a busy machine) are there at once; and two ranges: a range goes
+    # whole, only once its newest task is past the period, and a range kept
+    # for a neighbour's history waits for that neighbour.
+    bound = 3 * ORDERS_PER_MONTH * (KEEP_FINISHED_FOR / MONTH + 2) + 2 * PARTITION_SIZE
     print(f"\n  {len(orders)} orders; at most {most_tasks} task rows after month 2.")
     dropped = len(ranges_seen - range_starts_at_end)
     print(
