@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo lesson diff test exercise exercises-proof generate check bench bench-peers \
-	bench-flow-control bench-scale bench-vacuum
+	bench-flow-control bench-scale bench-vacuum viewer
 
 install: $(INSTALLED)
 
@@ -24,6 +24,11 @@ demo: install
 ## Run one lesson: make lesson N=07 ARGS=--panic
 lesson: install
 	$(PYTHON) -m lessons.common.demo --lesson $(N) -- $(ARGS)
+
+## The web viewer of a lesson's queues, workers and tasks, on 127.0.0.1 (it prints its
+## address): make viewer [N=11] [ARGS=--allow-operations]; the last lesson by default.
+viewer: install
+	$(PYTHON) -m viewer $(if $(N),--lesson $(N)) $(ARGS)
 
 ## Lesson N as the change from the lesson before it: make diff N=04
 ## (its SQL, engine, demo, tools and main.py; no README, no generated db/).
@@ -51,7 +56,7 @@ generate: install
 check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy lessons sqlc_gen_psycopg benchmarks tests exercises
+	$(VENV)/bin/mypy lessons sqlc_gen_psycopg benchmarks tests exercises viewer
 	$(VENV)/bin/sqlc diff
 
 ## Lesson 04's worker: burn-down, the pgbench ceiling of its SQL, latency, memory (a few minutes).

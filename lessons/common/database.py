@@ -148,7 +148,7 @@ def connect(url: str | None = None, *, schema: str | None = None) -> psycopg.Con
     target = url or database_url()
     try:
         return psycopg.connect(
-            target, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **_search_path(schema)
+            target, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **_session_options(schema)
         )
     # ProgrammingError: a string that is not a connection string at all.
     except (psycopg.OperationalError, psycopg.ProgrammingError) as error:
@@ -162,11 +162,13 @@ def create_pool(
     min_size: int = 1,
     max_size: int = 4,
     name: str | None = None,
+    read_only: bool = False,
 ) -> ConnectionPool:
     """A pool whose connections see `schema` first, so lesson SQL needs no schema prefix.
 
     The pool is opened and checked before it is returned, so a wrong URL fails here
-    with a clear message instead of later, inside a worker thread.
+    with a clear message instead of later, inside a worker thread. With `read_only`,
+    the server refuses every write on its connections (default_transaction_read_only).
     """
     target = url or database_url()
     check_schema_name(schema)
@@ -182,7 +184,7 @@ def create_pool(
             # The same as the direct attempt's, which overrides one in the URL.
             "connect_timeout": CONNECT_TIMEOUT,
             **TCP_LIMITS,
-            **_search_path(schema),
+            **_session_options(schema, read_only=read_only),
         },
         name=name or schema,
         open=False,
@@ -218,11 +220,12 @@ def check_schema_name(schema: str) -> None:
         raise ValueError(f"schema name {schema!r} must be lower-case letters, digits and _")
 
 
-def _search_path(schema: str | None) -> dict[str, Any]:
+def _session_options(schema: str | None, *, read_only: bool = False) -> dict[str, Any]:
     if schema is None:
         return {}
     check_schema_name(schema)
-    return {"options": f"-c search_path={schema}"}
+    read_only_option = " -c default_transaction_read_only=on" if read_only else ""
+    return {"options": f"-c search_path={schema}{read_only_option}"}
 
 
 MALFORMED_ADVICE = "DATABASE_URL must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE."

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 from starlette.types import ASGIApp
 
 from tests.waiting import wait_until
@@ -38,6 +38,7 @@ CHROMIUM_ARGUMENTS = [
 # For every wait and action of a page: generous, since a loaded machine starts pages slowly,
 # but short of pytest's patience, so that a page that never shows what it should fails.
 PAGE_TIMEOUT_MILLISECONDS = 15_000
+expect.set_options(timeout=PAGE_TIMEOUT_MILLISECONDS)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,257 @@
+"""The viewer's web application: pages, their live streams, and the operations.
+
+Each page is one URL. Asked for HTML, it answers the whole page; asked for
+`text/event-stream` (what the page's EventSource asks for), it streams the
+page's live part again each time it changes, so the page updates without a
+reload. Reads run on a read-only pool; the operations (replay, fork, cancel),
+offered only when the viewer was started with them allowed, call the lesson's
+own history tool on a connection of their own.
+
+Safe by default: it answers only requests addressed to 127.0.0.1 or localhost
+(a page elsewhere cannot reach it by a DNS name that points here), refuses an
+operation sent from another origin, escapes every value it shows (inputs and
+outputs are user data), and builds no SQL from a request: every read is a
+generated query with the request's values as parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import psycopg
+from psycopg_pool import ConnectionPool
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from lessons.common.database import connect, create_pool
+
+from .lessons import ViewedLesson
+from .live import ChangeFeed, wait_for_change
+from .operations import Operations
+from .pages import (
+    STATUSES,
+    TaskFilters,
+    clock,
+    pretty_json,
+    read_overview,
+    read_task,
+    read_tasks,
+)
+
+HERE = Path(__file__).parent
+
+# The host names the viewer answers to: it listens on 127.0.0.1 only.
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
+# A page's live part, read again at each notification and at least this often.
+DEFAULT_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ViewerSettings:
+    lesson: ViewedLesson
+    url: str
+    poll_interval: float = DEFAULT_POLL_SECONDS
+    allow_operations: bool = False
+
+
+# What a page reads: a function of a connection, returning the template's values.
+Read = Callable[[psycopg.Connection[Any]], dict[str, Any]]
+
+
+class Viewer:
+    """The application's state: settings, the read-only pool, the change feed."""
+
+    def __init__(self, settings: ViewerSettings) -> None:
+        self.settings = settings
+        self.lesson = settings.lesson
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.templates.globals.update(clock=clock, pretty_json=pretty_json, lesson=self.lesson)
+        self.templates.globals["operations_allowed"] = settings.allow_operations
+        self.templates.globals["statuses"] = self.statuses
+        channels = [f"{self.lesson.schema}.task_queued"]
+        if self.lesson.has("cancellation"):
+            channels.append(f"{self.lesson.schema}.task_cancelled")
+        self.feed = ChangeFeed(settings.url, channels)
+        self.operations = Operations(settings.lesson, lambda: self.write_connection())
+        self._pool: ConnectionPool | None = None
+        # Set when the server stops: the live streams end (a stream never ends by itself,
+        # and a server waits for its responses to end before it stops).
+        self._stopping = threading.Event()
+
+    @property
+    def statuses(self) -> list[str]:
+        return [*STATUSES, *(["cancelled"] if self.lesson.has("cancellation") else [])]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self._pool = await run_in_threadpool(
+            create_pool, self.lesson.schema, url=self.settings.url, name="viewer", read_only=True
+        )
+        self.feed.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            self._stopping.set()
+            self.feed.stop()
+            self._pool.close()
+
+    def stop_streams(self) -> None:
+        """End every live stream within a poll interval: call it before stopping the server."""
+        self._stopping.set()
+
+    def write_connection(self) -> psycopg.Connection[Any]:
+        """A connection that may write, for one operation."""
+        return connect(self.settings.url, schema=self.lesson.schema)
+
+    def read(self, read: Read) -> dict[str, Any]:
+        assert self._pool is not None, "the viewer reads only while it runs"
+        with self._pool.connection() as conn:
+            return read(conn)
+
+    def render(self, template: str, values: dict[str, Any]) -> str:
+        return self.templates.get_template(template).render(**values)
+
+    async def page(self, request: Request, name: str, read: Read, **values: Any) -> Response:
+        """The page `name` (templates name.html, with its live part name_live.html),
+        or, for an EventSource, the stream of its live part."""
+        if request.headers.get("accept") == "text/event-stream":
+            return StreamingResponse(
+                self.live_stream(request, f"{name}_live.html", read),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store"},
+            )
+        try:
+            read_values = await run_in_threadpool(self.read, read)
+        except psycopg.Error as error:
+            return self.error_page(503, f"the database is out of reach: {first_line(error)}")
+        if read_values.get("missing"):
+            return self.error_page(404, read_values["missing"])
+        html = self.render(f"{name}.html", {"request": request, **values, **read_values})
+        return HTMLResponse(html)
+
+    async def live_stream(self, request: Request, template: str, read: Read) -> AsyncIterator[str]:
+        changed = self.feed.subscribe()
+        last = ""
+        try:
+            while not self._stopping.is_set():
+                try:
+                    values = await run_in_threadpool(self.read, read)
+                    fragment = self.render(template, {"request": request, **values})
+                    event = "update"
+                except psycopg.Error as error:
+                    fragment = f"the database is out of reach ({first_line(error)}): trying again"
+                    event = "offline"
+                if fragment != last:
+                    yield server_sent_event(event, fragment)
+                    last = fragment
+                await wait_for_change(changed, self.settings.poll_interval)
+        finally:
+            self.feed.unsubscribe(changed)
+
+    def error_page(self, status: int, message: str) -> HTMLResponse:
+        html = self.render("error.html", {"status": status, "message": message})
+        return HTMLResponse(html, status_code=status)
+
+
+def server_sent_event(event: str, data: str) -> str:
+    """One server-sent event; each line of `data` is a `data:` line."""
+    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
+    return f"event: {event}\n{lines}\n"
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def create_app(settings: ViewerSettings) -> Starlette:
+    viewer = Viewer(settings)
+
+    async def overview(request: Request) -> Response:
+        return await viewer.page(
+            request, "overview", lambda conn: {"overview": read_overview(conn)}
+        )
+
+    async def tasks(request: Request) -> Response:
+        try:
+            filters = TaskFilters.from_query(dict(request.query_params), viewer.statuses)
+        except ValueError as error:
+            return viewer.error_page(400, str(error))
+        return await viewer.page(
+            request,
+            "tasks",
+            lambda conn: {"tasks": read_tasks(conn, filters)},
+            filters=filters,
+            statuses=viewer.statuses,
+        )
+
+    async def task(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        return await viewer.page(
+            request, "task", lambda conn: task_values(conn, task_id), task_id=task_id, result=None
+        )
+
+    async def operate(request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        operation = request.path_params["operation"]
+        if not settings.allow_operations:
+            return viewer.error_page(
+                403, "operations are off: start the viewer with --allow-operations"
+            )
+        if request.headers.get("origin") not in (None, origin_of(request)):
+            return viewer.error_page(403, "an operation must come from the viewer's own pages")
+        form = await request.form()
+        result = await run_in_threadpool(
+            viewer.operations.run, operation, task_id, {k: str(v) for k, v in form.items()}
+        )
+        return await viewer.page(
+            request, "task", lambda conn: task_values(conn, task_id), task_id=task_id, result=result
+        )
+
+    routes = [
+        Route("/", overview),
+        Route("/tasks", tasks),
+        Route("/tasks/{task_id:int}", task),
+        Route("/tasks/{task_id:int}/{operation:str}", operate, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=viewer.lifespan,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=ALLOWED_HOSTS)],
+    )
+    app.state.viewer = viewer
+    return app
+
+
+def task_values(conn: psycopg.Connection[Any], task_id: int) -> dict[str, Any]:
+    page = read_task(conn, task_id)
+    if page is None:
+        return {
+            "missing": f"there is no task {task_id} (never made, or removed by retention)",
+            "page": None,
+        }
+    return {"missing": None, "page": page}
+
+
+def origin_of(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
