@@ -6,7 +6,9 @@
 - `live.py`: the LISTEN thread that wakes the live pages, and the poll behind it.
 - `operations.py`: replay, fork and cancel, through the lesson's history tool.
 - `lessons.py`: which lesson is shown, and what its schema adds.
-- `sql/core.sql`: the reads; `db/` is generated from it by sqlc.
+- `additions.py`: what lessons 12 to 15 add to the pages.
+- `sql/lessonNN/queries.sql`: the reads of what lesson NN adds; `db/` is generated
+  from them by sqlc.
 - `templates/`, `static/`: Jinja2 templates (autoescaped), one CSS and one small
   script; no front-end build step.
 """

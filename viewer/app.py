@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from lessons.common.database import connect, create_pool
 
+from .additions import read_overview_additions, read_task_additions
 from .lessons import ViewedLesson
 from .live import ChangeFeed, wait_for_change
 from .operations import Operations
@@ -146,6 +147,11 @@ class Viewer:
             return self.error_page(503, f"the database is out of reach: {first_line(error)}")
         if read_values.get("missing"):
             return self.error_page(404, read_values["missing"])
+        # The page's own address, which its script streams from: an operation's
+        # answer (a POST to another address) names the task page's.
+        values.setdefault(
+            "live_url", request.url.path + (f"?{request.url.query}" * bool(request.url.query))
+        )
         html = self.render(f"{name}.html", {"request": request, **values, **read_values})
         return HTMLResponse(html)
 
@@ -169,7 +175,7 @@ class Viewer:
             self.feed.unsubscribe(changed)
 
     def error_page(self, status: int, message: str) -> HTMLResponse:
-        html = self.render("error.html", {"status": status, "message": message})
+        html = self.render("error.html", {"status": status, "message": message, "live_url": ""})
         return HTMLResponse(html, status_code=status)
 
 
@@ -188,7 +194,12 @@ def create_app(settings: ViewerSettings) -> Starlette:
 
     async def overview(request: Request) -> Response:
         return await viewer.page(
-            request, "overview", lambda conn: {"overview": read_overview(conn)}
+            request,
+            "overview",
+            lambda conn: {
+                "overview": read_overview(conn),
+                "additions": read_overview_additions(conn, viewer.lesson),
+            },
         )
 
     async def tasks(request: Request) -> Response:
@@ -207,7 +218,11 @@ def create_app(settings: ViewerSettings) -> Starlette:
     async def task(request: Request) -> Response:
         task_id = request.path_params["task_id"]
         return await viewer.page(
-            request, "task", lambda conn: task_values(conn, task_id), task_id=task_id, result=None
+            request,
+            "task",
+            lambda conn: task_values(conn, viewer.lesson, task_id),
+            task_id=task_id,
+            result=None,
         )
 
     async def operate(request: Request) -> Response:
@@ -224,7 +239,12 @@ def create_app(settings: ViewerSettings) -> Starlette:
             viewer.operations.run, operation, task_id, {k: str(v) for k, v in form.items()}
         )
         return await viewer.page(
-            request, "task", lambda conn: task_values(conn, task_id), task_id=task_id, result=result
+            request,
+            "task",
+            lambda conn: task_values(conn, viewer.lesson, task_id),
+            task_id=task_id,
+            result=result,
+            live_url=f"/tasks/{task_id}",
         )
 
     routes = [
@@ -243,14 +263,17 @@ def create_app(settings: ViewerSettings) -> Starlette:
     return app
 
 
-def task_values(conn: psycopg.Connection[Any], task_id: int) -> dict[str, Any]:
+def task_values(
+    conn: psycopg.Connection[Any], lesson: ViewedLesson, task_id: int
+) -> dict[str, Any]:
     page = read_task(conn, task_id)
     if page is None:
         return {
             "missing": f"there is no task {task_id} (never made, or removed by retention)",
             "page": None,
+            "additions": None,
         }
-    return {"missing": None, "page": page}
+    return {"missing": None, "page": page, "additions": read_task_additions(conn, lesson, task_id)}
 
 
 def origin_of(request: Request) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from .db.core import (
+from .db.lesson11.queries import (
     GetTaskDetailsRow,
     ListDescendantsRow,
     ListForkTreeRow,
@@ -217,6 +217,10 @@ def event_text(event: ListTimelineRow) -> str:
             return f"waits for {event.wait_key!r}, {deadline} at most: {ended}"
         case "step":
             return "step recorded"
+        case "cancellation":
+            return "met its cancellation here: what follows is its compensation"
+        case "patch":
+            return "patch marker: new code took its changed path here, and replays will too"
     return f"{event.kind} recorded"
 
 

@@ -1,5 +1,5 @@
 // Keeps the page's live part up to date: the server streams it again, as HTML it
-// has escaped, each time it changes (server-sent events, on the page's own URL).
+// has escaped, each time it changes (server-sent events, from the page's own address).
 // EventSource reconnects by itself after an error; the server polls the database
 // in any case, so a page misses nothing it would have seen with a reload.
 "use strict";
@@ -7,10 +7,12 @@
 (function () {
   const live = document.getElementById("live");
   const state = document.getElementById("live-state");
-  if (!live || !window.EventSource || document.querySelector(".refusal[role=alert]")) {
+  // The page's own address: after an operation (a POST) the browser shows another.
+  const address = live && live.dataset.liveUrl;
+  if (!address || !window.EventSource) {
     return;
   }
-  const source = new EventSource(window.location.pathname + window.location.search);
+  const source = new EventSource(address);
   function show(text, name) {
     state.textContent = text;
     state.className = "live-state " + name;

@@ -2,7 +2,7 @@
 # versions:
 #   sqlc v1.31.1
 #   sqlc-gen-psycopg 0.1.0
-# source: core.sql
+# source: queries.sql
 
 import dataclasses
 import datetime
@@ -12,7 +12,6 @@ import psycopg
 from psycopg.rows import tuple_row
 
 QUEUE_DEPTHS = """-- name: QueueDepths :many
-
 SELECT queue, status::text AS status, count(*)::bigint AS tasks
 FROM tasks
 GROUP BY queue, status
@@ -236,7 +235,7 @@ class ListForkTreeRow:
 
 
 class Querier:
-    """The queries of core.sql, run in the connection's current transaction."""
+    """The queries of queries.sql, run in the connection's current transaction."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
@@ -247,15 +246,7 @@ class Querier:
         return psycopg.RawCursor(self._conn, row_factory=tuple_row)
 
     def queue_depths(self) -> list[QueueDepthsRow]:
-        """The viewer's reads: what every schema from lesson 11 on has. sqlc checks them
-        against lesson 11's schema (sqlc.yaml); tests/viewer runs each one against
-        every later lesson's schema too, since later lessons only add to these
-        tables. Statuses and kinds are read as text: later lessons add values to the
-        enums (cancelled, markers), and the viewer shows whatever a lesson has.
-        The viewer's connections are read-only (default_transaction_read_only): none
-        of these could write, and the server would refuse one that tried.
-        How many tasks each queue holds in each status.
-        """
+        """How many tasks each queue holds in each status."""
         with self._cursor() as cur:
             cur.execute(QUEUE_DEPTHS)
             return [_queue_depths_row_from_row(row) for row in cur.fetchall()]

@@ -1,11 +1,3 @@
--- The viewer's reads: what every schema from lesson 11 on has. sqlc checks them
--- against lesson 11's schema (sqlc.yaml); tests/viewer runs each one against
--- every later lesson's schema too, since later lessons only add to these
--- tables. Statuses and kinds are read as text: later lessons add values to the
--- enums (cancelled, markers), and the viewer shows whatever a lesson has.
--- The viewer's connections are read-only (default_transaction_read_only): none
--- of these could write, and the server would refuse one that tried.
-
 -- name: QueueDepths :many
 -- How many tasks each queue holds in each status.
 SELECT queue, status::text AS status, count(*)::bigint AS tasks
