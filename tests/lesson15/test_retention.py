@@ -1073,7 +1073,11 @@ def test_finished_at_is_set_on_every_path_to_a_final_status_and_cleared_by_a_rep
                 task_once(
                     pool,
                     finished["compensated"],
-                    lambda task: waiting_at(pool, task.id, 2),
+                    # The status of the row returned, not of a later read: the task
+                    # may have suspended between the two.
+                    lambda task: (
+                        task.status == TaskStatus.SUSPENDED and waiting_at(pool, task.id, 2)
+                    ),
                 ),
                 timeout=30,
                 message="the compensating task never waited",
