@@ -3,6 +3,7 @@
 - `__main__.py`: `python -m viewer` (`make viewer`), on 127.0.0.1.
 - `app.py`: the Starlette application: pages, their live streams, operations.
 - `pages.py`: what each page reads, and the task timeline built from a history.
+- `reading.py`: the read-only pool the pages read on, and what a failed read says.
 - `live.py`: the LISTEN thread that wakes the live pages, and the poll behind it.
 - `operations.py`: replay, fork and cancel, through the lesson's history tool.
 - `lessons.py`: which lesson is shown, and what its schema adds.

@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     logging.basicConfig(level=logging.WARNING)
+    # The pool warns at each failed attempt to connect; the pages say they are offline.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     app = create_app(settings)
     config = uvicorn.Config(app, host=HOST, port=options.port, log_level="warning")
     ViewerServer(config, on_exit=app.state.viewer.stop_streams).run()

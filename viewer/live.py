@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import psycopg
 from psycopg import sql
 
+from .reading import first_line
+
 log = logging.getLogger(__name__)
 
 # How long the listener waits between two attempts to connect again.
@@ -59,17 +61,26 @@ class ChangeFeed:
         self._subscribers.discard(changed)
 
     def _listen(self) -> None:
+        # Whether the last attempt listened: an outage is logged once, not at every try.
+        listened = True
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=2) as conn:
                     for channel in self.channels:
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    if not listened:
+                        log.warning("viewer: listening again")
+                    listened = True
                     while not self._stopping.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._notify_pages()
             except psycopg.Error as error:
                 # The pages go on polling; the listener tries again.
-                log.warning("viewer: listening stopped (%s); polling meanwhile", error)
+                if listened:
+                    log.warning(
+                        "viewer: listening stopped (%s); polling meanwhile", first_line(error)
+                    )
+                listened = False
                 self._stopping.wait(RECONNECT_SECONDS)
 
     def _notify_pages(self) -> None:

@@ -26,11 +26,13 @@ from .db.lesson11.queries import (
     Querier,
 )
 
-# How much of each page: the newest tasks and workers, the first descendants.
+# How much of each page: the newest tasks, workers and events, the first descendants.
+# A page that shows fewer than there are says so.
 MAX_TASKS_LISTED = 100
 MAX_WORKERS_LISTED = 50
 MAX_RUNNING_LISTED = 500
 MAX_TREE_NODES = 500
+MAX_TIMELINE_EVENTS = 500
 
 # The longest JSON document a page shows in full; longer ones are cut, and say so.
 MAX_JSON_CHARACTERS = 4000
@@ -81,6 +83,16 @@ class WorkerView:
             return "stopped"
         return "alive" if self.worker.alive else "lost"
 
+    @property
+    def heartbeat(self) -> str:
+        """Its last heartbeat, and how long ago while that means something: a stopped
+        worker says when it stopped instead (a count that grows for ever would change
+        the overview at every poll, for nothing)."""
+        if self.worker.stopped_at is not None:
+            return f"stopped at {clock(self.worker.stopped_at)}"
+        since = duration(self.worker.seconds_since_heartbeat, precise=True)
+        return f"{clock(self.worker.last_heartbeat_at)} ({since} ago)"
+
 
 @dataclass(frozen=True)
 class Overview:
@@ -103,6 +115,25 @@ class TaskPage:
     timeline: list[TimelineItem] = field(default_factory=list)
     descendants: list[ListDescendantsRow] = field(default_factory=list)
     forks: list[ListForkTreeRow] = field(default_factory=list)
+
+    @property
+    def attempt(self) -> str:
+        """The attempt, against the attempts its retries allow: a replay gives it a
+        fresh budget, and an attempt the database's outage ended does not count."""
+        task = self.task
+        allowed = task.max_retries + 1
+        if not task.attempts_before_replay and not task.infrastructure_attempts:
+            return f"{task.attempt} of at most {allowed}"
+        counted = task.attempt - task.attempts_before_replay - task.infrastructure_attempts
+        text = f"{task.attempt}: {counted} of the {allowed} it may make"
+        if task.attempts_before_replay:
+            text += " since its replay"
+        if task.infrastructure_attempts:
+            text += (
+                f", not counting {task.infrastructure_attempts} that the database being "
+                "out of reach ended"
+            )
+        return text
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -144,9 +175,10 @@ def read_task(conn: psycopg.Connection[Any], task_id: int) -> TaskPage | None:
     task = queries.get_task_details(id=task_id)
     if task is None:
         return None
+    newest_first = queries.list_timeline(task_id=task_id, max_events=MAX_TIMELINE_EVENTS)
     return TaskPage(
         task=task,
-        timeline=timeline(task, queries.list_timeline(task_id=task_id)),
+        timeline=timeline(task, newest_first[::-1]),
         descendants=queries.list_descendants(task_id=task_id, max_tasks=MAX_TREE_NODES),
         forks=queries.list_fork_tree(task_id=task_id, max_tasks=MAX_TREE_NODES),
     )
@@ -159,20 +191,34 @@ def timeline(task: GetTaskDetailsRow, events: list[ListTimelineRow]) -> list[Tim
     raised and was retried, or its worker was lost and another took it over):
     resuming after a suspension goes on in the same attempt. So a new number
     between two events marks a retry or a reassignment, and a suspending event
-    followed by another event marks a suspension the task came back from.
+    followed by another event marks a suspension the task came back from. A
+    fork's history starts with copies, which keep the attempt they were recorded
+    on in the source task: where the copies end, the fork's own run begins.
     """
     items: list[TimelineItem] = []
     if task.attempts_before_replay:
         items.append(
             TimelineItem(
                 kind="replay",
-                text=f"replayed after attempt {task.attempts_before_replay}: "
-                "the history before it was deleted, and the task ran again from scratch",
+                text=f"replayed after attempt {task.attempts_before_replay}: its history was "
+                "deleted, and it runs again from scratch",
+            )
+        )
+    if events and events[0].event_number > 1:
+        items.append(
+            TimelineItem(
+                kind="cut",
+                text=f"events 1 to {events[0].event_number - 1} are not shown, only the "
+                f"newest {len(events)} (history_tool history {task.id} lists them all)",
             )
         )
     previous: ListTimelineRow | None = None
     for event in events:
-        if previous is None or event.attempt != previous.attempt:
+        if (
+            previous is None
+            or event.attempt != previous.attempt
+            or (previous.copied_from_task_id is not None) != (event.copied_from_task_id is not None)
+        ):
             items.append(TimelineItem(kind="attempt", text=attempt_text(event, previous)))
         elif previous.kind in SUSPENDING_KINDS:
             items.append(
@@ -189,7 +235,15 @@ def timeline(task: GetTaskDetailsRow, events: list[ListTimelineRow]) -> list[Tim
 
 def attempt_text(event: ListTimelineRow, previous: ListTimelineRow | None) -> str:
     if event.copied_from_task_id is not None:
-        return f"copied from task {event.copied_from_task_id} (the fork's history before it ran)"
+        return (
+            f"copied from task {event.copied_from_task_id}, where attempt {event.attempt} "
+            "recorded it: the history this fork starts from"
+        )
+    if previous is not None and previous.copied_from_task_id is not None:
+        return (
+            f"attempt {event.attempt} of this fork: it replayed the copies above, "
+            "and runs on from here"
+        )
     if previous is None:
         return f"attempt {event.attempt}"
     return (
@@ -208,11 +262,15 @@ def event_text(event: ListTimelineRow) -> str:
         case "child_wait":
             return f"waits for its children, {later(event.recorded_at, event.wake_at)} at most"
         case "wait":
-            ended = (
-                f"ended by external event {event.wait_event_id}"
-                if event.wait_event_id is not None
-                else ("timed out" if event.wait_ended_at is not None else "open")
-            )
+            if event.wait_event_id is not None:
+                ended = f"ended by external event {event.wait_event_id}"
+            elif event.wait_ended_at is None:
+                ended = "open"
+            elif event.wait_timeout_at is not None and event.wait_ended_at < event.wait_timeout_at:
+                # Before its deadline, without an event: only a cancellation ends one so.
+                ended = "ended before its deadline by the task's cancellation"
+            else:
+                ended = "timed out"
             deadline = later(event.recorded_at, event.wait_timeout_at)
             return f"waits for {event.wait_key!r}, {deadline} at most: {ended}"
         case "step":
@@ -251,13 +309,18 @@ def later(start: datetime.datetime, end: datetime.datetime | None) -> str:
     """How long after `start` `end` is, as people read it: 250 ms, 5 s, 3 min, 24 h."""
     if end is None:
         return "no time"
-    seconds = (end - start).total_seconds()
-    if seconds < 1:
+    return duration((end - start).total_seconds())
+
+
+def duration(seconds: float, *, precise: bool = False) -> str:
+    """A duration as people read it: 250 ms, 5 s, 3 min, 24 h; `precise`, to the
+    tenth of a second under a minute (heartbeats come that often)."""
+    if seconds < 1 and not precise:
         return f"{max(seconds, 0) * 1000:.0f} ms"
     for unit, length in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= 2 * length:
             return f"{seconds // length:.0f} {unit}"
-    return f"{seconds:.0f} s"
+    return f"{max(seconds, 0):.1f} s" if precise else f"{seconds:.0f} s"
 
 
 def pretty_json(value: Any) -> str:

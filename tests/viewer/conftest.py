@@ -97,3 +97,39 @@ def serve_on_free_port(app: ASGIApp) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=20.0)
         listening.close()
+
+
+@contextmanager
+def serve_viewer(
+    number: int, schema: str, url: str, *, allow_operations: bool = False
+) -> Iterator[str]:
+    """The viewer of lesson `number` in `schema`, polling every 0.2 s; yields its base URL."""
+    # Imported here: the harness's own test needs no viewer.
+    from viewer.app import ViewerSettings, create_app
+    from viewer.lessons import view_lesson
+
+    settings = ViewerSettings(
+        lesson=view_lesson(number, schema),
+        url=url,
+        poll_interval=0.2,
+        allow_operations=allow_operations,
+    )
+    app = create_app(settings)
+    with serve_on_free_port(app) as base_url:
+        try:
+            yield base_url
+        finally:
+            app.state.viewer.stop_streams()
+
+
+def open_live(page: Page, url: str) -> None:
+    """Open `url` and wait until the stream has replaced its live part once: what the test
+    reads then went through the page's script, not only through the server's page."""
+    page.add_init_script(
+        "window.liveUpdates = 0;"
+        "document.addEventListener('DOMContentLoaded', () => new MutationObserver("
+        "() => { window.liveUpdates += 1; }).observe(document.getElementById('live'),"
+        " {childList: true}));"
+    )
+    page.goto(url)
+    wait_until(lambda: page.evaluate("window.liveUpdates > 0"), message=f"{url} never went live")

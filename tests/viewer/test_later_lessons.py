@@ -18,9 +18,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import LessonDatabase
-from tests.viewer.conftest import serve_on_free_port
-from viewer.app import ViewerSettings, create_app
-from viewer.lessons import view_lesson
+from tests.viewer.conftest import serve_viewer
 
 LESSON_13 = "lesson13_cancellation_and_schedules"
 LESSON_15 = "lesson15_operating_at_scale"
@@ -28,18 +26,10 @@ LESSON_15 = "lesson15_operating_at_scale"
 
 @contextmanager
 def viewer(number: int, database: LessonDatabase, *, allow_operations: bool) -> Iterator[str]:
-    settings = ViewerSettings(
-        lesson=view_lesson(number, database.schema),
-        url=database.url,
-        poll_interval=0.2,
-        allow_operations=allow_operations,
-    )
-    app = create_app(settings)
-    with serve_on_free_port(app) as url:
-        try:
-            yield url
-        finally:
-            app.state.viewer.stop_streams()
+    with serve_viewer(
+        number, database.schema, database.url, allow_operations=allow_operations
+    ) as url:
+        yield url
 
 
 def worker_process(lesson: str, database: LessonDatabase, functions: str, **options: Any) -> Any:
@@ -81,8 +71,9 @@ def test_a_task_cancelled_from_its_page_compensates_and_the_page_shows_it_live(
 ) -> None:
     """A durable task waits (suspended) after its reserve step. The page's cancel form
     (by, why) says what the history tool says; without a reload the page then shows
-    who cancelled it and why, the cancellation event, the release step after it,
-    and the task cancelled. Cancelling it again is refused in the tool's words."""
+    who cancelled it and why, the wait ended by the cancellation, the cancellation
+    event, the release step after it, and the task cancelled. Cancelling it again is
+    refused in the tool's words."""
     functions = "tests.viewer.functions_lesson13"
     with worker_process(LESSON_13, lesson13, functions) as worker:
         worker.start()
@@ -102,6 +93,9 @@ def test_a_task_cancelled_from_its_page_compensates_and_the_page_shows_it_live(
             names = page.locator("#timeline li.event .event-name").all_text_contents()
             assert kinds == ["step", "wait", "cancellation", "step"]
             assert names[0] == "reserve" and names[3] == "release"
+            expect(page.locator("#timeline li.kind-wait")).to_contain_text(
+                "ended before its deadline by the task's cancellation"
+            )
             assert page.evaluate("window.notReloaded === true")
             page.fill("input[name=by]", "ada")
             page.fill("input[name=reason]", "again")

@@ -24,10 +24,8 @@ from lessons.lesson11_retries_replays_forks.engine.reruns import fork
 from lessons.lesson11_retries_replays_forks.tools.worker_process import WorkerProcess
 from tests.conftest import LessonDatabase
 from tests.lesson11.functions import arrival_file
-from tests.viewer.conftest import serve_on_free_port
+from tests.viewer.conftest import serve_viewer
 from tests.waiting import wait_until
-from viewer.app import ViewerSettings, create_app
-from viewer.lessons import view_lesson
 
 LESSON = "lesson11_retries_replays_forks"
 ORDERS_QUEUE = "orders"
@@ -47,18 +45,8 @@ def database(lesson_database: Any) -> LessonDatabase:
 @contextmanager
 def viewer(database: LessonDatabase, *, allow_operations: bool = False) -> Iterator[str]:
     """The viewer of `database`'s schema, polling every 0.2 s; yields its base URL."""
-    settings = ViewerSettings(
-        lesson=view_lesson(11, database.schema),
-        url=database.url,
-        poll_interval=0.2,
-        allow_operations=allow_operations,
-    )
-    app = create_app(settings)
-    with serve_on_free_port(app) as url:
-        try:
-            yield url
-        finally:
-            app.state.viewer.stop_streams()
+    with serve_viewer(11, database.schema, database.url, allow_operations=allow_operations) as url:
+        yield url
 
 
 def worker_process(database: LessonDatabase) -> WorkerProcess:

@@ -7,21 +7,74 @@
 (function () {
   const live = document.getElementById("live");
   const state = document.getElementById("live-state");
+  const offline = document.getElementById("offline");
   // The page's own address: after an operation (a POST) the browser shows another.
   const address = live && live.dataset.liveUrl;
   if (!address || !window.EventSource) {
     return;
   }
-  const source = new EventSource(address);
+  // A page that could not be read (no database, no tables yet) loads again once it can.
+  const reloadWhenLive = "reloadWhenLive" in live.dataset;
+  let source = null;
+  let updatedAt = new Date();
+
   function show(text, name) {
     state.textContent = text;
     state.className = "live-state " + name;
   }
-  source.addEventListener("open", function () { show("live", "on"); });
-  source.addEventListener("update", function (event) {
-    live.innerHTML = event.data;
-    show("live", "on");
+
+  // The part is replaced whole: the inputs and outputs a reader has opened stay open.
+  function detailsKey(details) {
+    const event = details.closest("[data-event]");
+    const summary = details.querySelector("summary");
+    return (event ? event.dataset.event : "") + "/" + (summary ? summary.textContent : "");
+  }
+
+  function update(html) {
+    const opened = new Set(Array.from(live.querySelectorAll("details[open]"), detailsKey));
+    live.innerHTML = html;
+    live.querySelectorAll("details").forEach(function (details) {
+      details.open = opened.has(detailsKey(details));
+    });
+    updatedAt = new Date();
+  }
+
+  function connect() {
+    source = new EventSource(address);
+    source.addEventListener("open", function () { show("live", "on"); });
+    source.addEventListener("update", function (event) {
+      if (reloadWhenLive) {
+        window.location.reload();
+        return;
+      }
+      update(event.data);
+      offline.hidden = true;
+      show("live", "on");
+    });
+    source.addEventListener("offline", function (event) {
+      show("offline", "off");
+      if (!reloadWhenLive) {
+        offline.textContent =
+          event.data + " (the page below is as it was at " + updatedAt.toLocaleTimeString() + ")";
+        offline.hidden = false;
+      }
+    });
+    source.addEventListener("error", function () { show("reconnecting", "off"); });
+  }
+
+  // A browser keeps at most six connections open to one server, and each live page
+  // holds one: a seventh tab of the viewer would never load. So a hidden tab lets go
+  // of its stream, and streams again (the part as it is by then) once shown.
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden && source) {
+      source.close();
+      source = null;
+      show("paused while hidden", "");
+    } else if (!document.hidden && !source) {
+      connect();
+    }
   });
-  source.addEventListener("offline", function (event) { show(event.data, "off"); });
-  source.addEventListener("error", function () { show("reconnecting", "off"); });
+  if (!document.hidden) {
+    connect();
+  }
 })();

@@ -140,13 +140,14 @@ SELECT
     event.recorded_at, event.wake_at, event.input, event.output,
     event.copied_from_task_id, event.child_task_id, child.status::text AS child_status,
     wait.key AS wait_key, wait.timeout_at AS wait_timeout_at, wait.ended_at AS wait_ended_at,
-    wait.external_event_id AS wait_event_id
+    wait.external_event_id AS wait_event_id, wait.payload AS wait_payload
 FROM task_events AS event
 LEFT JOIN tasks AS child ON child.id = event.child_task_id
 LEFT JOIN event_waits AS wait
     ON wait.task_id = event.task_id AND wait.event_number = event.event_number
 WHERE event.task_id = $1
-ORDER BY event.event_number
+ORDER BY event.event_number DESC
+LIMIT $2
 """
 
 
@@ -167,6 +168,7 @@ class ListTimelineRow:
     wait_timeout_at: datetime.datetime | None
     wait_ended_at: datetime.datetime | None
     wait_event_id: int | None
+    wait_payload: Any | None
 
 
 LIST_DESCENDANTS = """-- name: ListDescendants :many
@@ -284,12 +286,14 @@ class Querier:
             row = cur.fetchone()
         return None if row is None else _get_task_details_row_from_row(row)
 
-    def list_timeline(self, *, task_id: int) -> list[ListTimelineRow]:
-        """A task's history, event by event: each with its child's status and, for a
-        wait, the key it waits on and how it ended.
+    def list_timeline(self, *, task_id: int, max_events: int) -> list[ListTimelineRow]:
+        """A task's newest max_events events, newest first (a live page reads them at
+        each change, and a long history would be read whole each time): each with
+        its child's status and, for a wait, the key it waits on, how it ended and
+        what it received.
         """
         with self._cursor() as cur:
-            cur.execute(LIST_TIMELINE, (task_id,))
+            cur.execute(LIST_TIMELINE, (task_id, max_events))
             return [_list_timeline_row_from_row(row) for row in cur.fetchall()]
 
     def list_descendants(self, *, max_tasks: int, task_id: int) -> list[ListDescendantsRow]:
@@ -400,6 +404,7 @@ def _list_timeline_row_from_row(row: tuple[Any, ...]) -> ListTimelineRow:
         wait_timeout_at=row[12],
         wait_ended_at=row[13],
         wait_event_id=row[14],
+        wait_payload=row[15],
     )
 
 

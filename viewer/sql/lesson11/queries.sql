@@ -49,20 +49,23 @@ LEFT JOIN workers AS worker ON worker.id = task.worker_id
 WHERE task.id = sqlc.arg(id);
 
 -- name: ListTimeline :many
--- A task's history, event by event: each with its child's status and, for a
--- wait, the key it waits on and how it ended.
+-- A task's newest max_events events, newest first (a live page reads them at
+-- each change, and a long history would be read whole each time): each with
+-- its child's status and, for a wait, the key it waits on, how it ended and
+-- what it received.
 SELECT
     event.event_number, event.kind::text AS kind, event.name, event.attempt,
     event.recorded_at, event.wake_at, event.input, event.output,
     event.copied_from_task_id, event.child_task_id, child.status::text AS child_status,
     wait.key AS wait_key, wait.timeout_at AS wait_timeout_at, wait.ended_at AS wait_ended_at,
-    wait.external_event_id AS wait_event_id
+    wait.external_event_id AS wait_event_id, wait.payload AS wait_payload
 FROM task_events AS event
 LEFT JOIN tasks AS child ON child.id = event.child_task_id
 LEFT JOIN event_waits AS wait
     ON wait.task_id = event.task_id AND wait.event_number = event.event_number
 WHERE event.task_id = sqlc.arg(task_id)
-ORDER BY event.event_number;
+ORDER BY event.event_number DESC
+LIMIT sqlc.arg(max_events);
 
 -- name: ListDescendants :many
 -- The task's children, their children and so on, as the histories name them
