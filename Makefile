@@ -83,11 +83,12 @@ bench-scale: install
 bench-vacuum: install
 	$(PYTHON) -m benchmarks.vacuum_bloat $(if $(QUICK),--quick) $(if $(LESSON),--lesson $(LESSON))
 
-## Lesson 04 against PgQueuer and Procrastinate, lesson 07's durable orders against DBOS
-## workflows, on the same server (under ten minutes).
-## Installs the `bench` extra (the peers and matplotlib) into .venv first.
+## Lesson 04 against PgQueuer and Procrastinate, the durable orders of lessons 07 to 15
+## against DBOS workflows, on the same server, 5 runs of each case (under 15 minutes).
+## QUICK=1: each case once, small, stock pass only (about a minute, report in a temporary
+## directory). Installs the `bench` extra (the peers and matplotlib) into .venv first.
 bench-peers: $(VENV)/.installed-bench
-	$(PYTHON) -m benchmarks.compare
+	$(PYTHON) -m benchmarks.compare $(if $(QUICK),--quick)
 
 $(VENV)/.installed-bench: pyproject.toml $(INSTALLED)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -57,6 +57,7 @@ from .harness.vacuum import Vacuum
 from .report.context import Context, describe_context
 from .report.tables import grid_markdown, grid_text
 from .systems.lesson_engine import LESSONS_DIRECTORY, LessonEngine, NoSuchLesson
+from .systems.lesson_orders import EngineOrders
 from .systems.replay import COUNT_SUSPENSIONS, KINDS, Replays
 from .systems.retention import (
     DeleteTrees,
@@ -69,7 +70,6 @@ from .systems.scale import (
     ORDERS_SCHEMA,
     WAKE_SCHEMA,
     ClaimAtSize,
-    ScaleOrders,
     WakeUps,
 )
 
@@ -285,7 +285,7 @@ def build_cases(options: argparse.Namespace, engine: LessonEngine) -> list[Case]
     if "orders" in options.only:
         cases += [
             DurableCase(
-                ScaleOrders(engine),
+                EngineOrders(engine, schema=ORDERS_SCHEMA),
                 options.orders,
                 DurableLayout(processes, options.total_slots // processes, 5.0),
                 passes=STOCK_ONLY,

@@ -52,6 +52,9 @@ class BurnDownCase:
     layout: Layout
     label: str = "burn-down"
     passes: frozenset[Vacuum] = ALL_PASSES
+    # Fewer runs than the plan's, if set (`plan.runs_of`): a memory case's figures are a
+    # peak and a growth, which one long run gives.
+    most_runs: int | None = None
 
     def row(self, vacuum: Vacuum) -> Row:
         return Row(

@@ -1,18 +1,19 @@
 """A durable system as the harness sees it: what the durable-work case asks.
 
-An order is a lesson's `process_order`: a durable task with two child tasks, one
-after the other (`systems/lesson_orders.py`). The peer's equivalent is a DBOS
-workflow of two steps (`systems/peers/dbos_case.py`).
+An order is a durable task with two child tasks, one after the other
+(`systems/lesson_orders.py`). The peer's equivalent is a DBOS workflow of two steps
+(`systems/peers/dbos_case.py`).
 
 Every system runs the same way: `processes` worker processes, each running at most
 `concurrency` orders (or workflows) at once, start on a fresh schema (DBOS: a fresh
-database); N orders are already enqueued, or, for a system that starts its work
-directly, are started by the workers themselves; the rate runs from the first
-order's start, as the system records it, to the moment a poll finds all N done,
+database); N orders are enqueued, or, for a system that starts its work directly, are
+started by the workers themselves; the rate runs from a start that no later update
+moves (the course's lessons: the commit that enqueued the orders; DBOS: its first
+workflow's dequeue or creation, stamped once) to the moment a poll finds all N done,
 both on the database's clock (`measure.watch_burn_down`).
 
-Lessons 07, 08 and 09 are `LessonOrders` (`systems/lesson_orders.py`), listed in
-`compare.course_durable_systems()`; a later lesson's workers join the same way.
+Lessons 07 and 08 are `LessonOrders`, lessons 09 on one `EngineOrders` each
+(`systems/lesson_orders.py`), listed in `compare.course_durable_systems()`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Watching a burn-down: when it ends, and how much memory the consumers use meanwhile.
 
 Rates are measured on the database's clock: from the first task's start (a timestamp
-the queue itself records) to the moment a poll, every few milliseconds, finds nothing
-left to finish (`clock_timestamp()` of that poll). Both ends are the server's clock,
-so the figure does not depend on where the benchmark runs.
+the queue itself records, which no later update of the task moves), or from a start
+the caller read itself (the commit that let the workers go), to the moment a poll,
+every few milliseconds, finds nothing left to finish (`clock_timestamp()` of that
+poll). Both ends are the server's clock, so the figure does not depend on where the
+benchmark runs.
 """
 
 from __future__ import annotations
@@ -92,11 +94,18 @@ def watch_burn_down(
     *,
     tasks: int,
     unfinished_sql: str,
-    first_start_sql: str,
     consumer_pids: Sequence[int],
+    first_start_sql: str | None = None,
+    started_at: datetime | None = None,
     timeout: float = 600.0,
 ) -> BurnDown:
-    """Poll until nothing is left to finish; return the rate from the first start to then."""
+    """Poll until nothing is left to finish; return the rate from the start to then.
+
+    The start is `started_at`, on the database's clock, or else what `first_start_sql`
+    returns once everything is done: one of the two.
+    """
+    if (first_start_sql is None) == (started_at is None):
+        raise ValueError("give the start as first_start_sql or as started_at, one of them")
     sampler = _MemorySampler(consumer_pids)
     query = f"SELECT ({unfinished_sql}), clock_timestamp()"
     deadline = time.monotonic() + timeout
@@ -110,7 +119,7 @@ def watch_burn_down(
         if time.monotonic() > deadline:
             raise TimeoutError(f"the burn-down of {tasks} tasks did not end in {timeout} s")
         time.sleep(POLL_INTERVAL)
-    first = _timestamp(conn, first_start_sql)
+    first = started_at if first_start_sql is None else _timestamp(conn, first_start_sql)
     if first is None:
         raise RuntimeError("the queue records no start: did any task run?")
     return BurnDown(tasks=tasks, seconds=(now - first).total_seconds(), memory=sampler.trace)

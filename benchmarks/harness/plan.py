@@ -2,7 +2,8 @@
 
 Every run of every case in a pass happens before the next run of any case, so a
 noisy minute on the machine hurts all systems alike instead of one of them: the
-ratios between systems are what the benchmarks are for.
+ratios between systems are what the benchmarks are for. A case may ask for fewer runs
+than the plan's (`most_runs`, `runs_of`).
 
 The embedded server is shared with the course's tests, and one of them (lesson 09's)
 stops and starts it. A run that fails because the server restarted under it is run
@@ -50,6 +51,8 @@ def run_plan(cases: Sequence[Case], *, passes: Sequence[Vacuum], runs: int) -> O
             rows = [case.row(vacuum) for case in selected]
             for run in range(1, runs + 1):
                 for case, row in zip(selected, rows, strict=True):
+                    if run > runs_of(case, runs):
+                        continue
                     began = time.monotonic()
                     said = _measure(case, vacuum, row, outcome)
                     took = time.monotonic() - began
@@ -60,6 +63,12 @@ def run_plan(cases: Sequence[Case], *, passes: Sequence[Vacuum], runs: int) -> O
             outcome.rows.extend(rows)
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def runs_of(case: Case, runs: int) -> int:
+    """How many of the plan's `runs` a case runs: all, unless it sets `most_runs`."""
+    most_runs = getattr(case, "most_runs", None)
+    return runs if most_runs is None else min(runs, int(most_runs))
 
 
 def _measure(case: Case, vacuum: Vacuum, row: Row, outcome: Outcome) -> str:

@@ -1,4 +1,7 @@
-"""The comparison as a picture: throughput per vacuum pass, latency, durable work (PNG)."""
+"""The comparison as a picture: throughput per vacuum pass, latency, durable work (PNG).
+
+Each throughput bar is a median, its error bar the slowest and the fastest run.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ SYSTEM_COLOURS = {
     "lesson 07": "#17becf",
     "lesson 08": "#2ca02c",
     "lesson 09": "#98df8a",
+    "lesson 10": "#aec7e8",
+    "lesson 11": "#9edae5",
+    "lesson 12": "#6baed6",
+    "lesson 13": "#3182bd",
+    "lesson 14": "#31a354",
+    "lesson 15": "#006d2c",
     "PgQueuer": "#ff7f0e",
     "PgQueuer (5 consumers in 1 process)": "#ffbb78",
     "Procrastinate": "#9467bd",
@@ -76,17 +85,20 @@ def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
     usual_count = max(set(counts), key=counts.count) if counts else ""
     width = 0.8 / max(1, len(systems))
     for index, system in enumerate(systems):
-        positions, heights = [], []
+        positions, heights, ranges = [], [], []
         for group, batch in enumerate(batches):
             for row in measured:
                 if row.system == system and row.batch == batch and row.rate:
                     positions.append(group + index * width)
                     heights.append(row.rate)
+                    ranges.append(row)
         odd = [
             row for row in measured if row.system == system and row.case.split()[-1] != usual_count
         ]
         label = f"{system} ({odd[0].settings}, {odd[0].case})" if odd else system
-        bars = axis.bar(positions, heights, width, label=label, color=colour(system))
+        bars = axis.bar(
+            positions, heights, width, label=label, color=colour(system), **_run_range(ranges)
+        )
         axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7, rotation=90)
     others = [row for row in measured if row.batch not in batches]
     for offset, row in enumerate(others):
@@ -105,6 +117,15 @@ def _throughput(axis: Any, rows: Sequence[Row], vacuum: Vacuum) -> None:
     axis.set_ylabel("no-op tasks per second (log scale)")
     axis.set_title(f"Burn-down, {vacuum.value} autovacuum")
     axis.legend(fontsize=7, loc="upper left")
+
+
+def _run_range(rows: Sequence[Row]) -> dict[str, Any]:
+    """Error bars from each bar's median down to its slowest run and up to its fastest."""
+    if all(len(row.rates) < 2 for row in rows):
+        return {}
+    below = [(row.rate or 0) - min(row.rates) for row in rows]
+    above = [max(row.rates) - (row.rate or 0) for row in rows]
+    return {"yerr": [below, above], "capsize": 2, "error_kw": {"linewidth": 0.8}}
 
 
 def _latency(axis: Any, rows: Sequence[Row]) -> None:
@@ -134,12 +155,13 @@ def _durable(axis: Any, rows: Sequence[Row]) -> None:
     systems = list(dict.fromkeys(row.system for row in rows))
     width = 0.8 / max(1, len(systems))
     for index, system in enumerate(systems):
-        positions, heights = [], []
+        positions, heights, ranges = [], [], []
         for group, vacuum in enumerate(passes):
             for row in rows:
                 if row.system == system and row.vacuum is vacuum and row.rate:
                     positions.append(group + index * width)
                     heights.append(row.rate)
+                    ranges.append(row)
         settings = next(row.settings for row in rows if row.system == system)
         bars = axis.bar(
             positions,
@@ -147,6 +169,7 @@ def _durable(axis: Any, rows: Sequence[Row]) -> None:
             width,
             label=f"{system} ({settings})",
             color=colour(system),
+            **_run_range(ranges),
         )
         axis.bar_label(bars, labels=[f"{h:,.0f}" for h in heights], fontsize=7)
     axis.set_xticks(
@@ -155,5 +178,5 @@ def _durable(axis: Any, rows: Sequence[Row]) -> None:
     )
     axis.set_ylabel("orders (DBOS: two-step workflows) per second")
     axis.set_title(f"Durable work, {rows[0].case.split()[-1]} each")
-    axis.set_ylim(0, max(row.rate or 0 for row in rows) * 1.6)
+    axis.set_ylim(0, max(max(row.rates) for row in rows) * 1.6)
     axis.legend(fontsize=6, loc="upper left")

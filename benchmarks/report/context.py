@@ -16,14 +16,17 @@ from ..harness.rows import Row
 from .tables import markdown_table
 
 METHOD = (
-    f"Rates run from the first task's start, as the queue records it, to the moment a poll "
+    f"Rates run from the first task's start, as the queue records it (the course's durable "
+    "orders: the commit that enqueued them, which the waiting workers hear; DBOS: its first "
+    "workflow's dequeue or creation, as it records them), to the moment a poll "
     f"(every {POLL_INTERVAL * 1000:g} ms) finds nothing left to finish, both on the database's "
-    "clock. Every system starts from a fresh schema on the same server, with its tasks already "
-    "enqueued and its consumers connected. Latency is the queue's own start time minus its own "
-    "enqueue time, for tasks enqueued one per transaction by a separate producer process. "
-    "Peak RSS is the largest consumer process's; growth compares the peak of the last quarter "
-    "of the run with the peak of the first. Runs of all cases alternate (round-robin), and "
-    "each figure is the median of its runs."
+    "clock; no start is one that a later update of a task moves. Every system starts from a "
+    "fresh schema on the same server, with its tasks already enqueued and its consumers "
+    "connected. Latency is the queue's own start time minus its own enqueue time, for tasks "
+    "enqueued one per transaction by a separate producer process. Peak RSS is the largest "
+    "consumer process's; growth compares the peak of the last quarter of the run with the "
+    "peak of the first. Runs of all cases alternate (round-robin); each figure is the median "
+    "of its runs, with the smallest and largest in brackets, and the runs' count beside it."
 )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lessons.common.stats import median
+
 from ..harness.measure import FLAT_TOLERANCE, MiB
 from ..harness.rows import Row
 
@@ -12,10 +14,10 @@ HEADERS = (
     "Case",
     "Settings",
     "Vacuum",
-    "Per second (median)",
-    "Runs (rates)",
-    "p50",
-    "p99",
+    "Runs",
+    "Per second: median (min-max)",
+    "p50: median (min-max)",
+    "p99: median (min-max)",
     "Peak RSS (growth)",
     "Comparison",
 )
@@ -27,12 +29,34 @@ def cells(row: Row) -> tuple[str, ...]:
         row.case,
         row.settings,
         row.vacuum.value,
-        f"{row.rate:,.0f}" if row.rate is not None else "",
-        _runs(row),
-        _milliseconds(row.p50),
-        _milliseconds(row.p99),
+        str(row.runs),
+        spread(row.rates),
+        spread(row.p50s, scale=1000, digits=1, unit=" ms"),
+        spread(row.p99s, scale=1000, digits=1, unit=" ms"),
         _memory(row.peak, row.growth),
         row.comparison,
+    )
+
+
+def spread(values: Sequence[float], *, scale: float = 1.0, digits: int = 0, unit: str = "") -> str:
+    """The median of the runs, then the smallest and largest: "7,668 (5,197-10,139)"."""
+    if not values:
+        return ""
+    middle = f"{median(values) * scale:,.{digits}f}{unit}"
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({min(values) * scale:,.{digits}f}-{max(values) * scale:,.{digits}f})"
+
+
+def rate_figure(row: Row, unit: str) -> str:
+    """A row's rate as a sentence states it: "7,668 tasks/s (5 runs: 5,197-10,139)"."""
+    if row.rate is None:
+        return "n/a"
+    if len(row.rates) == 1:
+        return f"{row.rate:,.0f} {unit} (1 run)"
+    return (
+        f"{row.rate:,.0f} {unit} ({len(row.rates)} runs: "
+        f"{min(row.rates):,.0f}-{max(row.rates):,.0f})"
     )
 
 
@@ -53,7 +77,13 @@ def markdown_table(rows: Sequence[Row]) -> str:
     def line(values: Sequence[str]) -> str:
         return "| " + " | ".join(value.replace("|", "\\|") for value in values) + " |"
 
-    numeric = {"Per second (median)", "Runs (rates)", "p50", "p99", "Peak RSS (growth)"}
+    numeric = {
+        "Runs",
+        "Per second: median (min-max)",
+        "p50: median (min-max)",
+        "p99: median (min-max)",
+        "Peak RSS (growth)",
+    }
     separator = ["---:" if header in numeric else "---" for header in HEADERS]
     return "\n".join([line(HEADERS), line(separator), *(line(cells(row)) for row in rows)])
 
@@ -76,19 +106,6 @@ def percent(ours: float | None, theirs: float | None) -> str:
     if ours is None or theirs is None or theirs == 0:
         return "n/a"
     return f"{100 * ours / theirs:.0f} %"
-
-
-def _runs(row: Row) -> str:
-    """Every run's rate when there are a few, else their count and range."""
-    if len(row.rates) > 3:
-        return f"{len(row.rates)}: {min(row.rates):,.0f} to {max(row.rates):,.0f}"
-    if len(row.rates) > 1:
-        return " / ".join(f"{rate:,.0f}" for rate in row.rates)
-    return str(row.runs)
-
-
-def _milliseconds(seconds: float | None) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds is not None else ""
 
 
 def _memory(peak: int | None, growth: int | None) -> str:

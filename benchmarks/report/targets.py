@@ -8,16 +8,23 @@ The targets (shared/CURRICULUM.md, "Performance targets"), each a ratio within o
 - lesson 08: enqueue-to-start latency p50 < 2 ms and p99 < 10 ms;
 - durable orders (a durable task with two child tasks) complete at >= 3x the rate of
   DBOS two-step workflows.
+
+Every ratio is stated with the machine's speed in the same run and pass, the pgbench
+ceiling of lesson 04's SQL (`machine_speed`): a ratio between two systems bound by
+different things moves with it (benchmarks/README.md, "Why a ratio moves with the
+machine"). `regression_section` sets each lesson's durable rate against the lesson
+before it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from ..harness.cases import DURABLE
 from ..harness.rows import Row
 from ..harness.vacuum import Vacuum
-from .tables import memory_verdict, percent, ratio
+from .tables import grid_markdown, memory_verdict, percent, rate_figure, ratio, spread
 
 OURS = "lesson 04"
 PGQUEUER = "PgQueuer"
@@ -29,50 +36,69 @@ CEILING_FRACTION = 0.25
 DBOS_FACTOR = 3.0
 LATENCY_P50 = 0.002  # seconds
 LATENCY_P99 = 0.010
+# A lesson whose durable rate is below this fraction of the lesson before it is flagged.
+REGRESSION_FRACTION = 0.9
 
 
 def is_course(row: Row) -> bool:
     return row.system.startswith("lesson ")
 
 
+def machine_speed(rows: Sequence[Row], vacuum: Vacuum) -> str:
+    """The pgbench ceiling of the same run and pass, at each batch: the machine's speed."""
+    ceilings = sorted(
+        (row for row in rows if row.kind == "ceiling" and row.vacuum == vacuum and row.rate),
+        key=lambda row: row.batch or 0,
+    )
+    if not ceilings:
+        return "machine's speed not measured (no pgbench ceiling in this run)"
+    return "pgbench ceiling " + ", ".join(
+        f"{spread(row.rates, unit='/s')} at batch {row.batch}" for row in ceilings
+    )
+
+
 def compare_rows(rows: Sequence[Row]) -> None:
-    """Fill each row's comparison column."""
+    """Fill each row's comparison column; each ratio with the machine's speed beside it."""
     for row in rows:
-        if row.kind == "memory":
-            row.comparison = f"memory {memory_verdict(row)}"
-        elif row.kind == "latency" and not is_course(row):
-            row.comparison = "; ".join(
-                f"{ours.system} p50 is {ratio(ours.p50, row.p50)} this"
-                for ours in rows
-                if ours.kind == "latency"
-                and is_course(ours)
-                and ours.vacuum == row.vacuum
-                and ours.case == row.case
-            )
-        elif row.kind == "ceiling":
-            ours = _find(rows, OURS, "burn-down", row.vacuum, batch=row.batch)
-            if ours is not None:
-                row.comparison = f"{OURS} reaches {percent(ours.rate, row.rate)} of this"
-        elif row.kind == "burn-down" and not is_course(row):
-            batch = row.batch if row.system != PROCRASTINATE else None
-            ours = _find(rows, OURS, "burn-down", row.vacuum, batch=batch)
-            if ours is not None:
-                row.comparison = (
-                    f"{OURS} (batch {ours.batch}) / this = {ratio(ours.rate, row.rate)}"
-                )
-        elif row.kind == "burn-down":
-            row.comparison = "; ".join(_against_peers(rows, row))
-        elif row.kind == DURABLE and is_course(row):
-            row.comparison = "; ".join(
-                f"{ratio(row.rate, peer.rate)} {peer.system}"
-                for peer in _durable_peers(rows, row.vacuum)
-            )
-        elif row.kind == DURABLE:
-            row.comparison = "; ".join(
-                f"{ours.system} / this = {ratio(ours.rate, row.rate)}"
-                for ours in rows
-                if ours.kind == DURABLE and is_course(ours) and ours.vacuum == row.vacuum
-            )
+        _compare_row(rows, row)
+        if row.comparison and row.kind not in ("memory", "ceiling"):
+            row.comparison += f" [{machine_speed(rows, row.vacuum)}]"
+
+
+def _compare_row(rows: Sequence[Row], row: Row) -> None:
+    if row.kind == "memory":
+        row.comparison = f"memory {memory_verdict(row)}"
+    elif row.kind == "latency" and not is_course(row):
+        row.comparison = "; ".join(
+            f"{ours.system} p50 is {ratio(ours.p50, row.p50)} this"
+            for ours in rows
+            if ours.kind == "latency"
+            and is_course(ours)
+            and ours.vacuum == row.vacuum
+            and ours.case == row.case
+        )
+    elif row.kind == "ceiling":
+        ours = _find(rows, OURS, "burn-down", row.vacuum, batch=row.batch)
+        if ours is not None:
+            row.comparison = f"{OURS} reaches {percent(ours.rate, row.rate)} of this"
+    elif row.kind == "burn-down" and not is_course(row):
+        batch = row.batch if row.system != PROCRASTINATE else None
+        ours = _find(rows, OURS, "burn-down", row.vacuum, batch=batch)
+        if ours is not None:
+            row.comparison = f"{OURS} (batch {ours.batch}) / this = {ratio(ours.rate, row.rate)}"
+    elif row.kind == "burn-down":
+        row.comparison = "; ".join(_against_peers(rows, row))
+    elif row.kind == DURABLE and is_course(row):
+        row.comparison = "; ".join(
+            f"{ratio(row.rate, peer.rate)} {peer.system}"
+            for peer in _durable_peers(rows, row.vacuum)
+        )
+    elif row.kind == DURABLE:
+        row.comparison = "; ".join(
+            f"{ours.system} / this = {ratio(ours.rate, row.rate)}"
+            for ours in rows
+            if ours.kind == DURABLE and is_course(ours) and ours.vacuum == row.vacuum
+        )
 
 
 def _durable_peers(rows: Sequence[Row], vacuum: Vacuum) -> list[Row]:
@@ -95,7 +121,8 @@ def _against_peers(rows: Sequence[Row], ours: Row) -> list[str]:
 
 
 def targets_section(rows: Sequence[Row]) -> str:
-    """The curriculum's targets, each stated plainly as met or not, with its figures."""
+    """The curriculum's targets, each stated plainly as met or not, with its figures
+    (median, then the runs' count and range) and the machine's speed beside each ratio."""
     lines = []
     passes = list(dict.fromkeys(row.vacuum for row in rows))
     batches = sorted({row.batch for row in rows if row.kind == "ceiling" and row.batch})
@@ -109,7 +136,8 @@ def targets_section(rows: Sequence[Row]) -> str:
             factor = ours.rate / theirs.rate
             line = (
                 f"- {_verdict(factor >= PGQUEUER_FACTOR)}: {vacuum.value} vacuum, batch {batch}: "
-                f"{ours.rate:,.0f} vs {theirs.rate:,.0f} tasks/s = {factor:.2f}x"
+                f"{rate_figure(ours, 'tasks/s')} vs {rate_figure(theirs, 'tasks/s')} "
+                f"= {factor:.2f}x"
             )
             for other in rows:
                 if (
@@ -119,8 +147,11 @@ def targets_section(rows: Sequence[Row]) -> str:
                     and other.batch == batch
                     and other.rate
                 ):
-                    line += f" (against {other.system}: {ours.rate / other.rate:.2f}x)"
-            lines.append(line)
+                    line += (
+                        f" (against {other.system}, {rate_figure(other, 'tasks/s')}: "
+                        f"{ours.rate / other.rate:.2f}x)"
+                    )
+            lines.append(f"{line} [{machine_speed(rows, vacuum)}]")
     lines.append("")
     lines.append(f"Lesson 04 >= {CEILING_FRACTION:.0%} of the batched pgbench ceiling:")
     for vacuum in passes:
@@ -133,7 +164,8 @@ def targets_section(rows: Sequence[Row]) -> str:
             verdict = _verdict(fraction >= CEILING_FRACTION)
             lines.append(
                 f"- {verdict}: {vacuum.value} vacuum, batch {batch}: "
-                f"{ours.rate:,.0f} of {ceiling.rate:,.0f} tasks/s = {fraction:.0%}"
+                f"{rate_figure(ours, 'tasks/s')} of {rate_figure(ceiling, 'tasks/s')} "
+                f"= {fraction:.0%}"
             )
     lines.append("")
     lines.append("The worker's memory stays flat over a 100,000-task burn-down:")
@@ -143,7 +175,7 @@ def targets_section(rows: Sequence[Row]) -> str:
             lines.append(
                 f"- {_verdict(flat)}: {row.system}, {row.case}, {row.settings}: peak "
                 f"{(row.peak or 0) / 2**20:.1f} MiB, grew {(row.growth or 0) / 2**20:+.1f} MiB "
-                "from the first to the last quarter"
+                f"from the first to the last quarter ({_runs(row.runs)})"
             )
     notified = [row for row in rows if row.kind == "latency" and row.system == NOTIFY_LESSON]
     lines.append("")
@@ -157,7 +189,7 @@ def targets_section(rows: Sequence[Row]) -> str:
         met = row.p50 < LATENCY_P50 and row.p99 < LATENCY_P99
         lines.append(
             f"- {_verdict(met)}: {row.case}, {row.vacuum.value} vacuum, {row.settings}: "
-            f"p50 {row.p50 * 1000:.1f} ms, p99 {row.p99 * 1000:.1f} ms"
+            f"p50 {_milliseconds(row.p50s)}, p99 {_milliseconds(row.p99s)} ({_runs(row.runs)})"
         )
     if not notified:
         lines.append(
@@ -174,8 +206,9 @@ def targets_section(rows: Sequence[Row]) -> str:
             factor = ours.rate / peer.rate
             lines.append(
                 f"- {_verdict(factor >= DBOS_FACTOR)}: {ours.vacuum.value} vacuum, "
-                f"{ours.system} against {peer.system}: {ours.rate:,.0f} orders/s vs "
-                f"{peer.rate:,.0f} workflows/s = {factor:.2f}x"
+                f"{ours.system} against {peer.system}: {rate_figure(ours, 'orders/s')} vs "
+                f"{rate_figure(peer, 'workflows/s')} = {factor:.2f}x "
+                f"[{machine_speed(rows, ours.vacuum)}]"
             )
     if not durable:
         lines.append("- not measured (--orders 0)")
@@ -188,10 +221,80 @@ def targets_section(rows: Sequence[Row]) -> str:
         )
         for row in latency:
             lines.append(
-                f"- {row.case}, {row.vacuum.value} vacuum: p50 {(row.p50 or 0) * 1000:.1f} ms, "
-                f"p99 {(row.p99 or 0) * 1000:.1f} ms"
+                f"- {row.case}, {row.vacuum.value} vacuum: p50 {_milliseconds(row.p50s)}, "
+                f"p99 {_milliseconds(row.p99s)} ({_runs(row.runs)})"
             )
     return "\n".join(lines)
+
+
+def regression_section(rows: Sequence[Row]) -> str:
+    """Each lesson's durable rate against the lesson before it in the same pass and case.
+
+    Flagged when its median is more than 10 % below the other's; whether the two
+    ranges of runs overlap says how far the machine's noise could explain it.
+    """
+    table = [
+        [
+            "Lesson",
+            "Orders/s: median (min-max)",
+            "Lesson before",
+            "Its orders/s",
+            "Change",
+            "Ranges overlap",
+            "Verdict",
+            "Machine's speed (same pass)",
+        ]
+    ]
+    passes = list(dict.fromkeys(row.vacuum for row in rows))
+    for vacuum in passes:
+        durable = [
+            row for row in rows if row.kind == DURABLE and is_course(row) and row.vacuum == vacuum
+        ]
+        for before, row in itertools.pairwise(durable):
+            if row.rate is None or before.rate is None or row.case != before.case:
+                continue
+            change = row.rate / before.rate - 1
+            if min(len(row.rates), len(before.rates)) == 1:
+                overlap = "n/a (1 run)"
+            elif min(row.rates) <= max(before.rates) and min(before.rates) <= max(row.rates):
+                overlap = "yes"
+            else:
+                overlap = "no"
+            slower = row.rate < REGRESSION_FRACTION * before.rate
+            table.append(
+                [
+                    f"{row.system} ({vacuum.value})",
+                    spread(row.rates),
+                    before.system,
+                    spread(before.rates),
+                    f"{change:+.0%}",
+                    overlap,
+                    f"SLOWER by more than {1 - REGRESSION_FRACTION:.0%}" if slower else "ok",
+                    machine_speed(rows, vacuum),
+                ]
+            )
+    if len(table) == 1:
+        return "Not measured (no two lessons' durable orders in this run)."
+    runs = sorted({row.runs for row in rows if row.kind == DURABLE and is_course(row)})
+    counts = " or ".join(str(count) for count in runs)
+    note = (
+        f"Each lesson's orders per second (the median of {counts} run"
+        f"{'s' if runs != [1] else ''}, with the smallest and largest) against the lesson "
+        f"before it, on the same case; flagged when more than "
+        f"{1 - REGRESSION_FRACTION:.0%} slower. Lessons 07 and 08 run their own "
+        "`process_order` on two queues (a waiting parent holds its slot); lessons 09 on "
+        "run lesson 09's order on one queue (a waiting parent is suspended), each with "
+        "its own engine, worker processes and children (lesson 12: a stand-in email)."
+    )
+    return note + "\n\n" + grid_markdown(table)
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'s' if count != 1 else ''}"
+
+
+def _milliseconds(values: Sequence[float]) -> str:
+    return spread(values, scale=1000, digits=1, unit=" ms")
 
 
 def _verdict(met: bool) -> str:

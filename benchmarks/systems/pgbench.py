@@ -28,6 +28,7 @@ from ..harness.rows import Row
 from ..harness.vacuum import Vacuum
 from .lesson04 import QUERIES_SQL, QUEUE, enqueue_many, prepare_schema
 from .lesson_sql import read_queries
+from .noop import TASK_NAME
 
 SCHEMA = "bench_ceiling"
 
@@ -40,8 +41,14 @@ _FINISH_ARRAYS = {
     "retryable": "array_agg(false)",
     "outputs": "array_agg('null'::text)",
 }
-# The variables the script sets before the claim.
-_CLAIM_VARIABLES = {"queue": ":queue", "max_tasks": ":max_tasks", "worker_id": ":worker_id"}
+# The variables the script sets before the claim (task_names: the names a worker has
+# functions for, which the claim takes; here the no-op's, as a text[] literal).
+_CLAIM_VARIABLES = {
+    "queue": ":queue",
+    "max_tasks": ":max_tasks",
+    "worker_id": ":worker_id",
+    "task_names": ":task_names",
+}
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ def run_ceiling(
             f"--transactions={transactions}",
             f"--define=queue={QUEUE}",
             f"--define=max_tasks={batch}",
+            f"--define=task_names={{{TASK_NAME}}}",
             f"--file={script.name}",
             schema=schema,
         )

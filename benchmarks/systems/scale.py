@@ -10,8 +10,9 @@ replays in `replay.py`.
 - **Wake-ups** (`WakeUps`): N durable tasks suspended in a sleep whose wake-up times are
   spread over a window, drained by the lesson's own worker processes; each task's
   lateness is its claim's time minus its wake-up time, both on the database's clock.
-- **Durable orders** (`ScaleOrders`): the harness's durable case, lesson 09's order (a
-  durable task, two children) run by the lesson's own worker processes.
+- **Durable orders**: the harness's durable case, lesson 09's order (a durable task,
+  two children) run by the lesson's own worker processes (`lesson_orders.EngineOrders`,
+  in its schema `ORDERS_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ from psycopg.types.json import Jsonb
 from lessons.common.database import connect, reset_schema
 from lessons.common.stats import percentile
 
-from ..harness.durable_system import DurableLayout
 from ..harness.measure import watch_burn_down
 from ..harness.processes import started_together
 from .lesson04 import UNFINISHED_SQL
 from .lesson_engine import BENCH_CODE_VERSION, LESSON_VARIABLE, LessonEngine
-from .lesson_orders import LessonOrders
 from .noop import TASK_NAME
 
 # What the worker processes get as `--functions` (it reads the lesson from LESSON_VARIABLE).
@@ -48,10 +47,6 @@ QUEUE = "scale"
 POLL_INTERVAL = 5.0
 # A sleeper's recorded call: ctx.sleep(60), whatever its wake-up time says.
 SLEEP_SECONDS = 60.0
-# Unfinished: anything queued, running or suspended (a sleeper not woken yet).
-UNFINISHED_OR_SUSPENDED_SQL = (
-    f"{UNFINISHED_SQL} OR EXISTS (SELECT FROM tasks WHERE status = 'suspended')"
-)
 # Unfinished, for the wake-ups: anything queued or running, or a sleeper due within the
 # hour (the others wake up a day later). Partial indexes answer each part, so the poll
 # every 5 ms costs little.
@@ -349,57 +344,6 @@ class WakeUps:
                 environment={LESSON_VARIABLE: self.engine.package},
             )
             for _ in range(self.processes)
-        ]
-        with started_together(workers):
-            yield [worker.pid for worker in workers]
-
-
-class ScaleOrders(LessonOrders):
-    """Lesson 09's order run by a later lesson's own worker processes (one queue, `orders`).
-
-    As `lesson_orders.Lesson09Orders`: a parent waiting for its child is suspended and
-    gives its slot back, workers are woken by NOTIFY and poll every 5 s as the fallback.
-    The functions are `scale_functions.py`'s: the lesson's own children, and lesson 09's
-    `process_order`, since lesson 14's waits for a person's approval.
-    """
-
-    unfinished_sql = UNFINISHED_OR_SUSPENDED_SQL
-    # Not min(started_at) of the parents, as `LessonOrders` has it (right for lessons 07
-    # and 08, whose parents are claimed once): a parent's started_at is its latest claim,
-    # and each resume moves it, so once the orders are done the earliest of them is long
-    # after the first start (measured: 9.5 s into an 11.5 s run). The clock starts at the
-    # enqueue instead, which the idle workers hear at its commit (the first event was
-    # recorded 40 ms after it): a figure that is, if anything, low.
-    first_start_sql = "SELECT min(inserted_at) FROM tasks WHERE task_name = 'process_order'"
-    schema = ORDERS_SCHEMA
-
-    def __init__(self, engine: LessonEngine) -> None:
-        self.engine = engine
-        self.name = engine.title
-        self.schema_sql = engine.schema_sql
-
-    def settings(self, layout: DurableLayout) -> str:
-        plural = "es" if layout.processes > 1 else ""
-        return (
-            f"{layout.processes} worker process{plural} x {layout.concurrency} slots, "
-            f"LISTEN/NOTIFY, fallback poll {POLL_INTERVAL:g} s"
-        )
-
-    @contextmanager
-    def workers(self, layout: DurableLayout) -> Iterator[list[int]]:
-        workers = [
-            self.engine.worker_process(
-                schema=self.schema,
-                queues=["orders"],
-                functions=SCALE_FUNCTIONS,
-                slots=layout.concurrency,
-                poll_interval=POLL_INTERVAL,
-                heartbeat_interval=1.0,
-                inactivity_threshold=10.0,
-                listen=True,
-                environment={LESSON_VARIABLE: self.engine.package},
-            )
-            for _ in range(layout.processes)
         ]
         with started_together(workers):
             yield [worker.pid for worker in workers]

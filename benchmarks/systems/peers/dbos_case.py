@@ -91,6 +91,11 @@ class DBOSWorkflows:
                             "SELECT count(*) < "
                             f"{int(orders)} FROM workflow_status WHERE status = 'SUCCESS'"
                         ),
+                        # Stamped once each, on the database's clock: at the dequeue
+                        # (ENQUEUED to PENDING), or by the row's insert (`created_at`
+                        # defaults to now()); DBOS 3.4 re-stamps them only on a cancel,
+                        # resume or recovery, none of which a run does. So unlike the
+                        # lessons' `started_at`, no later update moves the first of them.
                         first_start_sql=(
                             "SELECT to_timestamp(min(started_at_epoch_ms) / 1000.0)"
                             " FROM workflow_status"
