@@ -67,14 +67,14 @@ from .harness.processes import put_repository_on_pythonpath, started_together
 from .harness.vacuum import Vacuum
 from .systems.lesson_engine import LessonEngine
 from .systems.lesson_orders import (
-    Lesson09Orders,
+    EngineOrders,
     LessonOrders,
     check_each_order_charged_and_emailed_once,
     completed_count,
     enqueue_orders,
 )
 from .systems.peers import dbos_case
-from .systems.scale import POLL_INTERVAL, ScaleOrders
+from .systems.scale import POLL_INTERVAL
 
 DEFAULT_LESSONS = (
     "lesson09_durable_sleep",
@@ -157,7 +157,7 @@ class LessonSystem:
             raise AssertionError(f"{self.name}: {completed} of {orders} orders completed")
 
 
-class OwnOrders(ScaleOrders):
+class OwnOrders(EngineOrders):
     """A later lesson's workers on its own demo `process_order` (lesson 15's: no approval)."""
 
     @contextmanager
@@ -529,14 +529,12 @@ def systems(options: argparse.Namespace, layout: DurableLayout) -> list[OrderSys
     chosen: list[OrderSystem] = []
     for package in options.lessons:
         engine = LessonEngine.named(package)
-        if package == "lesson09_durable_sleep":
-            chosen.append(LessonSystem(engine.title, Lesson09Orders(), layout))
-            continue
         if package == OWN_ORDER_LESSON:
             chosen.append(LessonSystem(engine.title, OwnOrders(engine), layout))
-            chosen.append(LessonSystem(f"{engine.title} (09's order)", ScaleOrders(engine), layout))
+            orders = EngineOrders(engine)
+            chosen.append(LessonSystem(f"{engine.title} (09's order)", orders, layout))
             continue
-        chosen.append(LessonSystem(engine.title, ScaleOrders(engine), layout))
+        chosen.append(LessonSystem(engine.title, EngineOrders(engine), layout))
     if not options.no_dbos:
         chosen.append(DBOSSystem(layout))
     return chosen
