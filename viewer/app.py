@@ -124,7 +124,7 @@ class Viewer:
         if self.lesson.has("cancellation"):
             channels.append(f"{self.lesson.schema}.task_cancelled")
         self.feed = ChangeFeed(settings.url, channels)
-        self.operations = Operations(settings.lesson, lambda: self.write_connection())
+        self.operations = Operations(settings.lesson, self.write_connection)
         self.reads = ReadPool(self.lesson, settings.url)
         # Set when the server stops: the live streams end (a stream never ends by itself,
         # and a server waits for its responses to end before it stops).
@@ -170,9 +170,8 @@ class Viewer:
             )
         # The page's own address, which its script streams from: an operation's
         # answer (a POST to another address) names the task page's.
-        values.setdefault(
-            "live_url", request.url.path + (f"?{request.url.query}" * bool(request.url.query))
-        )
+        query = f"?{request.url.query}" if request.url.query else ""
+        values.setdefault("live_url", request.url.path + query)
         try:
             read_values = await run_in_threadpool(self.reads.read, read)
         except ReadFailed as failure:
