@@ -18,9 +18,10 @@ benchmarks/README.md):
    nothing to do);
 3. durable work: 800 orders (a durable task with two child tasks) on every lesson
    from 07 on, each its own engine and worker processes, against 800 DBOS workflows
-   of two no-op steps, enqueued on DBOS's queue and started directly, on as many worker
-   processes running as many at once; stock pass only (a run of a few seconds is over
-   before autovacuum's settings could tell);
+   of two steps doing the same work (a charge row, an email row), enqueued on DBOS's
+   queue and started directly, on as many worker processes running as many at once;
+   stock pass only (a run of a few seconds is over before autovacuum's settings could
+   tell);
 4. the workers' peak memory over a 100,000-task burn-down (stock pass only, one run:
    its figures are a peak and a growth, not a median).
 

@@ -3,12 +3,12 @@
     python -m benchmarks.order_costs [--quick] [--orders 300] [--lessons ...] [--no-dbos]
 
 An order is a durable task with two child tasks, one after the other (charge, then
-email); DBOS's is the harness's workflow of two no-op steps. Each system runs N orders
-(`--orders`, 300; `--quick`, 30) from a fresh schema (DBOS: a fresh database) on the
-same layout as `make bench-peers` (2 worker processes x 20 slots; DBOS worker_concurrency
-20, polled every 10 ms), on a throwaway server of its own (`harness/counting_server.py`:
-pg_stat_statements and auto_explain preloaded, a JSON log, autovacuum off), and reports
-per order:
+email, a row each); DBOS's is the harness's workflow of two steps writing the same
+rows. Each system runs N orders (`--orders`, 300; `--quick`, 30) from a fresh schema
+(DBOS: a fresh database) on the same layout as `make bench-peers` (2 worker processes
+x 20 slots; DBOS worker_concurrency 20, polled every 10 ms), on a throwaway server of
+its own (`harness/counting_server.py`: pg_stat_statements and auto_explain preloaded, a
+JSON log, autovacuum off), and reports per order:
 
 - **transactions** (from the logged run below), **writing commits** (WAL
   `Transaction/COMMIT` records, pg_walinspect: the commits that flush the WAL) and

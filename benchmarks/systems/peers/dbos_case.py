@@ -1,11 +1,15 @@
-"""DBOS Transact 3.4: workflows of two no-op steps, started through its queue or directly.
+"""DBOS Transact 3.4: the course's order as a workflow of two steps, queued or started directly.
 
 The peer of the course's durable orders (`systems/lesson_orders.py`): a workflow
-(`@DBOS.workflow`) that calls two steps (`@DBOS.step`), each a no-op, so each
-workflow checkpoints its start, each step's output, and its own result in DBOS's
-system database. DBOS wants a system database of its own: each run creates a fresh
-database on the same server (`bench_dbos`), lets DBOS create its tables there
-(`DBOS.migrate`), and drops it afterwards.
+(`@DBOS.workflow`) that calls two steps (`@DBOS.step`), a charge and an email, each
+writing one row keyed by its workflow (`INSERT ... ON CONFLICT DO NOTHING`, on a
+connection of its own), as each of the course's two children writes one row keyed by
+its task. So both sides do the same work, and each workflow also checkpoints its
+start, each step's output, and its own result in DBOS's system database.
+
+DBOS wants a system database of its own: each run creates a fresh database on the
+same server (`bench_dbos`), lets DBOS create its tables there (`DBOS.migrate`), adds
+the shop's two tables, and drops it afterwards.
 
 Two ways to start the work, each on `processes` worker processes (each a DBOS
 application with an `executor_id` of its own):
@@ -49,6 +53,30 @@ QUEUE_MODE = "queue"
 DIRECT_MODE = "direct"
 # The tables each workflow writes: its status row (claimed, then finished), its steps.
 QUEUE_TABLES = ("workflow_status", "operation_outputs")
+# The shop's tables, in the same database (schema public), and the steps' writes: one
+# row an order and step, as the course's children write.
+SHOP_SQL = """
+CREATE TABLE public.charges (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    workflow_id text NOT NULL UNIQUE,
+    charged_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE public.emails (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id text NOT NULL,
+    workflow_id text NOT NULL UNIQUE,
+    sent_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+RECORD_CHARGE_SQL = (
+    "INSERT INTO public.charges (order_id, workflow_id) VALUES (%(order_id)s, %(workflow_id)s)"
+    " ON CONFLICT (workflow_id) DO NOTHING"
+)
+RECORD_EMAIL_SQL = (
+    "INSERT INTO public.emails (order_id, workflow_id) VALUES (%(order_id)s, %(workflow_id)s)"
+    " ON CONFLICT (workflow_id) DO NOTHING"
+)
 # The worker processes' entry point.
 WORKER = f"{__package__}.dbos_worker"
 
@@ -73,7 +101,7 @@ class DBOSWorkflows:
             )
         else:
             how = f"{layout.concurrency} threads each calling DBOS.start_workflow"
-        return f"{layout.processes} process{plural} x {how}; 2 no-op steps"
+        return f"{layout.processes} process{plural} x {how}; 2 steps, a row each"
 
     def run(self, orders: int, layout: DurableLayout, vacuum: Vacuum) -> BurnDown:
         with fresh_database(vacuum) as url:
@@ -155,6 +183,7 @@ def fresh_database(vacuum: Vacuum) -> Iterator[str]:
         DBOS.migrate(url, schema=SYSTEM_SCHEMA)
         with connect(_conninfo(), schema=SYSTEM_SCHEMA) as conn:
             apply_vacuum(conn, QUEUE_TABLES, vacuum)
+            conn.execute(SHOP_SQL)
         yield url
     finally:
         _drop_database()
@@ -202,6 +231,7 @@ def _workers(
         ChildProcess(
             WORKER,
             f"--url={url}",
+            f"--conninfo={_conninfo()}",
             f"--mode={mode}",
             f"--executor-id=bench-{index}",
             f"--concurrency={layout.concurrency}",
@@ -217,11 +247,14 @@ def _check_each_workflow_ran_its_steps_once(conn: Any, workflows: int) -> None:
     row = conn.execute(
         "SELECT (SELECT count(*) FROM workflow_status WHERE status = 'SUCCESS'),"
         " (SELECT count(*) FROM operation_outputs),"
-        " (SELECT count(DISTINCT (workflow_uuid, function_id)) FROM operation_outputs)"
+        " (SELECT count(DISTINCT (workflow_uuid, function_id)) FROM operation_outputs),"
+        # One row a workflow (workflow_id is unique): charged and emailed once each.
+        " (SELECT count(*) FROM public.charges),"
+        " (SELECT count(*) FROM public.emails)"
     ).fetchone()
-    expected = (workflows, 2 * workflows, 2 * workflows)
+    expected = (workflows, 2 * workflows, 2 * workflows, workflows, workflows)
     if tuple(row) != expected:
         raise AssertionError(
-            f"(workflows succeeded, step outputs, distinct steps) = {tuple(row)}, "
-            f"expected {expected}"
+            "(workflows succeeded, step outputs, distinct steps, workflows charged, "
+            f"workflows emailed) = {tuple(row)}, expected {expected}"
         )
