@@ -377,60 +377,39 @@ CREATE TRIGGER tasks_inserted_notify
     FOR EACH STATEMENT
     EXECUTE FUNCTION notify_tasks_inserted();
 
--- Back on the queue (a retry, a reassignment): one notification per queue per
--- UPDATE statement too, as for inserts. A sweep or a batch of results can put
--- dozens of tasks back in one statement; a row trigger would call pg_notify
--- for each, only for PostgreSQL to drop all but the first of each queue. The
--- transition tables hold the statement's rows before and after; a row is back
--- on the queue when it is queued after and was not before. (An UPDATE trigger
--- with transition tables cannot name its columns: it runs after every UPDATE
--- of tasks, and finds nothing in a claim's or a result's rows.)
-CREATE FUNCTION notify_tasks_requeued() RETURNS trigger
+-- Back on the queue (a retry, a reassignment), and suspended tasks with a new
+-- wake-up time: row triggers, but only for the rows concerned. Claims and
+-- results change many rows a second: the WHEN conditions are checked without
+-- calling a function, so the rows they do not match cost next to nothing.
+-- Repeats in one transaction are dropped as above.
+CREATE FUNCTION notify_task_requeued() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', queues.queue)
-    FROM (
-        SELECT DISTINCT new_row.queue
-        FROM new_rows AS new_row JOIN old_rows AS old_row USING (id)
-        WHERE new_row.status = 'queued' AND old_row.status <> 'queued'
-    ) AS queues;
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', NEW.queue);
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER tasks_requeued_notify
-    AFTER UPDATE ON tasks
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT
-    EXECUTE FUNCTION notify_tasks_requeued();
+    AFTER UPDATE OF status ON tasks
+    FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND OLD.status <> 'queued')
+    EXECUTE FUNCTION notify_task_requeued();
 
 -- A sleep that begins (its wake_at is ahead), or a suspended task woken by its
 -- child (its wake_at is now). Time itself notifies nobody: a worker that hears
 -- of a wake-up time ahead claims nothing yet, but its poller now waits no
 -- longer than until then (see engine/poller.py). A task suspended to wait for its
--- child, with no wake_at, has nothing to announce. Once per queue per statement,
--- like the requeue above: the result writer wakes a batch's parents (WakeTasks)
--- in one statement.
-CREATE FUNCTION notify_tasks_woken() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', queues.queue)
-    FROM (
-        SELECT DISTINCT new_row.queue
-        FROM new_rows AS new_row JOIN old_rows AS old_row USING (id)
-        WHERE new_row.status = 'suspended'
-            AND new_row.wake_at IS NOT NULL
-            AND new_row.wake_at IS DISTINCT FROM old_row.wake_at
-    ) AS queues;
-    RETURN NULL;
-END;
-$$;
-
+-- child, with no wake_at, has nothing to announce.
 CREATE TRIGGER tasks_wake_at_notify
-    AFTER UPDATE ON tasks
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT
-    EXECUTE FUNCTION notify_tasks_woken();
+    AFTER UPDATE OF wake_at ON tasks
+    FOR EACH ROW
+    WHEN (
+        NEW.status = 'suspended'
+        AND NEW.wake_at IS NOT NULL
+        AND NEW.wake_at IS DISTINCT FROM OLD.wake_at
+    )
+    EXECUTE FUNCTION notify_task_requeued();
 
 -- The count of each key's slots, kept by the database itself. Statement-level
 -- triggers see all the rows a statement changed at once (transition tables),
