@@ -24,7 +24,8 @@ What it reads, all on the server's side (no wrapper around the clients):
 - **CPU** of the server's processes: the postmaster's children's once they exit;
 - **transactions**, one by one, in a logged window (`log_statement = all` and
   auto_explain's nested statements, into a JSON log): which statements each one ran,
-  whether it wrote (it got a transaction id) and whether it notified.
+  whether it wrote (it got a transaction id) and whether it notified (a `pg_notify`
+  statement of its that returned a row: auto_explain's plans show their rows).
 
 The counters are cumulative statistics, which a backend flushes when it goes idle (at
 most once a second) or exits: a snapshot is only complete once the backends whose
@@ -73,7 +74,14 @@ SETTINGS = {
     "autovacuum": "off",
 }
 # What a logged window turns on, and turns off after.
-LOGGED_WINDOW_SETTINGS = {"log_statement": "all", "auto_explain.log_min_duration": "0"}
+# auto_explain's plans with their rows (not their timings: the window is not timed):
+# a trigger's `PERFORM pg_notify(...) FROM ...` that finds no row notifies nobody.
+LOGGED_WINDOW_SETTINGS = {
+    "log_statement": "all",
+    "auto_explain.log_min_duration": "0",
+    "auto_explain.log_analyze": "on",
+    "auto_explain.log_timing": "off",
+}
 START_SECONDS = 60
 NO_BACKENDS_SECONDS = 30.0
 MARKER_SECONDS = 10.0
@@ -579,12 +587,18 @@ def transactions_of(entries: list[dict[str, Any]], database: str) -> list[Transa
         if _normalized(explained) in unplanned[key]:
             unplanned[key].remove(_normalized(explained))
             continue
-        transaction.statements.append(
-            LoggedStatement(
-                statement_label(explained), nested=True, notifies="pg_notify" in explained
-            )
-        )
+        label = statement_label(explained)
+        notifies = "pg_notify" in explained and _rows_returned(message) != 0
+        if "pg_notify" in explained and not notifies:
+            label += " (no row: none sent)"
+        transaction.statements.append(LoggedStatement(label, nested=True, notifies=notifies))
     return list(transactions.values())
+
+
+def _rows_returned(message: str) -> float | None:
+    """The rows of an auto_explain plan's top node ("actual rows=N"), None if not shown."""
+    found = re.search(r"\(actual(?: time=\S+)? rows=([\d.]+)", message)
+    return float(found.group(1)) if found else None
 
 
 def _normalized(query: str) -> str:
