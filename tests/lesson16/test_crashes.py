@@ -3,7 +3,9 @@
 What it proves, with the real server and real worker processes: a worker
 SIGKILLed at every turn boundary (COURSE_CRASH_AT=agent:turn-N, just before
 turn N asks the model), inside a tool call (the draft saved, or the email
-sent, and the tool not yet returned), and when the agent returns, is
+sent, and the tool not yet returned), when the agent returns, and at the
+engine's crash points in the middle of its operations (a tool's child being
+spawned, the backoff's sleep, the approval's wait, the continuation), is
 replaced by another worker, and the conversation ends exactly as an
 uninterrupted run does: the same transcript and result, the same number of
 model calls billed by the provider (each recorded once in the history: none
@@ -32,6 +34,14 @@ CRASH_POINTS = [
     "draft_email:saved",
     "send_email:sent",
     "task_returned:agent",
+    # The engine's own points, where the agent's operations are half done: turn 1's
+    # search spawned, not committed; the backoff's sleep, the approval's wait opened,
+    # the approval received and not used; the continuation written, not committed.
+    "spawn_child:before_commit",
+    "sleep:before_commit",
+    "wait_for_event:suspended",
+    "wait_for_event:received",
+    "continue_as_new:before_commit",
 ]
 
 
