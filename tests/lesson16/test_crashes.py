@@ -16,6 +16,7 @@ own ledgers (demo/world.py), not from the engine's word.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def uninterrupted(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Conversation]:
     """The conversation run once without a crash: what every crashed run must give."""
-    schema = "test_lesson16_uninterrupted"
+    schema = f"test_lesson16_uninterrupted_{uuid.uuid4().hex[:8]}"
     reset_schema(schema, LESSONS_DIRECTORY / LESSON / "sql" / "schema.sql", url=database_url)
     with create_pool(schema, url=database_url, max_size=4) as pool:
         yield run_conversation(pool, schema, tmp_path_factory.mktemp("world"))
