@@ -109,3 +109,26 @@ def test_a_crash_changes_nothing_and_costs_no_model_call(
         operation = "save_draft" if crash_at.startswith("draft") else "send"
         requests = [r for r in crashed.mail_of("request") if r["operation"] == operation]
         assert len(requests) == 2, "the tool killed inside its call ran again"
+
+
+def test_a_crash_inside_a_model_call_costs_that_call_and_nothing_else(
+    lesson_database: Callable[..., LessonDatabase],
+    tmp_path: Path,
+    uninterrupted: Conversation,
+) -> None:
+    """The one moment a crash costs a model call: answered, billed, not yet recorded
+    (`model:answered`, turn 1). The next attempt asks again: one more line on the
+    bill, the same request; the run is otherwise the uninterrupted one."""
+    database = lesson_database(LESSON, max_size=4)
+    crashed = run_conversation(database.pool, database.schema, tmp_path, crash_at="model:answered")
+
+    assert crashed.output == uninterrupted.output
+    assert len(crashed.bill) == len(uninterrupted.bill) + 1
+    first, again = crashed.bill[:2]
+    assert (first["turn"], again["turn"]) == (1, 1) and first["request"] == again["request"]
+    # The answers asked for after it are the uninterrupted run's. (Its 429 comes a
+    # request sooner: the scripted provider is busy by count.)
+    answered = [r["request"] for r in crashed.bill if r["status"] == 200]
+    assert answered[1:] == [r["request"] for r in uninterrupted.bill if r["status"] == 200]
+    assert crashed.recorded_model_calls == len(uninterrupted.bill)
+    assert crashed.mail_of("sent") == uninterrupted.mail_of("sent")

@@ -34,7 +34,9 @@ the counts.
 
 Its turn boundaries are crash points (`engine/crash_points.py`): with
 COURSE_CRASH_AT=agent:turn-3 a worker SIGKILLs itself just before turn 3
-begins (the tools have their own, `draft_email:saved`, `send_email:sent`).
+begins; `model:answered` is inside a model call, answered and not yet
+recorded (the tools have their own, `draft_email:saved`, `send_email:sent`,
+`discard_draft:discarded`).
 """
 
 from __future__ import annotations
@@ -172,7 +174,10 @@ def ask_model(ctx: DurableContext, state: dict[str, Any]) -> dict[str, Any]:
 
 def call_model(request: dict[str, Any]) -> dict[str, Any]:
     """The step: one request to the model API (the scripted one, or a real one)."""
-    return model_from(request["model"]).complete(request)
+    response = model_from(request["model"]).complete(request)
+    # Answered (and billed), not yet recorded: the one moment a crash costs a call.
+    crash_point("model:answered")
+    return response
 
 
 def run_tool(ctx: DurableContext, state: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
