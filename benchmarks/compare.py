@@ -110,17 +110,24 @@ def course_systems() -> list[QueueSystem]:
 def course_durable_systems() -> list[DurableSystem]:
     """The course's durable workers under test: polling (07), woken by notifications (08),
     and from 09 on, parents suspended while they wait, their slot given back: every
-    lesson with an engine, each its own."""
+    lesson with an engine and a shop, each its own. (Lesson 16's demonstration is an
+    agent, not a shop: its engine is lesson 15's, measured as lesson 15.)"""
     later = sorted(
         path.parent.parent.name
         for path in LESSONS_DIRECTORY.glob("lesson*/engine/durable.py")
         if path.parent.parent.name.removeprefix("lesson")[:2] >= FIRST_ENGINE_LESSON
     )
+    engines = [LessonEngine.named(package) for package in later]
     return [
         Lesson07Orders(),
         Lesson08Orders(),
-        *(EngineOrders(LessonEngine.named(package)) for package in later),
+        *(EngineOrders(engine) for engine in engines if has_a_shop(engine)),
     ]
+
+
+def has_a_shop(engine: LessonEngine) -> bool:
+    """Whether the lesson's demonstration charges orders (every lesson's but the capstone's)."""
+    return hasattr(engine.module("demo.tasks"), "charge_payment")
 
 
 def durable_cases(options: argparse.Namespace) -> list[Case]:

@@ -105,6 +105,14 @@ MAIN_SCRIPT_RUNS = [
             "ok    the subscription charged each of its 12 renewals once, in order",
         ),
     ),
+    MainScriptRun(
+        "lessons/lesson16_durable_ai_agent/main.py",
+        # The capstone: a crash that costs no model call, then a fork at turn 3.
+        prints=(
+            "ok    the email was sent once: two send requests (the crash), one email, by its key",
+            "ok    the fork sent its own email and left the first run's as they were",
+        ),
+    ),
 ]
 
 

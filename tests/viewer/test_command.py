@@ -87,5 +87,5 @@ def test_a_lesson_the_viewer_cannot_show_is_one_line_and_exit_code_2() -> None:
     assert completed.returncode == 2
     assert (
         completed.stderr.strip()
-        == "error: the viewer shows lessons 11, 12, 13, 14, 15, not lesson 07"
+        == "error: the viewer shows lessons 11, 12, 13, 14, 15, 16, not lesson 07"
     )

@@ -1,0 +1,1527 @@
+"""The durable context: how a durable function records what it did, and finds it again.
+
+A durable function takes a context and its input, `function(ctx, input)`. What
+it wants done once, however many attempts the task takes, it does through the
+context. There are two such operations. The step:
+
+    label = ctx.run_step("print_label", print_label, {"order_id": "A-1"})
+
+The first time, the context runs `print_label({"order_id": "A-1"})` and appends
+an event (the step's name, input and output) to the task's history, the table
+`task_events`. On a later attempt of the same task the event is already there:
+the context returns the recorded output and does not run the step again.
+
+And the child task:
+
+    payment = ctx.call("charge_payment", {"order_id": "A-1", "amount_cents": 4200})
+
+The first time, the context puts a `charge_payment` task on the queue and
+appends an event that holds the child's id, both in one transaction; then it
+waits for the child to finish, and returns its output. On a later attempt the
+event is there: the context waits for *that* child again (it has usually
+finished long ago), and never creates another.
+
+Waiting does not hold the worker. A child that has not finished *suspends* the
+task: the context marks it suspended and raises `TaskSuspended`, which ends
+the function's run, and the worker's slot is free. When the child finishes, it
+makes its parent runnable again (its row names its parent); a worker claims
+it, and the function runs from the top, replaying its history (recorded steps
+return at once, recorded children are not spawned again) until it gets back
+to the wait, which now finds the child finished. A run reads the history
+once, with the outcome of each child it names: a finished child is final, so
+its replayed wait returns at once, with no statement and no suspension, and a
+run costs one read plus the work that is new, however long the history.
+
+The sleep works the same way:
+
+    ctx.sleep(3600)
+
+records the wake-up time (computed once, on the database's clock) in the
+history and suspends the task until then. When the task is claimed again the
+replayed sleep finds its time has come, and the function goes on.
+
+A wait for a child has no limit unless it is given one:
+
+    payment = ctx.call("charge_payment", {...}, timeout=600)
+
+records the deadline once, like a sleep's wake-up, and suspends the task
+until the child finishes or the deadline comes. Past the deadline with the
+child unfinished, the wait records its timeout and raises `ChildTimeout`;
+every later run replays the same outcome, whenever the child finishes. And so does
+the wait for an external event:
+
+    approval = ctx.wait_for_event("approval:A-1", timeout=86400)
+
+records the wait and its deadline, and suspends the task until an event with
+that key is pushed (`client.push_event`), or the deadline passes. The first
+event pushed while the wait is open ends it, for good: a replay gets the same
+payload, however many events came after.
+
+Events are numbered in the order the function makes its operations: the first
+operation of every attempt is event 1, the second event 2, and so on. That is
+how an attempt finds its events in a history an earlier attempt wrote, and why
+a durable function must make the same operations in the same order every time
+it runs.
+
+The context checks that it does. Each event stores a *key* of the call that
+recorded it: a hash of the operation's kind, its name and its input. On a later
+attempt, operation n must have the key of event n; if it has not, the code now
+calls something else than it did when the history was written, the recorded
+output does not belong to this call, and the task fails with a
+`NonDeterminismError` that says which event, which call was recorded and which
+call was made instead.
+
+Every operation uses its own short statement: no transaction stays open while
+the function, or one of its steps, runs. The transactions of more than one
+statement (spawning a child, suspending to wait for one, starting a sleep,
+opening a wait for an event, looking at it) are bounded (`transactions.py`):
+a worker frozen in the middle of one loses its session, and its locks, within
+half its inactivity threshold.
+
+And every statement, every transaction, rides out a connection blip
+(`statement_retries.py`): tried again on a transient error, for up to half the
+worker's inactivity threshold, after looking in the history (or, for a
+suspension, at the task's row) for what an earlier try may have committed.
+
+A suspension does not end the attempt, and costs no retry: the task goes on
+with the same attempt number when it is claimed again, on whichever worker
+claims it. Suspending is a fenced write, like every other.
+
+Code changes while tasks are in flight. A history written by the old code
+must replay with the new one, or its task fails with a `NonDeterminismError`
+(which now says which keys of the input changed, `input_diff.py`). A change
+that would break old histories goes behind a *patch marker*:
+
+    if ctx.patched("charge-in-currency"):
+        charge = ctx.call("charge_payment", {"order_id": order, "amount_cents": 4200,
+                                             "currency": "EUR"})
+    else:
+        charge = ctx.call("charge_payment", {"order_id": order, "amount_cents": 4200})
+
+A run with no history at that point records a marker, an event of kind
+`patch`, and takes the new path; a replay finds the marker and takes it again;
+a replay of a history written before the patch finds another event there, the
+old path's, and takes the old path, recording nothing. Once no history
+without the marker is left (`history_tool patches`), the old path goes:
+`ctx.deprecate_patch("charge-in-currency")` skips the marker in histories
+that hold one, and records nothing; and once no history holds the marker, the
+call goes too.
+
+A history that only grows (a subscription that renews every month, an agent
+that converses for ever) makes every replay longer: a run reads, and
+replays, the whole of it. Such a function *continues as new* once its
+history is long:
+
+    if ctx.history_is_long:
+        ctx.continue_as_new({"customer": customer, "renewals": renewals + 1})
+
+ends this task, completed, its output naming its successor, and puts the
+successor on the queue: the same function with that input (the state it
+carries over) and an empty history, linked to this task
+(`continued_from_task_id`). The successor and this task's completion are one
+transaction, so a crash at the boundary makes one successor, never two or
+none. `history_is_long` says whether the history holds `history_limit`
+events or more (the worker's setting; Temporal warns at 10,240 and stops a
+workflow at 51,200).
+
+A durable task can be cancelled (`client.cancel`). It has run, so it may have
+done things that must be undone, and it is not stopped from outside: it is
+told, and stops itself. Its next operation raises `Cancelled` instead of
+doing anything new (no step starts, no child is spawned, no sleep or wait
+begins; a step that was running finishes, and is recorded), and a
+cancellation event records where that happened:
+
+    try:
+        charge = ctx.call("charge_payment", {...})
+        ctx.wait_for_event(f"packed:{order}", timeout=3600)
+        ctx.call("send_confirmation_email", {...})
+    except Cancelled:
+        ctx.call("refund_payment", {"order_id": order})   # compensation
+        ctx.run_step("release_stock", release_stock, {"order_id": order})
+        raise
+
+What the function does from there is its compensation, recorded like
+anything else: a later attempt replays the history up to the cancellation
+event, raises `Cancelled` again at the same point, and replays the
+compensation's steps too, so that each runs once. The task ends cancelled
+when the function returns or raises `Cancelled`. `Cancelled`, like
+`TaskSuspended`, derives from `BaseException`: an `except Exception:` meant
+for a declined card does not swallow it and carry on with the order.
+
+How the attempt learns it: its task's row says so when it is claimed; the
+worker is notified at once while it runs (its cancellation flag, see
+`attempts.py`), and its heartbeat finds it too, should the notification be
+lost; and the database refuses a new child, sleep or wait of a cancelled task
+(AppendEvent), so that even a worker frozen at the moment of the cancellation
+starts nothing new when it wakes up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, NoReturn, Self, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from ..db.models import EventKind, EventWait, Task, TaskEvent, TaskStatus
+from ..db.queries import Querier
+from .client import DEFAULT_IDEMPOTENCY_RETENTION, create_once
+from .crash_points import crash_point
+from .input_diff import describe_changes
+from .shared import (
+    DEFAULT_MAX_RETRIES,
+    FINISHED_STATUSES,
+    NonRetryableError,
+    canonical_json,
+    first_line,
+    to_json,
+)
+from .statement_retries import StatementRetries, with_retries
+from .transactions import TransactionLimits, bounded_transaction
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How many events make a history long enough to continue as new.
+DEFAULT_HISTORY_LIMIT = 1000
+
+
+class LostOwnership(Exception):
+    """The database refused an event: this worker no longer owns the attempt.
+
+    The attempt timed out, or was given to another worker while this one looked
+    dead. Another attempt is writing the history now, so this one must stop: the
+    worker records nothing for it.
+    """
+
+
+class TaskSuspended(BaseException):
+    """The task is suspended: its function must stop here, and will run again later.
+
+    A durable operation raises it after it has marked the task suspended (a
+    sleep whose time has not come, a child that has not finished). It is not
+    a failure: the worker records nothing, frees the slot, and a worker claims
+    the task again when it is due. Like `KeyboardInterrupt`, it derives from
+    `BaseException`, so that the `except Exception:` of a durable function does
+    not stop it; and a function that catches it anyway cannot go on, because
+    every later operation of its context raises it again.
+    """
+
+    def __init__(self, task_id: int, wake_at: datetime | None) -> None:
+        self.task_id = task_id
+        self.wake_at = wake_at
+        until = f"until {wake_at.isoformat()}" if wake_at else "until its child finishes"
+        super().__init__(f"task {task_id} suspended {until}")
+
+
+class TaskContinued(BaseException):
+    """This run ended the task's history: the task goes on as task `successor_id`.
+
+    Raised by `continue_as_new`, after the successor and this task's
+    completion have committed: the worker has nothing left to record. A
+    `BaseException`, like `TaskSuspended`, so that `except Exception:` in the
+    durable function does not swallow it.
+    """
+
+    def __init__(self, task_id: int, successor_id: int) -> None:
+        self.task_id = task_id
+        self.successor_id = successor_id
+        super().__init__(f"task {task_id} continued as new, as task {successor_id}")
+
+
+class Cancelled(BaseException):
+    """This task was cancelled: what the durable function does now is its compensation.
+
+    Raised by the first operation after the cancellation (and, on every later
+    attempt, by the operation at the same point of the history). Catch it to
+    undo what the task did, then return or raise it again: the task ends
+    cancelled either way. `returned` is what the function returned after it,
+    if it returned.
+    """
+
+    def __init__(self, task_id: int, cancelled_by: str, reason: str) -> None:
+        self.task_id = task_id
+        self.cancelled_by = cancelled_by
+        self.reason = reason
+        self.returned: Any = None
+        super().__init__(f"task {task_id} was cancelled by {cancelled_by}: {reason}")
+
+
+class EventTimeout(NonRetryableError):
+    """No event with the key a durable function waited for was pushed before the deadline.
+
+    The timeout is recorded (the wait's row is ended without an event), so a
+    replay raises it again, whatever was pushed since. Catch it to carry on
+    another way; left uncaught, it fails the task at once, without a retry: a
+    retry would replay the same timeout.
+    """
+
+    def __init__(self, key: str, timeout: float) -> None:
+        self.key = key
+        self.timeout = timeout
+        super().__init__(f"no event {key} within {timeout} s")
+
+
+class ChildTimeout(NonRetryableError):
+    """A child task had not finished by the deadline its parent's wait recorded.
+
+    The timeout is recorded (the wait's event says so), so a replay raises it
+    again, however the child ends. The child is not stopped: it runs whenever a
+    worker gets to it (cancel it, `client.cancel`, if it must not). Catch it to carry on
+    another way; left uncaught, it fails the task at once, without a retry: a
+    retry would replay the same timeout.
+    """
+
+    def __init__(self, child_id: int, task_name: str, timeout: float) -> None:
+        self.child_id = child_id
+        self.task_name = task_name
+        self.timeout = timeout
+        super().__init__(f"child task {child_id} ({task_name}) did not finish within {timeout} s")
+
+
+class NonDeterminismError(NonRetryableError):
+    """This attempt made another call than the history recorded at the same event number.
+
+    The message names the event, the recorded call and the new one:
+
+        event 2 does not match the history: recorded step print_label({"order_id":"A-1"}),
+        new call step print_shipping_label({"order_id":"A-1"})
+
+    or, when the function returned before making every call the history holds,
+    `new call none (the function returned)`. When the new call is the same
+    operation with another input, the lines after the first say which keys
+    changed (`input_diff.py`):
+
+        event 2 does not match the history: recorded child charge_payment(...),
+        new call child charge_payment(...)
+          the same call with another input:
+            currency: added "EUR"
+
+    The same code would make the same call again, so it is a
+    `NonRetryableError`: the worker fails the task at once, retries left or not.
+    """
+
+    def __init__(
+        self, event_number: int, recorded: str, new_call: str, input_changes: list[str]
+    ) -> None:
+        self.event_number = event_number
+        # The calls as `describe_call` writes them.
+        self.recorded = recorded
+        self.new_call = new_call
+        # One line per changed key, when both are the same operation; else [].
+        self.input_changes = input_changes
+        message = (
+            f"event {event_number} does not match the history: recorded {recorded}, "
+            f"new call {new_call}"
+        )
+        if input_changes:
+            changes = "".join(f"\n    {line}" for line in input_changes)
+            message += f"\n  the same call with another input:{changes}"
+        super().__init__(message)
+
+
+class ChildTaskFailed(NonRetryableError):
+    """A child task failed (all its retries, if it had any), so the call that waited for it fails.
+
+    Catch it in the durable function to carry on another way; left uncaught, it
+    fails the durable task at once, without a retry (it is a `NonRetryableError`):
+    the child has had its own retries, and a retry of the parent would only find
+    the same failed child.
+    """
+
+    def __init__(self, child_id: int, task_name: str, output: Any) -> None:
+        error = (output or {}).get("error") or {}
+        self.child_id = child_id
+        self.task_name = task_name
+        self.error_type: str = error.get("type", "")
+        self.error_message: str = error.get("message", "")
+        super().__init__(
+            f"child task {child_id} ({task_name}) failed: {self.error_type}: {self.error_message}"
+        )
+
+
+class ChildTaskCancelled(ChildTaskFailed):
+    """A child task was cancelled (by someone else than this task's own cancellation).
+
+    A `ChildTaskFailed`: a durable function that handles its children's
+    failures handles this one too.
+    """
+
+
+class InvalidStepData(NonRetryableError):
+    """A step's input or output, or a child's input, is not JSON the database can store.
+
+    Not JSON at all (a set, NaN), or a string jsonb refuses (one holding U+0000,
+    or a lone surrogate), so the history cannot record it.
+
+    Trying again cannot help, so it is a `NonRetryableError`: the worker fails
+    the task at once.
+    """
+
+
+# A durable function takes its context and the task's JSON input, and returns a
+# JSON output, like any task function.
+DurableFunction = Callable[["DurableContext", Any], Any]
+
+# A step takes a JSON input and returns a JSON output.
+StepFunction = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Call:
+    """An operation as its event will record it, taken before the operation runs anything.
+
+    A step may change the input it was given (append to a list of it, delete one
+    of its keys), and its event must record the input it was called with, not
+    what the step left of it: the next attempt makes the same call again, and the
+    key of the changed input would not match it. So the key and the input's JSON
+    are taken first, and the event stores them.
+    """
+
+    kind: EventKind
+    name: str
+    # What the history compares (`event_key`).
+    key: str
+    # The input as canonical JSON text: what the event stores, and a mismatch shows.
+    input_json: str
+
+    @classmethod
+    def of(cls, kind: EventKind, name: str, input: Any) -> Call:
+        """The call, with its key and its input as canonical JSON text (`check_json`
+        says whether it can be stored; `InvalidStepData` if it has no key)."""
+        return cls(kind, name, key=event_key(kind, name, input), input_json=canonical_json(input))
+
+    def __str__(self) -> str:
+        """The call as log lines and errors name it: `step print_label`."""
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class ChildTask:
+    """A child task a durable function spawned: what it passes to `wait_for_child`."""
+
+    id: int
+    task_name: str
+
+
+@dataclass(frozen=True)
+class FinishedChild:
+    """How a child task ended (completed or failed), and its output: final, never changed."""
+
+    status: TaskStatus
+    output: Any
+
+
+class DurableContext:
+    """One attempt of a durable task: its history, and the way to add to it."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        task_id: int,
+        attempt: int,
+        history: list[TaskEvent],
+        finished_children: dict[int, FinishedChild],
+        queue: str,
+        claimed_at: datetime,
+        limits: TransactionLimits,
+        retries: StatementRetries,
+        cancel_requested: bool = False,
+        cancel_flag: threading.Event | None = None,
+        parent_id: int | None = None,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.task_id = task_id
+        self.attempt = attempt
+        # Where children go unless the function says otherwise: this task's queue.
+        self.queue = queue
+        # When a worker claimed the task for this run, on the database's clock:
+        # a sleep recorded with an earlier wake-up time is over.
+        self.claimed_at = claimed_at
+        # The bounds of this context's transactions (the worker's).
+        self.limits = limits
+        # How long each statement is tried again through a connection blip.
+        self.retries = retries
+        # What earlier attempts recorded, by event number.
+        self._history = {event.event_number: event for event in history}
+        # The children of that history that had finished when this run loaded
+        # it, by task id: their waits replay from here, without a statement.
+        self._finished_children = finished_children
+        self._next_event_number = 1
+        # The first mismatch, kept so that a function that catches it (say, with
+        # `except Exception`) still cannot go on, or complete.
+        self._non_determinism: NonDeterminismError | None = None
+        # Set once this run has suspended the task: nothing may follow.
+        self._suspended: TaskSuspended | None = None
+        # Whether someone cancelled the task: known when it was claimed, or
+        # learnt since (the database refused an operation).
+        self._cancel_requested = cancel_requested
+        # The attempt's cancellation flag, raised by the worker when it hears of
+        # a cancellation (or loses the attempt): looked at before each new
+        # operation, so that a cancellation is met at the next one.
+        self._cancel_flag = cancel_flag or threading.Event()
+        # Set once the function has met its cancellation: what it does from
+        # then on is its compensation, which the database lets it record.
+        self.cancellation: Cancelled | None = None
+        # The patches whose old path this run took (`patched` said False): what
+        # the determinism check reports as the histories that still need it.
+        self.old_paths_taken: set[str] = set()
+        # The task's parent, if it is a child: a child does not continue as new.
+        self.parent_id = parent_id
+        # How many events make a history long (`history_is_long`).
+        self.history_limit = history_limit
+
+    @classmethod
+    def load(
+        cls,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        task: Task,
+        limits: TransactionLimits,
+        retries: StatementRetries,
+        cancel_flag: threading.Event | None = None,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+    ) -> Self:
+        """A context for the current attempt of `task`, with the history recorded so far.
+
+        `cancel_flag` is the attempt's cancellation flag (`RunningTask.cancelled`).
+        """
+        if task.started_at is None:  # the claim sets it
+            raise ValueError(f"task {task.id} has not been claimed")
+        # One read for the whole run: the events, and each child's outcome.
+        rows = with_retries(
+            pool,
+            retries,
+            f"task {task.id}: reading its history",
+            lambda conn: Querier(conn).list_task_history_with_children(task_id=task.id),
+        )
+        finished_children = {
+            row.task_event.child_task_id: FinishedChild(row.child_status, row.child_output)
+            for row in rows
+            if row.task_event.child_task_id is not None
+            and row.child_status is not None
+            and row.child_status in FINISHED_STATUSES
+        }
+        return cls(
+            pool,
+            worker_id=worker_id,
+            task_id=task.id,
+            attempt=task.attempt,
+            history=[row.task_event for row in rows],
+            finished_children=finished_children,
+            queue=task.queue,
+            claimed_at=task.started_at,
+            limits=limits,
+            retries=retries,
+            cancel_requested=task.cancel_requested_at is not None,
+            cancel_flag=cancel_flag,
+            parent_id=task.parent_id,
+            history_limit=history_limit,
+        )
+
+    def run_step(self, name: str, function: StepFunction, input: Any) -> Any:
+        """Run `function(input)` once for this task, however many attempts it takes.
+
+        When an earlier attempt ran this step, the history holds its event: check
+        that it records this same call (or raise `NonDeterminismError`), and return
+        the output recorded there, without running `function`. Otherwise run it,
+        record its output, and return the recorded output, so that a step returns
+        the same value whether it ran now or before (JSON, as the database keeps it).
+
+        A step that raises records nothing: the exception reaches the durable
+        function, and if it fails the attempt, the next attempt runs the step again.
+        """
+        event_number = self._take_event_number()
+        check_json(f"the input of step {name}", input)
+        # Before the step runs: it may change its input.
+        call = Call.of(EventKind.STEP, name, input)
+        recorded = self._replay(event_number, call)
+        if recorded is not None:
+            return recorded.output
+        self._meet_cancellation_if_any(event_number)
+        output = function(input)
+        check_json(f"the output of step {name}", output)
+        event = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {event_number} ({call})",
+            lambda conn: self._append(conn, event_number, call, output=output),
+            resolve=lambda conn: self._recorded_event(conn, event_number, call),
+        )
+        return event.output
+
+    def spawn_child(
+        self,
+        task_name: str,
+        input: Any,
+        *,
+        queue: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        durable: bool = False,
+        idempotency_key: str | None = None,
+    ) -> ChildTask:
+        """Put a child task on the queue, once for this task, however many attempts it takes.
+
+        The child is an ordinary task, run by whichever worker serves `queue`
+        (this task's queue unless told otherwise), or a durable one, `durable`,
+        with a history of its own (and children of its own). Creating it and recording the
+        event that holds its id happen in one transaction, fenced: either both
+        are written, by the worker that owns this attempt, or neither is. When
+        an earlier attempt spawned this child, the history holds its event:
+        return that child, and create none.
+
+        `idempotency_key`, a business key ("charge:A-1"), makes the child the
+        task with that key when there is one (`client.enqueue`): a replay, or a
+        fork from before this event, spawns the child again, and finds the
+        one that charged the card, finished, instead of charging it again.
+        """
+        event_number = self._take_event_number()
+        check_json(f"the input of child task {task_name}", input)
+        call = Call.of(EventKind.CHILD, task_name, input)
+        recorded = self._replay(event_number, call)
+        if recorded is not None:
+            if recorded.child_task_id is None:  # the CHECK on task_events rules it out
+                raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
+            return ChildTask(id=recorded.child_task_id, task_name=task_name)
+
+        def spawn(conn: psycopg.Connection[Any]) -> ChildTask:
+            # A task thread may wait for locks: a lock timeout would fail the attempt.
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                child = self._create_child(
+                    conn, call, queue or self.queue, max_retries, durable, idempotency_key
+                )
+                # Refused when this attempt is no longer ours: the exception leaves the
+                # transaction, which rolls back, so the child is never created either.
+                self._append(conn, event_number, call, child_task_id=child.id)
+                crash_point("spawn_child:before_commit")
+            return ChildTask(id=child.id, task_name=task_name)
+
+        def spawned_earlier(conn: psycopg.Connection[Any]) -> ChildTask | None:
+            # A commit whose reply was lost: the event, if it is there, names the
+            # child that try created. Never create a second one.
+            event = self._recorded_event(conn, event_number, call)
+            if event is None or event.child_task_id is None:
+                return None
+            return ChildTask(id=event.child_task_id, task_name=task_name)
+
+        spawned = self._unless_cancelled(
+            event_number,
+            lambda: with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {event_number} ({call})",
+                spawn,
+                resolve=spawned_earlier,
+            ),
+        )
+        crash_point("spawn_child:after_commit")
+        return spawned
+
+    def wait_for_child(self, child: ChildTask, *, timeout: float | None = None) -> Any:
+        """Return the child task's output once it has finished; suspend the task until then.
+
+        Raises `ChildTaskFailed` if it failed. Waiting is no event: the child's
+        own row is the record of its result, and reading it again on a later
+        attempt gives the same answer. A child that has not finished suspends
+        this task (`TaskSuspended`): it holds no slot while it waits, and the
+        child's end makes it runnable again. A child that had finished when this
+        run loaded its history is final: its outcome is returned at once, with
+        no statement and no suspension, so that replaying n finished children
+        costs nothing but the one read of `load` (suspending and looking for
+        each of them made every run cost n writes, and n children n^2).
+
+        Without a `timeout` (the default) the wait has no limit: a child on a
+        queue no worker serves suspends this task for ever. With one (seconds),
+        the wait is an event of its own, a child wait, whose deadline the
+        database computes once (its now + timeout); the task is suspended until
+        the child finishes or the deadline comes. A run that finds the deadline
+        passed and the child unfinished records the timeout, and raises
+        `ChildTimeout`; every later run replays that outcome.
+        """
+        self._check_not_suspended()
+        if timeout is None:
+            finished = self._finished_children.get(child.id) or self._suspend_unless_finished(child)
+        else:
+            finished = self._wait_with_timeout(child, timeout)
+        crash_point("wait_for_child:finished")
+        if finished.status == TaskStatus.CANCELLED:
+            # Cancelled with this task (its cancellation reached its children):
+            # this task meets its own. Cancelled on its own: a failure to handle.
+            self._meet_cancellation_if_any(None)
+            raise ChildTaskCancelled(child.id, child.task_name, finished.output)
+        if finished.status == TaskStatus.FAILED:
+            raise ChildTaskFailed(child.id, child.task_name, finished.output)
+        return finished.output
+
+    def _wait_with_timeout(self, child: ChildTask, timeout: float) -> FinishedChild:
+        """The child's outcome, from a child wait that records its deadline once."""
+        if timeout <= 0:
+            raise ValueError(f"a wait needs a positive timeout, not {timeout} s")
+        event_number = self._take_event_number()
+        call = Call.of(
+            EventKind.CHILD_WAIT, child.task_name, {"child_task_id": child.id, "timeout": timeout}
+        )
+        wait = self._replay(event_number, call)
+        if wait is None:
+
+            def append_wait() -> TaskEvent:
+                # One statement: a run that stops before it suspends replays this event.
+                with self.pool.connection() as conn:
+                    return self._append(conn, event_number, call, wake_after_seconds=timeout)
+
+            wait = self._unless_cancelled(event_number, append_wait)
+        elif wait.output is not None:  # TimeOutChildWait recorded the timeout
+            raise ChildTimeout(child.id, child.task_name, timeout)
+        finished = self._finished_children.get(child.id)
+        return finished or self._suspend_unless_finished(child, wait=wait)
+
+    def _suspend_unless_finished(
+        self, child: ChildTask, *, wait: TaskEvent | None = None
+    ) -> FinishedChild:
+        """The child's outcome if it has finished by now; else suspend the task until it has.
+
+        `wait` is the event of a child wait: the task is suspended until its
+        deadline at the latest, and a run claimed at or after that deadline
+        records the timeout instead, and raises `ChildTimeout`.
+        """
+        deadline = wait.wake_at if wait is not None else None
+        row, timed_out, suspension = self._unless_cancelled(
+            None,
+            lambda: with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id}: waiting for child task {child.id}",
+                lambda conn: self._suspend_then_look(conn, child, deadline),
+                resolve=self._suspended_earlier_without_child,
+            ),
+        )
+        if wait is not None and timed_out:
+            self._time_out(wait)
+            raise ChildTimeout(child.id, child.task_name, wait.input["timeout"])
+        if suspension is not None:
+            crash_point("wait_for_child:suspended")
+            self._stop(suspension)
+        if row is None:  # only a suspension comes back without the child's row
+            raise RuntimeError(f"task {self.task_id}: no row for child task {child.id}")
+        return FinishedChild(row.status, row.output)
+
+    def _suspend_then_look(
+        self, conn: psycopg.Connection[Any], child: ChildTask, deadline: datetime | None
+    ) -> tuple[Task | None, bool, TaskSuspended | None]:
+        """Suspend the task (until `deadline` at the latest) and look at the child.
+
+        Returns the child's row when it has finished, and True when the deadline
+        has passed and it has not (either way the suspension is undone); else the
+        suspension.
+        """
+        # A task thread may wait for locks: a lock timeout would fail the attempt.
+        with bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction:
+            # Suspend first, then look. Suspending locks this task's row until we
+            # commit. A child finishing now must take that lock to wake us
+            # (WakeTasks): it waits for our commit, finds us suspended, and wakes
+            # us. A child that finished before we took the lock has committed,
+            # and the look below sees it. Look first, and a child could finish in
+            # between, find us still running, wake nobody, and leave us
+            # suspended for ever.
+            suspension = self._try_to_suspend(conn, wake_at=deadline)
+            row = Querier(conn).get_task(id=child.id)
+            if row is None:
+                raise LookupError(f"child task {child.id} ({child.task_name}) does not exist")
+            finished = row.status in FINISHED_STATUSES
+            timed_out = not finished and deadline is not None and deadline <= self.claimed_at
+            crash_point("wait_for_child:before_commit")
+            if finished or timed_out:
+                raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
+            if suspension is None:
+                # Refused (the attempt is lost, or the task cancelled: the
+                # caller finds out which). Looked at the child first: a child
+                # that has finished is returned either way, as a replay will.
+                raise LostOwnership(
+                    f"task {self.task_id} attempt {self.attempt}: suspension rejected"
+                )
+        if finished:
+            return row, False, None
+        if timed_out:
+            return None, True, None
+        return None, False, suspension
+
+    def call(
+        self,
+        task_name: str,
+        input: Any,
+        *,
+        queue: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float | None = None,
+        durable: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Spawn a child task and wait for it: its output, `ChildTaskFailed` or `ChildTimeout`.
+
+        No `timeout` (the default): the wait has no limit (see `wait_for_child`).
+        """
+        child = self.spawn_child(
+            task_name,
+            input,
+            queue=queue,
+            max_retries=max_retries,
+            durable=durable,
+            idempotency_key=idempotency_key,
+        )
+        return self.wait_for_child(child, timeout=timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """Pause the durable function for `seconds`, without holding a worker.
+
+        The first time, record a sleep event whose wake-up time the database
+        computes (its now + seconds), and suspend the task until then, both in
+        one fenced transaction. A later run finds the event, and with it the
+        wake-up time: if that time had come when the task was claimed, the
+        sleep is over and the function goes on; if not (the task was woken for
+        another reason), it suspends again, until the same time. The wake-up
+        time is never computed again, so a sleep never starts over.
+        """
+        if seconds < 0:
+            raise ValueError(f"cannot sleep for a negative time, {seconds} s")
+        event_number = self._take_event_number()
+        call = Call.of(EventKind.SLEEP, "sleep", {"seconds": seconds})
+        recorded = self._replay(event_number, call)
+        if recorded is not None:
+            if recorded.wake_at is None:  # the CHECK on task_events rules it out
+                raise RuntimeError(f"event {event_number} of task {self.task_id} has no wake_at")
+            if recorded.wake_at <= self.claimed_at:
+                return  # the sleep was over when this run began
+            # A cancelled task sleeps no more: it meets its cancellation here.
+            self._meet_cancellation_if_any(None)
+            wake_at = recorded.wake_at
+            self._stop(
+                self._unless_cancelled(
+                    None,
+                    lambda: with_retries(
+                        self.pool,
+                        self.retries,
+                        f"task {self.task_id} event {event_number} (sleep): suspending again",
+                        lambda conn: self._suspend(conn, wake_at=wake_at),
+                        resolve=lambda conn: self._suspended_earlier(conn, wake_at=wake_at),
+                    ),
+                )
+            )
+
+        def start_sleeping(conn: psycopg.Connection[Any]) -> TaskSuspended:
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                event = self._append(conn, event_number, call, wake_after_seconds=seconds)
+                suspension = self._suspend(conn, wake_at=event.wake_at)
+                crash_point("sleep:before_commit")
+            return suspension
+
+        def slept_earlier(conn: psycopg.Connection[Any]) -> TaskSuspended | None:
+            # The event and the suspension commit together: the event is the proof.
+            event = self._recorded_event(conn, event_number, call)
+            return None if event is None else TaskSuspended(self.task_id, event.wake_at)
+
+        suspension = self._unless_cancelled(
+            event_number,
+            lambda: with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {event_number} (sleep)",
+                start_sleeping,
+                resolve=slept_earlier,
+            ),
+        )
+        crash_point("sleep:suspended")
+        self._stop(suspension)
+
+    def wait_for_event(self, key: str, *, timeout: float) -> Any:
+        """Wait for an external event with this `key`, and return its payload.
+
+        The first time, append a `wait` event whose deadline the database
+        computes (its now + timeout), open the wait (a row in `event_waits`), and
+        suspend the task until the deadline, in one fenced transaction. The
+        wait is open from the moment that transaction commits: only events
+        pushed after it can end it (see `client.push_event`). A push ends it,
+        and wakes the task; the replay finds it ended, and returns the payload.
+        If the deadline comes first, the replay ends it with no event, and
+        raises `EventTimeout`. Either way the outcome is recorded once, and
+        every later replay sees the same one.
+        """
+        if timeout <= 0:
+            raise ValueError(f"a wait needs a positive timeout, not {timeout} s")
+        event_number = self._take_event_number()
+        call = Call.of(EventKind.WAIT, key, {"timeout": timeout})
+        recorded = self._replay(event_number, call)
+        if recorded is None:
+
+            def open_the_wait(conn: psycopg.Connection[Any]) -> TaskSuspended:
+                # A task thread may wait for locks: a lock timeout would fail the attempt.
+                with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                    event = self._append(conn, event_number, call, wake_after_seconds=timeout)
+                    if event.wake_at is None:  # the CHECK on task_events rules it out
+                        raise RuntimeError(
+                            f"event {event_number} of task {self.task_id} has no wake_at"
+                        )
+                    Querier(conn).open_wait(
+                        task_id=self.task_id,
+                        event_number=event_number,
+                        key=key,
+                        timeout_at=event.wake_at,
+                    )
+                    suspension = self._suspend(conn, wake_at=event.wake_at)
+                    crash_point("wait_for_event:before_commit")
+                return suspension
+
+            def opened_earlier(conn: psycopg.Connection[Any]) -> TaskSuspended | None:
+                # The event, the wait and the suspension commit together.
+                event = self._recorded_event(conn, event_number, call)
+                return None if event is None else TaskSuspended(self.task_id, event.wake_at)
+
+            suspension = self._unless_cancelled(
+                event_number,
+                lambda: with_retries(
+                    self.pool,
+                    self.retries,
+                    f"task {self.task_id} event {event_number} (wait {key})",
+                    open_the_wait,
+                    resolve=opened_earlier,
+                ),
+            )
+            crash_point("wait_for_event:suspended")
+            self._stop(suspension)
+        wait = self._ended_wait(recorded)
+        ended_early = wait.ended_at is not None and wait.ended_at < wait.timeout_at
+        if wait.external_event_id is None and ended_early:
+            # Ended before its deadline with no event: its task's cancellation
+            # ended it (see _record_cancellation), and this replay meets it.
+            self._meet_cancellation_if_any(None)
+        if wait.external_event_id is None:
+            raise EventTimeout(key, timeout)
+        crash_point("wait_for_event:received")
+        return wait.payload
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of the change named `patch_id`.
+
+        With no history at this point (a new task, or one whose history ends
+        before it), record a patch marker and say True: from now on, this
+        task's history says it took the new path here. A replay that finds
+        this marker here says True again. A replay that finds another event
+        here replays a history written before the patch, by code that went the
+        old way: False, and nothing is recorded, so that the old path's events
+        keep their numbers.
+
+        A marker records a decision, not an action: it is written even while
+        the task is being cancelled (the next operation meets the cancellation).
+        """
+        self._check_can_go_on()
+        recorded = self._history.get(self._next_event_number)
+        if recorded is not None and (recorded.kind, recorded.name) != (EventKind.PATCH, patch_id):
+            # Written before the patch: that code went the old way here.
+            self.old_paths_taken.add(patch_id)
+            return False
+        event_number = self._take_event_number()
+        call = Call.of(EventKind.PATCH, patch_id, {})
+        if self._replay(event_number, call) is None:
+            with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {event_number} ({call})",
+                lambda conn: self._append(conn, event_number, call),
+                resolve=lambda conn: self._recorded_event(conn, event_number, call),
+            )
+        return True
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The old path of `patch_id` is gone from the code: skip the patch's marker.
+
+        For when no history without the marker is left (`history_tool patches`
+        says which tasks still take the old path): the `if ctx.patched(...)`
+        goes, its new path stays, and this call takes its place. A replay that
+        finds the marker here passes over it; nothing is ever recorded. Once no
+        history holds the marker either, this call goes too.
+        """
+        self._check_can_go_on()
+        recorded = self._history.get(self._next_event_number)
+        if recorded is not None and (recorded.kind, recorded.name) == (EventKind.PATCH, patch_id):
+            self._take_event_number()
+
+    @property
+    def history_length(self) -> int:
+        """How many events the history holds up to this point of the run.
+
+        Counted as this run goes (replayed events and new ones), not from the
+        history as loaded: a replay must ask its questions where the first run
+        asked them, and get the same answers.
+        """
+        return self._next_event_number - 1
+
+    @property
+    def history_is_long(self) -> bool:
+        """Whether the history holds `history_limit` events or more: time to continue as new.
+
+        Asked where the history goes on past this point, the answer is False,
+        whatever the limit: the run that wrote it did not continue here (it
+        would have ended). So a replay answers as the first run did, even on a
+        worker whose `history_limit` is another; the limit decides only where
+        the history ends, for a run going on live.
+        """
+        if self._history.get(self._next_event_number) is not None:
+            return False
+        return self.history_length >= self.history_limit
+
+    def continue_as_new(self, input: Any) -> NoReturn:
+        """End this task's history here, and go on as a new task with `input`.
+
+        The successor runs the same durable function on the same queue, with
+        an empty history; this task completes, its output naming the
+        successor; both commit together, fenced, so that a run that stops
+        before the commit continues again on its next attempt (the same
+        history, replayed, brings it back here) and one that stops after has
+        nothing left to do. Raises `TaskContinued`, which ends the run.
+
+        Where the history goes on past this point, the code continues earlier
+        than the run that wrote it: a `NonDeterminismError`. A task being
+        cancelled meets its cancellation instead; and a child task cannot
+        continue (its parent waits for its own result): `ValueError`.
+        """
+        self.check_whole_history_replayed()
+        if self.parent_id is not None:
+            raise ValueError(
+                f"task {self.task_id} is a child of task {self.parent_id}: only a task that "
+                "is no one's child continues as new"
+            )
+        check_json("the input of the task that continues this one", input)
+        self._meet_cancellation_if_any(None)
+        input_json = canonical_json(input)
+
+        def start_successor(conn: psycopg.Connection[Any]) -> int:
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                successor = self._continue(conn, input_json)
+                crash_point("continue_as_new:before_commit")
+            return successor
+
+        successor = self._unless_cancelled(
+            None,
+            lambda: with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id}: continuing as new",
+                start_successor,
+                resolve=self._continued_earlier,
+            ),
+        )
+        log.info("task %d continued as new: task %d", self.task_id, successor)
+        raise TaskContinued(self.task_id, successor)
+
+    def _continue(self, conn: psycopg.Connection[Any], input_json: str) -> int:
+        """The fenced statement of `continue_as_new`: the successor's id."""
+        successor = Querier(conn).continue_as_new(
+            id=self.task_id,
+            attempt=self.attempt,
+            worker_id=self.worker_id,
+            input_=written_json(input_json),
+        )
+        if successor is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: continuation rejected, this "
+                "worker no longer owns that attempt (or the task is cancelled)"
+            )
+        return successor
+
+    def _continued_earlier(self, conn: psycopg.Connection[Any]) -> int | None:
+        """The successor an earlier try committed, if it did (its reply was lost)."""
+        task = Querier(conn).get_task(id=self.task_id)
+        if (
+            task is not None
+            and task.continued_as_task_id is not None
+            and (task.attempt, task.worker_id) == (self.attempt, self.worker_id)
+        ):
+            return task.continued_as_task_id
+        return None
+
+    @property
+    def non_determinism(self) -> NonDeterminismError | None:
+        """The first mismatch this run met, even if the function caught it."""
+        return self._non_determinism
+
+    def check_whole_history_replayed(self) -> None:
+        """Called when the function returns: it must have made every recorded call.
+
+        A function that returns before reaching an event of the history is not
+        the function that wrote it. And one that returns after it suspended its
+        task (it caught `TaskSuspended`) must not complete it.
+        """
+        self._check_not_suspended()
+        if self._non_determinism is not None:
+            raise self._non_determinism
+        missing = self._history.get(self._next_event_number)
+        if missing is not None:
+            raise self._mismatch(missing, None)
+
+    def _create_child(
+        self,
+        conn: psycopg.Connection[Any],
+        call: Call,
+        queue: str,
+        max_retries: int,
+        durable: bool,
+        idempotency_key: str | None,
+    ) -> Task:
+        """Insert the child's row: a task, queued, no timeouts, with the input its
+        event records; or, for an idempotency key in use, the task that has it."""
+        queries = Querier(conn)
+
+        def create() -> Task | None:
+            return queries.create_task(
+                queue=queue,
+                task_name=call.name,
+                display_name=call.name,
+                input_=written_json(call.input_json),
+                priority=0,
+                max_retries=max_retries,
+                execution_timeout_seconds=None,
+                schedule_timeout_seconds=None,
+                durable=durable,
+                parent_id=self.task_id,
+                # A child takes no slot of a key: the limit is about what the
+                # key's clients enqueue, and a parent must never wait for a
+                # slot its own key holds.
+                concurrency_key=None,
+                rate_limit=None,
+                rate_units=None,
+                idempotency_key=idempotency_key,
+                idempotency_retention_seconds=(
+                    DEFAULT_IDEMPOTENCY_RETENTION if idempotency_key is not None else None
+                ),
+                start_at=None,
+                start_after_seconds=None,
+            )
+
+        try:
+            child = create_once(
+                queries, create, idempotency_key, what=f"the input of child task {call.name}"
+            )
+        except ValueError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(str(error)) from error
+        if child is None:  # a keyless task is always created, or found
+            raise RuntimeError(f"creating child task {call.name} returned no row")
+        return child
+
+    def _ended_wait(self, recorded: TaskEvent) -> EventWait:
+        """The wait that `recorded` opened, once it has ended; suspend the task until then.
+
+        The wait's row is locked (FOR SHARE) while we look at it and, if it is
+        still open, suspend: a push that would end it waits for us to commit,
+        then finds us suspended and wakes us (the lost wake-up of
+        `wait_for_child`). A lock is the simpler cure here, because no claim
+        skips locked wait rows, as one would skip a locked child. A wait past
+        its deadline is ended here, with no event.
+        """
+        wait, suspension = self._unless_cancelled(
+            None,
+            lambda: with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {recorded.event_number}: looking at its wait",
+                lambda conn: self._look_at_wait(conn, recorded),
+                resolve=self._suspended_earlier_without_wait,
+            ),
+        )
+        if suspension is not None:
+            self._stop(suspension)
+        if wait is None:  # only a suspension comes back without the wait
+            raise RuntimeError(f"task {self.task_id}: no wait for event {recorded.event_number}")
+        return wait
+
+    def _look_at_wait(
+        self, conn: psycopg.Connection[Any], recorded: TaskEvent
+    ) -> tuple[EventWait | None, TaskSuspended | None]:
+        """The wait when it has ended (here, if its deadline has passed); the
+        suspension until its deadline when it has not. A try repeated after a
+        timeout that did commit finds the wait ended."""
+        with bounded_transaction(conn, self.limits, wait_for_locks=True):
+            queries = Querier(conn)
+            wait = queries.get_wait_for_share(
+                task_id=self.task_id, event_number=recorded.event_number
+            )
+            if wait is None:
+                raise LookupError(
+                    f"event {recorded.event_number} of task {self.task_id} has no wait"
+                )
+            if wait.ended_at is not None:
+                return wait, None
+            if wait.timeout_at > self.claimed_at:
+                # A cancelled task waits no more (the caller meets the cancellation).
+                self._raise_if_cancel_known()
+                suspension = self._suspend(conn, wake_at=wait.timeout_at)
+                crash_point("wait_for_event:suspended_again")
+                return None, suspension
+            timed_out = queries.time_out_wait(
+                task_id=self.task_id,
+                event_number=recorded.event_number,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+            if timed_out is None:
+                raise LostOwnership(
+                    f"task {self.task_id} attempt {self.attempt}: timeout of event "
+                    f"{recorded.event_number} rejected, this worker no longer owns that attempt"
+                )
+            log.info(
+                "task %d event %d: %s timed out", self.task_id, recorded.event_number, wait.key
+            )
+            return replace(wait, ended_at=timed_out.ended_at), None
+
+    def _suspend(self, conn: psycopg.Connection[Any], wake_at: datetime | None) -> TaskSuspended:
+        """Mark the task suspended until `wake_at` (None: until a child finishes), fenced.
+
+        Returns the `TaskSuspended` for the caller to pass to `_stop` once its
+        transaction has committed.
+        """
+        suspension = self._try_to_suspend(conn, wake_at)
+        if suspension is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: suspension rejected, "
+                "this worker no longer owns that attempt (or the task is cancelled)"
+            )
+        return suspension
+
+    def _try_to_suspend(
+        self, conn: psycopg.Connection[Any], wake_at: datetime | None
+    ) -> TaskSuspended | None:
+        """`_suspend`, or None when the database refuses: the attempt is not this
+        worker's any more, or the task is cancelled (and not compensating)."""
+        suspended = Querier(conn).suspend_task(
+            id=self.task_id,
+            attempt=self.attempt,
+            worker_id=self.worker_id,
+            wake_at=wake_at,
+            compensating=self.cancellation is not None,
+        )
+        return None if suspended is None else TaskSuspended(self.task_id, wake_at)
+
+    def _time_out(self, wait: TaskEvent) -> None:
+        """Record, fenced, that the child wait `wait` ended at its deadline."""
+        with self.pool.connection() as conn:
+            ended = Querier(conn).time_out_child_wait(
+                task_id=self.task_id,
+                event_number=wait.event_number,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+            )
+        if ended is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: timeout of event "
+                f"{wait.event_number} rejected, this worker no longer owns that attempt"
+            )
+
+    def _suspended_earlier(
+        self, conn: psycopg.Connection[Any], wake_at: datetime | None
+    ) -> TaskSuspended | None:
+        """The suspension an earlier try committed, if the task is suspended at this attempt.
+
+        What resolves a suspension whose commit is in doubt: suspended, at this
+        attempt, by this worker, the task is as that try left it. Running, it was
+        not (or another worker has it now, and the next try says so).
+        """
+        task = Querier(conn).get_task(id=self.task_id)
+        if (
+            task is not None
+            and task.status == TaskStatus.SUSPENDED
+            and (task.attempt, task.worker_id) == (self.attempt, self.worker_id)
+        ):
+            return TaskSuspended(self.task_id, wake_at)
+        return None
+
+    def _suspended_earlier_without_child(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[None, bool, TaskSuspended] | None:
+        """`_suspended_earlier`, as `_suspend_then_look` returns it: no row, no timeout."""
+        suspension = self._suspended_earlier(conn, wake_at=None)
+        return None if suspension is None else (None, False, suspension)
+
+    def _suspended_earlier_without_wait(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[None, TaskSuspended] | None:
+        """`_suspended_earlier`, as `_look_at_wait` returns it: with no wait."""
+        suspension = self._suspended_earlier(conn, wake_at=None)
+        return None if suspension is None else (None, suspension)
+
+    def _stop(self, suspension: TaskSuspended) -> NoReturn:
+        """End this run: raise `suspension`, and again at every later operation."""
+        self._suspended = suspension
+        raise suspension
+
+    def _check_not_suspended(self) -> None:
+        if self._suspended is not None:
+            raise self._suspended
+
+    def _check_can_go_on(self) -> None:
+        """Nothing follows a suspension, or a mismatch (even one the function caught)."""
+        self._check_not_suspended()
+        if self._non_determinism is not None:
+            raise self._non_determinism
+
+    def _take_event_number(self) -> int:
+        self._check_can_go_on()
+        event_number = self._next_event_number
+        self._next_event_number += 1
+        recorded = self._history.get(event_number)
+        if recorded is not None and recorded.kind == EventKind.CANCELLATION:
+            # An earlier attempt met its cancellation here: so does this one.
+            self._enter_compensation(recorded)
+        return event_number
+
+    # Cancellation. The function meets it at an operation: a new one (which is
+    # not done, and whose event number the cancellation event takes), or one
+    # of the history that would wait again (a sleep not over, an open wait, an
+    # unfinished child), after which the cancellation event is the next event.
+
+    def _meet_cancellation_if_any(self, event_number: int | None) -> None:
+        """Before a new operation (`event_number`), or before waiting again (None):
+        if the task is cancelled, as far as this attempt knows, meet it here."""
+        if self.cancellation is None and (self._cancel_requested or self._cancel_flag.is_set()):
+            self._record_cancellation(event_number)
+
+    def _raise_if_cancel_known(self) -> None:
+        """Inside a transaction that would suspend: refuse, if the task is cancelled
+        as far as this attempt knows (the caller meets the cancellation)."""
+        if self.cancellation is None and (self._cancel_requested or self._cancel_flag.is_set()):
+            raise LostOwnership(f"task {self.task_id} is being cancelled: it waits no more")
+
+    def _unless_cancelled(self, event_number: int | None, operation: Callable[[], T]) -> T:
+        """Run `operation`; if the database refuses it because the task is cancelled,
+        meet the cancellation at `event_number` (None: at the next number).
+
+        A new operation (`event_number` given) meets a cancellation this attempt
+        knows of already before it starts. A wait of the history (None) looks
+        first: a child that has finished is returned, cancelled or not, as a
+        replay will return it.
+        """
+        if event_number is not None:
+            self._meet_cancellation_if_any(event_number)
+        try:
+            return operation()
+        except LostOwnership:
+            if self.cancellation is None and self._still_owned_and_cancelled():
+                self._cancel_requested = True
+                self._record_cancellation(event_number)
+            raise
+
+    def _still_owned_and_cancelled(self) -> bool:
+        """Whether this attempt still owns the task, which someone cancelled."""
+        task = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id}: why was an operation refused",
+            lambda conn: Querier(conn).get_task(id=self.task_id),
+        )
+        return (
+            task is not None
+            and task.status == TaskStatus.RUNNING
+            and (task.attempt, task.worker_id) == (self.attempt, self.worker_id)
+            and task.cancel_requested_at is not None
+        )
+
+    def _record_cancellation(self, event_number: int | None) -> NoReturn:
+        """Record the cancellation event (at `event_number`, or the next number),
+        end the task's open waits, and raise `Cancelled`: the compensation begins."""
+        number = self._take_event_number() if event_number is None else event_number
+
+        def record(conn: psycopg.Connection[Any]) -> TaskEvent | None:
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                queries = Querier(conn)
+                event = queries.append_cancellation(
+                    task_id=self.task_id,
+                    event_number=number,
+                    attempt=self.attempt,
+                    worker_id=self.worker_id,
+                )
+                if event is not None:
+                    # A push after the cancellation must change nothing.
+                    queries.end_open_waits(
+                        task_id=self.task_id, attempt=self.attempt, worker_id=self.worker_id
+                    )
+                    crash_point("cancellation:before_commit")
+            return event
+
+        def recorded_earlier(conn: psycopg.Connection[Any]) -> TaskEvent | None:
+            for event in Querier(conn).list_task_events(task_id=self.task_id):
+                if (event.event_number, event.attempt, event.kind) == (
+                    number,
+                    self.attempt,
+                    EventKind.CANCELLATION,
+                ):
+                    return event
+            return None
+
+        event = with_retries(
+            self.pool,
+            self.retries,
+            f"task {self.task_id} event {number} (cancellation)",
+            record,
+            resolve=recorded_earlier,
+        )
+        if event is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: cancellation event {number} "
+                "rejected, this worker no longer owns that attempt"
+            )
+        log.info("task %d event %d: cancelled, compensating", self.task_id, number)
+        self._enter_compensation(event)
+
+    def _enter_compensation(self, event: TaskEvent) -> NoReturn:
+        """From here on the function compensates: raise `Cancelled` (once)."""
+        self.cancellation = Cancelled(
+            self.task_id, event.input["cancelled_by"], event.input["reason"]
+        )
+        self._cancel_requested = True
+        raise self.cancellation
+
+    def _replay(self, event_number: int, call: Call) -> TaskEvent | None:
+        """The recorded event for this operation, if there is one and it records this call.
+
+        Every operation takes its `Call` before it does anything else: a call
+        that cannot have a key (`InvalidStepData`) runs nothing.
+        """
+        recorded = self._history.get(event_number)
+        if recorded is None:
+            return None
+        if recorded.key != call.key:
+            raise self._mismatch(recorded, call)
+        log.info(
+            "task %d event %d (%s): replayed from the history", self.task_id, event_number, call
+        )
+        return recorded
+
+    def _mismatch(self, recorded: TaskEvent, call: Call | None) -> NonDeterminismError:
+        """The error for event `recorded` met by `call` (None: the function returned)."""
+        if call is None:
+            new_call, changes = "none (the function returned)", []
+        else:
+            new_call = describe_call(call.kind, call.name, call.input_json)
+            same_operation = (call.kind, call.name) == (recorded.kind, recorded.name)
+            changes = (
+                describe_changes(recorded.input, json.loads(call.input_json))
+                if same_operation
+                else []
+            )
+        self._non_determinism = NonDeterminismError(
+            recorded.event_number,
+            describe_call(recorded.kind, recorded.name, canonical_json(recorded.input)),
+            new_call,
+            changes,
+        )
+        return self._non_determinism
+
+    def _append(
+        self,
+        conn: psycopg.Connection[Any],
+        event_number: int,
+        call: Call,
+        *,
+        output: Any = None,
+        child_task_id: int | None = None,
+        wake_after_seconds: float | None = None,
+    ) -> TaskEvent:
+        """Write one event, fenced: only while this worker still owns the attempt."""
+        try:
+            event = Querier(conn).append_event(
+                task_id=self.task_id,
+                event_number=event_number,
+                kind=call.kind,
+                name=call.name,
+                input_=written_json(call.input_json),
+                key=call.key,
+                output=output,
+                child_task_id=child_task_id,
+                wake_after_seconds=wake_after_seconds,
+                attempt=self.attempt,
+                worker_id=self.worker_id,
+                # A step has run: record it, cancelled or not (see AppendEvent);
+                # and a patch marker records a decision, which starts nothing.
+                compensating=self.cancellation is not None
+                or call.kind in (EventKind.STEP, EventKind.PATCH),
+            )
+        except psycopg.DataError as error:
+            # JSON that jsonb still refuses: a string holding the character U+0000.
+            raise InvalidStepData(
+                f"event {event_number} ({call}) cannot be stored: {first_line(error)}"
+            ) from error
+        if event is None:
+            raise LostOwnership(
+                f"task {self.task_id} attempt {self.attempt}: event {event_number} ({call}) "
+                "rejected, this worker no longer owns that attempt"
+            )
+        log.info("task %d event %d (%s): recorded", self.task_id, event_number, call)
+        return event
+
+    def _recorded_event(
+        self, conn: psycopg.Connection[Any], event_number: int, call: Call
+    ) -> TaskEvent | None:
+        """Event `event_number` of the history, if this attempt wrote it for this call.
+
+        What resolves a write whose commit is in doubt (its connection died
+        before the reply came): the event there, with this call's key, was written.
+        """
+        for event in Querier(conn).list_task_events(task_id=self.task_id):
+            if (
+                event.event_number == event_number
+                and event.attempt == self.attempt
+                and event.key == call.key
+            ):
+                return event
+        return None
+
+
+def event_key(kind: EventKind, name: str, input: Any) -> str:
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input].
+
+    An input that is JSON but has no canonical form is refused (`InvalidStepData`):
+    `{1: "a", "b": 2}`, whose keys of two types cannot be sorted.
+    """
+    try:
+        call = canonical_json([str(kind), name, input])
+    except TypeError as error:
+        raise InvalidStepData(
+            f"the input of {kind} {name} has no canonical JSON form, so no key: {error}"
+        ) from error
+    return hashlib.sha256(call.encode()).hexdigest()
+
+
+def describe_call(kind: EventKind, name: str, input_json: str) -> str:
+    """A call as people read it in an error message: step print_label({"order_id":"A-1"}).
+
+    `input_json` is the canonical JSON of its input.
+    """
+    return f"{kind} {name}({input_json})"
+
+
+def written_json(text: str) -> Jsonb:
+    """JSON text already written out, for a jsonb parameter: sent as it is.
+
+    (A plain `str` would be sent as a JSON string, its text in quotes.)
+    """
+    return Jsonb(text, dumps=lambda written: written)
+
+
+def check_json(what: str, value: Any) -> None:
+    """Refuse a value the history could not hold, with a message that says whose it is."""
+    try:
+        to_json(value, what)
+    except ValueError as error:
+        raise InvalidStepData(str(error)) from error

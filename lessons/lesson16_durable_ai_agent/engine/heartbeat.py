@@ -1,0 +1,120 @@
+"""The heartbeat: a thread that renews this worker's lease, every interval.
+
+A worker holds a lease in the `workers` table: it is presumed alive until the
+lease expires, and each beat extends it by the worker's own inactivity
+threshold. A worker whose lease expired is taken for dead, and the sweeper of
+any worker gives its tasks to others (see `sweeper.py`). Missing a beat or two
+is fine; missing them all for a whole threshold gets this worker's tasks
+reassigned.
+
+The heartbeat has a connection of its own, not one of the pool's: after an
+outage, the pool reconnects in the background and backs off, and a beat that
+waited for it could come too late. The heartbeat connects again at its next
+beat.
+
+It also keeps `healthy_since`, the time (on the database's clock) its current
+unbroken run of beats began, for the sweeper: only a worker in touch with the
+database may judge that others are not.
+
+Each beat also finds the attempts this worker runs but no longer owns (they
+timed out, were reassigned while it looked dead, or were cancelled), and the
+ones whose task someone cancelled, and raises their cancellation flags, so
+that their functions can give up (or compensate): what the task_cancelled
+notification does at once, should it be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.queries import Querier
+from .attempts import RunningAttempts
+from .periodic import Periodic
+from .shared import connect_like
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Beats for one worker every `interval` seconds, on a thread and a connection of its own."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        interval: float,
+        running: RunningAttempts,
+        registered_at: datetime,
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.running = running
+        self._connection: psycopg.Connection[Any] | None = None
+        # Registering was the first contact. Written by the heartbeat's thread
+        # only, read by the sweeper's: one assignment of an immutable value.
+        self._healthy_since: datetime | None = registered_at
+        self._periodic = Periodic(f"heartbeat-{worker_id}", interval, self.beat)
+
+    @property
+    def healthy_since(self) -> datetime | None:
+        """When this worker's unbroken run of beats began (None: the last one failed)."""
+        return self._healthy_since
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    def stop(self) -> None:
+        self._periodic.stop()
+        if self._connection is not None:
+            self._connection.close()
+
+    def beat(self) -> None:
+        """Renew this worker's lease, and cancel the attempts it no longer owns."""
+        # Which attempts run here *before* asking the database which ones this
+        # worker owns: an attempt claimed after this line may not be visible to
+        # the query below, and must not be mistaken for a lost one.
+        running = self.running.snapshot()
+        try:
+            queries = Querier(self._connected())
+            beat_at = queries.record_heartbeat(id=self.worker_id)
+            owned_rows = queries.list_owned_attempts(worker_id=self.worker_id)
+        except psycopg.Error:
+            self._healthy_since = None
+            self._disconnect()
+            raise
+        if beat_at is None:  # the worker's row is never deleted while it runs
+            raise RuntimeError(f"worker {self.worker_id} has no row to renew")
+        if self._healthy_since is None:
+            self._healthy_since = beat_at
+        # Each attempt this worker owns, and whether its task was cancelled.
+        owned = {(row.id, row.attempt): row.cancel_requested for row in owned_rows}
+        for attempt in running:
+            if attempt.cancelled.is_set():
+                continue
+            cancel_requested = owned.get((attempt.id, attempt.attempt))
+            if cancel_requested is None or cancel_requested:
+                log.info(
+                    "task %d attempt %d is %s: raising its cancellation flag",
+                    attempt.id,
+                    attempt.attempt,
+                    "cancelled" if cancel_requested else "no longer this worker's",
+                )
+                attempt.cancelled.set()
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            self._connection = connect_like(
+                self.pool, application_name=f"worker {self.worker_id} heartbeat"
+            )
+        return self._connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

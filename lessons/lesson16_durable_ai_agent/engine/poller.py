@@ -1,0 +1,183 @@
+"""The poller: a thread that claims tasks for the free slots and hands them on.
+
+A task is claimed by one `UPDATE ... RETURNING` statement that marks it
+running, so no two workers ever get the same task. The claim's LIMIT is the
+number of free slots, so a task is never claimed only to wait in this process
+while another worker sits idle. And it claims only tasks whose function this
+worker has (a durable function for a durable task, a plain one for a plain
+task): a task no worker can run waits on the queue for one that can (a new
+kind of task during a rolling deploy) instead of failing.
+
+On a queue with concurrency keys, the claim takes the keys in turns, round
+robin (see ClaimTasks and keys_to_visit): where this worker's walk round the
+keys stopped is kept in its row in the database, so the poller passes only a
+bound on how many keys one claim may visit.
+
+The poller claims on a connection of its own, not the pool's, for one reason:
+lesson 12's claim is a statement big enough that planning it costs about as
+much as running it (a millisecond each, measured in the README). PostgreSQL
+plans a prepared statement again for each call while it expects a plan made
+for the call's own values to be much better; for the claim it never is (the
+plan is the same chain of index probes whatever the values), so this
+connection asks for one generic plan, made once (`plan_cache_mode`). A
+session setting must not leak into a shared pool, where it would change how
+every other statement is planned: hence a connection of the poller's own.
+
+The poller claims when told there may be work (`wake()`: the listener heard a
+notification, or has just reconnected), or when `poll_interval` has passed
+without one: polling stays as the fallback for notifications that never
+arrive. A suspended task due to wake up is not new work, and nobody announces
+it, so an idle poller waits no longer than the next wake-up time it can see.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..db.models import Task
+from ..db.queries import Querier
+from .shared import connect_like
+from .slots import Slots
+
+log = logging.getLogger(__name__)
+
+# How many keys a claim's walk visits at most, when most keys are full or have
+# nothing this worker can run: the bound on what one claim costs (one index
+# probe per key visited). The next claim goes on where this one stopped.
+KEYS_VISITED_PER_CLAIM = 200
+
+
+class Poller:
+    """Claims tasks of one queue, one slot each, and passes each to `start_task`."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        worker_id: int,
+        queue: str,
+        poll_interval: float,
+        slots: Slots,
+        task_names: Callable[[], list[str]],
+        durable_task_names: Callable[[], list[str]],
+        code_version: str,
+        start_task: Callable[[Task], None],
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.queue = queue
+        # The version of the code this worker runs: a durable task that started
+        # on another is not claimed here (see can_run_here in schema.sql).
+        self.code_version = code_version
+        # How long to wait before asking again when the queue was empty, unless
+        # a notification, or the next wake-up time, comes first. Only a fallback.
+        self.poll_interval = poll_interval
+        self.slots = slots
+        # The names of the plain and of the durable tasks this worker can run,
+        # asked before every claim.
+        self.task_names = task_names
+        self.durable_task_names = durable_task_names
+        # Runs a claimed task, whose slot is already taken, and gives the slot back.
+        self.start_task = start_task
+        self._stopping = threading.Event()
+        # Set when there may be new work: by wake(), and by stop(). The loop
+        # waits on it, for poll_interval at most.
+        self._work_may_be_waiting = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"poller-{queue}", daemon=True)
+        self._connection: psycopg.Connection[Any] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """There may be new work: claim now, without waiting for the next poll."""
+        self._work_may_be_waiting.set()
+
+    def stop(self) -> None:
+        """Claim nothing more. Tasks already handed on go on running."""
+        self._stopping.set()
+        self._work_may_be_waiting.set()  # the loop may be waiting for work
+        self.slots.close()  # or for a free slot
+        self._thread.join()
+        self._disconnect()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            free_slots = self.slots.wait_for_free()
+            if free_slots == 0:
+                break  # stopping
+            # Cleared *before* the claim: a notification that arrives while the
+            # claim runs sets it again, and the wait below returns at once. Clear
+            # it after the claim, and that notification would be lost.
+            self._work_may_be_waiting.clear()
+            try:
+                tasks = self.claim_tasks(free_slots)
+            except psycopg.Error:
+                # The database may be restarting; try again, on a new
+                # connection, at the next poll.
+                log.exception("could not claim tasks from queue %r", self.queue)
+                self._disconnect()
+                tasks = []
+            for task in tasks:
+                self.slots.take()
+                self.start_task(task)
+            if not tasks and not self._stopping.is_set():
+                # Nothing to do: wait for a notification, or until the next
+                # wake-up time, or poll_interval at most. (stop() sets the flag
+                # after _stopping, so if it came after the clear() above, this
+                # wait returns at once.)
+                self._work_may_be_waiting.wait(self._time_until_next_poll())
+
+    def _time_until_next_poll(self) -> float:
+        """The poll interval, or less when a suspended task of this queue is due sooner."""
+        try:
+            seconds = Querier(self._connected()).seconds_until_next_wake_up(
+                queue=self.queue,
+                task_names=self.task_names(),
+                durable_task_names=self.durable_task_names(),
+                code_version=self.code_version,
+                max_seconds=self.poll_interval,
+            )
+        except psycopg.Error:
+            self._disconnect()
+            return self.poll_interval  # the database may be restarting
+        return seconds if seconds is not None else self.poll_interval
+
+    def claim_tasks(self, max_tasks: int) -> list[Task]:
+        tasks = Querier(self._connected()).claim_tasks(
+            worker_id=self.worker_id,
+            queue=self.queue,
+            task_names=self.task_names(),
+            durable_task_names=self.durable_task_names(),
+            code_version=self.code_version,
+            max_tasks=max_tasks,
+            max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
+        )
+        if tasks:
+            log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
+        return tasks
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        if self._connection is None or self._connection.closed:
+            self._connection = claim_connection(
+                self.pool, application_name=f"worker {self.worker_id} poller"
+            )
+        return self._connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def claim_connection(pool: ConnectionPool, *, application_name: str) -> psycopg.Connection[Any]:
+    """A connection like the pool's, on which the claim is planned once (see above)."""
+    connection = connect_like(pool, application_name=application_name)
+    Querier(connection).plan_once()
+    return connection

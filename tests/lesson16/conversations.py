@@ -1,0 +1,136 @@
+"""Running the lesson's agent in these tests: one conversation, its workers, what the
+world saw.
+
+`run_conversation` starts a conversation, runs it on a worker process (which
+may be set to SIGKILL itself at a crash point, then replaced by a second
+one), approves its emails as a person would, and returns what the tests
+compare: the result, the model provider's bill, the mail service's records,
+and the tasks of the conversation's tree.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from lessons.lesson16_durable_ai_agent.db.models import Task, TaskStatus
+from lessons.lesson16_durable_ai_agent.db.queries import Querier
+from lessons.lesson16_durable_ai_agent.demo.agent import (
+    conversation_tasks,
+    model_events,
+    new_conversation,
+    start_agent,
+)
+from lessons.lesson16_durable_ai_agent.demo.approver import Approver
+from lessons.lesson16_durable_ai_agent.demo.world import WORLD_VARIABLE, World
+from lessons.lesson16_durable_ai_agent.engine.crash_points import CRASH_AT
+from lessons.lesson16_durable_ai_agent.tools.worker_process import WorkerProcess
+from tests.waiting import wait_until
+
+QUESTION = "How many orders a month can one worker take? Email the answer to Ana."
+CONVERSATION = "orders"
+FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+def worker_process(schema: str, world: World, crash_at: str | None = None) -> WorkerProcess:
+    """A worker of the lesson's agent, with a 1 s lease, acting on `world`."""
+    environment = {WORLD_VARIABLE: str(world.directory)}
+    if crash_at is not None:
+        environment[CRASH_AT] = crash_at
+    return WorkerProcess(
+        schema=schema,
+        slots=4,
+        poll_interval=0.05,
+        heartbeat_interval=0.1,
+        inactivity_threshold=1.0,
+        environment=environment,
+    )
+
+
+def finished_tasks(pool: ConnectionPool, first_task_id: int) -> list[Task] | None:
+    with pool.connection() as conn:
+        tasks = conversation_tasks(conn, first_task_id)
+    last = tasks[-1]
+    return tasks if last.status in FINISHED and last.continued_as_task_id is None else None
+
+
+def wait_for_conversation(pool: ConnectionPool, first_task_id: int) -> list[Task]:
+    return wait_until(
+        lambda: finished_tasks(pool, first_task_id),
+        timeout=60,
+        message=f"the conversation of task {first_task_id} did not finish",
+    )
+
+
+@dataclass
+class Conversation:
+    """What one run of the agent gave, and what the world saw of it."""
+
+    tasks: list[Task]
+    bill: list[dict[str, Any]]
+    mail: list[dict[str, Any]]
+    # The tool calls run, by tool: child tasks of the conversation's tasks.
+    children: Counter[str]
+    # The model calls its histories record.
+    recorded_model_calls: int
+
+    @property
+    def output(self) -> dict[str, Any]:
+        output = self.tasks[-1].output
+        assert isinstance(output, dict), self.tasks[-1]
+        return output
+
+    def mail_of(self, kind: str) -> list[dict[str, Any]]:
+        return [record for record in self.mail if record["kind"] == kind]
+
+
+def child_names(pool: ConnectionPool, tasks: list[Task]) -> Counter[str]:
+    parents = {task.id for task in tasks}
+    with pool.connection() as conn:
+        return Counter(
+            task.task_name for task in Querier(conn).list_tasks() if task.parent_id in parents
+        )
+
+
+def observe(pool: ConnectionPool, world: World, tasks: list[Task]) -> Conversation:
+    with pool.connection() as conn:
+        recorded = len(model_events(conn, [task.id for task in tasks]))
+    return Conversation(
+        tasks=tasks,
+        bill=world.model_requests.records(),
+        mail=world.mail.records(),
+        children=child_names(pool, tasks),
+        recorded_model_calls=recorded,
+    )
+
+
+def run_conversation(
+    pool: ConnectionPool,
+    schema: str,
+    directory: Path,
+    *,
+    crash_at: str | None = None,
+    budget: dict[str, int] | None = None,
+) -> Conversation:
+    """Run one conversation to its end, its emails approved; with `crash_at`, the first
+    worker SIGKILLs itself there, and a second one finishes the run."""
+    world = World(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with pool.connection() as conn:
+        first = start_agent(conn, new_conversation(CONVERSATION, QUESTION, budget=budget))
+    with (
+        Approver(pool, world, "Ben"),
+        worker_process(schema, world, crash_at) as first_worker,
+        worker_process(schema, world) as second_worker,
+    ):
+        first_worker.start()
+        if crash_at is not None:
+            exit_code = first_worker.wait(timeout=60)
+            assert exit_code == -9, f"no crash at {crash_at}: {first_worker.log()}"
+            second_worker.start()
+        tasks = wait_for_conversation(pool, first)
+    return observe(pool, world, tasks)
