@@ -67,9 +67,12 @@ def build_cases(options: argparse.Namespace) -> list[Case]:
     stock_only = frozenset({Vacuum.STOCK})
     latency_layout = Layout(1, options.slots[0])
     for rate in options.latency_rates:
-        cases.append(
-            LatencyCase(lesson, rate, options.latency_seconds, latency_layout, passes=stock_only)
-        )
+        for system in burn_down_systems:
+            cases.append(
+                LatencyCase(
+                    system, rate, options.latency_seconds, latency_layout, passes=stock_only
+                )
+            )
     if options.memory_tasks:
         cases.append(
             BurnDownCase(
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         metavar="SHARE:LINGER_MS",
-        help="burn-downs again with these claim policies beside the lesson's default\n"
+        help="burn-downs and latency again with these claim policies beside the lesson's\ndefault "
         "(0.5:5 waits for half the slots or 5 ms; 1:0 claims at once)",
     )
     parser.add_argument("--ceiling-batches", type=int, nargs="*", default=[1, 10, 100])
