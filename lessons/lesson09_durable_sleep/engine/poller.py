@@ -52,7 +52,7 @@ class ClaimPolicy:
     claims as soon as one slot is free, so an idle worker starts a new task
     without delay. `linger=0` claims at once always, as lesson 03 did.
 
-    The defaults were measured in this lesson's README ("When to claim").
+    The defaults were measured in lesson 04's README ("When to claim").
     """
 
     # The fraction of the slots a saturated poller waits for (0 < share_free <= 1).
