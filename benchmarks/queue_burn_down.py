@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lessons.common.database import DatabaseUnavailable
+from lessons.lesson04_queue_improvements.engine.poller import ClaimPolicy
 
 from .harness.cases import BurnDownCase, Case, LatencyCase
 from .harness.plan import run_plan
@@ -40,12 +41,23 @@ from .systems.pgbench import CeilingCase
 RESULTS = Path(__file__).resolve().parent / "results" / "queue_burn_down.md"
 
 
+def claim_policy(text: str) -> ClaimPolicy:
+    """`SHARE:LINGER_MS` ("0.5:5"), the argument of `--claim-policies`."""
+    share, _, linger_ms = text.partition(":")
+    try:
+        return ClaimPolicy(share_free=float(share), linger=float(linger_ms or 0) / 1000)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+
+
 def build_cases(options: argparse.Namespace) -> list[Case]:
     lesson = Lesson04()
     cases: list[Case] = []
+    burn_down_systems = [lesson, *(Lesson04(policy) for policy in options.claim_policies)]
     for processes in options.processes:
         for slots in options.slots:
-            cases.append(BurnDownCase(lesson, options.tasks, Layout(processes, slots)))
+            for system in burn_down_systems:
+                cases.append(BurnDownCase(system, options.tasks, Layout(processes, slots)))
     for batch in options.ceiling_batches:
         # One claim per task is slow (seconds per run) and steady: once per run is enough.
         repeats = 1 if batch == 1 else 3
@@ -55,9 +67,12 @@ def build_cases(options: argparse.Namespace) -> list[Case]:
     stock_only = frozenset({Vacuum.STOCK})
     latency_layout = Layout(1, options.slots[0])
     for rate in options.latency_rates:
-        cases.append(
-            LatencyCase(lesson, rate, options.latency_seconds, latency_layout, passes=stock_only)
-        )
+        for system in burn_down_systems:
+            cases.append(
+                LatencyCase(
+                    system, rate, options.latency_seconds, latency_layout, passes=stock_only
+                )
+            )
     if options.memory_tasks:
         cases.append(
             BurnDownCase(
@@ -92,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], metavar="W")
     parser.add_argument("--slots", type=int, nargs="+", default=[10, 100], metavar="S")
     parser.add_argument("--runs", type=int, default=2, help="runs of each case (median)")
+    parser.add_argument(
+        "--claim-policies",
+        type=claim_policy,
+        nargs="*",
+        default=[],
+        metavar="SHARE:LINGER_MS",
+        help="burn-downs and latency again with these claim policies beside the lesson's\ndefault "
+        "(0.5:5 waits for half the slots or 5 ms; 1:0 claims at once)",
+    )
     parser.add_argument("--ceiling-batches", type=int, nargs="*", default=[1, 10, 100])
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
     parser.add_argument("--latency-rates", type=float, nargs="*", default=[50, 500])

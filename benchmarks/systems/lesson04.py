@@ -16,6 +16,7 @@ import psycopg
 
 from lessons.common.database import REPOSITORY_ROOT, connect, reset_schema
 from lessons.lesson04_queue_improvements.engine.client import enqueue
+from lessons.lesson04_queue_improvements.engine.poller import DEFAULT_CLAIM_POLICY, ClaimPolicy
 from lessons.lesson04_queue_improvements.tools.worker_process import WorkerProcess
 
 from ..harness.pacing import steady
@@ -39,13 +40,24 @@ UNFINISHED_SQL = (
     " OR EXISTS (SELECT FROM tasks WHERE status = 'running')"
 )
 FIRST_START_SQL = "SELECT min(started_at) FROM tasks"
+# Tasks per claim: one claim stamps its tasks with its worker and its transaction's
+# now(), so each (worker_id, started_at) is one claim (a drain of no-op tasks
+# retries none, so no task carries a later claim's stamp over an earlier one's).
+TASKS_PER_CLAIM_SQL = (
+    "SELECT count(*)::float / nullif(count(DISTINCT (worker_id, started_at)), 0)"
+    " FROM tasks WHERE started_at IS NOT NULL"
+)
 LATENCY_SQL = (
     "SELECT extract(epoch FROM started_at - inserted_at) FROM tasks WHERE started_at IS NOT NULL"
 )
 
 
 class Lesson04:
-    """Lesson 04's worker, unchanged: one `worker_process` per process, `batch` slots each."""
+    """Lesson 04's worker, unchanged: one `worker_process` per process, `batch` slots each.
+
+    `claim_policy` other than the lesson's default is for measuring that default
+    (`queue_burn_down.py --claim-policies`); the system's name then says which.
+    """
 
     name = "lesson 04"
     schema = "bench_queue"
@@ -54,6 +66,11 @@ class Lesson04:
     first_start_sql = FIRST_START_SQL
     latency_sql = LATENCY_SQL
     producer = __name__
+
+    def __init__(self, claim_policy: ClaimPolicy | None = None) -> None:
+        self.claim_policy = claim_policy or DEFAULT_CLAIM_POLICY
+        if claim_policy is not None:
+            self.name = f"lesson 04, {describe_claim_policy(claim_policy)}"
 
     def settings(self, layout: Layout) -> str:
         plural = "es" if layout.processes > 1 else ""
@@ -80,6 +97,7 @@ class Lesson04:
             for worker in workers:
                 worker.resume()
             yield [worker.pid for worker in workers]
+        print(f"    {self.name}: {tasks_per_claim(self.schema):.1f} tasks per claim", flush=True)
 
     @contextmanager
     def serving(self, layout: Layout) -> Iterator[list[int]]:
@@ -95,12 +113,26 @@ class Lesson04:
                 queue=QUEUE,
                 functions=NOOP_FUNCTIONS,
                 slots=layout.batch,
+                claim_policy=self.claim_policy,
                 poll_interval=POLL_INTERVAL,
             )
             for _ in range(layout.processes)
         ]
         with started_together(workers):
             yield workers
+
+
+def describe_claim_policy(policy: ClaimPolicy) -> str:
+    """ "claim at once", or "claim at 1/2 free or 5 ms"."""
+    if policy.linger == 0:
+        return "claim at once"
+    return f"claim at {policy.share_free:g} free or {policy.linger * 1000:g} ms"
+
+
+def tasks_per_claim(schema: str) -> float:
+    with connect(schema=schema) as conn:
+        row = conn.execute(TASKS_PER_CLAIM_SQL).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
 
 
 def prepare_schema(schema: str, vacuum: Vacuum) -> None:

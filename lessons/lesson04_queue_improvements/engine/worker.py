@@ -35,7 +35,7 @@ from ..db.models import Task
 from ..db.queries import Querier
 from .attempts import RunningAttempts
 from .heartbeat import Heartbeat
-from .poller import Poller
+from .poller import DEFAULT_CLAIM_POLICY, ClaimPolicy, Poller
 from .result_writer import AttemptOutcome, ResultWriter
 from .shared import (
     DEFAULT_QUEUE,
@@ -76,6 +76,7 @@ class Worker:
         queue: str = DEFAULT_QUEUE,
         poll_interval: float = 0.5,
         slots: int = 10,
+        claim_policy: ClaimPolicy = DEFAULT_CLAIM_POLICY,
         heartbeat_interval: float = 1.0,
         inactivity_threshold: float = 10.0,
         name: str | None = None,
@@ -89,6 +90,8 @@ class Worker:
         # The most tasks this worker runs at once.
         self.slots = slots
         self._slots = Slots(slots)
+        # When a saturated worker claims again: latency against claims per round trip.
+        self.claim_policy = claim_policy
         # How often this worker renews its lease, and sweeps.
         self.heartbeat_interval = heartbeat_interval
         # How long this worker's lease lasts: how long it may stay silent
@@ -174,6 +177,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             start_task=self._start_task,
         )

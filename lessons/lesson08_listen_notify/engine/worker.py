@@ -48,7 +48,7 @@ from .crash_points import crash_point
 from .durable import DurableContext, DurableFunction, LostOwnership
 from .heartbeat import Heartbeat
 from .listener import Listener
-from .poller import Poller
+from .poller import DEFAULT_CLAIM_POLICY, ClaimPolicy, Poller
 from .result_writer import AttemptOutcome, ResultWriter
 from .shared import (
     DEFAULT_QUEUE,
@@ -101,6 +101,7 @@ class Worker:
         queue: str = DEFAULT_QUEUE,
         poll_interval: float = 5.0,
         slots: int = 10,
+        claim_policy: ClaimPolicy = DEFAULT_CLAIM_POLICY,
         heartbeat_interval: float = 1.0,
         inactivity_threshold: float = 10.0,
         name: str | None = None,
@@ -119,6 +120,8 @@ class Worker:
         # The most tasks this worker runs at once.
         self.slots = slots
         self._slots = Slots(slots)
+        # When a saturated worker claims again: latency against claims per round trip.
+        self.claim_policy = claim_policy
         # How often this worker renews its lease, and sweeps.
         self.heartbeat_interval = heartbeat_interval
         # How long this worker's lease lasts: how long it may stay silent
@@ -234,6 +237,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             durable_task_names=lambda: sorted(self.durable_functions),
             start_task=self._start_task,
