@@ -2,12 +2,15 @@
 
 The poller takes a slot for each task it claims, and never claims more tasks
 than there are free slots; a task thread gives its slot back when its function
-returns. The poller waits here while every slot is taken.
+returns. The poller waits here while every slot is taken, and, when its claim
+policy asks, a little longer, until enough of them are free (see
+`ClaimPolicy` in `poller.py`).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 
 class Slots:
@@ -23,6 +26,9 @@ class Slots:
         self._peak_in_use = 0
         self._given_back = 0
         self._closed = False
+        # How many free slots the poller is waiting for: give_back() wakes it
+        # only once there are that many, not once per slot.
+        self._wanted_free = 1
 
     @property
     def in_use(self) -> int:
@@ -38,12 +44,22 @@ class Slots:
         """How many times a slot was given back: how many attempts have run."""
         return self._given_back
 
-    def wait_for_free(self) -> int:
-        """Block until at least one slot is free; return how many are (0 once closed)."""
+    def wait_for_free(self, at_least: int = 1, linger: float = 0.0) -> int:
+        """Block until a slot is free, then until `at_least` are, for `linger`
+        seconds at most; return how many are free (0 once closed)."""
         with self._changed:
-            while self._in_use == self.total and not self._closed:
+            self._wanted_free = 1
+            while self._free() == 0 and not self._closed:
                 self._changed.wait()
-            return 0 if self._closed else self.total - self._in_use
+            self._wanted_free = min(at_least, self.total)
+            deadline = time.monotonic() + linger
+            while self._free() < self._wanted_free and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            self._wanted_free = 1
+            return 0 if self._closed else self._free()
 
     def take(self) -> None:
         with self._changed:
@@ -54,7 +70,11 @@ class Slots:
         with self._changed:
             self._in_use -= 1
             self._given_back += 1
-            self._changed.notify()
+            if self._free() >= self._wanted_free:
+                self._changed.notify()
+
+    def _free(self) -> int:
+        return self.total - self._in_use
 
     def close(self) -> None:
         """Wake a poller waiting for a free slot, for good: the worker is stopping."""

@@ -64,7 +64,7 @@ from .durable import (
 )
 from .heartbeat import Heartbeat
 from .listener import Listener
-from .poller import Poller
+from .poller import DEFAULT_CLAIM_POLICY, ClaimPolicy, Poller
 from .result_writer import AttemptOutcome, ResultWriter
 from .retention import Retention
 from .scheduler import Scheduler
@@ -123,6 +123,7 @@ class Worker:
         queue: str = DEFAULT_QUEUE,
         poll_interval: float = 5.0,
         slots: int = 10,
+        claim_policy: ClaimPolicy = DEFAULT_CLAIM_POLICY,
         heartbeat_interval: float = 1.0,
         inactivity_threshold: float = 10.0,
         name: str | None = None,
@@ -146,6 +147,8 @@ class Worker:
         # The most tasks this worker runs at once.
         self.slots = slots
         self._slots = Slots(slots)
+        # When a saturated worker claims again: latency against claims per round trip.
+        self.claim_policy = claim_policy
         # How often this worker renews its lease, and sweeps.
         self.heartbeat_interval = heartbeat_interval
         # How long this worker's lease lasts: how long it may stay silent
@@ -283,6 +286,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             durable_task_names=lambda: sorted(self.durable_functions),
             code_version=code_version,

@@ -46,6 +46,7 @@ from lessons.common.cli import Lesson, argument_parser, configure_logging
 from lessons.common.database import DatabaseUnavailable, create_pool
 
 from ..engine.durable import DurableFunction
+from ..engine.poller import DEFAULT_CLAIM_POLICY, ClaimPolicy
 from ..engine.shared import DEFAULT_QUEUE
 from ..engine.worker import TaskFunction, Worker
 
@@ -81,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--functions", default=DEMO_FUNCTIONS, metavar="MODULE")
     parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
     parser.add_argument("--slots", type=int, default=10, help="tasks run at once")
+    parser.add_argument(
+        "--claim-share",
+        type=float,
+        default=DEFAULT_CLAIM_POLICY.share_free,
+        metavar="FRACTION",
+        help="after a full claim, wait until this share of the slots is free",
+    )
+    parser.add_argument(
+        "--claim-linger",
+        type=float,
+        default=DEFAULT_CLAIM_POLICY.linger,
+        metavar="SECONDS",
+        help="... or this long, whichever comes first (0: claim at once)",
+    )
     parser.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--inactivity-threshold", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument(
@@ -136,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             queue=queue,
             poll_interval=options.poll_interval,
             slots=options.slots,
+            claim_policy=ClaimPolicy(share_free=options.claim_share, linger=options.claim_linger),
             heartbeat_interval=options.heartbeat_interval,
             inactivity_threshold=options.inactivity_threshold,
             durable_functions=durable_functions,
@@ -180,6 +196,7 @@ class WorkerProcess:
         queues: Sequence[str] = (DEFAULT_QUEUE,),
         functions: str = DEMO_FUNCTIONS,
         slots: int = 1,
+        claim_policy: ClaimPolicy = DEFAULT_CLAIM_POLICY,
         poll_interval: float = 0.1,
         heartbeat_interval: float = 1.0,
         inactivity_threshold: float = 10.0,
@@ -195,6 +212,8 @@ class WorkerProcess:
             *(f"--queue={queue}" for queue in queues),
             f"--functions={functions}",
             f"--slots={slots}",
+            f"--claim-share={claim_policy.share_free}",
+            f"--claim-linger={claim_policy.linger}",
             f"--poll-interval={poll_interval}",
             f"--heartbeat-interval={heartbeat_interval}",
             f"--inactivity-threshold={inactivity_threshold}",
