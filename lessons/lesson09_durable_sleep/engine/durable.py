@@ -384,6 +384,22 @@ class DurableContext:
         an earlier attempt spawned this child, the history holds its event:
         return that child, and create none.
         """
+        return self._spawn(
+            task_name, input, queue=queue, max_retries=max_retries, then_suspend=False
+        )
+
+    def _spawn(
+        self,
+        task_name: str,
+        input: Any,
+        *,
+        queue: str | None,
+        max_retries: int,
+        then_suspend: bool,
+    ) -> ChildTask:
+        """`spawn_child`. With `then_suspend`, a child new to the history is
+        waited for in the same transaction (`_spawn_and_suspend`, which raises
+        `TaskSuspended`): only a child the history records comes back."""
         event_number = self._take_event_number()
         check_json(f"the input of child task {task_name}", input)
         call = Call.of(EventKind.CHILD, task_name, input)
@@ -392,6 +408,8 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
+        if then_suspend:
+            self._spawn_and_suspend(event_number, call, queue or self.queue, max_retries)
 
         def spawn(conn: psycopg.Connection[Any]) -> ChildTask:
             # A task thread may wait for locks: a lock timeout would fail the attempt.
@@ -547,13 +565,16 @@ class DurableContext:
         (`_spawn_and_suspend`). A child the history records, or a wait with a
         timeout, is `spawn_child` then `wait_for_child`.
         """
-        if timeout is None and self._next_event_number not in self._history:
-            self._spawn_and_suspend(task_name, input, queue=queue, max_retries=max_retries)
-        child = self.spawn_child(task_name, input, queue=queue, max_retries=max_retries)
-        return self.wait_for_child(child, timeout=timeout)
+        if timeout is not None:
+            child = self.spawn_child(task_name, input, queue=queue, max_retries=max_retries)
+            return self.wait_for_child(child, timeout=timeout)
+        child = self._spawn(
+            task_name, input, queue=queue, max_retries=max_retries, then_suspend=True
+        )
+        return self.wait_for_child(child)
 
     def _spawn_and_suspend(
-        self, task_name: str, input: Any, *, queue: str | None, max_retries: int
+        self, event_number: int, call: Call, queue: str, max_retries: int
     ) -> NoReturn:
         """Create the child, record its event and suspend the task, in one transaction.
 
@@ -567,14 +588,11 @@ class DurableContext:
         no look, and nothing to undo. Fenced as the two were: a refused event or
         suspension leaves the transaction, which rolls back, child and all.
         """
-        event_number = self._take_event_number()
-        check_json(f"the input of child task {task_name}", input)
-        call = Call.of(EventKind.CHILD, task_name, input)
 
         def spawn_and_suspend(conn: psycopg.Connection[Any]) -> TaskSuspended:
             # A task thread may wait for locks: a lock timeout would fail the attempt.
             with bounded_transaction(conn, self.limits, wait_for_locks=True):
-                child = self._create_child(conn, call, queue or self.queue, max_retries)
+                child = self._create_child(conn, call, queue, max_retries)
                 self._append(conn, event_number, call, child_task_id=child.id)
                 suspension = self._suspend(conn, wake_at=None)
                 crash_point("call:before_commit")
