@@ -96,12 +96,13 @@ def test_a_worker_frozen_at_the_cancellation_and_resumed_in_its_lease_starts_no_
     database: LessonDatabase, tmp_path: Path, max_retries: int
 ) -> None:
     """The worker (lease 4 s) freezes inside the email's call, the email child
-    written (and the suspension), not committed. The cancellation waits for the frozen transaction's lock
-    until the server ends it (idle, half the lease), and commits; the email child is
-    gone with it. Resumed before its lease expires, the worker starts nothing new: its
-    spawn cannot commit, and a spawn tried again is refused (the task is cancelled).
-    The order meets Cancelled at the email's event and compensates once, whatever
-    retries it has left (a compensation is not a retry): no email, no email child."""
+    written (and the suspension), not committed. The cancellation waits for the
+    frozen transaction's lock until the server ends it (idle, half the lease), and
+    commits; the email child is gone with it. Resumed before its lease expires, the
+    worker starts nothing new: its call cannot commit, and a call tried again is
+    refused (the task is cancelled). The order meets Cancelled at the email's event
+    and compensates once, whatever retries it has left (a compensation is not a
+    retry): no email, no email child."""
     pool = database.pool
     threshold = 4.0
     frozen = worker_process(
