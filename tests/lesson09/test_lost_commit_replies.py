@@ -168,3 +168,45 @@ def get_status(pool: ConnectionPool, task_id: int) -> TaskStatus | None:
     with pool.connection() as conn:
         task = Querier(conn).get_task(id=task_id)
     return task.status if task is not None else None
+
+
+def test_a_lost_commit_reply_of_a_call_whose_child_ran_since_is_resolved_by_its_event(
+    database: LessonDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """call's one transaction commits, and its reply is lost; before the retry looks,
+    the child runs, and its end wakes the task, which another slot runs to the end.
+    The task is not suspended any more, but the event names the child: the retry
+    stops there. (Judged by the task's row, it would take the commit for lost and
+    spawn again, which the fence refuses: a run that lost its attempt.) One child,
+    the task completed on attempt 1, no attempt lost."""
+    pool = database.pool
+    with pool.connection() as conn:
+        task_id = enqueue(
+            conn, "call_on_the_children_queue", {"n": 5}, queue=QUEUE, durable=True, max_retries=0
+        )
+    lost: list[str] = []
+
+    @contextmanager
+    def commit_then_lose_the_reply_once_completed(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with bounded_transaction(*args, **kwargs) as transaction:
+            yield transaction
+        if not lost:
+            lost.append("the call's transaction")
+            wait_until(
+                lambda: get_status(pool, task_id) == TaskStatus.COMPLETED,
+                message="the child never woke the task, or its next run never completed it",
+            )
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(durable, "bounded_transaction", commit_then_lose_the_reply_once_completed)
+    with worker(database, QUEUE) as parents, worker(database, CHILDREN_QUEUE):
+        task = wait_for_task(pool, task_id, timeout=30)
+        # The run that lost the reply has resolved it, and ended.
+        wait_until(lambda: parents.slots_in_use == 0, message="the first run never ended")
+    assert (task.status, task.attempt, task.output) == (TaskStatus.COMPLETED, 1, {"n": 5}), task
+    assert lost == ["the call's transaction"]
+    assert parents.attempts_lost == 0
+    with pool.connection() as conn:
+        children = [row for row in Querier(conn).list_tasks() if row.parent_id == task_id]
+        assert Querier(conn).get_task(id=task_id) == task, "the first run changed nothing"
+    assert len(children) == 1, children
