@@ -67,7 +67,8 @@ PANIC_RUNS = [
         for point in lesson07.PANIC_POINTS
         if point != lesson07.DEFAULT_PANIC_POINT
     ),
-    ("lesson09", "wait_for_child:suspended"),
+    ("lesson09", "call:before_commit"),
+    ("lesson09", "call:suspended"),
     ("lesson09", "sleep:before_commit"),
     ("lesson09", "sleep:suspended"),
     ("lesson10", "wait_for_event:before_commit"),

@@ -100,6 +100,45 @@ def spawn_two_children_then_wait(ctx: DurableContext, input: dict[str, Any]) -> 
     return [ctx.wait_for_child(first), ctx.wait_for_child(second)]
 
 
+def process_order_spawning_then_waiting(
+    ctx: DurableContext, order: dict[str, Any]
+) -> dict[str, Any]:
+    """The lesson's process_order with each child spawned, then waited for, instead of
+    called: the two transactions of `spawn_child` and `wait_for_child`, and their crash
+    points, which `call` makes one."""
+    payment = ctx.wait_for_child(
+        ctx.spawn_child(
+            "charge_payment",
+            {
+                "order_id": order["order_id"],
+                "card": order["card"],
+                "amount_cents": order["amount_cents"],
+            },
+        )
+    )
+    email = ctx.wait_for_child(
+        ctx.spawn_child(
+            "send_confirmation_email",
+            {
+                "order_id": order["order_id"],
+                "to": order["email"],
+                "charge_id": payment["charge_id"],
+            },
+        )
+    )
+    return {
+        "order_id": order["order_id"],
+        "status": "confirmed",
+        "charge_id": payment["charge_id"],
+        "email_id": email["email_id"],
+    }
+
+
+def spawn_then_wait_on_the_children_queue(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """call_on_the_children_queue in two operations: spawn_child, then wait_for_child."""
+    return ctx.wait_for_child(ctx.spawn_child("echo", {"n": input["n"]}, queue=CHILDREN_QUEUE))
+
+
 def swallow_the_suspension(ctx: DurableContext, input: dict[str, Any]) -> Any:
     """Catch TaskSuspended and return as if nothing happened: the engine must not
     complete the task with that result."""
@@ -123,4 +162,6 @@ DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "swallow_the_suspension": swallow_the_suspension,
     "call_on_the_children_queue": call_on_the_children_queue,
     "spawn_two_children_then_wait": spawn_two_children_then_wait,
+    "process_order_spawning_then_waiting": process_order_spawning_then_waiting,
+    "spawn_then_wait_on_the_children_queue": spawn_then_wait_on_the_children_queue,
 }

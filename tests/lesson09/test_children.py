@@ -59,10 +59,12 @@ def order(order_id: str) -> dict[str, Any]:
     return {"order_id": order_id, "card": "4242", "amount_cents": 4200, "email": "ada@example.com"}
 
 
-def enqueue_orders(pool: ConnectionPool, order_ids: list[str]) -> list[int]:
+def enqueue_orders(
+    pool: ConnectionPool, order_ids: list[str], task_name: str = "process_order"
+) -> list[int]:
     with pool.connection() as conn, conn.transaction():
         return [
-            enqueue(conn, "process_order", order(order_id), queue=ORDERS_QUEUE, durable=True)
+            enqueue(conn, task_name, order(order_id), queue=ORDERS_QUEUE, durable=True)
             for order_id in order_ids
         ]
 
@@ -86,7 +88,7 @@ def assert_each_order_charged_and_emailed_once(pool: ConnectionPool, order_ids: 
     children = Counter(
         (task.task_name, task.input["order_id"])
         for task in all_tasks(pool)
-        if task.task_name != "process_order"
+        if task.parent_id is not None
     )
     assert charges == once, "charges per order"
     assert emails == once, "emails per order"
@@ -222,31 +224,43 @@ def get_task(pool: ConnectionPool, task_id: int) -> Task:
     return task
 
 
-# Each point, whether the parent is left suspended (on no worker: the rescuer
-# resumes its attempt) or running (on the dead worker: the rescuer takes it
-# over with a new attempt), and how many events its history holds.
+# Each point, the order that gets there (process_order calls its children, so
+# its spawn and its suspension are one transaction; the other spawns each child,
+# then waits for it, in two), whether the parent is left suspended (on no worker:
+# the rescuer resumes its attempt) or running (on the dead worker: the rescuer
+# takes it over with a new attempt), and how many events its history holds.
+SPAWNING_THEN_WAITING = "process_order_spawning_then_waiting"
 CRASH_POINTS = [
-    ("spawn_child:after_commit", TaskStatus.RUNNING, 1),
-    ("wait_for_child:suspended", TaskStatus.SUSPENDED, 1),
-    ("wait_for_child:finished", TaskStatus.RUNNING, 1),
-    ("task_returned:process_order", TaskStatus.RUNNING, 2),
+    ("call:before_commit", "process_order", TaskStatus.RUNNING, 0),
+    ("call:suspended", "process_order", TaskStatus.SUSPENDED, 1),
+    ("spawn_child:before_commit", SPAWNING_THEN_WAITING, TaskStatus.RUNNING, 0),
+    ("spawn_child:after_commit", SPAWNING_THEN_WAITING, TaskStatus.RUNNING, 1),
+    ("wait_for_child:before_commit", SPAWNING_THEN_WAITING, TaskStatus.RUNNING, 1),
+    ("wait_for_child:suspended", SPAWNING_THEN_WAITING, TaskStatus.SUSPENDED, 1),
+    ("wait_for_child:finished", "process_order", TaskStatus.RUNNING, 1),
+    ("task_returned:process_order", "process_order", TaskStatus.RUNNING, 2),
 ]
 
 
 @pytest.mark.parametrize(
-    ("point", "left", "events_at_death"), CRASH_POINTS, ids=[p for p, _, _ in CRASH_POINTS]
+    ("point", "task_name", "left", "events_at_death"),
+    CRASH_POINTS,
+    ids=[point for point, _, _, _ in CRASH_POINTS],
 )
 def test_a_worker_killed_around_a_suspension_leaves_the_order_charged_once_and_emailed_once(
-    database: LessonDatabase, point: str, left: TaskStatus, events_at_death: int
+    database: LessonDatabase, point: str, task_name: str, left: TaskStatus, events_at_death: int
 ) -> None:
     pool = database.pool
     with worker_process(database, crash_at=point) as doomed, worker_process(database) as rescuer:
         doomed.start()
-        [order_task_id] = enqueue_orders(pool, ["A-1"])
+        [order_task_id] = enqueue_orders(pool, ["A-1"], task_name)
         assert doomed.wait(timeout=20) == -signal.SIGKILL, doomed.log()
         [parent] = [t for t in all_tasks(pool) if t.id == order_task_id]
         assert parent.status == left
         assert len(history(pool, order_task_id)) == events_at_death
+        # Every event names a child that exists, and no child exists without its event.
+        children = [t for t in all_tasks(pool) if t.parent_id == order_task_id]
+        assert len(children) == events_at_death, children
         rescuer.start()
         completed = wait_for_task(pool, order_task_id, timeout=30)
 

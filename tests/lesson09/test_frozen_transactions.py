@@ -179,7 +179,8 @@ def test_a_worker_frozen_inside_its_result_writer_loses_its_child_and_blocks_no_
 def test_a_worker_frozen_inside_wait_for_child_delays_no_result_and_loses_its_parent(
     database: LessonDatabase,
 ) -> None:
-    """The parent has spawned its child and freezes inside wait_for_child's
+    """The parent has spawned its child (spawn_child, then wait_for_child: `call`
+    would spawn and suspend in one transaction) and freezes inside wait_for_child's
     transaction, its row locked by the suspension it has not committed. A
     healthy worker runs the child: recording it wakes the parent, which must not
     wait for the frozen transaction. The child and three trivial tasks are
@@ -195,7 +196,11 @@ def test_a_worker_frozen_inside_wait_for_child_delays_no_result_and_loses_its_pa
         frozen.start()
         with pool.connection() as conn:
             parent_id = enqueue(
-                conn, "call_on_the_children_queue", {"n": 9}, queue=PARENTS_QUEUE, durable=True
+                conn,
+                "spawn_then_wait_on_the_children_queue",
+                {"n": 9},
+                queue=PARENTS_QUEUE,
+                durable=True,
             )
         wait_until(lambda: is_frozen(frozen.pid), message=frozen.log)
         healthy.start()
@@ -211,6 +216,40 @@ def test_a_worker_frozen_inside_wait_for_child_delays_no_result_and_loses_its_pa
         parent = wait_for_task(pool, parent_id, timeout=20)
         assert (parent.status, parent.output) == (TaskStatus.COMPLETED, {"n": 9}), healthy.log()
         assert [task.id for task in all_tasks(pool) if task.parent_id == parent_id] == [child.id]
+        assert healthy.stop() == 0, healthy.log()
+
+
+def test_a_worker_frozen_inside_call_loses_its_parent_and_its_child_never_was(
+    database: LessonDatabase,
+) -> None:
+    """The parent freezes inside call's one transaction: its child created, the
+    event naming it written, its own row locked by the suspension, none of it
+    committed. No one can see the child, so no one can run it; the parent is
+    reassigned within two thresholds of the freeze, and completes with the one
+    child its second attempt spawned."""
+    pool = database.pool
+    record_takeovers(pool, database.schema)
+    frozen = worker_process(
+        database, [PARENTS_QUEUE], environment={FREEZE_AT: "call:before_commit"}
+    )
+    healthy = worker_process(database, [PARENTS_QUEUE, CHILDREN_QUEUE])
+    with frozen, healthy:
+        frozen.start()
+        with pool.connection() as conn:
+            parent_id = enqueue(
+                conn, "call_on_the_children_queue", {"n": 11}, queue=PARENTS_QUEUE, durable=True
+            )
+        wait_until(lambda: is_frozen(frozen.pid), message=frozen.log)
+        healthy.start()
+        assert [task for task in all_tasks(pool) if task.parent_id == parent_id] == []
+        assert_taken_back_in_time(
+            pool, database.schema, parent_id, frozen, healthy, threshold=INACTIVITY_THRESHOLD
+        )
+        parent = wait_for_task(pool, parent_id, timeout=20)
+        assert (parent.status, parent.output) == (TaskStatus.COMPLETED, {"n": 11}), healthy.log()
+        assert parent.attempt == 2
+        [child] = [task for task in all_tasks(pool) if task.parent_id == parent_id]
+        assert child.worker_id in healthy.ids
         assert healthy.stop() == 0, healthy.log()
 
 

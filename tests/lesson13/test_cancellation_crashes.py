@@ -3,9 +3,9 @@
 The moment is made exact by the engine's crash points (engine/crash_points.py),
 armed by the order itself at the one spawn they are meant for
 (tests/lesson13/functions_cancel.py): the worker freezes (SIGSTOP) inside the
-transaction that spawns the order's email, the child written but not committed,
-when the order is cancelled; or it dies (SIGKILL) in the middle of the
-compensation. Either way the order is refunded once and emails nobody.
+transaction in which the order's call spawns its email and suspends, the child
+written but not committed, when the order is cancelled; or it dies (SIGKILL) in
+the middle of the compensation. Either way the order is refunded once and emails nobody.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ COMPENSATED_AT_THE_EMAIL = [
 
 
 def freeze_at_the_emails_spawn() -> dict[str, str]:
-    """The worker freezes inside the email's spawn transaction (not the charge's)."""
-    return {ARM_FREEZE_AT: "spawn_child:before_commit"}
+    """The worker freezes inside the email's call transaction (not the charge's): its
+    child, event and suspension written, not committed."""
+    return {ARM_FREEZE_AT: "call:before_commit"}
 
 
 def lease_left(pool: ConnectionPool, worker_id: int) -> float:
@@ -94,13 +95,14 @@ def cancel_while_frozen(pool: ConnectionPool, order_id: int) -> float:
 def test_a_worker_frozen_at_the_cancellation_and_resumed_in_its_lease_starts_no_email(
     database: LessonDatabase, tmp_path: Path, max_retries: int
 ) -> None:
-    """The worker (lease 4 s) freezes inside the email's spawn, the email child
-    written, not committed. The cancellation waits for the frozen transaction's lock
-    until the server ends it (idle, half the lease), and commits; the email child is
-    gone with it. Resumed before its lease expires, the worker starts nothing new: its
-    spawn cannot commit, and a spawn tried again is refused (the task is cancelled).
-    The order meets Cancelled at the email's event and compensates once, whatever
-    retries it has left (a compensation is not a retry): no email, no email child."""
+    """The worker (lease 4 s) freezes inside the email's call, the email child
+    written (and the suspension), not committed. The cancellation waits for the
+    frozen transaction's lock until the server ends it (idle, half the lease), and
+    commits; the email child is gone with it. Resumed before its lease expires, the
+    worker starts nothing new: its call cannot commit, and a call tried again is
+    refused (the task is cancelled). The order meets Cancelled at the email's event
+    and compensates once, whatever retries it has left (a compensation is not a
+    retry): no email, no email child."""
     pool = database.pool
     threshold = 4.0
     frozen = worker_process(
@@ -140,7 +142,7 @@ def test_a_worker_frozen_at_the_cancellation_and_resumed_in_its_lease_starts_no_
 def test_a_worker_frozen_past_its_lease_is_fenced_out_and_the_next_worker_compensates_once(
     database: LessonDatabase, tmp_path: Path
 ) -> None:
-    """The worker (lease 2 s) freezes inside the email's spawn; the order is
+    """The worker (lease 2 s) freezes inside the email's call; the order is
     cancelled (after the server ends the frozen transaction) and the worker stays
     frozen past its lease. A healthy worker takes the order over: attempt 2 meets
     Cancelled at the email's event, refunds, releases, and the order ends
@@ -180,29 +182,35 @@ def test_a_worker_frozen_past_its_lease_is_fenced_out_and_the_next_worker_compen
 
 
 @pytest.mark.parametrize(
-    ("environment", "killed_attempt_recorded"),
+    ("environment", "killed_attempt_recorded", "last_attempt"),
     [
         # Killed with the cancellation event written, not committed.
-        ({CRASH_AT: "cancellation:before_commit"}, []),
-        # Killed once the refund child and its event are committed.
+        ({CRASH_AT: "cancellation:before_commit"}, [], 2),
+        # Killed inside the refund's call: its child, event and suspension not committed.
+        ({ARM_CRASH_AT: "call:before_commit"}, [("cancellation", "support desk")], 2),
+        # Killed once the refund child, its event and the suspension are committed: the
+        # order is on no worker, and goes on with its attempt when the refund wakes it.
         (
-            {ARM_CRASH_AT: "spawn_child:after_commit"},
+            {ARM_CRASH_AT: "call:suspended"},
             [("cancellation", "support desk"), ("child", "refund_payment")],
+            1,
         ),
     ],
-    ids=["cancellation-before-commit", "after-the-refund-spawn"],
+    ids=["cancellation-before-commit", "inside-the-refund-call", "after-the-refund-call"],
 )
 def test_a_worker_killed_during_the_compensation_leaves_the_next_attempt_to_finish_it_once(
     database: LessonDatabase,
     tmp_path: Path,
     environment: dict[str, str],
     killed_attempt_recorded: list[tuple[str, str]],
+    last_attempt: int,
 ) -> None:
     """The order, held between its charge and its email, is cancelled, and its
     worker is SIGKILLed in the middle of the compensation: before the cancellation
-    event commits, or just after the refund child was spawned. Another worker takes
-    the order over; attempt 2 replays what attempt 1 recorded (the cancellation, the
-    refund child) and records the rest. One refund child, one refund, no email."""
+    event commits, inside the refund's call, or just after it committed. Another
+    worker takes the order over (attempt 2), or resumes it suspended (attempt 1);
+    that attempt replays what attempt 1 recorded (the cancellation, the refund
+    child) and records the rest. One refund child, one refund, no email."""
     pool = database.pool
     gate = tmp_path / "gate"
     killed = worker_process(database, environment=environment)
@@ -223,7 +231,7 @@ def test_a_worker_killed_during_the_compensation_leaves_the_next_attempt_to_fini
 
     assert recorded_by_the_killed == killed_attempt_recorded
     assert task.status == TaskStatus.CANCELLED, (task.output, log)
-    assert task.attempt == 2
+    assert task.attempt == last_attempt
     history = history_of(pool, order_id)
     assert calls(history) == [
         ("step", "reserve_stock"),
@@ -234,5 +242,7 @@ def test_a_worker_killed_during_the_compensation_leaves_the_next_attempt_to_fini
         ("step", "release_stock"),
     ]
     killed_events = 3 + len(killed_attempt_recorded)
-    assert [event.attempt for event in history] == [1] * killed_events + [2] * (6 - killed_events)
+    assert [event.attempt for event in history] == (
+        [1] * killed_events + [last_attempt] * (6 - killed_events)
+    )
     assert_compensated_once(pool, "K-1", order_id)
