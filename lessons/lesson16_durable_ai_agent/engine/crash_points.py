@@ -16,6 +16,8 @@ The points:
 
 | Point | Where |
 |---|---|
+| `call:before_commit` | `call`'s child and its event written, the parent suspended; not committed |
+| `call:suspended` | all three committed: the parent is suspended, its child queued |
 | `spawn_child:before_commit` | the child task and its event are written, not yet committed |
 | `spawn_child:after_commit` | both are committed |
 | `wait_for_child:before_commit` | the parent marked suspended, its child looked at; not committed |

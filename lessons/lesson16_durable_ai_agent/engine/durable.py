@@ -15,11 +15,13 @@ And the child task:
 
     payment = ctx.call("charge_payment", {"order_id": "A-1", "amount_cents": 4200})
 
-The first time, the context puts a `charge_payment` task on the queue and
-appends an event that holds the child's id, both in one transaction; then it
-waits for the child to finish, and returns its output. On a later attempt the
-event is there: the context waits for *that* child again (it has usually
-finished long ago), and never creates another.
+The first time, the context puts a `charge_payment` task on the queue,
+appends an event that holds the child's id, and suspends the task to wait for
+the child (below), all in one transaction; the run that finds the child
+finished returns its output. On a later attempt the event is there: the
+context waits for *that* child again (it has usually finished long ago), and
+never creates another. (`spawn_child` and `wait_for_child` do the two halves
+apart, for a function with something to do in between.)
 
 Waiting does not hold the worker. A child that has not finished *suspends* the
 task: the context marks it suspended and raises `TaskSuspended`, which ends
@@ -589,6 +591,32 @@ class DurableContext:
         fork from before this event, spawns the child again, and finds the
         one that charged the card, finished, instead of charging it again.
         """
+        return self._spawn(
+            task_name,
+            input,
+            queue=queue,
+            max_retries=max_retries,
+            durable=durable,
+            idempotency_key=idempotency_key,
+            then_suspend=False,
+        )
+
+    def _spawn(
+        self,
+        task_name: str,
+        input: Any,
+        *,
+        queue: str | None,
+        max_retries: int,
+        durable: bool,
+        idempotency_key: str | None,
+        then_suspend: bool,
+    ) -> ChildTask:
+        """`spawn_child`. With `then_suspend`, a child new to the history is
+        waited for in the same transaction (`_spawn_and_suspend`, which raises
+        `TaskSuspended`): only a child the history records comes back. Not a
+        child with an `idempotency_key`: that may be a task that exists already,
+        and has finished; it is spawned, then looked at."""
         event_number = self._take_event_number()
         check_json(f"the input of child task {task_name}", input)
         call = Call.of(EventKind.CHILD, task_name, input)
@@ -597,6 +625,8 @@ class DurableContext:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
                 raise RuntimeError(f"event {event_number} of task {self.task_id} has no child")
             return ChildTask(id=recorded.child_task_id, task_name=task_name)
+        if then_suspend and idempotency_key is None:
+            self._spawn_and_suspend(event_number, call, queue or self.queue, max_retries, durable)
 
         def spawn(conn: psycopg.Connection[Any]) -> ChildTask:
             # A task thread may wait for locks: a lock timeout would fail the attempt.
@@ -773,16 +803,79 @@ class DurableContext:
         """Spawn a child task and wait for it: its output, `ChildTaskFailed` or `ChildTimeout`.
 
         No `timeout` (the default): the wait has no limit (see `wait_for_child`).
+        A child this run spawns with no limit to the wait cannot have finished
+        yet, so the spawn and the suspension are one transaction
+        (`_spawn_and_suspend`). A child the history records, a child with an
+        `idempotency_key`, or a wait with a timeout, is `spawn_child` then
+        `wait_for_child`.
         """
-        child = self.spawn_child(
+        if timeout is not None:
+            child = self.spawn_child(
+                task_name,
+                input,
+                queue=queue,
+                max_retries=max_retries,
+                durable=durable,
+                idempotency_key=idempotency_key,
+            )
+            return self.wait_for_child(child, timeout=timeout)
+        child = self._spawn(
             task_name,
             input,
             queue=queue,
             max_retries=max_retries,
             durable=durable,
             idempotency_key=idempotency_key,
+            then_suspend=True,
         )
-        return self.wait_for_child(child, timeout=timeout)
+        return self.wait_for_child(child)
+
+    def _spawn_and_suspend(
+        self, event_number: int, call: Call, queue: str, max_retries: int, durable: bool
+    ) -> NoReturn:
+        """Create the child, record its event and suspend the task, in one transaction.
+
+        `spawn_child` then `wait_for_child` would take two: the spawn, then the
+        suspension and a look at the child, undone if it had finished. A child
+        created in this very transaction has not: no worker can claim it until
+        the transaction commits (until then no other session sees its row), and
+        by then the suspension is committed with it. Its end wakes us all the
+        same: its WakeTasks locks this task's row, which our suspension holds
+        until the commit, so it comes after, and finds us suspended. So there is
+        no look, and nothing to undo. Fenced as the two were: a refused event or
+        suspension leaves the transaction, which rolls back, child and all.
+        """
+
+        def spawn_and_suspend(conn: psycopg.Connection[Any]) -> TaskSuspended:
+            # A task thread may wait for locks: a lock timeout would fail the attempt.
+            with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                child = self._create_child(conn, call, queue, max_retries, durable, None)
+                self._append(conn, event_number, call, child_task_id=child.id)
+                suspension = self._suspend(conn, wake_at=None)
+                crash_point("call:before_commit")
+            return suspension
+
+        def spawned_and_suspended_earlier(conn: psycopg.Connection[Any]) -> TaskSuspended | None:
+            # A commit whose reply was lost: the event, if it is there, names the
+            # child that try created, and the suspension committed with it. Never
+            # create a second child. The event is the proof, not the task's row:
+            # since that commit the child may have run and woken the task, and a
+            # worker claimed it again; this run must stop all the same.
+            event = self._recorded_event(conn, event_number, call)
+            return None if event is None else TaskSuspended(self.task_id, None)
+
+        suspension = self._unless_cancelled(
+            event_number,
+            lambda: with_retries(
+                self.pool,
+                self.retries,
+                f"task {self.task_id} event {event_number} ({call}): spawning and suspending",
+                spawn_and_suspend,
+                resolve=spawned_and_suspended_earlier,
+            ),
+        )
+        crash_point("call:suspended")
+        self._stop(suspension)
 
     def sleep(self, seconds: float) -> None:
         """Pause the durable function for `seconds`, without holding a worker.
