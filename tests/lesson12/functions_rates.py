@@ -47,11 +47,46 @@ def two_steps(ctx: DurableContext, input: dict[str, Any]) -> Any:
     return {"first": first, "second": second}
 
 
+def fan_out_on_a_rate_limit(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Spawn `input["children"]` `work` children on rate limit `input["rate_limit"]`,
+    all at once, then wait for each."""
+    children = [
+        ctx.spawn_child(
+            "work",
+            {"child": n, "seconds": input["seconds"]},
+            rate_limit=input["rate_limit"],
+            rate_units=input.get("rate_units", 1),
+        )
+        for n in range(input["children"])
+    ]
+    return [ctx.wait_for_child(child) for child in children]
+
+
+def call_on_a_rate_limit(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """One `work` child on rate limit `input["rate_limit"]`, by `call`."""
+    return ctx.call(
+        "work", {"called": True}, rate_limit=input["rate_limit"], rate_units=input["rate_units"]
+    )
+
+
+def change_the_limit_on_retry(ctx: DurableContext, input: dict[str, Any]) -> Any:
+    """Attempt n spawns its child on rate limit `input["limits"][n - 1]`, and the
+    first attempt then fails: the second replays the child with another limit."""
+    limit = input["limits"][min(ctx.attempt, len(input["limits"])) - 1]
+    ctx.spawn_child("work", {"child": 0}, rate_limit=limit)
+    if ctx.attempt == 1:
+        raise RuntimeError("fail the first attempt, after its spawn")
+    return {"limit": limit}
+
+
 FUNCTIONS: dict[str, TaskFunction] = {"work": work, "hold_at_gate": hold_at_gate}
 
 DURABLE_FUNCTIONS: dict[str, DurableFunction] = {
     "sleep_then_finish": sleep_then_finish,
     "two_steps": two_steps,
+    "fan_out_on_a_rate_limit": fan_out_on_a_rate_limit,
+    "call_on_a_rate_limit": call_on_a_rate_limit,
+    "change_the_limit_on_retry": change_the_limit_on_retry,
 }
 
 # Every grant of a rate limit, as the database made it: a row trigger on tasks

@@ -21,7 +21,9 @@ the child (below), all in one transaction; the run that finds the child
 finished returns its output. On a later attempt the event is there: the
 context waits for *that* child again (it has usually finished long ago), and
 never creates another. (`spawn_child` and `wait_for_child` do the two halves
-apart, for a function with something to do in between.)
+apart, for a function with something to do in between.) A child that calls a
+rate-limited API takes the limit like an enqueued task (`rate_limit=`,
+`rate_units=`): it waits for its window, and the event's key records the limit.
 
 Waiting does not hold the worker. A child that has not finished *suspends* the
 task: the context marks it suspended and raises `TaskSuspended`, which ends
@@ -105,6 +107,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import EventKind, Task, TaskEvent, TaskStatus
 from ..db.queries import GetWaitForShareRow, Querier
+from .client import check_rate_units
 from .crash_points import crash_point
 from .shared import (
     DEFAULT_MAX_RETRIES,
@@ -251,16 +254,44 @@ class Call:
     key: str
     # The input as canonical JSON text: what the event stores, and a mismatch shows.
     input_json: str
+    # A child's rate limit and the units it takes (`spawn_child`), None for
+    # anything else: part of the key, so a replay that asks for another limit
+    # is a mismatch. The child's row holds them too, and its claim reads them.
+    rate_limit: str | None = None
+    rate_units: int | None = None
 
     @classmethod
-    def of(cls, kind: EventKind, name: str, input: Any) -> Call:
+    def of(
+        cls,
+        kind: EventKind,
+        name: str,
+        input: Any,
+        *,
+        rate_limit: str | None = None,
+        rate_units: int = 1,
+    ) -> Call:
         """The call, with its key and its input as canonical JSON text (`check_json`
         says whether it can be stored; `InvalidStepData` if it has no key)."""
-        return cls(kind, name, key=event_key(kind, name, input), input_json=canonical_json(input))
+        units = rate_units if rate_limit is not None else None
+        return cls(
+            kind,
+            name,
+            key=event_key(kind, name, input, rate_limit=rate_limit, rate_units=units),
+            input_json=canonical_json(input),
+            rate_limit=rate_limit,
+            rate_units=units,
+        )
 
     def __str__(self) -> str:
         """The call as log lines and errors name it: `step print_label`."""
         return f"{self.kind} {self.name}"
+
+    def described(self) -> str:
+        """The call as a mismatch shows it: its input, and its rate limit if any."""
+        described = describe_call(self.kind, self.name, self.input_json)
+        if self.rate_limit is None:
+            return described
+        return f"{described} on rate limit {self.rate_limit!r} (units: {self.rate_units})"
 
 
 @dataclass(frozen=True)
@@ -398,6 +429,8 @@ class DurableContext:
         *,
         queue: str | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        rate_limit: str | None = None,
+        rate_units: int = 1,
     ) -> ChildTask:
         """Put a child task on the queue, once for this task, however many attempts it takes.
 
@@ -407,9 +440,21 @@ class DurableContext:
         are written, by the worker that owns this attempt, or neither is. When
         an earlier attempt spawned this child, the history holds its event:
         return that child, and create none.
+
+        `rate_limit`, `rate_units`: as for `enqueue`, the child starts only when
+        the rate limit has `rate_units` units left in its window. A limit that
+        does not exist, or units outside its range, raise `ValueError` before
+        anything is written. The event's key includes them: a replay that asks
+        for another limit is a mismatch.
         """
         return self._spawn(
-            task_name, input, queue=queue, max_retries=max_retries, then_suspend=False
+            task_name,
+            input,
+            queue=queue,
+            max_retries=max_retries,
+            rate_limit=rate_limit,
+            rate_units=rate_units,
+            then_suspend=False,
         )
 
     def _spawn(
@@ -419,6 +464,8 @@ class DurableContext:
         *,
         queue: str | None,
         max_retries: int,
+        rate_limit: str | None,
+        rate_units: int,
         then_suspend: bool,
     ) -> ChildTask:
         """`spawn_child`. With `then_suspend`, a child new to the history is
@@ -426,7 +473,9 @@ class DurableContext:
         `TaskSuspended`): only a child the history records comes back."""
         event_number = self._take_event_number()
         check_json(f"the input of child task {task_name}", input)
-        call = Call.of(EventKind.CHILD, task_name, input)
+        call = Call.of(
+            EventKind.CHILD, task_name, input, rate_limit=rate_limit, rate_units=rate_units
+        )
         recorded = self._replay(event_number, call)
         if recorded is not None:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
@@ -580,6 +629,8 @@ class DurableContext:
         queue: str | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         timeout: float | None = None,
+        rate_limit: str | None = None,
+        rate_units: int = 1,
     ) -> Any:
         """Spawn a child task and wait for it: its output, `ChildTaskFailed` or `ChildTimeout`.
 
@@ -587,13 +638,27 @@ class DurableContext:
         A child this run spawns with no limit to the wait cannot have finished
         yet, so the spawn and the suspension are one transaction
         (`_spawn_and_suspend`). A child the history records, or a wait with a
-        timeout, is `spawn_child` then `wait_for_child`.
+        timeout, is `spawn_child` then `wait_for_child`. `rate_limit` and
+        `rate_units` are `spawn_child`'s.
         """
         if timeout is not None:
-            child = self.spawn_child(task_name, input, queue=queue, max_retries=max_retries)
+            child = self.spawn_child(
+                task_name,
+                input,
+                queue=queue,
+                max_retries=max_retries,
+                rate_limit=rate_limit,
+                rate_units=rate_units,
+            )
             return self.wait_for_child(child, timeout=timeout)
         child = self._spawn(
-            task_name, input, queue=queue, max_retries=max_retries, then_suspend=True
+            task_name,
+            input,
+            queue=queue,
+            max_retries=max_retries,
+            rate_limit=rate_limit,
+            rate_units=rate_units,
+            then_suspend=True,
         )
         return self.wait_for_child(child)
 
@@ -771,9 +836,13 @@ class DurableContext:
         self, conn: psycopg.Connection[Any], call: Call, queue: str, max_retries: int
     ) -> Task:
         """Insert the child's row: an ordinary task, queued, no timeouts, with the
-        input its event records."""
+        input and the rate limit its event records."""
+        queries = Querier(conn)
+        if call.rate_limit is not None and call.rate_units is not None:
+            # In the spawn's transaction: a refusal rolls it back, event and all.
+            check_rate_units(queries, call.rate_limit, call.rate_units)
         try:
-            child = Querier(conn).create_task(
+            child = queries.create_task(
                 queue=queue,
                 task_name=call.name,
                 display_name=call.name,
@@ -786,10 +855,10 @@ class DurableContext:
                 parent_id=self.task_id,
                 # A child takes no slot of a key: the limit is about what the
                 # key's clients enqueue, and a parent must never wait for a
-                # slot its own key holds.
+                # slot its own key holds. A rate limit it takes if asked.
                 concurrency_key=None,
-                rate_limit=None,
-                rate_units=None,
+                rate_limit=call.rate_limit,
+                rate_units=call.rate_units,
             )
         except psycopg.DataError as error:
             # JSON that jsonb still refuses: a string holding the character U+0000.
@@ -950,7 +1019,7 @@ class DurableContext:
         if recorded is None:
             return None
         if recorded.key != call.key:
-            raise self._mismatch(recorded, describe_call(call.kind, call.name, call.input_json))
+            raise self._mismatch(recorded, call.described())
         log.info(
             "task %d event %d (%s): replayed from the history", self.task_id, event_number, call
         )
@@ -1020,14 +1089,27 @@ class DurableContext:
         return None
 
 
-def event_key(kind: EventKind, name: str, input: Any) -> str:
-    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input].
+def event_key(
+    kind: EventKind,
+    name: str,
+    input: Any,
+    *,
+    rate_limit: str | None = None,
+    rate_units: int | None = None,
+) -> str:
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input],
+    and of a rate-limited child's limit: [kind, name, input, {rate_limit, rate_units}].
 
+    Only a call with a rate limit has the fourth element, so every other key is
+    what it always was, and histories recorded before children had limits replay.
     An input that is JSON but has no canonical form is refused (`InvalidStepData`):
     `{1: "a", "b": 2}`, whose keys of two types cannot be sorted.
     """
+    recorded: list[Any] = [str(kind), name, input]
+    if rate_limit is not None:
+        recorded.append({"rate_limit": rate_limit, "rate_units": rate_units})
     try:
-        call = canonical_json([str(kind), name, input])
+        call = canonical_json(recorded)
     except TypeError as error:
         raise InvalidStepData(
             f"the input of {kind} {name} has no canonical JSON form, so no key: {error}"
