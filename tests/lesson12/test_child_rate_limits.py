@@ -154,6 +154,7 @@ def test_a_replay_that_asks_for_another_limit_is_a_mismatch(
         )
     parent = wait_for_task(pool, task_id, timeout=60)
     assert parent.status == TaskStatus.FAILED, parent
+    assert parent.output is not None
     message = parent.output["error"]["message"]
     assert message == (
         'event 1 does not match the history: recorded child work({"child":0}), '
