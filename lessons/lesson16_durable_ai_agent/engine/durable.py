@@ -21,7 +21,9 @@ the child (below), all in one transaction; the run that finds the child
 finished returns its output. On a later attempt the event is there: the
 context waits for *that* child again (it has usually finished long ago), and
 never creates another. (`spawn_child` and `wait_for_child` do the two halves
-apart, for a function with something to do in between.)
+apart, for a function with something to do in between.) A child that calls a
+rate-limited API takes the limit like an enqueued task (`rate_limit=`,
+`rate_units=`): it waits for its window, and the event's key records the limit.
 
 Waiting does not hold the worker. A child that has not finished *suspends* the
 task: the context marks it suspended and raises `TaskSuspended`, which ends
@@ -175,7 +177,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import EventKind, EventWait, Task, TaskEvent, TaskStatus
 from ..db.queries import Querier
-from .client import DEFAULT_IDEMPOTENCY_RETENTION, create_once
+from .client import DEFAULT_IDEMPOTENCY_RETENTION, check_rate_units, create_once
 from .crash_points import crash_point
 from .input_diff import describe_changes
 from .shared import (
@@ -395,16 +397,44 @@ class Call:
     key: str
     # The input as canonical JSON text: what the event stores, and a mismatch shows.
     input_json: str
+    # A child's rate limit and the units it takes (`spawn_child`), None for
+    # anything else: part of the key, so a replay that asks for another limit
+    # is a mismatch. The child's row holds them too, and its claim reads them.
+    rate_limit: str | None = None
+    rate_units: int | None = None
 
     @classmethod
-    def of(cls, kind: EventKind, name: str, input: Any) -> Call:
+    def of(
+        cls,
+        kind: EventKind,
+        name: str,
+        input: Any,
+        *,
+        rate_limit: str | None = None,
+        rate_units: int = 1,
+    ) -> Call:
         """The call, with its key and its input as canonical JSON text (`check_json`
         says whether it can be stored; `InvalidStepData` if it has no key)."""
-        return cls(kind, name, key=event_key(kind, name, input), input_json=canonical_json(input))
+        units = rate_units if rate_limit is not None else None
+        return cls(
+            kind,
+            name,
+            key=event_key(kind, name, input, rate_limit=rate_limit, rate_units=units),
+            input_json=canonical_json(input),
+            rate_limit=rate_limit,
+            rate_units=units,
+        )
 
     def __str__(self) -> str:
         """The call as log lines and errors name it: `step print_label`."""
         return f"{self.kind} {self.name}"
+
+    def described(self) -> str:
+        """The call as a mismatch shows it: its input, and its rate limit if any."""
+        described = describe_call(self.kind, self.name, self.input_json)
+        if self.rate_limit is None:
+            return described
+        return f"{described} on rate limit {self.rate_limit!r} (units: {self.rate_units})"
 
 
 @dataclass(frozen=True)
@@ -575,6 +605,8 @@ class DurableContext:
         max_retries: int = DEFAULT_MAX_RETRIES,
         durable: bool = False,
         idempotency_key: str | None = None,
+        rate_limit: str | None = None,
+        rate_units: int = 1,
     ) -> ChildTask:
         """Put a child task on the queue, once for this task, however many attempts it takes.
 
@@ -590,6 +622,12 @@ class DurableContext:
         task with that key when there is one (`client.enqueue`): a replay, or a
         fork from before this event, spawns the child again, and finds the
         one that charged the card, finished, instead of charging it again.
+
+        `rate_limit`, `rate_units`: as for `enqueue`, the child starts only when
+        the rate limit has `rate_units` units left in its window. A limit that
+        does not exist, or units outside its range, raise `ValueError` before
+        anything is written. The event's key includes them: a replay that asks
+        for another limit is a mismatch.
         """
         return self._spawn(
             task_name,
@@ -598,6 +636,8 @@ class DurableContext:
             max_retries=max_retries,
             durable=durable,
             idempotency_key=idempotency_key,
+            rate_limit=rate_limit,
+            rate_units=rate_units,
             then_suspend=False,
         )
 
@@ -610,6 +650,8 @@ class DurableContext:
         max_retries: int,
         durable: bool,
         idempotency_key: str | None,
+        rate_limit: str | None,
+        rate_units: int,
         then_suspend: bool,
     ) -> ChildTask:
         """`spawn_child`. With `then_suspend`, a child new to the history is
@@ -619,7 +661,9 @@ class DurableContext:
         and has finished; it is spawned, then looked at."""
         event_number = self._take_event_number()
         check_json(f"the input of child task {task_name}", input)
-        call = Call.of(EventKind.CHILD, task_name, input)
+        call = Call.of(
+            EventKind.CHILD, task_name, input, rate_limit=rate_limit, rate_units=rate_units
+        )
         recorded = self._replay(event_number, call)
         if recorded is not None:
             if recorded.child_task_id is None:  # the CHECK on task_events rules it out
@@ -799,6 +843,8 @@ class DurableContext:
         timeout: float | None = None,
         durable: bool = False,
         idempotency_key: str | None = None,
+        rate_limit: str | None = None,
+        rate_units: int = 1,
     ) -> Any:
         """Spawn a child task and wait for it: its output, `ChildTaskFailed` or `ChildTimeout`.
 
@@ -807,7 +853,7 @@ class DurableContext:
         yet, so the spawn and the suspension are one transaction
         (`_spawn_and_suspend`). A child the history records, a child with an
         `idempotency_key`, or a wait with a timeout, is `spawn_child` then
-        `wait_for_child`.
+        `wait_for_child`. `rate_limit` and `rate_units` are `spawn_child`'s.
         """
         if timeout is not None:
             child = self.spawn_child(
@@ -817,6 +863,8 @@ class DurableContext:
                 max_retries=max_retries,
                 durable=durable,
                 idempotency_key=idempotency_key,
+                rate_limit=rate_limit,
+                rate_units=rate_units,
             )
             return self.wait_for_child(child, timeout=timeout)
         child = self._spawn(
@@ -826,6 +874,8 @@ class DurableContext:
             max_retries=max_retries,
             durable=durable,
             idempotency_key=idempotency_key,
+            rate_limit=rate_limit,
+            rate_units=rate_units,
             then_suspend=True,
         )
         return self.wait_for_child(child)
@@ -1173,9 +1223,13 @@ class DurableContext:
         durable: bool,
         idempotency_key: str | None,
     ) -> Task:
-        """Insert the child's row: a task, queued, no timeouts, with the input its
-        event records; or, for an idempotency key in use, the task that has it."""
+        """Insert the child's row: a task, queued, no timeouts, with the input and
+        the rate limit its event records; or, for an idempotency key in use, the
+        task that has it."""
         queries = Querier(conn)
+        if call.rate_limit is not None and call.rate_units is not None:
+            # In the spawn's transaction: a refusal rolls it back, event and all.
+            check_rate_units(queries, call.rate_limit, call.rate_units)
 
         def create() -> Task | None:
             return queries.create_task(
@@ -1191,10 +1245,10 @@ class DurableContext:
                 parent_id=self.task_id,
                 # A child takes no slot of a key: the limit is about what the
                 # key's clients enqueue, and a parent must never wait for a
-                # slot its own key holds.
+                # slot its own key holds. A rate limit it takes if asked.
                 concurrency_key=None,
-                rate_limit=None,
-                rate_units=None,
+                rate_limit=call.rate_limit,
+                rate_units=call.rate_units,
                 idempotency_key=idempotency_key,
                 idempotency_retention_seconds=(
                     DEFAULT_IDEMPOTENCY_RETENTION if idempotency_key is not None else None
@@ -1506,7 +1560,7 @@ class DurableContext:
         if call is None:
             new_call, changes = "none (the function returned)", []
         else:
-            new_call = describe_call(call.kind, call.name, call.input_json)
+            new_call = call.described()
             same_operation = (call.kind, call.name) == (recorded.kind, recorded.name)
             changes = (
                 describe_changes(recorded.input, json.loads(call.input_json))
@@ -1581,14 +1635,27 @@ class DurableContext:
         return None
 
 
-def event_key(kind: EventKind, name: str, input: Any) -> str:
-    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input].
+def event_key(
+    kind: EventKind,
+    name: str,
+    input: Any,
+    *,
+    rate_limit: str | None = None,
+    rate_units: int | None = None,
+) -> str:
+    """The key of a call: SHA-256, in hex, of the canonical JSON of [kind, name, input],
+    and of a rate-limited child's limit: [kind, name, input, {rate_limit, rate_units}].
 
+    Only a call with a rate limit has the fourth element, so every other key is
+    what it always was, and histories recorded before children had limits replay.
     An input that is JSON but has no canonical form is refused (`InvalidStepData`):
     `{1: "a", "b": 2}`, whose keys of two types cannot be sorted.
     """
+    recorded: list[Any] = [str(kind), name, input]
+    if rate_limit is not None:
+        recorded.append({"rate_limit": rate_limit, "rate_units": rate_units})
     try:
-        call = canonical_json([str(kind), name, input])
+        call = canonical_json(recorded)
     except TypeError as error:
         raise InvalidStepData(
             f"the input of {kind} {name} has no canonical JSON form, so no key: {error}"
