@@ -6,17 +6,20 @@ A research agent is asked how many orders a month one worker can take, and
 what the database costs, and to email the answer to Ana. It searches the
 team's notes, calculates, drafts the email, waits for Ben to approve it,
 sends it, and answers. The model is the lesson's scripted one (it plays a
-fixed script, deterministically, and keeps a bill of every request); it is
-busy on every fourth request (429), and the agent backs off with a durable
-sleep. The conversation continues as new after four turns.
+fixed script, deterministically, and keeps a bill of every request). Each
+model call is a child task on lesson 12's rate limit `model-api`, 3 calls a
+second, so a call may wait for its window; the provider is still busy on
+every fourth request (429), and the agent backs off with a durable sleep.
+The conversation continues as new after four turns.
 
 The worker that runs it is killed (SIGKILL) inside the email tool, just after
 the mail service sent the email and before the tool said so; a second worker
 takes over. Then the same run is forked at turn 3, where the model, asked
 again, answers differently. Checked at the end: the crash cost no model call
 twice (the bill matches the recorded calls), the email went once (two send
-requests, one email), the fork asked the model only from turn 3 on, sent its
-own email and left the first run's effects as they were.
+requests, one email), no second of the run started more model calls than
+the rate limit allows, the fork asked the model only from turn 3 on, sent
+its own email and left the first run's effects as they were.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
 # A Python without the course installed (`make install` puts it in .venv) would stop at
@@ -47,8 +51,12 @@ from lessons.common.cli import Checks, Lesson, argument_parser, configure_loggin
 from lessons.common.cli import wait_until as wait_for
 from lessons.lesson16_durable_ai_agent.db.models import Task, TaskStatus
 from lessons.lesson16_durable_ai_agent.demo.agent import (
+    MODEL_CALLS_PER_WINDOW,
+    MODEL_RATE_LIMIT,
+    MODEL_WINDOW_SECONDS,
     conversation_tasks,
     fork_at_turn,
+    model_call_tasks,
     model_events,
     new_conversation,
     start_agent,
@@ -161,6 +169,33 @@ def print_counts(output: dict[str, Any], bill: list[dict[str, Any]], turns: str)
     )
 
 
+def most_started_in_a_window(model_calls: list[Task]) -> int:
+    """The most model calls started in any window of the rate limit's length, (s, s + per]:
+    a window holding the most can be slid until it ends at a start."""
+    per = timedelta(seconds=MODEL_WINDOW_SECONDS)
+    starts = sorted(started_at(call) for call in model_calls)
+    return max(
+        (sum(1 for other in starts if end - per < other <= end) for end in starts), default=0
+    )
+
+
+def started_at(task: Task) -> datetime:
+    if task.started_at is None:
+        raise RuntimeError(f"model call task {task.id} never started")
+    return task.started_at
+
+
+def print_rate_limit(model_calls: list[Task]) -> None:
+    """What lesson 12's rate limit did to the model calls: the most started in a window,
+    and the longest any waited, queued, for a unit."""
+    waited = max((started_at(call) - call.inserted_at).total_seconds() for call in model_calls)
+    print(
+        f"  Rate limit {MODEL_RATE_LIMIT} ({MODEL_CALLS_PER_WINDOW} calls per "
+        f"{MODEL_WINDOW_SECONDS:g} s): at most {most_started_in_a_window(model_calls)} started "
+        f"in any {MODEL_WINDOW_SECONDS:g} s; the longest wait for a unit {waited:.1f} s."
+    )
+
+
 def demonstrate() -> bool:
     checks = Checks()
     LESSON.reset()
@@ -192,12 +227,14 @@ def demonstrate() -> bool:
             bill = world.model_requests.records()
             with pool.connection() as conn:
                 recorded = model_events(conn, [task.id for task in tasks])
+                model_calls = model_call_tasks(conn, [task.id for task in tasks])
             mail_after_run = world.mail.records()
 
             chain = ", ".join(str(task.id) for task in tasks)
             print(f"\n  The transcript (tasks {chain}: it continued as new after 4 turns):")
             print_transcript(output["transcript"])
             print_counts(output, bill, "turns 1 to 5")
+            print_rate_limit(model_calls)
             requests = Counter(r["operation"] for r in world.mail_records("request"))
             print(
                 f"  Mail service: {requests['send']} send requests, "
@@ -215,9 +252,11 @@ def demonstrate() -> bool:
             fork_bill = world.model_requests.records()[len(bill) :]
             with pool.connection() as conn:
                 fork_recorded = model_events(conn, [task.id for task in fork_tasks])
+                fork_model_calls = model_call_tasks(conn, [task.id for task in fork_tasks])
                 first_after_fork = [t.output for t in conversation_tasks(conn, first)]
             print_transcript(fork_output["transcript"], from_turn=FORK_TURN)
             print_counts(fork_output, fork_bill, f"turns {FORK_TURN} to 5")
+            print_rate_limit(fork_model_calls)
             rescuer.stop()
         final_mail = world.mail.records()
 
@@ -237,6 +276,13 @@ def demonstrate() -> bool:
         f"the crash cost no model call twice: {len(bill)} billed, {len(recorded)} recorded, "
         "each turn answered once",
         f"billed turns {asked}, {len(recorded)} recorded",
+    )
+    most_in_a_window = most_started_in_a_window(model_calls + fork_model_calls)
+    checks.check(
+        len(model_calls) == len(recorded) and most_in_a_window <= MODEL_CALLS_PER_WINDOW,
+        f"each model call was a child task on rate limit {MODEL_RATE_LIMIT}, and no "
+        f"{MODEL_WINDOW_SECONDS:g} s started more than {MODEL_CALLS_PER_WINDOW} (lesson 12)",
+        f"{most_in_a_window} started in one window",
     )
     checks.check(
         requests["send"] == 2 and len(sent) == 1 and drafts == sent,

@@ -14,6 +14,9 @@ What it proves, with the real server and real worker processes:
   once, even when the worker is SIGKILLed just after the compensation's
   effect: one draft discarded, nothing sent, the task cancelled;
 - a spent budget ends the run at its limit, by the recorded counts;
+- three agents at once, on two worker processes, share the model API's rate
+  limit (lesson 12): no second starts more model calls than it allows, and
+  every agent still answers;
 - the OpenAI-compatible adapter writes and reads the chat-completions format
   (pure translation: no test calls a model API).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -29,15 +33,17 @@ import pytest
 from lessons.lesson16_durable_ai_agent.db.models import EventKind, TaskStatus
 from lessons.lesson16_durable_ai_agent.db.queries import Querier
 from lessons.lesson16_durable_ai_agent.demo.agent import (
+    MODEL_RATE_LIMIT,
     conversation_tasks,
     fork_at_turn,
+    model_call_tasks,
     new_conversation,
     start_agent,
 )
 from lessons.lesson16_durable_ai_agent.demo.approver import Approver
 from lessons.lesson16_durable_ai_agent.demo.model import from_openai_message, to_openai_message
 from lessons.lesson16_durable_ai_agent.demo.world import World
-from lessons.lesson16_durable_ai_agent.engine.client import cancel
+from lessons.lesson16_durable_ai_agent.engine.client import cancel, set_rate_limit
 from lessons.lesson16_durable_ai_agent.tools import history_tool
 from tests.conftest import LessonDatabase
 from tests.lesson16.conversations import (
@@ -88,7 +94,13 @@ def test_a_fork_at_turn_3_answers_otherwise_and_leaves_the_first_run_alone(
         assert [t.output for t in conversation_tasks(conn, first_ids[0])] == [
             t.output for t in first.tasks
         ]
-    assert forked.children == {"calculate": 1, "draft_email": 1, "send_email": 1}
+    # Its own children from turn 3 on: 4 model calls (turn 4's refused, then asked again).
+    assert forked.children == {
+        "call_model": 4,
+        "calculate": 1,
+        "draft_email": 1,
+        "send_email": 1,
+    }
 
 
 def test_an_approval_that_times_out_ends_the_run_cleanly(
@@ -163,7 +175,45 @@ def test_a_spent_budget_ends_the_run_at_its_limit(database: LessonDatabase, tmp_
     )
     assert run.output["status"] == "budget spent"
     assert run.output["turns"] == 2 and len(run.bill) == 2
-    assert run.children == {"search": 2}
+    assert run.children == {"call_model": 2, "search": 2}
+
+
+def test_agents_at_once_share_the_model_rate_limit(
+    database: LessonDatabase, tmp_path: Path
+) -> None:
+    """Three conversations at once, two worker processes of 4 slots, the limit set to
+    2 model calls a second before they start (`start_agent` keeps it): every
+    call is a `call_model` child on the limit, no window of a second holds more
+    than 2 starts, and some holds 2 (so an excess would show)."""
+    world = World(tmp_path)
+    per = timedelta(seconds=1)
+    with database.pool.connection() as conn:
+        set_rate_limit(conn, MODEL_RATE_LIMIT, 2, per.total_seconds())
+        firsts = [
+            start_agent(conn, new_conversation(f"{CONVERSATION}-{n}", QUESTION)) for n in range(3)
+        ]
+    with (
+        Approver(database.pool, world, "Ben"),
+        worker_process(database.schema, world) as one,
+        worker_process(database.schema, world) as other,
+    ):
+        one.start()
+        other.start()
+        runs = [wait_for_conversation(database.pool, first) for first in firsts]
+    with database.pool.connection() as conn:
+        calls = [call for tasks in runs for call in model_call_tasks(conn, [t.id for t in tasks])]
+    outputs = [tasks[-1].output for tasks in runs]
+    assert [output.get("status") if isinstance(output, dict) else None for output in outputs] == [
+        "answered"
+    ] * 3
+    assert len(calls) == len(world.model_requests.records())
+    assert {(call.rate_limit, call.rate_units, call.attempt) for call in calls} == {
+        (MODEL_RATE_LIMIT, 1, 1)
+    }
+    starts = sorted(call.started_at for call in calls if call.started_at is not None)
+    assert len(starts) == len(calls)
+    most = max(sum(1 for other in starts if end - per < other <= end) for end in starts)
+    assert most == 2
 
 
 def test_the_openai_adapter_writes_and_reads_the_chat_completions_format() -> None:

@@ -4,13 +4,14 @@ What it proves, with the real server and real worker processes: a worker
 SIGKILLed at every turn boundary (COURSE_CRASH_AT=agent:turn-N, just before
 turn N asks the model), inside a tool call (the draft saved, or the email
 sent, and the tool not yet returned), when the agent returns, and at the
-engine's crash points in the middle of its operations (a tool's child being
-spawned, the backoff's sleep, the approval's wait, the continuation), is
+engine's crash points in the middle of its operations (a model call's or a
+tool's child being spawned, the backoff's sleep, the approval's wait, the
+continuation), is
 replaced by another worker, and the conversation ends exactly as an
 uninterrupted run does: the same transcript and result, the same number of
 model calls billed by the provider (each recorded once in the history: none
-asked twice), one draft and one email sent, and each tool call run as one
-child task. What the provider and the mail service saw is read from their
+asked twice), one draft and one email sent, and each model call and each tool
+call run as one child task. What the provider and the mail service saw is read from their
 own ledgers (demo/world.py), not from the engine's word.
 """
 
@@ -36,8 +37,11 @@ CRASH_POINTS = [
     "send_email:sent",
     "task_returned:agent",
     # The engine's own points, where the agent's operations are half done: turn 1's
-    # search spawned, not committed; the backoff's sleep, the approval's wait opened,
-    # the approval received and not used; the continuation written, not committed.
+    # model call spawned with the agent's suspension, not committed; the email's
+    # draft (a keyed child) spawned, not committed; the backoff's sleep, the
+    # approval's wait opened, the approval received and not used; the continuation
+    # written, not committed.
+    "call:before_commit",
     "spawn_child:before_commit",
     "sleep:before_commit",
     "wait_for_event:suspended",
@@ -76,7 +80,9 @@ def test_an_uninterrupted_run_answers_and_emails_once(uninterrupted: Conversatio
     assert output["backoffs"] == 1
     assert len(uninterrupted.mail_of("sent")) == 1
     assert uninterrupted.mail_of("discarded") == []
+    # Each model call a child task too, on the rate limit (the 429's call included).
     assert uninterrupted.children == {
+        "call_model": 6,
         "search": 2,
         "calculate": 1,
         "draft_email": 1,
@@ -117,8 +123,9 @@ def test_a_crash_inside_a_model_call_costs_that_call_and_nothing_else(
     uninterrupted: Conversation,
 ) -> None:
     """The one moment a crash costs a model call: answered, billed, not yet recorded
-    (`model:answered`, turn 1). The next attempt asks again: one more line on the
-    bill, the same request; the run is otherwise the uninterrupted one."""
+    (`model:answered`, turn 1, inside the `call_model` child). The child's next
+    attempt asks again: one more line on the bill, the same request; the run is
+    otherwise the uninterrupted one."""
     database = lesson_database(LESSON, max_size=4)
     crashed = run_conversation(database.pool, database.schema, tmp_path, crash_at="model:answered")
 

@@ -5,11 +5,15 @@ the model what came of it, ask again, until the model answers instead of
 calling a tool. Written as a durable function, every part of that loop is
 something an earlier lesson made durable:
 
-- each model call is a *step* (lesson 05): its request and its response are
-  recorded in the task's history, and a replay after a crash reads the
-  response back instead of asking (and paying) again. Model calls are the
-  expensive part, and not deterministic: recording them is what makes the
-  rest of the loop replay the same way (lesson 06 checks that it does);
+- each model call is a *child task*, `call_model` (lesson 07): its request
+  is the child's input, recorded in the agent's history, and its response the
+  child's output, and a replay after a crash reads the response back instead
+  of asking (and paying) again. Model calls are the expensive part, and not
+  deterministic: recording them is what makes the rest of the loop replay the
+  same way (lesson 06 checks that it does). A child, not a step, because a
+  child can take a *rate limit* (lesson 12): `call_model` starts only when
+  the provider's limit, `model-api`, has a unit left in its window, however
+  many agents ask at once;
 - each tool call is a *child task* (lesson 07): run once, on any worker, its
   output recorded; a tool with an effect carries a business idempotency key
   (lesson 13), so that a tool tried again after a crash, or called again by
@@ -17,8 +21,9 @@ something an earlier lesson made durable:
 - a risky tool (sending an email) waits for a person's approval, a *durable
   event* with a timeout (lesson 10); a timed-out approval ends the run, with
   the draft discarded;
-- the model API is rate limited: a 429 is a recorded response like any other,
-  and the agent backs off with a *durable sleep* (lesson 09), exponentially;
+- a 429 the provider still returns (its limit is not only ours to spend) is a
+  recorded response like any other, and the agent backs off with a *durable
+  sleep* (lesson 09), exponentially;
 - the *budget* (turns, tokens) is part of the state, counted from recorded
   responses, so a replay counts the same;
 - a *cancelled* run meets `Cancelled` at its next operation and compensates
@@ -50,7 +55,7 @@ import psycopg
 
 from ..db.models import EventKind, Task, TaskEvent
 from ..db.queries import Querier
-from ..engine.client import enqueue
+from ..engine.client import enqueue, set_rate_limit
 from ..engine.crash_points import crash_point
 from ..engine.durable import Cancelled, ChildTaskFailed, DurableContext, EventTimeout
 from ..engine.reruns import fork
@@ -67,8 +72,17 @@ APPROVAL_TIMEOUT_SECONDS = 3600.0
 BUDGET = {"turns": 8, "tokens": 20_000}
 # A tool that fails is tried again this many times (a crash costs no retry).
 TOOL_RETRIES = 2
+# A model call that fails (the API is down, its answer unreadable) is tried again.
+MODEL_RETRIES = 2
 # The longest backoff after a 429, however many came in a row.
 MAX_BACKOFF_SECONDS = 5.0
+# The model provider's rate limit, as our plan with it says (lesson 12): every
+# `call_model` child takes a unit, so no more than this many model calls start
+# in any window, across all agents and workers. A `call_model` child cannot be
+# spawned without it (`start_agent` sets it).
+MODEL_RATE_LIMIT = "model-api"
+MODEL_CALLS_PER_WINDOW = 3
+MODEL_WINDOW_SECONDS = 1.0
 
 
 class ApprovalTimedOut(Exception):
@@ -105,7 +119,10 @@ def new_conversation(
 
 
 def start_agent(conn: psycopg.Connection[Any], state: dict[str, Any]) -> int:
-    """Put the agent on the queue; its task's id."""
+    """Put the agent on the queue; its task's id. The model API's rate limit is set
+    first if nobody has set it (`set_rate_limit` changes it: an operator's stays)."""
+    if Querier(conn).get_rate_limit(name=MODEL_RATE_LIMIT) is None:
+        set_rate_limit(conn, MODEL_RATE_LIMIT, MODEL_CALLS_PER_WINDOW, MODEL_WINDOW_SECONDS)
     return enqueue(conn, "agent", state, durable=True)
 
 
@@ -150,12 +167,17 @@ def converse(ctx: DurableContext, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def ask_model(ctx: DurableContext, state: dict[str, Any]) -> dict[str, Any]:
-    """The model's next message: one recorded step per request, backing off on a 429."""
+    """The model's next message: one recorded child task per request, on the model
+    API's rate limit, backing off on a 429."""
     turn = state["turn"] + 1
     request = {"model": state["model"], "turn": turn, "messages": state["messages"], "tools": TOOLS}
     refused = 0
     while True:
-        response = ctx.run_step("model", call_model, request)
+        # Lesson 12's rate limit: the child waits, queued, for a unit of the window;
+        # the agent waits for the child, suspended (no slot held either way).
+        response: dict[str, Any] = ctx.call(
+            "call_model", request, rate_limit=MODEL_RATE_LIMIT, max_retries=MODEL_RETRIES
+        )
         state["model_calls"] += 1
         if response["status"] == 200:
             break
@@ -173,7 +195,7 @@ def ask_model(ctx: DurableContext, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def call_model(request: dict[str, Any]) -> dict[str, Any]:
-    """The step: one request to the model API (the scripted one, or a real one)."""
+    """The child task: one request to the model API (the scripted one, or a real one)."""
     response = model_from(request["model"]).complete(request)
     # Answered (and billed), not yet recorded: the one moment a crash costs a call.
     crash_point("model:answered")
@@ -263,16 +285,33 @@ def model_events(conn: psycopg.Connection[Any], task_ids: list[int]) -> list[Tas
         event
         for task_id in task_ids
         for event in queries.list_task_events(task_id=task_id)
-        if event.kind == EventKind.STEP
-        and event.name == "model"
-        and event.copied_from_task_id is None
+        if is_model_call(event) and event.copied_from_task_id is None
     ]
+
+
+def model_call_tasks(conn: psycopg.Connection[Any], task_ids: list[int]) -> list[Task]:
+    """The `call_model` children of these tasks' recorded model calls, in order: each
+    row holds its request, its response, and when the rate limit let it start."""
+    queries = Querier(conn)
+    children: list[Task] = []
+    for event in model_events(conn, task_ids):
+        child = queries.get_task(id=event.child_task_id) if event.child_task_id else None
+        if child is None:
+            raise LookupError(f"event {event.event_number} of task {event.task_id} has no child")
+        children.append(child)
+    return children
+
+
+def is_model_call(event: TaskEvent) -> bool:
+    """An event of the history that spawned a `call_model` child."""
+    return event.kind == EventKind.CHILD and event.name == "call_model"
 
 
 def fork_at_turn(conn: psycopg.Connection[Any], task_id: int, turn: int) -> Task:
     """Fork the agent's task where turn `turn` asked the model (lesson 11): the fork
-    replays the turns before it, and asks the model again from there."""
+    replays the turns before it, and asks the model again (a new `call_model`
+    child) from there."""
     for event in Querier(conn).list_task_events(task_id=task_id):
-        if event.kind == EventKind.STEP and event.name == "model" and event.input["turn"] == turn:
+        if is_model_call(event) and event.input["turn"] == turn:
             return fork(conn, task_id, at_event=event.event_number)
     raise LookupError(f"task {task_id} has no turn {turn}")
