@@ -107,8 +107,11 @@ MAIN_SCRIPT_RUNS = [
     ),
     MainScriptRun(
         "lessons/lesson16_durable_ai_agent/main.py",
-        # The capstone: a crash that costs no model call, then a fork at turn 3.
+        # The capstone: a crash that costs no model call, the model API's rate limit,
+        # then a fork at turn 3.
         prints=(
+            "ok    each model call was a child task on rate limit model-api, and no 1 s started "
+            "more than 3 (lesson 12)",
             "ok    the email was sent once: two send requests (the crash), one email, by its key",
             "ok    the fork sent its own email and left the first run's as they were",
         ),
