@@ -1043,9 +1043,13 @@ BEGIN
 END;
 $$;
 
+-- Only for a row whose finished_at is about to disagree with its status: the
+-- WHEN is evaluated without calling the function, so the claims, suspends and
+-- wake-ups of unfinished tasks (most of the updates) pay no PL/pgSQL call.
 CREATE TRIGGER tasks_set_finished_at
     BEFORE INSERT OR UPDATE OF status ON tasks
     FOR EACH ROW
+    WHEN ((NEW.status IN ('completed', 'failed', 'cancelled')) <> (NEW.finished_at IS NOT NULL))
     EXECUTE FUNCTION set_finished_at();
 
 -- How long what has finished is kept, one row for the whole schema: every
