@@ -134,6 +134,8 @@ class LessonSystem:
     @contextmanager
     def fresh(self) -> Iterator[None]:
         reset_schema(self.orders.schema, self.orders.schema_sql)
+        with connect(schema=self.orders.schema) as conn:
+            self.orders.complete_schema(conn)  # lesson 12's stand-in emails table
         yield
 
     def workers(self) -> AbstractContextManager[list[int]]:

@@ -83,7 +83,7 @@ FROM start, (
     ) AS at_limit
 ) AS rejected
 WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit)
-ON CONFLICT (idempotency_key) DO UPDATE
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO UPDATE
 SET enqueues = tasks.enqueues + 1
 WHERE tasks.idempotency_expires_at > now()
 RETURNING id, inserted_at, queue, task_name, display_name, input, output, status, priority, attempt, max_retries, infrastructure_attempts, execution_timeout, schedule_deadline, worker_id, started_at, durable, parent_id, wake_at, attempts_before_replay, forked_from_task_id, forked_at_event, concurrency_key, hold_while_suspended, key_slot_held, rate_limit, rate_units, cancel_requested_at, cancelled_by, cancel_reason, idempotency_key, idempotency_expires_at, enqueues
@@ -1239,6 +1239,7 @@ class Querier:
         the caller releases it (ReleaseExpiredIdempotencyKey) and enqueues again.
         Its tasks running (or holding a slot) and queued: read only for cancel_newest.
         When it may start: now, or later (NULL).
+        (The index is partial: the conflict names its predicate to be matched to it.)
         """
         with self._cursor() as cur:
             cur.execute(

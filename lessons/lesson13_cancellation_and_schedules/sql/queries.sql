@@ -91,7 +91,8 @@ FROM start, (
     ) AS at_limit
 ) AS rejected
 WHERE sqlc.narg(concurrency_key)::text IS NULL OR EXISTS (SELECT 1 FROM queue_limit)
-ON CONFLICT (idempotency_key) DO UPDATE
+-- (The index is partial: the conflict names its predicate to be matched to it.)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO UPDATE
 SET enqueues = tasks.enqueues + 1
 WHERE tasks.idempotency_expires_at > now()
 RETURNING *;
