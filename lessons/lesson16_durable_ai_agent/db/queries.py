@@ -735,7 +735,10 @@ WHERE EXISTS (
     WHERE tasks.id = $1::bigint
       AND tasks.attempt = $10::integer
       AND tasks.worker_id = $11::bigint
-      AND tasks.status = 'running'
+      AND (
+          tasks.status = 'running'
+          OR (tasks.status = 'suspended' AND tasks.xmin = pg_current_xact_id()::xid)
+      )
       AND (tasks.cancel_requested_at IS NULL OR $12::boolean)
     FOR SHARE
 )
@@ -2404,6 +2407,12 @@ class Querier:
         comes back: the context then finds the cancellation, see durable.py). A
         step that has run is recorded whatever happened meanwhile (compensating is
         true for it): its effect has happened, and the compensation must know it.
+
+        Running, or suspended by this very transaction: ctx.call suspends its task
+        before it creates the child and records it (see _spawn_and_suspend in
+        durable.py), and that fenced SuspendTask, whose row lock this transaction
+        holds until it ends, proved the attempt ours. (xmin is the transaction that
+        wrote the row's current version; an earlier suspension is not ours to add to.)
         """
         with self._cursor() as cur:
             cur.execute(

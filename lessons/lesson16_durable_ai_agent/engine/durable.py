@@ -218,11 +218,18 @@ class TaskSuspended(BaseException):
     `BaseException`, so that the `except Exception:` of a durable function does
     not stop it; and a function that catches it anyway cannot go on, because
     every later operation of its context raises it again.
+
+    `child_to_claim`: the suspension created a child on this task's queue,
+    which nobody was told of (see `_spawn_and_suspend`): the worker must wake
+    its own poller, which claims the child with the slot this run frees.
     """
 
-    def __init__(self, task_id: int, wake_at: datetime | None) -> None:
+    def __init__(
+        self, task_id: int, wake_at: datetime | None, *, child_to_claim: bool = False
+    ) -> None:
         self.task_id = task_id
         self.wake_at = wake_at
+        self.child_to_claim = child_to_claim
         until = f"until {wake_at.isoformat()}" if wake_at else "until its child finishes"
         super().__init__(f"task {task_id} suspended {until}")
 
@@ -883,7 +890,7 @@ class DurableContext:
     def _spawn_and_suspend(
         self, event_number: int, call: Call, queue: str, max_retries: int, durable: bool
     ) -> NoReturn:
-        """Create the child, record its event and suspend the task, in one transaction.
+        """Suspend the task, create the child and record its event, in one transaction.
 
         `spawn_child` then `wait_for_child` would take two: the spawn, then the
         suspension and a look at the child, undone if it had finished. A child
@@ -892,18 +899,26 @@ class DurableContext:
         by then the suspension is committed with it. Its end wakes us all the
         same: its WakeTasks locks this task's row, which our suspension holds
         until the commit, so it comes after, and finds us suspended. So there is
-        no look, and nothing to undo. Fenced as the two were: a refused event or
-        suspension leaves the transaction, which rolls back, child and all.
+        no look, and nothing to undo. Fenced as the two were: a refused
+        suspension or event leaves the transaction, which rolls back, child and all.
+
+        The suspension comes first so that the insert's trigger sees it: a
+        child on this task's queue, whose parent this transaction suspended, is
+        announced to nobody (schema.sql). No worker needs the hint: this one
+        gets the slot back as this run ends, and `child_to_claim` tells it to
+        wake its own poller, which claims the child (the worker, run_task).
+        Should this worker die before its poller claims, the child waits for
+        another worker's next poll: later, never lost.
         """
 
         def spawn_and_suspend(conn: psycopg.Connection[Any]) -> TaskSuspended:
             # A task thread may wait for locks: a lock timeout would fail the attempt.
             with bounded_transaction(conn, self.limits, wait_for_locks=True):
+                self._suspend(conn, wake_at=None)
                 child = self._create_child(conn, call, queue, max_retries, durable, None)
                 self._append(conn, event_number, call, child_task_id=child.id)
-                suspension = self._suspend(conn, wake_at=None)
                 crash_point("call:before_commit")
-            return suspension
+            return TaskSuspended(self.task_id, None, child_to_claim=queue == self.queue)
 
         def spawned_and_suspended_earlier(conn: psycopg.Connection[Any]) -> TaskSuspended | None:
             # A commit whose reply was lost: the event, if it is there, names the
@@ -912,7 +927,9 @@ class DurableContext:
             # since that commit the child may have run and woken the task, and a
             # worker claimed it again; this run must stop all the same.
             event = self._recorded_event(conn, event_number, call)
-            return None if event is None else TaskSuspended(self.task_id, None)
+            if event is None:
+                return None
+            return TaskSuspended(self.task_id, None, child_to_claim=queue == self.queue)
 
         suspension = self._unless_cancelled(
             event_number,

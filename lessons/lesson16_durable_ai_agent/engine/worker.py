@@ -440,6 +440,10 @@ class Worker:
                 # Not an outcome: the task waits in the database, and its
                 # attempt goes on when it is claimed again. Nothing to record.
                 log.info("%s", suspension)
+                if suspension.child_to_claim:
+                    # Its child was announced to nobody: claim it here, in
+                    # the slot this run gives back (see durable.py, `call`).
+                    self._claim_now()
                 return
             except TaskContinued as continuation:
                 # Completed, with its successor, in one transaction already.
@@ -493,6 +497,11 @@ class Worker:
             self.record_failure(task, error_document("InvalidResult", str(error)), retryable=False)
             return
         self.record_success(task, output_json)
+
+    def _claim_now(self) -> None:
+        """Wake this worker's poller, as a notification would (it claims once a slot is free)."""
+        if self._poller is not None:
+            self._poller.wake()
 
     def _function_for(self, task: Task) -> TaskFunction | None:
         """What to call with the task's input, or None when nothing is registered.

@@ -827,6 +827,12 @@ RETURNING *;
 -- comes back: the context then finds the cancellation, see durable.py). A
 -- step that has run is recorded whatever happened meanwhile (compensating is
 -- true for it): its effect has happened, and the compensation must know it.
+--
+-- Running, or suspended by this very transaction: ctx.call suspends its task
+-- before it creates the child and records it (see _spawn_and_suspend in
+-- durable.py), and that fenced SuspendTask, whose row lock this transaction
+-- holds until it ends, proved the attempt ours. (xmin is the transaction that
+-- wrote the row's current version; an earlier suspension is not ours to add to.)
 INSERT INTO task_events (
     task_id, event_number, kind, name, input, key, output, child_task_id, wake_at, attempt
 )
@@ -847,7 +853,10 @@ WHERE EXISTS (
     WHERE tasks.id = sqlc.arg(task_id)::bigint
       AND tasks.attempt = sqlc.arg(attempt)::integer
       AND tasks.worker_id = sqlc.arg(worker_id)::bigint
-      AND tasks.status = 'running'
+      AND (
+          tasks.status = 'running'
+          OR (tasks.status = 'suspended' AND tasks.xmin = pg_current_xact_id()::xid)
+      )
       AND (tasks.cancel_requested_at IS NULL OR sqlc.arg(compensating)::boolean)
     FOR SHARE
 )

@@ -521,6 +521,21 @@ $$;
 -- same transaction (same channel, same payload), so a transaction that
 -- enqueues a thousand tasks, in one statement or in a thousand, wakes each
 -- worker once.
+--
+-- One insert announces nothing: a child created by the very transaction that
+-- suspends its parent to wait for it, on the parent's queue (ctx.call, see
+-- durable.py). That commit gives the parent's slot back to the worker that
+-- ran it, a worker of this queue, and that worker wakes its own poller, in
+-- its process, to claim the child: every other worker would only wake to
+-- find nothing to claim, or claim the child a moment before a worker that
+-- had a free slot anyway. "Suspended by this transaction" is exact: the
+-- parent's row version was written by the current transaction (its xmin is
+-- our transaction id). Every other insert notifies as before: a client's
+-- enqueue, spawn_child (its parent goes on running), a child on another
+-- queue, a parent suspended by an earlier transaction, any SQL of one's own.
+-- Should that worker die right after the commit, the child waits for the
+-- next poll of another worker (poll_interval at most): a hint lost, never a
+-- task, as with any notification.
 CREATE FUNCTION notify_tasks_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -528,8 +543,19 @@ BEGIN
     -- waits no longer than until the next wake-up time it knows of.
     PERFORM pg_notify(TG_TABLE_SCHEMA || '.task_queued', queues.queue)
     FROM (
-        SELECT DISTINCT queue FROM inserted
-        WHERE status = 'queued' OR (status = 'suspended' AND wake_at IS NOT NULL)
+        SELECT DISTINCT inserted.queue
+        FROM inserted
+        WHERE (
+            inserted.status = 'queued'
+            OR (inserted.status = 'suspended' AND inserted.wake_at IS NOT NULL)
+        )
+          AND NOT EXISTS (
+              SELECT FROM tasks AS parent
+              WHERE parent.id = inserted.parent_id
+                AND parent.queue = inserted.queue
+                AND parent.status = 'suspended'
+                AND parent.xmin = pg_current_xact_id()::xid
+          )
     ) AS queues;
     RETURN NULL;
 END;
