@@ -11,6 +11,7 @@ and the tasks of the conversation's tree.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ def worker_process(schema: str, world: World, crash_at: str | None = None) -> Wo
         poll_interval=0.05,
         heartbeat_interval=0.1,
         inactivity_threshold=1.0,
+        # Its claims and suspensions logged: what a failed wait shows (describe_run).
+        verbose=True,
         environment=environment,
     )
 
@@ -58,12 +61,72 @@ def finished_tasks(pool: ConnectionPool, first_task_id: int) -> list[Task] | Non
     return tasks if last.status in FINISHED and last.continued_as_task_id is None else None
 
 
-def wait_for_conversation(pool: ConnectionPool, first_task_id: int) -> list[Task]:
+def wait_for_conversation(
+    pool: ConnectionPool,
+    first_task_id: int,
+    *,
+    approver: Approver | None = None,
+    workers: Sequence[WorkerProcess] = (),
+) -> list[Task]:
+    """The conversation's tasks once it has finished. If it does not, the error says
+    where it stands: every task, the waits, the approvals, the workers' logs."""
     return wait_until(
         lambda: finished_tasks(pool, first_task_id),
         timeout=60,
-        message=f"the conversation of task {first_task_id} did not finish",
+        message=lambda: (
+            f"the conversation of task {first_task_id} did not finish\n"
+            + describe_run(pool, approver, workers)
+        ),
     )
+
+
+def describe_run(
+    pool: ConnectionPool, approver: Approver | None, workers: Sequence[WorkerProcess]
+) -> str:
+    """Where a run stands, for a reader of a failed test: each task of the schema with
+    what it waits for (its last event), the event waits and pushed events, the rate
+    limits' windows, the workers' rows, the approver's actions and the workers' logs."""
+    lines: list[str] = []
+    with pool.connection() as conn:
+        queries = Querier(conn)
+        lines.append(f"database now: {queries.database_now()}")
+        lines.append("tasks:")
+        for task in queries.list_tasks():
+            events = queries.list_task_events(task_id=task.id)
+            last = events[-1] if events else None
+            waits_for = (
+                "-"
+                if last is None
+                else f"event {last.event_number} {last.kind} {last.name!r} key={last.key!r} "
+                f"child={last.child_task_id} wake_at={last.wake_at} "
+                f"output={'set' if last.output is not None else None}"
+            )
+            lines.append(
+                f"  {task.id} {task.task_name} parent={task.parent_id} {task.status} "
+                f"attempt={task.attempt} worker={task.worker_id} wake_at={task.wake_at} "
+                f"rate_limit={task.rate_limit} started_at={task.started_at} "
+                f"continued_as={task.continued_as_task_id} last: {waits_for}"
+            )
+        lines.append("event waits:")
+        lines.extend(f"  {wait}" for wait in queries.list_event_waits())
+        lines.append("external events:")
+        lines.extend(f"  {event}" for event in queries.list_external_events())
+        lines.append("rate limits:")
+        lines.extend(f"  {window}" for window in queries.list_rate_limit_windows())
+        lines.append("workers:")
+        rows = conn.execute(
+            "SELECT id, last_heartbeat_at, lease_expires_at, stopped_at FROM workers ORDER BY id"
+        ).fetchall()
+        lines.extend(f"  {row}" for row in rows)
+    if approver is not None:
+        # A thread that died (an exception) approves nothing more: say so.
+        alive = approver._thread.is_alive()
+        lines.append(
+            f"approver {approver.name} (thread alive: {alive}) approved: {approver.approved}"
+        )
+    for number, worker in enumerate(workers, start=1):
+        lines.append(f"worker process {number} log:\n{worker.log()}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -123,7 +186,7 @@ def run_conversation(
     with pool.connection() as conn:
         first = start_agent(conn, new_conversation(CONVERSATION, QUESTION, budget=budget))
     with (
-        Approver(pool, world, "Ben"),
+        Approver(pool, world, "Ben") as approver,
         worker_process(schema, world, crash_at) as first_worker,
         worker_process(schema, world) as second_worker,
     ):
@@ -132,5 +195,7 @@ def run_conversation(
             exit_code = first_worker.wait(timeout=60)
             assert exit_code == -9, f"no crash at {crash_at}: {first_worker.log()}"
             second_worker.start()
-        tasks = wait_for_conversation(pool, first)
+        tasks = wait_for_conversation(
+            pool, first, approver=approver, workers=[first_worker, second_worker]
+        )
     return observe(pool, world, tasks)

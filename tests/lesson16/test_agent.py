@@ -72,9 +72,14 @@ def test_a_fork_at_turn_3_answers_otherwise_and_leaves_the_first_run_alone(
     first_ids = [task.id for task in first.tasks]
     with database.pool.connection() as conn:
         fork = fork_at_turn(conn, first_ids[0], 3)
-    with Approver(database.pool, world, "Ben"), worker_process(database.schema, world) as worker:
+    with (
+        Approver(database.pool, world, "Ben") as approver,
+        worker_process(database.schema, world) as worker,
+    ):
         worker.start()
-        fork_tasks = wait_for_conversation(database.pool, fork.id)
+        fork_tasks = wait_for_conversation(
+            database.pool, fork.id, approver=approver, workers=[worker]
+        )
     forked = observe(database.pool, world, fork_tasks)
 
     # The fork asked turns 3 to 5 only: turns 1 and 2 came from the copied history.
@@ -111,7 +116,7 @@ def test_an_approval_that_times_out_ends_the_run_cleanly(
         first = start_agent(conn, new_conversation(CONVERSATION, QUESTION, approval_timeout=1.0))
     with worker_process(database.schema, world) as worker:  # and nobody approves
         worker.start()
-        tasks = wait_for_conversation(database.pool, first)
+        tasks = wait_for_conversation(database.pool, first, workers=[worker])
     run = observe(database.pool, world, tasks)
 
     assert tasks[-1].status == TaskStatus.COMPLETED
@@ -156,7 +161,7 @@ def test_a_cancelled_run_compensates_once_through_a_crash(
         # The compensation discards the draft, and its worker dies right after.
         assert doomed.wait(timeout=60) == -9
         rescuer.start()
-        tasks = wait_for_conversation(database.pool, first)
+        tasks = wait_for_conversation(database.pool, first, workers=[doomed, rescuer])
     run = observe(database.pool, world, tasks)
 
     assert tasks[-1].status == TaskStatus.CANCELLED
@@ -193,13 +198,16 @@ def test_agents_at_once_share_the_model_rate_limit(
             start_agent(conn, new_conversation(f"{CONVERSATION}-{n}", QUESTION)) for n in range(3)
         ]
     with (
-        Approver(database.pool, world, "Ben"),
+        Approver(database.pool, world, "Ben") as approver,
         worker_process(database.schema, world) as one,
         worker_process(database.schema, world) as other,
     ):
         one.start()
         other.start()
-        runs = [wait_for_conversation(database.pool, first) for first in firsts]
+        runs = [
+            wait_for_conversation(database.pool, first, approver=approver, workers=[one, other])
+            for first in firsts
+        ]
     with database.pool.connection() as conn:
         calls = [call for tasks in runs for call in model_call_tasks(conn, [t.id for t in tasks])]
     outputs = [tasks[-1].output for tasks in runs]
