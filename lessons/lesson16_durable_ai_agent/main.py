@@ -124,10 +124,19 @@ def describe_call(call: dict[str, Any]) -> str:
     return f"{call['name']}({arguments})"
 
 
+def describe_passages(documents: list[str]) -> str:
+    """The documents the passages came from, best first: "a.md (2 passages), b.md"."""
+    counts = Counter(documents)
+    return ", ".join(
+        f"{document} ({counts[document]} passages)" if counts[document] > 1 else document
+        for document in dict.fromkeys(documents)
+    )
+
+
 def describe_result(message: dict[str, Any]) -> str:
     output = json.loads(message["content"])
     if message["name"] == "search":
-        return "found " + ", ".join(result["document"] for result in output["results"])
+        return "found " + describe_passages([result["document"] for result in output["results"]])
     if message["name"] == "calculate":
         return f"{output.get('value', output.get('error'))}"
     if output.get("sent"):
