@@ -958,7 +958,10 @@ SELECT
 """
 
 PLAN_ONCE = """-- name: PlanOnce :exec
-SELECT set_config('plan_cache_mode', 'force_generic_plan', false)
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false),
+    set_config('enable_hashjoin', 'off', false),
+    set_config('enable_mergejoin', 'off', false),
+    set_config('enable_material', 'off', false)
 """
 
 NOTIFICATION_CHANNELS = """-- name: NotificationChannels :one
@@ -2596,6 +2599,12 @@ class Querier:
         """For the rest of this session, plan each prepared statement once, for any
         values (a generic plan), instead of again for each call's values. Only on
         the poller's own connection: see engine/poller.py.
+
+        And join by nested loops only. The claim is a chain of index probes, each
+        join a few rows by a key; but its plan is made once, often on an empty table
+        that the planner takes for ten pages, and then a hash join (or a nested loop
+        over a materialized scan) reading all of tasks looks cheaper than one probe
+        of the primary key per chosen task, and stays for as long as the plan does.
         """
         with self._cursor() as cur:
             cur.execute(PLAN_ONCE)

@@ -19,8 +19,13 @@ much as running it (a millisecond each, measured in the README). PostgreSQL
 plans a prepared statement again for each call while it expects a plan made
 for the call's own values to be much better; for the claim it never is (the
 plan is the same chain of index probes whatever the values), so this
-connection asks for one generic plan, made once (`plan_cache_mode`). A
-session setting must not leak into a shared pool, where it would change how
+connection asks for one generic plan, made once (`plan_cache_mode`). Made
+once, often on an empty table, that plan would keep whatever looked cheapest
+then: a hash join reading all of `tasks` at every claim, for the few chosen
+rows that one probe of the primary key each finds. So this connection joins by
+nested loops only (`enable_hashjoin` and the rest off, see PlanOnce), which
+for the claim's few rows by a key is the right plan at any size of the table.
+A session setting must not leak into a shared pool, where it would change how
 every other statement is planned: hence a connection of the poller's own.
 
 The poller claims when told there may be work (`wake()`: the listener heard a

@@ -1082,7 +1082,16 @@ SELECT
 -- For the rest of this session, plan each prepared statement once, for any
 -- values (a generic plan), instead of again for each call's values. Only on
 -- the poller's own connection: see engine/poller.py.
-SELECT set_config('plan_cache_mode', 'force_generic_plan', false);
+--
+-- And join by nested loops only. The claim is a chain of index probes, each
+-- join a few rows by a key; but its plan is made once, often on an empty table
+-- that the planner takes for ten pages, and then a hash join (or a nested loop
+-- over a materialized scan) reading all of tasks looks cheaper than one probe
+-- of the primary key per chosen task, and stays for as long as the plan does.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', false),
+    set_config('enable_hashjoin', 'off', false),
+    set_config('enable_mergejoin', 'off', false),
+    set_config('enable_material', 'off', false);
 
 -- name: NotificationChannels :one
 -- The channels this schema's triggers notify (see schema.sql), named after the
