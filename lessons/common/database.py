@@ -163,12 +163,18 @@ def create_pool(
     max_size: int = 4,
     name: str | None = None,
     read_only: bool = False,
+    generic_plans: bool = False,
 ) -> ConnectionPool:
     """A pool whose connections see `schema` first, so lesson SQL needs no schema prefix.
 
     The pool is opened and checked before it is returned, so a wrong URL fails here
     with a clear message instead of later, inside a worker thread. With `read_only`,
     the server refuses every write on its connections (default_transaction_read_only).
+    With `generic_plans`, each connection plans a statement once, the first time it
+    runs it (prepared at once, `plan_cache_mode = force_generic_plan`), and joins by
+    nested loops only, so that a plan made on empty tables still probes by key once
+    they have grown: lesson 15's worker, whose partitioned tables would have most
+    statements planned at every call (its README, "Partitions and the plan cache").
     """
     target = url or database_url()
     check_schema_name(schema)
@@ -184,7 +190,10 @@ def create_pool(
             # The same as the direct attempt's, which overrides one in the URL.
             "connect_timeout": CONNECT_TIMEOUT,
             **TCP_LIMITS,
-            **_session_options(schema, read_only=read_only),
+            **_session_options(schema, read_only=read_only, generic_plans=generic_plans),
+            # psycopg prepares a statement at its sixth run by default; until then
+            # the server parses and plans it at every run.
+            **({"prepare_threshold": 0} if generic_plans else {}),
         },
         name=name or schema,
         open=False,
@@ -220,12 +229,20 @@ def check_schema_name(schema: str) -> None:
         raise ValueError(f"schema name {schema!r} must be lower-case letters, digits and _")
 
 
-def _session_options(schema: str | None, *, read_only: bool = False) -> dict[str, Any]:
+def _session_options(
+    schema: str | None, *, read_only: bool = False, generic_plans: bool = False
+) -> dict[str, Any]:
     if schema is None:
         return {}
     check_schema_name(schema)
     read_only_option = " -c default_transaction_read_only=on" if read_only else ""
-    return {"options": f"-c search_path={schema}{read_only_option}"}
+    generic_plans_option = (
+        " -c plan_cache_mode=force_generic_plan -c enable_hashjoin=off"
+        " -c enable_mergejoin=off -c enable_material=off"
+        if generic_plans
+        else ""
+    )
+    return {"options": f"-c search_path={schema}{read_only_option}{generic_plans_option}"}
 
 
 MALFORMED_ADVICE = "DATABASE_URL must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE."

@@ -139,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         # writer, the scheduler and retention, and one per slot for durable
         # functions, which read and write their history. (Each worker's
         # heartbeat, listener and poller have a connection each of their own,
-        # outside the pool.)
-        pool = create_pool(options.schema, max_size=len(queues) * (4 + options.slots))
+        # outside the pool.) Each connection plans each statement once: on the
+        # partitioned tables, PostgreSQL would plan most of them at every call
+        # (README, "Partitions and the plan cache").
+        pool = create_pool(
+            options.schema, max_size=len(queues) * (4 + options.slots), generic_plans=True
+        )
     except DatabaseUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
