@@ -15,7 +15,7 @@ JSON log, autovacuum off), and reports per order:
   **xact_commit** (`pg_stat_database`, less the watcher's polls: it counts empty
   transactions too, a connection's start and each statement psycopg prepares);
   **statements** (pg_stat_statements: top-level ones, each a round trip but a bounded
-  transaction's BEGIN, sent with its LimitTransaction in one since issue 21, and nested
+  transaction's BEGIN, sent with its limits in one message since issue 21, and nested
   ones: triggers', foreign keys' checks), with their executor time; **WAL** bytes,
   records by type and fsyncs (`pg_current_wal_lsn()`, `pg_stat_wal`, pg_walinspect,
   `pg_stat_io`); **notifications** (pg_notify calls: the rows of the statements that

@@ -1,12 +1,13 @@
-"""A bounded transaction (transactions.py, lessons 07-15): BEGIN and its limits cost one
+"""A bounded transaction (transactions.py, lessons 07-16): BEGIN and its limits cost one
 round trip, and the limits are in force from its first statement on.
 
-BEGIN and LimitTransaction are sent together in a pipeline, which ends (a Sync)
-before the block's first statement: the server arms the idle limit only when a
-batch of messages ends, so a frozen worker's transaction must still be ended at
-the idle limit after its first statement. Each test runs on the real server,
-on a connection of its own, with a table of its own in the lesson's schema;
-round trips are read from libpq's trace of the protocol messages.
+BEGIN and the limits are one simple query, a single message holding both
+statements, answered once: the server is then ready for the block's first
+statement, with the idle limit armed, so a frozen worker's transaction must
+still be ended at the idle limit after its first statement. Each test runs on
+the real server, on a connection of its own, with a table of its own in the
+lesson's schema; round trips are read from libpq's trace of the protocol
+messages.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ LESSONS_WITH_BOUNDED_TRANSACTIONS = [
     "lesson13_cancellation_and_schedules",
     "lesson14_changing_code_safely",
     "lesson15_operating_at_scale",
+    "lesson16_durable_ai_agent",
 ]
 
 # A line of libpq's trace that begins a message: direction (Frontend, Backend), length.
@@ -115,11 +117,12 @@ def test_begin_and_the_limits_cost_one_round_trip_before_the_first_statement(
 
     trips = round_trips(conn, one_statement)
     assert len(trips) == 3, trips  # BEGIN and the limits; the statement; COMMIT
-    begin_and_limits, statement, commit = (" ".join(trip) for trip in trips)
-    assert "BEGIN" in begin_and_limits and "set_config" in begin_and_limits, trips
-    assert "Sync" in begin_and_limits, trips  # the batch ends: the idle limit is armed
-    assert "marks" in statement and "BEGIN" not in statement, trips
-    assert "COMMIT" in commit, trips
+    begin_and_limits, statement, commit = trips
+    assert len(begin_and_limits) == 1, trips  # one message, answered once
+    assert begin_and_limits[0].startswith("Query"), trips  # a simple query: both statements
+    assert "BEGIN" in begin_and_limits[0] and "set_config" in begin_and_limits[0], trips
+    assert "marks" in " ".join(statement) and "BEGIN" not in " ".join(statement), trips
+    assert "COMMIT" in " ".join(commit), trips
 
 
 def test_the_limits_hold_inside_and_end_with_the_transaction(
@@ -187,7 +190,7 @@ def test_a_lock_wait_past_the_limit_fails_transient_and_rolls_back(
 
 
 def test_a_failed_first_statement_rolls_back_and_the_connection_stays_usable(
-    transactions: ModuleType, conn: psycopg.Connection[Any]
+    transactions: ModuleType, database: LessonDatabase, conn: psycopg.Connection[Any]
 ) -> None:
     with (
         pytest.raises(psycopg.errors.UniqueViolation),
@@ -197,14 +200,16 @@ def test_a_failed_first_statement_rolls_back_and_the_connection_stays_usable(
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with transactions.bounded_transaction(conn, limits(transactions)):
         conn.execute("INSERT INTO marks VALUES (3)")
-    assert conn.execute("SELECT n FROM marks ORDER BY n").fetchall() == [(1,), (3,)]
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with connect(database.url, schema=database.schema) as other:  # committed: seen by all
+        assert other.execute("SELECT n FROM marks ORDER BY n").fetchall() == [(1,), (3,)]
 
 
 def test_a_rollback_raised_in_the_block_undoes_it_and_goes_no_further(
     transactions: ModuleType, conn: psycopg.Connection[Any]
 ) -> None:
-    with transactions.bounded_transaction(conn, limits(transactions)) as transaction:
+    with transactions.bounded_transaction(conn, limits(transactions)):
         conn.execute("INSERT INTO marks VALUES (4)")
-        raise psycopg.Rollback(transaction)
+        raise psycopg.Rollback()
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert conn.execute("SELECT n FROM marks ORDER BY n").fetchall() == [(1,)]

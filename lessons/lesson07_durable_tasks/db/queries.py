@@ -259,11 +259,6 @@ WHERE task_id = $1
 ORDER BY event_number
 """
 
-LIMIT_TRANSACTION = """-- name: LimitTransaction :exec
-SELECT set_config('idle_in_transaction_session_timeout', $1::integer::text, true),
-       set_config('lock_timeout', $2::integer::text, true)
-"""
-
 RECORD_CHARGE = """-- name: RecordCharge :one
 
 INSERT INTO charges (order_id, amount_cents, task_id)
@@ -556,19 +551,6 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(LIST_TASK_EVENTS, (task_id,))
             return [_task_event_from_row(row) for row in cur.fetchall()]
-
-    def limit_transaction(self, *, idle_milliseconds: int, lock_milliseconds: int) -> None:
-        """Bound the transaction this statement runs in (set_config(..., true) lasts
-        until the transaction ends). Idle between two of its statements for longer
-        than idle_milliseconds, the server ends the session, and releases its locks
-        with it: a worker frozen or cut off inside a transaction cannot hold a task's
-        row for ever, where the sweeps (SKIP LOCKED) would never take its task back.
-        Waiting for a lock for longer than lock_milliseconds (0: no limit), the
-        statement fails with lock_not_available, which is transient: the caller tries
-        again later.
-        """
-        with self._cursor() as cur:
-            cur.execute(LIMIT_TRANSACTION, (idle_milliseconds, lock_milliseconds))
 
     def record_charge(
         self, *, order_id: str, amount_cents: int, task_id: int

@@ -275,18 +275,6 @@ SELECT * FROM task_events
 WHERE task_id = sqlc.arg(task_id)
 ORDER BY event_number;
 
--- name: LimitTransaction :exec
--- Bound the transaction this statement runs in (set_config(..., true) lasts
--- until the transaction ends). Idle between two of its statements for longer
--- than idle_milliseconds, the server ends the session, and releases its locks
--- with it: a worker frozen or cut off inside a transaction cannot hold a task's
--- row for ever, where the sweeps (SKIP LOCKED) would never take its task back.
--- Waiting for a lock for longer than lock_milliseconds (0: no limit), the
--- statement fails with lock_not_available, which is transient: the caller tries
--- again later.
-SELECT set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_milliseconds)::integer::text, true),
-       set_config('lock_timeout', sqlc.arg(lock_milliseconds)::integer::text, true);
-
 -- name: NotificationChannels :one
 -- The channels this schema's triggers notify (see schema.sql), named after the
 -- schema: a listener must LISTEN on exactly these names.

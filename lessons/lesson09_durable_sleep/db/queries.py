@@ -370,12 +370,6 @@ class ListTaskHistoryWithChildrenRow:
     child_output: Any | None
 
 
-LIMIT_TRANSACTION = """-- name: LimitTransaction :exec
-SELECT
-    set_config('idle_in_transaction_session_timeout', $1::integer::text, true),
-    set_config('lock_timeout', $2::integer::text, true)
-"""
-
 NOTIFICATION_CHANNELS = """-- name: NotificationChannels :one
 SELECT
     current_schema()::text AS schema_name,
@@ -799,17 +793,6 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(LIST_TASK_HISTORY_WITH_CHILDREN, (task_id,))
             return [_list_task_history_with_children_row_from_row(row) for row in cur.fetchall()]
-
-    def limit_transaction(self, *, idle_milliseconds: int, lock_milliseconds: int) -> None:
-        """Bound the transaction this statement runs in (set_config(..., true) lasts
-        until it ends). Idle between two statements for longer than
-        idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
-        server ends the session, and its locks go with it. Waiting for a lock for
-        longer than lock_milliseconds (0: no limit), a statement fails with
-        lock_not_available, which is transient: the caller tries again later.
-        """
-        with self._cursor() as cur:
-            cur.execute(LIMIT_TRANSACTION, (idle_milliseconds, lock_milliseconds))
 
     def notification_channels(self) -> NotificationChannelsRow | None:
         """The channels this schema's triggers notify (see schema.sql), named after the

@@ -532,7 +532,7 @@ class DurableContext:
         suspension.
         """
         # A task thread may wait for locks: a lock timeout would fail the attempt.
-        with bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction:
+        with bounded_transaction(conn, self.limits, wait_for_locks=True):
             # Suspend first, then look. Suspending locks this task's row until we
             # commit. A child finishing now must take that lock to wake us
             # (WakeTasks): it waits for our commit, finds us suspended, and wakes
@@ -548,7 +548,7 @@ class DurableContext:
             timed_out = not finished and deadline is not None and deadline <= self.claimed_at
             crash_point("wait_for_child:before_commit")
             if finished or timed_out:
-                raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
+                raise psycopg.Rollback()  # no need to wait: undo the suspension
         if finished:
             return row, False, None
         if timed_out:

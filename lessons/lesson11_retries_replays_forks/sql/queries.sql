@@ -529,17 +529,6 @@ FROM tasks
 ORDER BY id DESC
 LIMIT sqlc.arg(max_tasks);
 
--- name: LimitTransaction :exec
--- Bound the transaction this statement runs in (set_config(..., true) lasts
--- until it ends). Idle between two statements for longer than
--- idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
--- server ends the session, and its locks go with it. Waiting for a lock for
--- longer than lock_milliseconds (0: no limit), a statement fails with
--- lock_not_available, which is transient: the caller tries again later.
-SELECT
-    set_config('idle_in_transaction_session_timeout', sqlc.arg(idle_milliseconds)::integer::text, true),
-    set_config('lock_timeout', sqlc.arg(lock_milliseconds)::integer::text, true);
-
 -- name: NotificationChannels :one
 -- The channels this schema's triggers notify (see schema.sql), named after the
 -- schema: a listener must LISTEN on exactly these names.

@@ -908,12 +908,6 @@ class ListRecentTasksRow:
     age_seconds: float
 
 
-LIMIT_TRANSACTION = """-- name: LimitTransaction :exec
-SELECT
-    set_config('idle_in_transaction_session_timeout', $1::integer::text, true),
-    set_config('lock_timeout', $2::integer::text, true)
-"""
-
 PLAN_ONCE = """-- name: PlanOnce :exec
 SELECT set_config('plan_cache_mode', 'force_generic_plan', false),
     set_config('enable_hashjoin', 'off', false),
@@ -1877,17 +1871,6 @@ class Querier:
         with self._cursor() as cur:
             cur.execute(LIST_RECENT_TASKS, (max_tasks,))
             return [_list_recent_tasks_row_from_row(row) for row in cur.fetchall()]
-
-    def limit_transaction(self, *, idle_milliseconds: int, lock_milliseconds: int) -> None:
-        """Bound the transaction this statement runs in (set_config(..., true) lasts
-        until it ends). Idle between two statements for longer than
-        idle_milliseconds (a worker frozen, or cut off, in the middle of it), the
-        server ends the session, and its locks go with it. Waiting for a lock for
-        longer than lock_milliseconds (0: no limit), a statement fails with
-        lock_not_available, which is transient: the caller tries again later.
-        """
-        with self._cursor() as cur:
-            cur.execute(LIMIT_TRANSACTION, (idle_milliseconds, lock_milliseconds))
 
     def plan_once(self) -> None:
         """For the rest of this session, plan each prepared statement once, for any

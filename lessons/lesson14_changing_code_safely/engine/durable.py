@@ -766,7 +766,7 @@ class DurableContext:
         suspension.
         """
         # A task thread may wait for locks: a lock timeout would fail the attempt.
-        with bounded_transaction(conn, self.limits, wait_for_locks=True) as transaction:
+        with bounded_transaction(conn, self.limits, wait_for_locks=True):
             # Suspend first, then look. Suspending locks this task's row until we
             # commit. A child finishing now must take that lock to wake us
             # (WakeTasks): it waits for our commit, finds us suspended, and wakes
@@ -782,7 +782,7 @@ class DurableContext:
             timed_out = not finished and deadline is not None and deadline <= self.claimed_at
             crash_point("wait_for_child:before_commit")
             if finished or timed_out:
-                raise psycopg.Rollback(transaction)  # no need to wait: undo the suspension
+                raise psycopg.Rollback()  # no need to wait: undo the suspension
             if suspension is None:
                 # Refused (the attempt is lost, or the task cancelled: the
                 # caller finds out which). Looked at the child first: a child
