@@ -86,9 +86,10 @@ bench-vacuum: install
 ## Lesson 04 against PgQueuer and Procrastinate, the durable orders of lessons 07 to 15
 ## against DBOS workflows, on the same server, 5 runs of each case (under 15 minutes).
 ## QUICK=1: each case once, small, stock pass only (about a minute, report in a temporary
-## directory). Installs the `bench` extra (the peers and matplotlib) into .venv first.
+## directory). VACUUM=both adds the burn-downs under aggressive autovacuum (about 20 minutes
+## in all). Installs the `bench` extra (the peers and matplotlib) into .venv first.
 bench-peers: $(VENV)/.installed-bench
-	$(PYTHON) -m benchmarks.compare $(if $(QUICK),--quick)
+	$(PYTHON) -m benchmarks.compare $(if $(QUICK),--quick) $(if $(VACUUM),--vacuum $(VACUUM))
 
 $(VENV)/.installed-bench: pyproject.toml $(INSTALLED)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
