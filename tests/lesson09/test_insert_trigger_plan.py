@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from lessons.common.database import connect
+from tests.auto_explain import plans_of
 from tests.conftest import LessonDatabase
 
 QUEUE = "orders"
@@ -49,9 +50,9 @@ def test_a_childs_insert_reads_its_parent_alone_however_many_tasks_are_suspended
         for _ in range(3):
             spawn_and_suspend(conn)
         suspend_many(conn, SUSPENDED)
-        plans = plans_of_one_spawn(conn)
-    trigger_plans = [plan for text, plan in plans if "FROM inserted" in text]
-    assert trigger_plans, f"no plan of the insert trigger among {[text for text, _ in plans]}"
+        documents = plans_of(conn, lambda: spawn_and_suspend(conn), nested=True)
+    trigger_plans = [d["Plan"] for d in documents if "FROM inserted" in d.get("Query Text", "")]
+    assert trigger_plans, f"no plan of the insert trigger among {documents}"
     for plan in trigger_plans:
         read = dict(rows_read_from_tasks(plan))
         assert sum(read.values()) <= 1, (
@@ -88,30 +89,6 @@ def suspend_many(conn: psycopg.Connection[Any], count: int) -> None:
         conn.execute(
             "UPDATE tasks SET status = 'suspended' WHERE status = 'queued' AND parent_id IS NULL"
         )
-
-
-def plans_of_one_spawn(conn: psycopg.Connection[Any]) -> list[tuple[str, dict[str, Any]]]:
-    """Every statement's plan in one more spawn: (its text, its plan tree)."""
-    notices: list[str] = []
-    conn.add_notice_handler(lambda notice: notices.append(notice.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    for setting in (
-        "auto_explain.log_min_duration = 0",
-        "auto_explain.log_analyze = on",
-        "auto_explain.log_nested_statements = on",
-        "auto_explain.log_format = json",
-        "auto_explain.log_level = notice",
-    ):
-        conn.execute(f"SET {setting}")
-    spawn_and_suspend(conn)
-    conn.execute("SET auto_explain.log_min_duration = -1")
-    plans = []
-    for text in notices:
-        if "{" not in text:
-            continue
-        document = json.loads(text[text.index("{") :])
-        plans.append((document.get("Query Text", ""), document["Plan"]))
-    return plans
 
 
 def rows_read_from_tasks(plan: dict[str, Any]) -> Iterator[tuple[str, float]]:

@@ -11,13 +11,13 @@ notice, in JSON), and no sequential scan of `tasks` may have run in it.
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
 from benchmarks.systems.lesson_engine import LessonEngine
+from tests.auto_explain import plans_of
 from tests.conftest import LessonDatabase
 
 QUEUE = "plans"
@@ -68,20 +68,10 @@ def seq_scans_of_tasks_in_a_claim_after_growth(
                 (task,) = claim(1)
                 engine.finish_completed(conn, worker, [task])
             create_task(queries)
-        plans: list[str] = []
-        claims.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-        claims.execute("LOAD 'auto_explain'")
-        for setting in (
-            "auto_explain.log_min_duration = 0",
-            "auto_explain.log_analyze = on",
-            "auto_explain.log_format = json",
-            "auto_explain.log_level = notice",
-        ):
-            claims.execute(f"SET {setting}")
-        assert len(claim(10)) == 1
-        claims.execute("SET auto_explain.log_min_duration = -1")
-        (claim_plan,) = [text for text in plans if "ClaimTasks" in text]
-        document = json.loads(claim_plan[claim_plan.index("{") :])
+        claimed: list[Any] = []
+        documents = plans_of(claims, lambda: claimed.extend(claim(10)))
+        assert len(claimed) == 1
+        (document,) = [d for d in documents if "ClaimTasks" in d.get("Query Text", "")]
         return list(executed_task_scans(document["Plan"]))
     finally:
         claims.close()

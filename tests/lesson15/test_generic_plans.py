@@ -21,6 +21,7 @@ import pytest
 
 from lessons.common.database import create_pool
 from lessons.lesson15_operating_at_scale.db.queries import Querier
+from tests.auto_explain import plans_of
 from tests.conftest import LessonDatabase
 
 LESSON = "lesson15_operating_at_scale"
@@ -68,16 +69,16 @@ def test_plans_made_on_empty_tables_probe_by_key_once_they_have_grown(
             queries.get_task(id=parent)
             queries.list_task_history_with_children(task_id=parent)
         grow(database)
-        plans = plans_of(
+        documents = plans_of(
             conn,
             lambda: (
                 queries.get_task(id=parent),
                 queries.list_task_history_with_children(task_id=parent),
             ),
         )
-    assert len(plans) == 2, plans
-    for plan in plans:
-        assert list(sequential_scans(plan)) == [], json.dumps(plan)
+    assert len(documents) == 2, documents
+    for document in documents:
+        assert list(sequential_scans(document["Plan"])) == [], json.dumps(document)
 
 
 def create_parent(queries: Querier) -> int:
@@ -124,23 +125,6 @@ def grow(database: LessonDatabase) -> None:
                 " SELECT parent_id, 1, 'child', 'child', '{}', 'key', id, 1"
                 " FROM tasks WHERE parent_id IS NOT NULL"
             )
-
-
-def plans_of(conn: psycopg.Connection[Any], run: Callable[[], object]) -> list[dict[str, Any]]:
-    """The plans of the statements `run` sends, as auto_explain reports them (JSON)."""
-    notices: list[str] = []
-    conn.add_notice_handler(lambda notice: notices.append(notice.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    for setting in (
-        "auto_explain.log_min_duration = 0",
-        "auto_explain.log_analyze = on",
-        "auto_explain.log_format = json",
-        "auto_explain.log_level = notice",
-    ):
-        conn.execute(f"SET {setting}")
-    run()
-    conn.execute("SET auto_explain.log_min_duration = -1")
-    return [json.loads(text[text.index("{") :])["Plan"] for text in notices if "{" in text]
 
 
 def sequential_scans(plan: dict[str, Any]) -> Iterator[str]:
