@@ -9,7 +9,7 @@ is written to the server's log, and no other session is touched.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -36,3 +36,11 @@ def plans_of(
     finally:
         conn.execute("SET auto_explain.log_min_duration = -1")
     return [json.loads(text[text.index("{") :]) for text in notices if "{" in text]
+
+
+def scans_that_ran(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of `plan` that read a relation (its "Relation Name") and ran."""
+    if plan.get("Relation Name") and float(plan.get("Actual Loops", 0)) > 0:
+        yield plan
+    for child in plan.get("Plans", []):
+        yield from scans_that_ran(child)

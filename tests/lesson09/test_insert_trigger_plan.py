@@ -17,14 +17,14 @@ nested statements included, in JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from lessons.common.database import connect
-from tests.auto_explain import plans_of
+from tests.auto_explain import plans_of, scans_that_ran
 from tests.conftest import LessonDatabase
 
 QUEUE = "orders"
@@ -54,7 +54,15 @@ def test_a_childs_insert_reads_its_parent_alone_however_many_tasks_are_suspended
     trigger_plans = [d["Plan"] for d in documents if "FROM inserted" in d.get("Query Text", "")]
     assert trigger_plans, f"no plan of the insert trigger among {documents}"
     for plan in trigger_plans:
-        read = dict(rows_read_from_tasks(plan))
+        # Each scan of tasks (or of a partition): the rows it read, kept or not.
+        read = {
+            f"{scan['Node Type']} on {scan['Relation Name']}": (
+                float(scan.get("Actual Rows", 0)) + float(scan.get("Rows Removed by Filter", 0))
+            )
+            * float(scan["Actual Loops"])
+            for scan in scans_that_ran(plan)
+            if scan["Relation Name"].startswith("tasks")
+        }
         assert sum(read.values()) <= 1, (
             f"the insert trigger read {read} rows of tasks for one child "
             f"(with {SUSPENDED} tasks suspended): {json.dumps(plan)}"
@@ -89,14 +97,3 @@ def suspend_many(conn: psycopg.Connection[Any], count: int) -> None:
         conn.execute(
             "UPDATE tasks SET status = 'suspended' WHERE status = 'queued' AND parent_id IS NULL"
         )
-
-
-def rows_read_from_tasks(plan: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    """Each scan of tasks (or of a partition) that ran: the rows it read, kept or not."""
-    relation = str(plan.get("Relation Name", ""))
-    loops = float(plan.get("Actual Loops", 0))
-    if relation.startswith("tasks") and "Scan" in str(plan.get("Node Type")) and loops > 0:
-        read = float(plan.get("Actual Rows", 0)) + float(plan.get("Rows Removed by Filter", 0))
-        yield f"{plan.get('Node Type')} on {relation}", read * loops
-    for child in plan.get("Plans", []):
-        yield from rows_read_from_tasks(child)

@@ -11,29 +11,18 @@ notice, in JSON), and no sequential scan of `tasks` may have run in it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
 from benchmarks.systems.lesson_engine import LessonEngine
-from tests.auto_explain import plans_of
+from tests.auto_explain import plans_of, scans_that_ran
 from tests.conftest import LessonDatabase
 
 QUEUE = "plans"
 TASK = "child"
 DURABLE_TASK = "parent"
 ROUNDS = 2_000  # tasks the table grows by after the plan was made
-
-
-def executed_task_scans(plan: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    """The sequential scans of tasks (or of its partitions) that ran, with their rows."""
-    relation = str(plan.get("Relation Name", ""))
-    ran = float(plan.get("Actual Loops", 0)) > 0
-    if plan.get("Node Type") == "Seq Scan" and relation.startswith("tasks") and ran:
-        yield relation, float(plan.get("Actual Rows", 0))
-    for child in plan.get("Plans", []):
-        yield from executed_task_scans(child)
 
 
 def seq_scans_of_tasks_in_a_claim_after_growth(
@@ -72,7 +61,11 @@ def seq_scans_of_tasks_in_a_claim_after_growth(
         documents = plans_of(claims, lambda: claimed.extend(claim(10)))
         assert len(claimed) == 1
         (document,) = [d for d in documents if "ClaimTasks" in d.get("Query Text", "")]
-        return list(executed_task_scans(document["Plan"]))
+        return [
+            (scan["Relation Name"], float(scan["Actual Rows"]))
+            for scan in scans_that_ran(document["Plan"])
+            if scan["Node Type"] == "Seq Scan" and scan["Relation Name"].startswith("tasks")
+        ]
     finally:
         claims.close()
 

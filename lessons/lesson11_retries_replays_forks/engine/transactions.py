@@ -103,9 +103,11 @@ def bounded_transaction(
         idle=sql.Literal(str(_milliseconds(limits.idle_seconds))),
         lock=sql.Literal(str(lock_milliseconds)),
     )
-    # Never prepared: a prepared statement holds one statement, and this is two.
-    conn.execute(begin, prepare=False)
     try:
+        # Never prepared: a prepared statement holds one statement, and this is
+        # two. Inside the try: should the limits fail after BEGIN ran, the
+        # transaction it opened is rolled back like any other.
+        conn.execute(begin, prepare=False)
         yield
     except psycopg.Rollback:
         conn.rollback()
