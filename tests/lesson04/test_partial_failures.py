@@ -145,11 +145,6 @@ def test_an_outage_of_three_leases_condemns_no_worker_and_burns_no_attempt(
             assert process.stop() == 0, process.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not recovered yet: the heartbeat cancels the attempts a worker runs but no "
-    "longer owns, and never looks the other way, at attempts it owns but does not run",
-)
 def test_a_task_whose_claim_reply_was_lost_by_a_live_worker_runs_again(
     lesson_database: Callable[..., LessonDatabase],
 ) -> None:
@@ -157,8 +152,9 @@ def test_a_task_whose_claim_reply_was_lost_by_a_live_worker_runs_again(
     task is the worker's in the database, and runs nowhere. Played here by marking a
     queued task running for a live worker in the enqueue's own transaction, as the
     claim's UPDATE would. The worker is alive and renews its lease, so no sweep takes
-    the task back; with no execution timeout nothing else would. It must run again,
-    and complete, within a few leases."""
+    the task back; with no execution timeout nothing else would. Its heartbeat must
+    find the task owned and never received, and give it back: it runs, and completes
+    at attempt 1, since the lost claim is undone (see engine/claims.py)."""
     database = lesson_schema(lesson_database)
     pool = database.pool
     with worker(database, heartbeat_interval=0.1, inactivity_threshold=0.5) as process:
@@ -173,7 +169,8 @@ def test_a_task_whose_claim_reply_was_lost_by_a_live_worker_runs_again(
                 (process.id, task_id),
             )
         task = wait_for_task(pool, task_id, timeout=10)
-        assert task.status == TaskStatus.COMPLETED, process.log()
+        assert (task.status, task.attempt) == (TaskStatus.COMPLETED, 1), process.log()
+        assert f"task {task_id} attempt 1: this worker's claim of it committed" in process.log()
         assert process.stop() == 0, process.log()
 
 

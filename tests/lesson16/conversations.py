@@ -10,6 +10,7 @@ and the tasks of the conversation's tree.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from lessons.lesson16_durable_ai_agent.demo.approver import Approver
 from lessons.lesson16_durable_ai_agent.demo.world import WORLD_VARIABLE, World
 from lessons.lesson16_durable_ai_agent.engine.crash_points import CRASH_AT
 from lessons.lesson16_durable_ai_agent.tools.worker_process import WorkerProcess
+from tests.database_proxy import DatabaseProxy
 from tests.waiting import wait_until
 
 QUESTION = "How many orders a month can one worker take? Email the answer to Ana."
@@ -37,11 +39,16 @@ CONVERSATION = "orders"
 FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-def worker_process(schema: str, world: World, crash_at: str | None = None) -> WorkerProcess:
-    """A worker of the lesson's agent, with a 1 s lease, acting on `world`."""
+def worker_process(
+    schema: str, world: World, crash_at: str | None = None, database_url: str | None = None
+) -> WorkerProcess:
+    """A worker of the lesson's agent, with a 1 s lease, acting on `world` (through the
+    database at `database_url`, when given: a proxy)."""
     environment = {WORLD_VARIABLE: str(world.directory)}
     if crash_at is not None:
         environment[CRASH_AT] = crash_at
+    if database_url is not None:
+        environment["DATABASE_URL"] = database_url
     return WorkerProcess(
         schema=schema,
         slots=4,
@@ -130,6 +137,26 @@ def describe_run(
 
 
 @dataclass
+class Outage:
+    """The database out of the workers' reach for `seconds`, once the provider has
+    billed `after_model_requests` requests: the workers go through `proxy`."""
+
+    proxy: DatabaseProxy
+    after_model_requests: int
+    seconds: float
+
+    def happen(self, world: World) -> None:
+        wait_until(
+            lambda: len(world.model_requests.records()) >= self.after_model_requests,
+            timeout=30,
+            message=f"the provider never billed {self.after_model_requests} requests",
+        )
+        self.proxy.cut()
+        time.sleep(self.seconds)  # the outage itself
+        self.proxy.restore()
+
+
+@dataclass
 class Conversation:
     """What one run of the agent gave, and what the world saw of it."""
 
@@ -178,23 +205,29 @@ def run_conversation(
     *,
     crash_at: str | None = None,
     budget: dict[str, int] | None = None,
+    outage: Outage | None = None,
 ) -> Conversation:
     """Run one conversation to its end, its emails approved; with `crash_at`, the first
-    worker SIGKILLs itself there, and a second one finishes the run."""
+    worker SIGKILLs itself there, and a second one finishes the run; with `outage`, two
+    workers run it through the outage's proxy, which cuts them off for a while."""
     world = World(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with pool.connection() as conn:
         first = start_agent(conn, new_conversation(CONVERSATION, QUESTION, budget=budget))
+    url = None if outage is None else outage.proxy.url
     with (
         Approver(pool, world, "Ben") as approver,
-        worker_process(schema, world, crash_at) as first_worker,
-        worker_process(schema, world) as second_worker,
+        worker_process(schema, world, crash_at, url) as first_worker,
+        worker_process(schema, world, database_url=url) as second_worker,
     ):
         first_worker.start()
         if crash_at is not None:
             exit_code = first_worker.wait(timeout=60)
             assert exit_code == -9, f"no crash at {crash_at}: {first_worker.log()}"
             second_worker.start()
+        if outage is not None:
+            second_worker.start()
+            outage.happen(world)
         tasks = wait_for_conversation(
             pool, first, approver=approver, workers=[first_worker, second_worker]
         )

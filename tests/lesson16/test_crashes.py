@@ -1,4 +1,5 @@
-"""Lesson 16's agent survives a SIGKILL anywhere, and a crash costs no model call.
+"""Lesson 16's agent survives a SIGKILL anywhere, and a crash costs no model call;
+nor does a database outage longer than the workers' leases.
 
 What it proves, with the real server and real worker processes: a worker
 SIGKILLed at every turn boundary (COURSE_CRASH_AT=agent:turn-N, just before
@@ -12,7 +13,9 @@ uninterrupted run does: the same transcript and result, the same number of
 model calls billed by the provider (each recorded once in the history: none
 asked twice), one draft and one email sent, and each model call and each tool
 call run as one child task. What the provider and the mail service saw is read from their
-own ledgers (demo/world.py), not from the engine's word.
+own ledgers (demo/world.py), not from the engine's word. The outage goes
+through a TCP proxy (tests/database_proxy.py): the database vanishes for both
+workers at once, while the server stays up for the test.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import pytest
 
 from lessons.common.database import create_pool, drop_schema, reset_schema
 from tests.conftest import LESSONS_DIRECTORY, LessonDatabase
-from tests.lesson16.conversations import Conversation, run_conversation
+from tests.database_proxy import DatabaseProxy
+from tests.lesson16.conversations import Conversation, Outage, run_conversation
 
 LESSON = "lesson16_durable_ai_agent"
 
@@ -139,3 +143,33 @@ def test_a_crash_inside_a_model_call_costs_that_call_and_nothing_else(
     assert answered[1:] == [r["request"] for r in uninterrupted.bill if r["status"] == 200]
     assert crashed.recorded_model_calls == len(uninterrupted.bill)
     assert crashed.mail_of("sent") == uninterrupted.mail_of("sent")
+
+
+def test_an_outage_of_three_leases_changes_nothing_and_costs_no_model_call(
+    lesson_database: Callable[..., LessonDatabase],
+    database_url: str,
+    tmp_path: Path,
+    uninterrupted: Conversation,
+) -> None:
+    """Two workers reach the database through a proxy, cut for 3 s (three leases)
+    once the provider has billed two requests: a model call's answer, and the
+    agent's next operations, wait or end as infrastructure failures and are tried
+    again when the database is back. The run ends as the uninterrupted one does,
+    with the same bill: nothing asked twice, each effect once."""
+    database = lesson_database(LESSON, max_size=4)
+    with DatabaseProxy(database_url) as proxy:
+        interrupted = run_conversation(
+            database.pool,
+            database.schema,
+            tmp_path,
+            outage=Outage(proxy, after_model_requests=2, seconds=3.0),
+        )
+
+    assert interrupted.output == uninterrupted.output
+    assert [(r["turn"], r["request"], r["status"]) for r in interrupted.bill] == [
+        (r["turn"], r["request"], r["status"]) for r in uninterrupted.bill
+    ]
+    assert interrupted.recorded_model_calls == len(interrupted.bill)
+    assert interrupted.mail_of("sent") == uninterrupted.mail_of("sent")
+    assert interrupted.mail_of("discarded") == []
+    assert interrupted.children == uninterrupted.children

@@ -143,6 +143,29 @@ class ListOwnedAttemptsRow:
     attempt: int
 
 
+RELEASE_LOST_CLAIMS = """-- name: ReleaseLostClaims :many
+UPDATE tasks
+SET status = 'queued',
+    attempt = tasks.attempt - 1
+FROM (
+    SELECT
+        unnest($2::bigint[]) AS id,
+        unnest($3::integer[]) AS attempt
+) AS lost
+WHERE tasks.id = lost.id
+  AND tasks.attempt = lost.attempt
+  AND tasks.worker_id = $1::bigint
+  AND tasks.status = 'running'
+RETURNING tasks.id, lost.attempt
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ReleaseLostClaimsRow:
+    id: int
+    attempt: Any
+
+
 TIME_OUT_QUEUED_TASKS = """-- name: TimeOutQueuedTasks :many
 WITH expired AS (
     SELECT waiting.id
@@ -360,6 +383,19 @@ class Querier:
             cur.execute(LIST_OWNED_ATTEMPTS, (worker_id,))
             return [_list_owned_attempts_row_from_row(row) for row in cur.fetchall()]
 
+    def release_lost_claims(
+        self, *, worker_id: int, ids: Sequence[int], attempts: Sequence[int]
+    ) -> list[ReleaseLostClaimsRow]:
+        """Give back to the queue the attempts this worker owns but never received:
+        their claim committed, and its answer was lost on the way (see claims.py).
+        The attempt never began, so the claim is undone: the attempt number goes
+        back, and the task has lost none of its retries. Fenced like FinishAttempts:
+        only while this worker still owns that attempt.
+        """
+        with self._cursor() as cur:
+            cur.execute(RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts)))
+            return [_release_lost_claims_row_from_row(row) for row in cur.fetchall()]
+
     def time_out_queued_tasks(self, *, max_tasks: int) -> list[models.Task]:
         """Fail up to max_tasks of the tasks that were not started by their schedule
         deadline, the most overdue first.
@@ -456,6 +492,13 @@ def _worker_from_row(row: tuple[Any, ...]) -> models.Worker:
 
 def _list_owned_attempts_row_from_row(row: tuple[Any, ...]) -> ListOwnedAttemptsRow:
     return ListOwnedAttemptsRow(
+        id=row[0],
+        attempt=row[1],
+    )
+
+
+def _release_lost_claims_row_from_row(row: tuple[Any, ...]) -> ReleaseLostClaimsRow:
+    return ReleaseLostClaimsRow(
         id=row[0],
         attempt=row[1],
     )

@@ -2,7 +2,7 @@
 
 - `shared`: defaults, the finished statuses, NonRetryableError, the JSON rules;
 - `client`: enqueue a task, wait for its result;
-- `attempts`, `slots`, `periodic`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`: what the worker's parts share;
 - `result_writer`, `heartbeat`, `sweeper`, `poller`: the worker's peers;
 - `worker`: starts and stops the peers, and runs each attempt.
 """

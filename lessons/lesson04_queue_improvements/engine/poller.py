@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import Task
 from ..db.queries import Querier
+from .claims import ClaimedAttempts
 from .slots import Slots
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Poller:
         queue: str,
         poll_interval: float,
         slots: Slots,
+        claimed: ClaimedAttempts,
         claim_policy: ClaimPolicy,
         task_names: Callable[[], list[str]],
         start_task: Callable[[Task], None],
@@ -88,6 +90,8 @@ class Poller:
         # How long to wait before asking again when the queue was empty.
         self.poll_interval = poll_interval
         self.slots = slots
+        # Every attempt a claim returns is recorded here, for the heartbeat.
+        self.claimed = claimed
         # How many free slots to wait for before claiming, once saturated.
         self.claim_policy = claim_policy
         # The names of the tasks this worker can run, asked before every claim.
@@ -137,13 +141,16 @@ class Poller:
         )
 
     def claim_tasks(self, max_tasks: int) -> list[Task]:
-        with self.pool.connection() as conn:
-            tasks = Querier(conn).claim_tasks(
-                worker_id=self.worker_id,
-                queue=self.queue,
-                task_names=self.task_names(),
-                max_tasks=max_tasks,
-            )
+        with self.claimed.claiming():
+            with self.pool.connection() as conn:
+                tasks = Querier(conn).claim_tasks(
+                    worker_id=self.worker_id,
+                    queue=self.queue,
+                    task_names=self.task_names(),
+                    max_tasks=max_tasks,
+                )
+            # Only now, the claim committed, are they this worker's to run.
+            self.claimed.received((task.id, task.attempt) for task in tasks)
         if tasks:
             log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
         return tasks

@@ -34,6 +34,7 @@ from psycopg_pool import ConnectionPool
 from ..db.models import Task
 from ..db.queries import Querier
 from .attempts import RunningAttempts
+from .claims import ClaimedAttempts
 from .heartbeat import Heartbeat
 from .poller import DEFAULT_CLAIM_POLICY, ClaimPolicy, Poller
 from .result_writer import AttemptOutcome, ResultWriter
@@ -101,6 +102,7 @@ class Worker:
         self.functions: dict[str, TaskFunction] = dict(functions or {})
         self._id: int | None = None
         self._running = RunningAttempts()
+        self._claimed = ClaimedAttempts()
         self._task_threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         # The peers, created by start() once this worker has its row.
         self._results: ResultWriter | None = None
@@ -162,6 +164,7 @@ class Worker:
             worker_id=worker.id,
             interval=self.heartbeat_interval,
             running=self._running,
+            claimed=self._claimed,
             registered_at=worker.last_heartbeat_at,
         )
         heartbeat = self._heartbeat
@@ -177,6 +180,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claimed=self._claimed,
             claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             start_task=self._start_task,

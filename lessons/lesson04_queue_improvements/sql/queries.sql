@@ -119,6 +119,26 @@ SELECT id, attempt
 FROM tasks
 WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 
+-- name: ReleaseLostClaims :many
+-- Give back to the queue the attempts this worker owns but never received:
+-- their claim committed, and its answer was lost on the way (see claims.py).
+-- The attempt never began, so the claim is undone: the attempt number goes
+-- back, and the task has lost none of its retries. Fenced like FinishAttempts:
+-- only while this worker still owns that attempt.
+UPDATE tasks
+SET status = 'queued',
+    attempt = tasks.attempt - 1
+FROM (
+    SELECT
+        unnest(sqlc.arg(ids)::bigint[]) AS id,
+        unnest(sqlc.arg(attempts)::integer[]) AS attempt
+) AS lost
+WHERE tasks.id = lost.id
+  AND tasks.attempt = lost.attempt
+  AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+  AND tasks.status = 'running'
+RETURNING tasks.id, lost.attempt;
+
 -- name: TimeOutQueuedTasks :many
 -- Fail up to max_tasks of the tasks that were not started by their schedule
 -- deadline, the most overdue first.

@@ -3,7 +3,7 @@
 - `shared`: defaults, the finished statuses, NonRetryableError, the JSON rules;
 - `client`: enqueue a task, wait for its result;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
-- `attempts`, `slots`, `periodic`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
 - `result_writer`, `heartbeat`, `sweeper`, `poller`: the worker's peers;
 - `worker`: starts and stops the peers, and runs each attempt.

@@ -40,6 +40,7 @@ from psycopg_pool import ConnectionPool
 from ..db.models import Task
 from ..db.queries import Querier
 from .attempts import RunningAttempts
+from .claims import ClaimedAttempts
 from .durable import DurableContext, DurableFunction, LostOwnership
 from .heartbeat import Heartbeat
 from .poller import DEFAULT_CLAIM_POLICY, ClaimPolicy, Poller
@@ -116,6 +117,7 @@ class Worker:
         self.durable_functions: dict[str, DurableFunction] = dict(durable_functions or {})
         self._id: int | None = None
         self._running = RunningAttempts()
+        self._claimed = ClaimedAttempts()
         self._task_threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         # The peers, created by start() once this worker has its row.
         self._results: ResultWriter | None = None
@@ -190,6 +192,7 @@ class Worker:
             worker_id=worker.id,
             interval=self.heartbeat_interval,
             running=self._running,
+            claimed=self._claimed,
             registered_at=worker.last_heartbeat_at,
         )
         heartbeat = self._heartbeat
@@ -205,6 +208,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claimed=self._claimed,
             claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             durable_task_names=lambda: sorted(self.durable_functions),

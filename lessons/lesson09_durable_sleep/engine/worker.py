@@ -48,6 +48,7 @@ from psycopg_pool import ConnectionPool
 from ..db.models import Task
 from ..db.queries import Querier
 from .attempts import RunningAttempts
+from .claims import ClaimedAttempts
 from .crash_points import crash_point
 from .durable import DurableContext, DurableFunction, LostOwnership, TaskSuspended
 from .heartbeat import Heartbeat
@@ -145,6 +146,7 @@ class Worker:
         self.reconnect_interval = reconnect_interval
         self._id: int | None = None
         self._running = RunningAttempts()
+        self._claimed = ClaimedAttempts()
         self._task_threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         # The peers, created by start() once this worker has its row.
         self._results: ResultWriter | None = None
@@ -228,6 +230,7 @@ class Worker:
             worker_id=worker.id,
             interval=self.heartbeat_interval,
             running=self._running,
+            claimed=self._claimed,
             registered_at=worker.last_heartbeat_at,
         )
         heartbeat = self._heartbeat
@@ -244,6 +247,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claimed=self._claimed,
             claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             durable_task_names=lambda: sorted(self.durable_functions),

@@ -5,7 +5,7 @@
 - `transactions`: the limits every multi-statement engine transaction runs under;
 - `client`: enqueue a task, wait for its result, push an external event;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
-- `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
 - `result_writer`, `heartbeat`, `sweeper`, `listener`, `poller`: the worker's peers;
 - `worker`: starts and stops the peers, and runs each attempt.

@@ -19,6 +19,9 @@ database may judge that others are not.
 Each beat also finds the attempts this worker runs but no longer owns (they
 timed out, or were reassigned while it looked dead) and raises their
 cancellation flags, so that their functions can give up.
+
+And each beat gives back to the queue the attempts this worker owns but never
+received: a claim that committed and whose answer was lost (`claims.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.queries import Querier
 from .attempts import RunningAttempts
+from .claims import ClaimedAttempts, Suspects, lost_attempts
 from .periodic import Periodic
 from .shared import connect_like
 
@@ -48,11 +52,15 @@ class Heartbeat:
         worker_id: int,
         interval: float,
         running: RunningAttempts,
+        claimed: ClaimedAttempts,
         registered_at: datetime,
     ) -> None:
         self.pool = pool
         self.worker_id = worker_id
         self.running = running
+        self.claimed = claimed
+        # What the last beat found owned and never received (see claims.py).
+        self._suspects: Suspects | None = None
         self._connection: psycopg.Connection[Any] | None = None
         # Registering was the first contact. Written by the heartbeat's thread
         # only, read by the sweeper's: one assignment of an immutable value.
@@ -78,6 +86,10 @@ class Heartbeat:
         # worker owns: an attempt claimed after this line may not be visible to
         # the query below, and must not be mistaken for a lost one.
         running = self.running.snapshot()
+        # Likewise the last claim received before asking: an attempt received
+        # after it may have been claimed after the answer was read, so only
+        # those received before may be taken for ended when it does not show them.
+        asked_after = self.claimed.last_receipt()
         try:
             queries = Querier(self._connected())
             beat_at = queries.record_heartbeat(id=self.worker_id)
@@ -85,6 +97,7 @@ class Heartbeat:
                 (row.id, row.attempt)
                 for row in queries.list_owned_attempts(worker_id=self.worker_id)
             }
+            self._give_back_lost_claims(queries, owned, asked_after)
         except psycopg.Error:
             self._healthy_since = None
             self._disconnect()
@@ -101,6 +114,28 @@ class Heartbeat:
                     attempt.attempt,
                 )
                 attempt.cancelled.set()
+
+    def _give_back_lost_claims(
+        self, queries: Querier, owned: set[tuple[int, int]], asked_after: int
+    ) -> None:
+        """Give back the attempts two beats in a row found owned and never received."""
+        suspects = self.claimed.never_received(owned, asked_after=asked_after)
+        lost = sorted(lost_attempts(self._suspects, suspects))
+        self._suspects = suspects
+        if not lost:
+            return
+        released = queries.release_lost_claims(
+            worker_id=self.worker_id,
+            ids=[task_id for task_id, _ in lost],
+            attempts=[attempt for _, attempt in lost],
+        )
+        for row in released:
+            log.warning(
+                "task %d attempt %d: this worker's claim of it committed and its answer"
+                " never arrived: giving it back to the queue",
+                row.id,
+                row.attempt,
+            )
 
     def _connected(self) -> psycopg.Connection[Any]:
         if self._connection is None or self._connection.closed:

@@ -7,7 +7,7 @@
   flow-control limits;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
 - `reruns`: replay a finished durable task, or fork it at an event;
-- `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
 - `result_writer`, `heartbeat`, `sweeper`, `listener`, `poller`: the worker's peers;
 - `worker`: starts and stops the peers, and runs each attempt.

@@ -8,7 +8,7 @@
   for its result, push an external event, set the flow-control limits and schedules;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
 - `reruns`: replay a finished durable task, or fork it at an event;
-- `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through;
 - `result_writer`, `heartbeat`, `sweeper`, `listener`, `poller`, `scheduler`: the
   worker's peers;

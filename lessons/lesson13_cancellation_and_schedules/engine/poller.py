@@ -56,6 +56,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import Task
 from ..db.queries import Querier
+from .claims import ClaimedAttempts
 from .shared import connect_like
 from .slots import Slots
 
@@ -112,6 +113,7 @@ class Poller:
         queue: str,
         poll_interval: float,
         slots: Slots,
+        claimed: ClaimedAttempts,
         claim_policy: ClaimPolicy,
         task_names: Callable[[], list[str]],
         durable_task_names: Callable[[], list[str]],
@@ -124,6 +126,8 @@ class Poller:
         # a notification, or the next wake-up time, comes first. Only a fallback.
         self.poll_interval = poll_interval
         self.slots = slots
+        # Every attempt a claim returns is recorded here, for the heartbeat.
+        self.claimed = claimed
         # How many free slots to wait for before claiming, once saturated.
         self.claim_policy = claim_policy
         # The names of the plain and of the durable tasks this worker can run,
@@ -208,14 +212,17 @@ class Poller:
         )
 
     def claim_tasks(self, max_tasks: int) -> list[Task]:
-        tasks = Querier(self._connected()).claim_tasks(
-            worker_id=self.worker_id,
-            queue=self.queue,
-            task_names=self.task_names(),
-            durable_task_names=self.durable_task_names(),
-            max_tasks=max_tasks,
-            max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
-        )
+        with self.claimed.claiming():
+            tasks = Querier(self._connected()).claim_tasks(
+                worker_id=self.worker_id,
+                queue=self.queue,
+                task_names=self.task_names(),
+                durable_task_names=self.durable_task_names(),
+                max_tasks=max_tasks,
+                max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
+            )
+            # Only now, the claim committed, are they this worker's to run.
+            self.claimed.received((task.id, task.attempt) for task in tasks)
         if tasks:
             log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
         return tasks

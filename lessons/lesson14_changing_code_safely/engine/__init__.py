@@ -11,7 +11,7 @@
   drain a code version and move its tasks to another;
 - `statement_retries`: a durable operation's statements, tried again through a blip;
 - `reruns`: replay a finished durable task, or fork it at an event;
-- `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through, patch
   markers included;
 - `determinism_check`: replay the histories in flight against new code, reading only;

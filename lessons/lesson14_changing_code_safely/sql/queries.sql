@@ -678,6 +678,33 @@ SELECT id, attempt, (cancel_requested_at IS NOT NULL)::boolean AS cancel_request
 FROM tasks
 WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 
+-- name: ReleaseLostClaims :many
+-- Give back to the queue the attempts this worker owns but never received:
+-- their claim committed, and its answer was lost on the way (see claims.py).
+-- The attempt never began; it is counted as ended by the infrastructure, so it
+-- costs the task none of its retries. Fenced like FinishAttempts: only while
+-- this worker still owns that attempt.
+UPDATE tasks
+SET status = 'queued',
+    infrastructure_attempts = tasks.infrastructure_attempts + 1,
+    output = jsonb_build_object('error', jsonb_build_object(
+        'type', 'ClaimLost',
+        'message', format(
+            'worker %s claimed attempt %s, and the claim''s answer never reached it',
+            tasks.worker_id, tasks.attempt
+        )
+    ))
+FROM (
+    SELECT
+        unnest(sqlc.arg(ids)::bigint[]) AS id,
+        unnest(sqlc.arg(attempts)::integer[]) AS attempt
+) AS lost
+WHERE tasks.id = lost.id
+  AND tasks.attempt = lost.attempt
+  AND tasks.worker_id = sqlc.arg(worker_id)::bigint
+  AND tasks.status = 'running'
+RETURNING tasks.id, tasks.attempt;
+
 -- name: TimeOutQueuedTasks :many
 -- Fail up to max_tasks of the tasks that were not started by their schedule
 -- deadline, the most overdue first: queued ones, and delayed ones that no

@@ -52,6 +52,7 @@ from psycopg_pool import ConnectionPool
 from ..db.models import Task
 from ..db.queries import Querier
 from .attempts import RunningAttempts, current_task
+from .claims import ClaimedAttempts
 from .crash_points import crash_point
 from .durable import (
     DEFAULT_HISTORY_LIMIT,
@@ -181,6 +182,7 @@ class Worker:
         self.history_limit = history_limit
         self._id: int | None = None
         self._running = RunningAttempts()
+        self._claimed = ClaimedAttempts()
         self._task_threads = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="task")
         # The peers, created by start() once this worker has its row.
         self._results: ResultWriter | None = None
@@ -270,6 +272,7 @@ class Worker:
             worker_id=worker.id,
             interval=self.heartbeat_interval,
             running=self._running,
+            claimed=self._claimed,
             registered_at=worker.last_heartbeat_at,
         )
         heartbeat = self._heartbeat
@@ -286,6 +289,7 @@ class Worker:
             queue=self.queue,
             poll_interval=self.poll_interval,
             slots=self._slots,
+            claimed=self._claimed,
             claim_policy=self.claim_policy,
             task_names=lambda: sorted(self.functions),
             durable_task_names=lambda: sorted(self.durable_functions),

@@ -637,6 +637,36 @@ class ListOwnedAttemptsRow:
     cancel_requested: bool
 
 
+RELEASE_LOST_CLAIMS = """-- name: ReleaseLostClaims :many
+UPDATE tasks
+SET status = 'queued',
+    infrastructure_attempts = tasks.infrastructure_attempts + 1,
+    output = jsonb_build_object('error', jsonb_build_object(
+        'type', 'ClaimLost',
+        'message', format(
+            'worker %s claimed attempt %s, and the claim''s answer never reached it',
+            tasks.worker_id, tasks.attempt
+        )
+    ))
+FROM (
+    SELECT
+        unnest($2::bigint[]) AS id,
+        unnest($3::integer[]) AS attempt
+) AS lost
+WHERE tasks.id = lost.id
+  AND tasks.attempt = lost.attempt
+  AND tasks.worker_id = $1::bigint
+  AND tasks.status = 'running'
+RETURNING tasks.id, tasks.attempt
+"""
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ReleaseLostClaimsRow:
+    id: int
+    attempt: int
+
+
 TIME_OUT_QUEUED_TASKS = """-- name: TimeOutQueuedTasks :many
 WITH expired AS (
     SELECT waiting.id
@@ -2322,6 +2352,19 @@ class Querier:
             cur.execute(LIST_OWNED_ATTEMPTS, (worker_id,))
             return [_list_owned_attempts_row_from_row(row) for row in cur.fetchall()]
 
+    def release_lost_claims(
+        self, *, worker_id: int, ids: Sequence[int], attempts: Sequence[int]
+    ) -> list[ReleaseLostClaimsRow]:
+        """Give back to the queue the attempts this worker owns but never received:
+        their claim committed, and its answer was lost on the way (see claims.py).
+        The attempt never began; it is counted as ended by the infrastructure, so it
+        costs the task none of its retries. Fenced like FinishAttempts: only while
+        this worker still owns that attempt.
+        """
+        with self._cursor() as cur:
+            cur.execute(RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts)))
+            return [_release_lost_claims_row_from_row(row) for row in cur.fetchall()]
+
     def time_out_queued_tasks(self, *, max_tasks: int) -> list[models.Task]:
         """Fail up to max_tasks of the tasks that were not started by their schedule
         deadline, the most overdue first: queued ones, and delayed ones that no
@@ -3388,6 +3431,13 @@ def _list_owned_attempts_row_from_row(row: tuple[Any, ...]) -> ListOwnedAttempts
         id=row[0],
         attempt=row[1],
         cancel_requested=row[2],
+    )
+
+
+def _release_lost_claims_row_from_row(row: tuple[Any, ...]) -> ReleaseLostClaimsRow:
+    return ReleaseLostClaimsRow(
+        id=row[0],
+        attempt=row[1],
     )
 
 

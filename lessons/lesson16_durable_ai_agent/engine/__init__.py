@@ -13,7 +13,7 @@
 - `statement_retries`: a durable operation's statements, tried again through a blip;
 - `reruns`: replay a finished durable task, or fork it at an event;
 - `partitions`: the ranges of task ids, added ahead of the tasks and dropped whole;
-- `attempts`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
+- `attempts`, `claims`, `slots`, `periodic`, `wake_ups`: what the worker's parts share;
 - `durable`: the context a durable function records its history through, patch
   markers and continue-as-new included;
 - `determinism_check`: replay the histories in flight against new code, reading only;
