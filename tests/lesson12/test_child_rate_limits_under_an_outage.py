@@ -11,12 +11,14 @@ task at its grant time: what the database granted, not what a worker believes.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 
 import pytest
+from psycopg_pool import ConnectionPool
 
 from lessons.lesson12_flow_control.db.models import TaskStatus
 from lessons.lesson12_flow_control.engine.client import enqueue, set_rate_limit, wait_for_task
@@ -35,6 +37,8 @@ UNITS = 3
 PER = timedelta(seconds=1)
 CHILDREN = 12
 OUTAGE_SECONDS = 3.0  # three leases of every worker
+# The heartbeat's line for an attempt it gives back (engine/heartbeat.py).
+LOST_CLAIM = re.compile(r"task (\d+) attempt \d+: this worker's claim of it committed")
 
 
 @pytest.fixture
@@ -66,12 +70,37 @@ def worker_through(proxy: DatabaseProxy, schema: str) -> WorkerProcess:
     )
 
 
+def logs_of(workers: list[WorkerProcess]) -> str:
+    return "\n".join(process.log() for process in workers)
+
+
+def tree_of(pool: ConnectionPool, parent_id: int) -> str:
+    """The parent and its children, one line each, for a failure message."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT id, status, attempt, infrastructure_attempts, worker_id, wake_at, output"
+            " FROM tasks WHERE id = %s OR parent_id = %s ORDER BY id",
+            (parent_id, parent_id),
+        ).fetchall()
+    return "\n".join(str(row) for row in rows)
+
+
+def lost_claims(logs: str, pool: ConnectionPool, parent_id: int) -> list[int]:
+    """The children given back because a claim of them lost its answer, once per loss."""
+    with pool.connection() as conn:
+        rows = conn.execute("SELECT id FROM tasks WHERE parent_id = %s", (parent_id,)).fetchall()
+    children = {row[0] for row in rows}
+    given_back = [int(task_id) for task_id in LOST_CLAIM.findall(logs)]
+    return [task_id for task_id in given_back if task_id in children]
+
+
 def test_children_on_a_rate_limit_keep_to_it_through_an_outage_of_three_leases(
     database: LessonDatabase, proxy: DatabaseProxy
 ) -> None:
     """No window of a second ever holds more than 3 grants, before, during or after
     the outage; every child and the parent complete, each child started by one
-    grant; and no worker takes another's tasks (each is alive, and renews first)."""
+    grant (and granted once more for each claim of it whose answer the cut lost);
+    and no worker takes another's tasks (each is alive, and renews first)."""
     pool = database.pool
     workers = [worker_through(proxy, database.schema) for _ in range(2)]
     with ExitStack() as stack:
@@ -95,8 +124,13 @@ def test_children_on_a_rate_limit_keep_to_it_through_an_outage_of_three_leases(
         time.sleep(OUTAGE_SECONDS)  # the outage itself
         proxy.restore()
 
-        parent = wait_for_task(pool, parent_id, timeout=90)
-        logs = "\n".join(process.log() for process in workers)
+        try:
+            parent = wait_for_task(pool, parent_id, timeout=90)
+        except TimeoutError:
+            pytest.fail(
+                f"the parent never finished\n{tree_of(pool, parent_id)}\n{logs_of(workers)}"
+            )
+        logs = logs_of(workers)
         assert parent.status == TaskStatus.COMPLETED, logs
         with pool.connection() as conn:
             children = conn.execute(
@@ -105,7 +139,12 @@ def test_children_on_a_rate_limit_keep_to_it_through_an_outage_of_three_leases(
         assert [status for _, status in children] == [TaskStatus.COMPLETED] * CHILDREN, logs
         grants = grants_of(pool, LIMIT)
         assert most_units_in_a_window(grants, PER) <= UNITS, grants
-        assert sorted(grant.task_id for grant in grants) == [child_id for child_id, _ in children]
+        # One grant a child, and one more for each claim of it whose answer the
+        # cut lost: its units were spent, though it never started (see
+        # engine/claims.py). A limit errs on the side of fewer starts.
+        assert sorted(grant.task_id for grant in grants) == sorted(
+            [child_id for child_id, _ in children] + lost_claims(logs, pool, parent_id)
+        ), (grants, logs)
         assert "worker lost" not in logs
         for process in workers:
             assert process.stop() == 0, process.log()

@@ -1,4 +1,4 @@
-"""The attempts this worker's claims returned: how the heartbeat finds a claim whose reply was lost.
+"""The attempts this worker's claims returned, to find a claim whose answer was lost.
 
 A claim is an UPDATE that commits on the server and answers over the network.
 If the connection dies after the commit and before the answer arrives, the
@@ -6,11 +6,11 @@ tasks are running on this worker in the database, and this worker never heard
 of them. Nothing else would ever notice: the worker is alive and renews its
 lease, so no sweep takes them back. They would stay running, nowhere, for ever.
 
-So the poller records every attempt a claim returns (`ClaimedAttempts.claiming` and `received`),
-and each heartbeat compares them with the attempts the database says this
-worker owns (`ClaimedAttempts.never_received`). An attempt owned but never
-received is lost, once no claim that could still bring it is on its way. The
-heartbeat gives it back to the queue (see `heartbeat.py`).
+So the poller records every attempt a claim returns (`ClaimedAttempts.claiming`
+and `received`), and each heartbeat compares them with the attempts the
+database says this worker owns (`never_received`). An attempt owned and never
+received is lost once no claim that could still bring it is on its way
+(`lost_attempts`); the heartbeat gives it back to the queue (`heartbeat.py`).
 
 Nothing else has to tell this registry that an attempt ended (a result
 written, a durable task suspended, an attempt taken away): the heartbeat
@@ -19,7 +19,6 @@ forgets an attempt once the database no longer shows it owned.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,16 +45,17 @@ class ClaimedAttempts:
         # Each attempt received, with the receipt's number: the heartbeat forgets
         # only what it knows was received before it asked the database.
         self._received: dict[AttemptKey, int] = {}
-        self._receipts = itertools.count(1)
         self._last_receipt = 0
-        self._claims = itertools.count(1)
+        # The claims sent and not yet answered (or failed), by number.
+        self._last_claim = 0
         self._in_flight: set[int] = set()
 
     @contextmanager
     def claiming(self) -> Iterator[None]:
         """Wrap one claim, from before its statement is sent until its answer is in hand."""
         with self._lock:
-            claim = next(self._claims)
+            self._last_claim += 1
+            claim = self._last_claim
             self._in_flight.add(claim)
         try:
             yield
@@ -66,10 +66,9 @@ class ClaimedAttempts:
     def received(self, attempts: Iterable[AttemptKey]) -> None:
         """Record the attempts a claim returned, once its transaction has committed."""
         with self._lock:
-            receipt = next(self._receipts)
-            self._last_receipt = receipt
+            self._last_receipt += 1
             for attempt in attempts:
-                self._received[attempt] = receipt
+                self._received[attempt] = self._last_receipt
 
     def last_receipt(self) -> int:
         """A mark to take before asking the database what this worker owns."""
@@ -80,7 +79,9 @@ class ClaimedAttempts:
         """The owned attempts no claim returned, as of a question asked after `asked_after`.
 
         Also forgets the attempts received before that mark that the answer no
-        longer shows owned: they have ended, and will not be owned again.
+        longer shows owned: they have ended. (A later claim that takes the same
+        attempt up again, as resuming a suspended task does from lesson 09 on,
+        is received anew, with a later receipt.)
         """
         with self._lock:
             for attempt, receipt in list(self._received.items()):
@@ -93,7 +94,7 @@ class ClaimedAttempts:
 
 
 def lost_attempts(previous: Suspects | None, current: Suspects) -> frozenset[AttemptKey]:
-    """The attempts two beats in a row found owned and never received: their claim's reply was lost.
+    """The attempts two beats in a row found owned and never received: lost with their answer.
 
     One beat is not enough: a claim may have committed before the beat asked,
     its answer still on its way. The claims on their way at the previous beat
