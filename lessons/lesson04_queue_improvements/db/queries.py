@@ -131,7 +131,7 @@ WHERE id = $1
 """
 
 LIST_OWNED_ATTEMPTS = """-- name: ListOwnedAttempts :many
-SELECT id, attempt
+SELECT id, attempt, started_at
 FROM tasks
 WHERE worker_id = $1::bigint AND status = 'running'
 """
@@ -141,6 +141,7 @@ WHERE worker_id = $1::bigint AND status = 'running'
 class ListOwnedAttemptsRow:
     id: int
     attempt: int
+    started_at: datetime.datetime | None
 
 
 RELEASE_LOST_CLAIMS = """-- name: ReleaseLostClaims :many
@@ -150,10 +151,12 @@ SET status = 'queued',
 FROM (
     SELECT
         unnest($2::bigint[]) AS id,
-        unnest($3::integer[]) AS attempt
+        unnest($3::integer[]) AS attempt,
+        unnest($4::timestamptz[]) AS started_at
 ) AS lost
 WHERE tasks.id = lost.id
   AND tasks.attempt = lost.attempt
+  AND tasks.started_at = lost.started_at
   AND tasks.worker_id = $1::bigint
   AND tasks.status = 'running'
 RETURNING tasks.id, lost.attempt
@@ -376,7 +379,8 @@ class Querier:
             cur.execute(MARK_WORKER_STOPPED, (id,))
 
     def list_owned_attempts(self, *, worker_id: int) -> list[ListOwnedAttemptsRow]:
-        """The attempts this worker still owns. One it is running but that is missing
+        """(started_at tells one claim of an attempt from another: see ReleaseLostClaims.)
+        The attempts this worker still owns. One it is running but that is missing
         here was taken from it (timed out, or reassigned while it looked dead).
         """
         with self._cursor() as cur:
@@ -384,16 +388,24 @@ class Querier:
             return [_list_owned_attempts_row_from_row(row) for row in cur.fetchall()]
 
     def release_lost_claims(
-        self, *, worker_id: int, ids: Sequence[int], attempts: Sequence[int]
+        self,
+        *,
+        worker_id: int,
+        ids: Sequence[int],
+        attempts: Sequence[int],
+        started_ats: Sequence[datetime.datetime],
     ) -> list[ReleaseLostClaimsRow]:
         """Give back to the queue the attempts this worker owns but never received:
         their claim committed, and its answer was lost on the way (see claims.py).
         The attempt never began, so the claim is undone: the attempt number goes
-        back, and the task has lost none of its retries. Fenced like FinishAttempts:
-        only while this worker still owns that attempt.
+        back, and the task has lost none of its retries. Fenced like FinishAttempts,
+        and on the claim itself: only while this worker still owns that attempt, as
+        that claim (its started_at) left it.
         """
         with self._cursor() as cur:
-            cur.execute(RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts)))
+            cur.execute(
+                RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts), _array(started_ats))
+            )
             return [_release_lost_claims_row_from_row(row) for row in cur.fetchall()]
 
     def time_out_queued_tasks(self, *, max_tasks: int) -> list[models.Task]:
@@ -494,6 +506,7 @@ def _list_owned_attempts_row_from_row(row: tuple[Any, ...]) -> ListOwnedAttempts
     return ListOwnedAttemptsRow(
         id=row[0],
         attempt=row[1],
+        started_at=row[2],
     )
 
 

@@ -113,9 +113,10 @@ SET stopped_at = now()
 WHERE id = sqlc.arg(id);
 
 -- name: ListOwnedAttempts :many
+-- (started_at tells one claim of an attempt from another: see ReleaseLostClaims.)
 -- The attempts this worker still owns. One it is running but that is missing
 -- here was taken from it (timed out, or reassigned while it looked dead).
-SELECT id, attempt
+SELECT id, attempt, started_at
 FROM tasks
 WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 
@@ -123,18 +124,21 @@ WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 -- Give back to the queue the attempts this worker owns but never received:
 -- their claim committed, and its answer was lost on the way (see claims.py).
 -- The attempt never began, so the claim is undone: the attempt number goes
--- back, and the task has lost none of its retries. Fenced like FinishAttempts:
--- only while this worker still owns that attempt.
+-- back, and the task has lost none of its retries. Fenced like FinishAttempts,
+-- and on the claim itself: only while this worker still owns that attempt, as
+-- that claim (its started_at) left it.
 UPDATE tasks
 SET status = 'queued',
     attempt = tasks.attempt - 1
 FROM (
     SELECT
         unnest(sqlc.arg(ids)::bigint[]) AS id,
-        unnest(sqlc.arg(attempts)::integer[]) AS attempt
+        unnest(sqlc.arg(attempts)::integer[]) AS attempt,
+        unnest(sqlc.arg(started_ats)::timestamptz[]) AS started_at
 ) AS lost
 WHERE tasks.id = lost.id
   AND tasks.attempt = lost.attempt
+  AND tasks.started_at = lost.started_at
   AND tasks.worker_id = sqlc.arg(worker_id)::bigint
   AND tasks.status = 'running'
 RETURNING tasks.id, lost.attempt;

@@ -33,9 +33,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from ..db.queries import Querier
+from ..db.queries import ListOwnedAttemptsRow, Querier
 from .attempts import RunningAttempts
-from .claims import ClaimedAttempts, Suspects, lost_attempts
+from .claims import Claim, ClaimedAttempts, Suspects, lost_claims
 from .periodic import Periodic
 from .shared import connect_like
 
@@ -93,11 +93,8 @@ class Heartbeat:
         try:
             queries = Querier(self._connected())
             beat_at = queries.record_heartbeat(id=self.worker_id)
-            owned = {
-                (row.id, row.attempt)
-                for row in queries.list_owned_attempts(worker_id=self.worker_id)
-            }
-            self._give_back_lost_claims(queries, owned, asked_after)
+            owned_rows = queries.list_owned_attempts(worker_id=self.worker_id)
+            self._give_back_lost_claims(queries, owned_rows, asked_after)
         except psycopg.Error:
             self._healthy_since = None
             self._disconnect()
@@ -106,6 +103,7 @@ class Heartbeat:
             raise RuntimeError(f"worker {self.worker_id} has no row to renew")
         if self._healthy_since is None:
             self._healthy_since = beat_at
+        owned = {(row.id, row.attempt) for row in owned_rows}
         for attempt in running:
             if (attempt.id, attempt.attempt) not in owned and not attempt.cancelled.is_set():
                 log.info(
@@ -116,18 +114,20 @@ class Heartbeat:
                 attempt.cancelled.set()
 
     def _give_back_lost_claims(
-        self, queries: Querier, owned: set[tuple[int, int]], asked_after: int
+        self, queries: Querier, owned_rows: list[ListOwnedAttemptsRow], asked_after: int
     ) -> None:
-        """Give back the attempts two beats in a row found owned and never received."""
+        """Give back the claims two beats in a row found owned and never received."""
+        owned = {Claim.of(row.id, row.attempt, row.started_at) for row in owned_rows}
         suspects = self.claimed.never_received(owned, asked_after=asked_after)
-        lost = sorted(lost_attempts(self._suspects, suspects))
+        lost = sorted(lost_claims(self._suspects, suspects))
         self._suspects = suspects
         if not lost:
             return
         released = queries.release_lost_claims(
             worker_id=self.worker_id,
-            ids=[task_id for task_id, _ in lost],
-            attempts=[attempt for _, attempt in lost],
+            ids=[claim.task_id for claim in lost],
+            attempts=[claim.attempt for claim in lost],
+            started_ats=[claim.started_at for claim in lost],
         )
         for row in released:
             log.warning(

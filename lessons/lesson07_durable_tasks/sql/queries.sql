@@ -128,9 +128,10 @@ SET stopped_at = now()
 WHERE id = sqlc.arg(id);
 
 -- name: ListOwnedAttempts :many
+-- (started_at tells one claim of an attempt from another: see ReleaseLostClaims.)
 -- The attempts this worker still owns. One it is running but that is missing
 -- here was taken from it (timed out, or reassigned while it looked dead).
-SELECT id, attempt
+SELECT id, attempt, started_at
 FROM tasks
 WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 
@@ -138,8 +139,10 @@ WHERE worker_id = sqlc.arg(worker_id)::bigint AND status = 'running';
 -- Give back to the queue the attempts this worker owns but never received:
 -- their claim committed, and its answer was lost on the way (see claims.py).
 -- The attempt never began; it is counted as ended by the infrastructure, so it
--- costs the task none of its retries. Fenced like FinishAttempts: only while
--- this worker still owns that attempt.
+-- costs the task none of its retries. Fenced like FinishAttempts, and on the
+-- claim itself: only while this worker still owns that attempt, as that claim
+-- left it (its started_at: from lesson 09 on, resuming a suspended task takes
+-- the same attempt up again, later).
 UPDATE tasks
 SET status = 'queued',
     infrastructure_attempts = tasks.infrastructure_attempts + 1,
@@ -153,10 +156,12 @@ SET status = 'queued',
 FROM (
     SELECT
         unnest(sqlc.arg(ids)::bigint[]) AS id,
-        unnest(sqlc.arg(attempts)::integer[]) AS attempt
+        unnest(sqlc.arg(attempts)::integer[]) AS attempt,
+        unnest(sqlc.arg(started_ats)::timestamptz[]) AS started_at
 ) AS lost
 WHERE tasks.id = lost.id
   AND tasks.attempt = lost.attempt
+  AND tasks.started_at = lost.started_at
   AND tasks.worker_id = sqlc.arg(worker_id)::bigint
   AND tasks.status = 'running'
 RETURNING tasks.id, tasks.attempt;

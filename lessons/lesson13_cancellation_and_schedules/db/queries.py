@@ -583,7 +583,7 @@ WHERE id = $1
 """
 
 LIST_OWNED_ATTEMPTS = """-- name: ListOwnedAttempts :many
-SELECT id, attempt, (cancel_requested_at IS NOT NULL)::boolean AS cancel_requested
+SELECT id, attempt, started_at, (cancel_requested_at IS NOT NULL)::boolean AS cancel_requested
 FROM tasks
 WHERE worker_id = $1::bigint AND status = 'running'
 """
@@ -593,6 +593,7 @@ WHERE worker_id = $1::bigint AND status = 'running'
 class ListOwnedAttemptsRow:
     id: int
     attempt: int
+    started_at: datetime.datetime | None
     cancel_requested: bool
 
 
@@ -610,10 +611,12 @@ SET status = 'queued',
 FROM (
     SELECT
         unnest($2::bigint[]) AS id,
-        unnest($3::integer[]) AS attempt
+        unnest($3::integer[]) AS attempt,
+        unnest($4::timestamptz[]) AS started_at
 ) AS lost
 WHERE tasks.id = lost.id
   AND tasks.attempt = lost.attempt
+  AND tasks.started_at = lost.started_at
   AND tasks.worker_id = $1::bigint
   AND tasks.status = 'running'
 RETURNING tasks.id, tasks.attempt
@@ -1641,7 +1644,8 @@ class Querier:
             cur.execute(MARK_WORKER_STOPPED, (id,))
 
     def list_owned_attempts(self, *, worker_id: int) -> list[ListOwnedAttemptsRow]:
-        """The attempts this worker still owns, and whether someone has cancelled
+        """(started_at tells one claim of an attempt from another: see ReleaseLostClaims.)
+        The attempts this worker still owns, and whether someone has cancelled
         their task. One it is running but that is missing here was taken from it
         (timed out, reassigned while it looked dead, or cancelled at once).
         """
@@ -1650,16 +1654,25 @@ class Querier:
             return [_list_owned_attempts_row_from_row(row) for row in cur.fetchall()]
 
     def release_lost_claims(
-        self, *, worker_id: int, ids: Sequence[int], attempts: Sequence[int]
+        self,
+        *,
+        worker_id: int,
+        ids: Sequence[int],
+        attempts: Sequence[int],
+        started_ats: Sequence[datetime.datetime],
     ) -> list[ReleaseLostClaimsRow]:
         """Give back to the queue the attempts this worker owns but never received:
         their claim committed, and its answer was lost on the way (see claims.py).
         The attempt never began; it is counted as ended by the infrastructure, so it
-        costs the task none of its retries. Fenced like FinishAttempts: only while
-        this worker still owns that attempt.
+        costs the task none of its retries. Fenced like FinishAttempts, and on the
+        claim itself: only while this worker still owns that attempt, as that claim
+        left it (its started_at: from lesson 09 on, resuming a suspended task takes
+        the same attempt up again, later).
         """
         with self._cursor() as cur:
-            cur.execute(RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts)))
+            cur.execute(
+                RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts), _array(started_ats))
+            )
             return [_release_lost_claims_row_from_row(row) for row in cur.fetchall()]
 
     def time_out_queued_tasks(self, *, max_tasks: int) -> list[models.Task]:
@@ -2342,7 +2355,8 @@ def _list_owned_attempts_row_from_row(row: tuple[Any, ...]) -> ListOwnedAttempts
     return ListOwnedAttemptsRow(
         id=row[0],
         attempt=row[1],
-        cancel_requested=row[2],
+        started_at=row[2],
+        cancel_requested=row[3],
     )
 
 

@@ -624,7 +624,7 @@ WHERE id = $1
 """
 
 LIST_OWNED_ATTEMPTS = """-- name: ListOwnedAttempts :many
-SELECT id, attempt, (cancel_requested_at IS NOT NULL)::boolean AS cancel_requested
+SELECT id, attempt, started_at, (cancel_requested_at IS NOT NULL)::boolean AS cancel_requested
 FROM tasks
 WHERE worker_id = $1::bigint AND status = 'running'
 """
@@ -634,6 +634,7 @@ WHERE worker_id = $1::bigint AND status = 'running'
 class ListOwnedAttemptsRow:
     id: int
     attempt: int
+    started_at: datetime.datetime | None
     cancel_requested: bool
 
 
@@ -647,14 +648,22 @@ SET status = 'queued',
             'worker %s claimed attempt %s, and the claim''s answer never reached it',
             tasks.worker_id, tasks.attempt
         )
-    ))
+    )),
+    -- A claim pins a durable task to this worker's code version; one whose
+    -- history is still empty has run no code at all, and any version may start it.
+    code_version = CASE
+        WHEN EXISTS (SELECT FROM task_events WHERE task_events.task_id = tasks.id)
+            THEN tasks.code_version
+    END
 FROM (
     SELECT
         unnest($2::bigint[]) AS id,
-        unnest($3::integer[]) AS attempt
+        unnest($3::integer[]) AS attempt,
+        unnest($4::timestamptz[]) AS started_at
 ) AS lost
 WHERE tasks.id = lost.id
   AND tasks.attempt = lost.attempt
+  AND tasks.started_at = lost.started_at
   AND tasks.worker_id = $1::bigint
   AND tasks.status = 'running'
 RETURNING tasks.id, tasks.attempt
@@ -2344,7 +2353,8 @@ class Querier:
             cur.execute(MARK_WORKER_STOPPED, (id,))
 
     def list_owned_attempts(self, *, worker_id: int) -> list[ListOwnedAttemptsRow]:
-        """The attempts this worker still owns, and whether someone has cancelled
+        """(started_at tells one claim of an attempt from another: see ReleaseLostClaims.)
+        The attempts this worker still owns, and whether someone has cancelled
         their task. One it is running but that is missing here was taken from it
         (timed out, reassigned while it looked dead, or cancelled at once).
         """
@@ -2353,16 +2363,25 @@ class Querier:
             return [_list_owned_attempts_row_from_row(row) for row in cur.fetchall()]
 
     def release_lost_claims(
-        self, *, worker_id: int, ids: Sequence[int], attempts: Sequence[int]
+        self,
+        *,
+        worker_id: int,
+        ids: Sequence[int],
+        attempts: Sequence[int],
+        started_ats: Sequence[datetime.datetime],
     ) -> list[ReleaseLostClaimsRow]:
         """Give back to the queue the attempts this worker owns but never received:
         their claim committed, and its answer was lost on the way (see claims.py).
         The attempt never began; it is counted as ended by the infrastructure, so it
-        costs the task none of its retries. Fenced like FinishAttempts: only while
-        this worker still owns that attempt.
+        costs the task none of its retries. Fenced like FinishAttempts, and on the
+        claim itself: only while this worker still owns that attempt, as that claim
+        left it (its started_at: from lesson 09 on, resuming a suspended task takes
+        the same attempt up again, later).
         """
         with self._cursor() as cur:
-            cur.execute(RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts)))
+            cur.execute(
+                RELEASE_LOST_CLAIMS, (worker_id, _array(ids), _array(attempts), _array(started_ats))
+            )
             return [_release_lost_claims_row_from_row(row) for row in cur.fetchall()]
 
     def time_out_queued_tasks(self, *, max_tasks: int) -> list[models.Task]:
@@ -3430,7 +3449,8 @@ def _list_owned_attempts_row_from_row(row: tuple[Any, ...]) -> ListOwnedAttempts
     return ListOwnedAttemptsRow(
         id=row[0],
         attempt=row[1],
-        cancel_requested=row[2],
+        started_at=row[2],
+        cancel_requested=row[3],
     )
 
 

@@ -10,11 +10,16 @@ So the poller records every attempt a claim returns (`ClaimedAttempts.claiming`
 and `received`), and each heartbeat compares them with the attempts the
 database says this worker owns (`never_received`). An attempt owned and never
 received is lost once no claim that could still bring it is on its way
-(`lost_attempts`); the heartbeat gives it back to the queue (`heartbeat.py`).
+(`lost_claims`); the heartbeat gives it back to the queue (`heartbeat.py`).
 
-Nothing else has to tell this registry that an attempt ended (a result
+What is recorded is the claim of an attempt, not the attempt: from lesson 09
+on, resuming a suspended durable task takes the same attempt up again, and the
+second claim's answer can be lost as well as the first's. Each claim sets the
+task's `started_at`, so (task, attempt, started_at) names one claim.
+
+Nothing else has to tell this registry that a claim's work ended (a result
 written, a durable task suspended, an attempt taken away): the heartbeat
-forgets an attempt once the database no longer shows it owned.
+forgets a claim once the database no longer shows it owned.
 """
 
 from __future__ import annotations
@@ -23,28 +28,42 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
-# A task and one attempt of it: what a claim hands to one worker.
-AttemptKey = tuple[int, int]
+
+class Claim(NamedTuple):
+    """One claim of a task: its attempt, and when the claim took it up."""
+
+    task_id: int
+    attempt: int
+    started_at: datetime
+
+    @classmethod
+    def of(cls, task_id: int, attempt: int, started_at: datetime | None) -> Claim:
+        """The claim a row shows; a running task always has its started_at."""
+        if started_at is None:
+            raise ValueError(f"task {task_id} is running with no started_at")
+        return cls(task_id, attempt, started_at)
 
 
 @dataclass(frozen=True)
 class Suspects:
-    """What one heartbeat found: attempts owned but never received, and the claims on their way."""
+    """What one heartbeat found: claims owned but never received, and the claims on their way."""
 
-    attempts: frozenset[AttemptKey]
+    claims: frozenset[Claim]
     claims_in_flight: frozenset[int]
 
 
 class ClaimedAttempts:
-    """The attempts this worker's claims have returned, until the database shows them ended."""
+    """The claims this worker has received, until the database shows them ended."""
 
     def __init__(self) -> None:
         # The poller adds, the heartbeat reads and forgets.
         self._lock = threading.Lock()
-        # Each attempt received, with the receipt's number: the heartbeat forgets
+        # Each claim received, with the receipt's number: the heartbeat forgets
         # only what it knows was received before it asked the database.
-        self._received: dict[AttemptKey, int] = {}
+        self._received: dict[Claim, int] = {}
         self._last_receipt = 0
         # The claims sent and not yet answered (or failed), by number.
         self._last_claim = 0
@@ -63,44 +82,42 @@ class ClaimedAttempts:
             with self._lock:
                 self._in_flight.discard(claim)
 
-    def received(self, attempts: Iterable[AttemptKey]) -> None:
-        """Record the attempts a claim returned, once its transaction has committed."""
+    def received(self, claims: Iterable[Claim]) -> None:
+        """Record the tasks a claim returned, once its transaction has committed."""
         with self._lock:
             self._last_receipt += 1
-            for attempt in attempts:
-                self._received[attempt] = self._last_receipt
+            for claim in claims:
+                self._received[claim] = self._last_receipt
 
     def last_receipt(self) -> int:
         """A mark to take before asking the database what this worker owns."""
         with self._lock:
             return self._last_receipt
 
-    def never_received(self, owned: set[AttemptKey], *, asked_after: int) -> Suspects:
-        """The owned attempts no claim returned, as of a question asked after `asked_after`.
+    def never_received(self, owned: set[Claim], *, asked_after: int) -> Suspects:
+        """The owned claims never received, as of a question asked after `asked_after`.
 
-        Also forgets the attempts received before that mark that the answer no
-        longer shows owned: they have ended. (A later claim that takes the same
-        attempt up again, as resuming a suspended task does from lesson 09 on,
-        is received anew, with a later receipt.)
+        Also forgets the claims received before that mark that the answer no
+        longer shows owned: their work has ended, and no claim is owned twice.
         """
         with self._lock:
-            for attempt, receipt in list(self._received.items()):
-                if receipt <= asked_after and attempt not in owned:
-                    del self._received[attempt]
+            for claim, receipt in list(self._received.items()):
+                if receipt <= asked_after and claim not in owned:
+                    del self._received[claim]
             return Suspects(
-                attempts=frozenset(owned - self._received.keys()),
+                claims=frozenset(owned - self._received.keys()),
                 claims_in_flight=frozenset(self._in_flight),
             )
 
 
-def lost_attempts(previous: Suspects | None, current: Suspects) -> frozenset[AttemptKey]:
-    """The attempts two beats in a row found owned and never received: lost with their answer.
+def lost_claims(previous: Suspects | None, current: Suspects) -> frozenset[Claim]:
+    """The claims two beats in a row found owned and never received: lost with their answer.
 
     One beat is not enough: a claim may have committed before the beat asked,
     its answer still on its way. The claims on their way at the previous beat
     must all have ended since: then whatever they returned has been received,
-    and an attempt still missing came in an answer that never arrived.
+    and a claim still missing came in an answer that never arrived.
     """
     if previous is None or previous.claims_in_flight & current.claims_in_flight:
         return frozenset()
-    return previous.attempts & current.attempts
+    return previous.claims & current.claims

@@ -56,7 +56,7 @@ from psycopg_pool import ConnectionPool
 
 from ..db.models import Task
 from ..db.queries import Querier
-from .claims import ClaimedAttempts
+from .claims import Claim, ClaimedAttempts
 from .shared import connect_like
 from .slots import Slots
 
@@ -228,7 +228,9 @@ class Poller:
                 max_keys_visited=max(KEYS_VISITED_PER_CLAIM, max_tasks),
             )
             # Only now, the claim committed, are they this worker's to run.
-            self.claimed.received((task.id, task.attempt) for task in tasks)
+            self.claimed.received(
+                Claim.of(task.id, task.attempt, task.started_at) for task in tasks
+            )
         if tasks:
             log.info("claimed %d task(s): %s", len(tasks), [task.id for task in tasks])
         return tasks
