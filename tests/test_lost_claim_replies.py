@@ -152,6 +152,37 @@ def test_a_claim_that_committed_and_lost_its_answer_gives_its_task_back(
     assert runs == [1]
 
 
+@pytest.mark.parametrize("lesson", [name for name in LESSONS_WITH_LEASES if name >= "lesson12"])
+def test_a_rate_limited_claim_that_lost_its_answer_is_granted_again(
+    lesson: str, database: LessonDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From lesson 12 on a claim can take a rate limit's units, and set the task's
+    started_at to its grant. The lost claim's units stay spent (the limit errs on the
+    side of fewer starts); the task, given back, is granted again and runs once."""
+    lost: list[int] = []
+
+    def lose_the_first(conn: Any, tasks: list[Any]) -> None:
+        if tasks and not lost:
+            lost.extend(task.id for task in tasks)
+            lose_the_answer()
+
+    with database.pool.connection() as conn:
+        engine(lesson, "client").set_rate_limit(conn, "lost-claims", 10, 1.0)
+    claims_patched(lesson, monkeypatch, lose_the_first)
+    with live_worker(lesson, database):
+        task_id = enqueue(lesson, database, "echo", {"n": 7}, rate_limit="lost-claims")
+        task = finished(lesson, database, task_id)
+    assert lost == [task_id]
+    assert (task.status, task.output) == ("completed", {"n": 7}), task
+    assert attempts_charged(task) == 1, task
+    assert runs == [7]
+    with database.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT cardinality(granted_at) FROM rate_limits WHERE name = 'lost-claims'"
+        ).fetchone()
+    assert row == (2,), "one grant for the lost claim, one for the claim that ran"
+
+
 @pytest.mark.parametrize("lesson", [name for name in LESSONS_WITH_LEASES if name >= "lesson09"])
 def test_a_claim_that_resumed_a_task_and_lost_its_answer_gives_it_back(
     lesson: str, database: LessonDatabase, monkeypatch: pytest.MonkeyPatch

@@ -650,7 +650,8 @@ SET status = 'queued',
         )
     )),
     -- A claim pins a durable task to this worker's code version; one whose
-    -- history is still empty has run no code at all, and any version may start it.
+    -- history is still empty has run no code at all, and any version that is not
+    -- draining may start it (a move_to_version of such a task is undone too).
     code_version = CASE
         WHEN EXISTS (SELECT FROM task_events WHERE task_events.task_id = tasks.id)
             THEN tasks.code_version
