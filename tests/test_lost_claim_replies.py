@@ -127,6 +127,16 @@ def finished(lesson: str, database: LessonDatabase, task_id: int) -> Any:
     return engine(lesson, "client").wait_for_task(database.pool, task_id, timeout=15)
 
 
+def mark_claimed_behind_the_workers_back(conn: Any, task_id: int, worker_id: int) -> None:
+    """What a claim's UPDATE leaves, with no answer to anyone. Run it in the enqueue's
+    own transaction, so that the worker's poller never sees the task queued."""
+    conn.execute(
+        "UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = %s,"
+        " started_at = now(), schedule_deadline = NULL WHERE id = %s",
+        (worker_id, task_id),
+    )
+
+
 def attempts_charged(task: Any) -> int:
     """The attempts that count against max_retries (lesson 05 on: not the infrastructure's)."""
     return int(task.attempt - getattr(task, "infrastructure_attempts", 0))
@@ -264,13 +274,7 @@ def test_a_task_owned_by_a_live_worker_that_never_received_it_runs_again(
             task_id = engine(lesson, "client").enqueue(
                 conn, "echo", {"n": 2}, queue=QUEUE, max_retries=0
             )
-            # What the claim's UPDATE leaves; in the enqueue's own transaction, so
-            # that the worker's poller never sees the task queued.
-            conn.execute(
-                "UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = %s,"
-                " started_at = now(), schedule_deadline = NULL WHERE id = %s",
-                (worker.id, task_id),
-            )
+            mark_claimed_behind_the_workers_back(conn, task_id, worker.id)
         task = finished(lesson, database, task_id)
     assert (task.status, task.output) == ("completed", {"n": 2}), task
     assert attempts_charged(task) == 1, task
@@ -300,11 +304,10 @@ def test_a_durable_task_given_back_before_its_first_event_is_pinned_to_no_versio
                 max_retries=0,
                 durable=True,
             )
+            mark_claimed_behind_the_workers_back(conn, task_id, worker.id)
             conn.execute(
-                "UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = %s,"
-                " started_at = now(), schedule_deadline = NULL,"
-                " code_version = 'a version no worker runs' WHERE id = %s",
-                (worker.id, task_id),
+                "UPDATE tasks SET code_version = 'a version no worker runs' WHERE id = %s",
+                (task_id,),
             )
         task = finished(lesson, database, task_id)
     assert task.status == "completed", task

@@ -1,4 +1,4 @@
-"""The attempts this worker's claims returned, to find a claim whose answer was lost.
+"""The claims this worker received, to find a claim whose answer was lost.
 
 A claim is an UPDATE that commits on the server and answers over the network.
 If the connection dies after the commit and before the answer arrives, the
@@ -6,11 +6,11 @@ tasks are running on this worker in the database, and this worker never heard
 of them. Nothing else would ever notice: the worker is alive and renews its
 lease, so no sweep takes them back. They would stay running, nowhere, for ever.
 
-So the poller records every attempt a claim returns (`ClaimedAttempts.claiming`
-and `received`), and each heartbeat compares them with the attempts the
-database says this worker owns (`never_received`). An attempt owned and never
-received is lost once no claim that could still bring it is on its way
-(`lost_claims`); the heartbeat gives it back to the queue (`heartbeat.py`).
+So the poller records every claim it receives (`ClaimedAttempts.claiming` and
+`received`), and each heartbeat compares them with what the database says this
+worker owns (`never_received`). A claim owned and never received is lost once
+no claim that could still bring it is on its way (`lost_claims`); the
+heartbeat gives it back to the queue (`heartbeat.py`).
 
 What is recorded is the claim of an attempt, not the attempt: from lesson 09
 on, resuming a suspended durable task takes the same attempt up again, and the
